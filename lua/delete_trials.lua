@@ -1,0 +1,13 @@
+-- delete_trials: delete trials and their index entries.
+-- KEYS[1] all zset; KEYS[2..7] s:new, s:reserved, s:suspended, s:completed, s:interrupted,
+-- s:broken; KEYS[8] rev counter; KEYS[9..] t:T hashes, in the order of ARGV
+-- ARGV[1..] trial tokens
+-- Returns: number of trials deleted
+local deleted = 0
+for i = 1, #ARGV do
+  deleted = deleted + redis.call('DEL', KEYS[8 + i])
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  for s = 2, 7 do redis.call('ZREM', KEYS[s], ARGV[i]) end
+end
+if deleted > 0 then redis.call('INCR', KEYS[8]) end
+return deleted

@@ -1,0 +1,16 @@
+-- register_trial: insert a trial, unique on (experiment, id), and index it.
+-- KEYS[1] t:T hash; KEYS[2] all zset; KEYS[3] s:<status> zset; KEYS[4] rev counter
+-- ARGV[1] trial token; ARGV[2] status-index score: "now" = server time, or an epoch time
+-- (a reserved trial registered with an old heartbeat); ARGV[3..] field, value pairs (JSON)
+-- Returns: revision number (> 0) registered | -1 duplicate trial
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local score = tonumber(ARGV[2])
+if score == nil then
+  local t = redis.call('TIME')
+  score = tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+local rev = redis.call('INCR', KEYS[4])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], rev, ARGV[1])
+redis.call('ZADD', KEYS[3], score, ARGV[1])
+return rev

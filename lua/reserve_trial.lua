@@ -1,0 +1,35 @@
+-- reserve_trial: move the oldest pending trial (new, suspended or interrupted) to reserved.
+-- KEYS[1] s:new; KEYS[2] s:suspended; KEYS[3] s:interrupted; KEYS[4] s:reserved;
+-- KEYS[5] req:<request id> (makes a retried call return the same trial); KEYS[6] rev counter
+-- ARGV[1] trial key prefix "{P:E}:t:" (the chosen trial is only known here; it shares the tag);
+-- ARGV[2] JSON "reserved"; ARGV[3] JSON now (start_time and heartbeat); ARGV[4] request TTL (s)
+-- Returns: {} none pending | {trial token, field1, value1, ...} the reserved trial
+local prior = redis.call('GET', KEYS[5])
+if prior then
+  local doc = redis.call('HGETALL', ARGV[1] .. prior)
+  table.insert(doc, 1, prior)
+  return doc
+end
+while true do
+  local best, best_key, best_score = nil, nil, nil
+  for i = 1, 3 do
+    local head = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+    if head[1] and (best_score == nil or tonumber(head[2]) < best_score) then
+      best, best_key, best_score = head[1], KEYS[i], tonumber(head[2])
+    end
+  end
+  if best == nil then return {} end
+  redis.call('ZREM', best_key, best)
+  local tkey = ARGV[1] .. best
+  if redis.call('EXISTS', tkey) == 1 then
+    local t = redis.call('TIME')
+    redis.call('ZADD', KEYS[4], tonumber(t[1]) + tonumber(t[2]) / 1e6, best)
+    redis.call('HSET', tkey, 'status', ARGV[2], 'start_time', ARGV[3], 'heartbeat', ARGV[3])
+    redis.call('SET', KEYS[5], best, 'EX', tonumber(ARGV[4]))
+    redis.call('INCR', KEYS[6])
+    local doc = redis.call('HGETALL', tkey)
+    table.insert(doc, 1, best)
+    return doc
+  end
+  -- an index entry without its document (deleted meanwhile): drop it and look again
+end

@@ -1,0 +1,25 @@
+-- update_trial: compare-and-set on a trial's status, then set fields and move it between indexes.
+-- KEYS[1] t:T hash; KEYS[2] s:<expected status> zset; KEYS[3] s:<new status> zset; KEYS[4] rev
+-- ARGV[1] trial token; ARGV[2] JSON expected status (the `was` check);
+-- ARGV[3] JSON new status, or "" to keep it; ARGV[4] index score: "now" = server time
+-- (heartbeat, transition), a number = that epoch time, "" = keep the score (a status change
+-- always re-scores: "" means "now" then); ARGV[5..] field, value pairs
+-- Returns: 1 updated | 0 stored status differs from expected | -1 no such trial
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return -1 end
+if current ~= ARGV[2] then return 0 end
+if #ARGV >= 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+local score = tonumber(ARGV[4])
+if score == nil then
+  local t = redis.call('TIME')
+  score = tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+if ARGV[3] ~= '' and ARGV[3] ~= ARGV[2] then
+  redis.call('HSET', KEYS[1], 'status', ARGV[3])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZADD', KEYS[3], score, ARGV[1])
+elseif ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[2], score, ARGV[1])
+end
+redis.call('INCR', KEYS[4])
+return 1

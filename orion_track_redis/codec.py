@@ -1,0 +1,121 @@
+"""JSON encoding of documents that round-trips Python types exactly.
+
+Oríon hashes trial parameters (md5 of their repr), so 1, 1.0 and "1" must come back as they
+went in; experiments carry datetimes that must compare ``==`` after a round trip. Plain JSON
+keeps int/float/str/bool/None/list/dict-with-str-keys; everything else is wrapped in a one-key
+tag object:
+
+========================  ==========================================
+``{"$dt": iso}``          naive or aware ``datetime.datetime``
+``{"$date": iso}``        ``datetime.date``
+``{"$td": [d, s, us]}``   ``datetime.timedelta``
+``{"$tuple": [...]}``     tuple (lists stay lists)
+``{"$bytes": b64}``       bytes
+``{"$map": [[k, v]...]}`` dict with any non-str key
+``{"$esc": [k, v]}``      a real dict whose only key happens to look like a tag
+========================  ==========================================
+
+NaN and ±inf use Python's JSON extensions (``NaN``, ``Infinity``), which ``json`` reads back.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+
+from .errors import CorruptData
+
+_TAGS = ("$dt", "$date", "$td", "$tuple", "$bytes", "$map", "$esc")
+_SIMPLE = (str, int, float, bool, type(None))
+
+
+def _enc(obj):
+    """Recursively turn ``obj`` into JSON-native values, tagging what JSON would lose."""
+    if isinstance(obj, _SIMPLE):
+        # numpy scalars subclass float/int in part; make them plain so json accepts them
+        return obj if type(obj) in _SIMPLE else _plain_number(obj)
+    if isinstance(obj, list):
+        return [_enc(v) for v in obj]
+    if isinstance(obj, dict):
+        if all(type(k) is str for k in obj):
+            if len(obj) == 1 and next(iter(obj)) in _TAGS:
+                (key, val), = obj.items()
+                return {"$esc": [key, _enc(val)]}  # a pair, so the hook never sees the tag
+            return {k: _enc(v) for k, v in obj.items()}
+        return {"$map": [[_enc(k), _enc(v)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"$tuple": [_enc(v) for v in obj]}
+    if isinstance(obj, _dt.datetime):
+        return {"$dt": obj.isoformat()}
+    if isinstance(obj, _dt.date):
+        return {"$date": obj.isoformat()}
+    if isinstance(obj, _dt.timedelta):
+        return {"$td": [obj.days, obj.seconds, obj.microseconds]}
+    if isinstance(obj, (bytes, bytearray)):
+        return {"$bytes": base64.b64encode(bytes(obj)).decode("ascii")}
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars
+        return _enc(obj.tolist())
+    raise TypeError(f"cannot store a value of type {type(obj).__name__}: {obj!r:.80}")
+
+
+def _plain_number(obj):
+    for kind in (bool, int, float, str):
+        if isinstance(obj, kind):
+            return kind(obj)
+    return obj
+
+
+def _dec_tag(obj: dict):
+    """object_hook for json.loads: undo the tags of :func:`_enc`."""
+    if len(obj) != 1:
+        return obj
+    (tag, val), = obj.items()
+    if tag == "$dt":
+        return _dt.datetime.fromisoformat(val)
+    if tag == "$tuple":
+        return tuple(val)
+    if tag == "$esc":
+        return {val[0]: val[1]}
+    if tag == "$map":
+        return {_hashable(k): v for k, v in val}
+    if tag == "$date":
+        return _dt.date.fromisoformat(val)
+    if tag == "$td":
+        return _dt.timedelta(days=val[0], seconds=val[1], microseconds=val[2])
+    if tag == "$bytes":
+        return base64.b64decode(val)
+    return obj
+
+
+def _hashable(key):
+    return tuple(_hashable(k) for k in key) if isinstance(key, (list, tuple)) else key
+
+
+def dumps(obj) -> str:
+    """Encode one value as compact JSON text."""
+    return json.dumps(_enc(obj), separators=(",", ":"), ensure_ascii=False)
+
+
+def loads(text, where: str = "a stored value"):
+    """Decode what :func:`dumps` produced; ``where`` names the Redis key in errors."""
+    try:
+        return json.loads(text, object_hook=_dec_tag)
+    except (ValueError, TypeError) as exc:
+        raise CorruptData(
+            f"{where} is not a document written by orion-track-redis ({exc}). Another program "
+            "may write under the same prefix: use a different `prefix` option or remove the key."
+        ) from None
+
+
+def encode_fields(doc: dict) -> dict[str, str]:
+    """Top-level fields of a document -> hash fields (one JSON value each)."""
+    return {key: dumps(value) for key, value in doc.items()}
+
+
+def decode_fields(fields: dict, where: str) -> dict:
+    """Inverse of :func:`encode_fields` (keys/values may be bytes)."""
+    out = {}
+    for key, value in fields.items():
+        name = key.decode() if isinstance(key, bytes) else key
+        out[name] = loads(value, where)
+    return out

@@ -1,0 +1,78 @@
+"""Exception tree of orion-track-redis and the one boundary that translates redis-py errors.
+
+Oríon's own exceptions (DuplicateKeyError, FailedUpdate, LockAcquisitionTimeout, ...) are raised
+as-is where Oríon expects them; everything else that goes wrong is a :class:`RedisStorageError`
+whose message names the problem and the fix. None of these is a ``ValueError`` subclass:
+``orion.storage.base.setup_storage`` swallows ValueErrors raised by a backend's constructor.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+
+import redis.exceptions as rex
+
+
+class RedisStorageError(Exception):
+    """Base class of every error raised by orion-track-redis itself."""
+
+
+class ConfigurationError(RedisStorageError):
+    """The configuration (URI, options, environment) is invalid."""
+
+
+class ConnectionFailed(RedisStorageError):
+    """Redis could not be reached, or refused us (auth, ACL, TLS)."""
+
+
+class CorruptData(RedisStorageError):
+    """Data stored under our keys cannot be decoded."""
+
+
+class UnsafeStateError(RedisStorageError):
+    """Algorithm state read from Redis was refused: unsigned/forged and not allow-listed."""
+
+
+class EmbeddedServerError(RedisStorageError):
+    """The embedded redis-server could not be found or started."""
+
+
+_PASSWORD_IN_URL = re.compile(r"(?P<scheme>[a-z+]+://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@", re.I)
+
+
+def redact(text: str) -> str:
+    """Replace the password of every URL found in ``text`` by ``***``."""
+    return _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
+
+
+@contextlib.contextmanager
+def translate_errors(where: str):
+    """Turn redis-py exceptions into our own, with a message that says what to do.
+
+    ``where`` names the endpoint (already redacted) so the user knows which server failed.
+    """
+    try:
+        yield
+    except rex.AuthenticationError as exc:
+        raise ConnectionFailed(
+            f"Redis at {where} rejected the credentials ({redact(exc)}). "
+            "Fix the user/password in the URI (redis://user:password@host:port)."
+        ) from None
+    except rex.NoPermissionError as exc:
+        raise ConnectionFailed(
+            f"Redis at {where} denied a command to this ACL user ({redact(exc)}). "
+            "Grant the user the commands and key pattern listed in the README (ACL section)."
+        ) from None
+    except rex.ResponseError as exc:
+        msg = str(exc)
+        if msg.startswith("NOAUTH"):
+            raise ConnectionFailed(
+                f"Redis at {where} requires a password. "
+                "Put it in the URI: redis://:password@host:port or redis://user:password@host:port."
+            ) from None
+        raise
+    except (rex.ConnectionError, rex.TimeoutError) as exc:
+        raise ConnectionFailed(
+            f"Cannot reach Redis at {where}: {redact(exc)}. Check that the server runs and the "
+            "URI (host, port, TLS, timeouts) is right."
+        ) from None

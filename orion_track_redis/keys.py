@@ -1,0 +1,145 @@
+"""The only place where Redis key names are built.
+
+P is the prefix (default ``orion``); E is an experiment token, T a trial token (see
+:func:`token`). Every key that one script touches carries the same Redis Cluster hash tag, so the
+same scripts run on standalone, Sentinel and Cluster.
+
+==============================  ========  ==================================================
+key                             type      content
+==============================  ========  ==================================================
+``{P}:schema``                  string    schema version of the data under this prefix
+``{P}:exp_seq``                 string    counter that generates experiment ids (1, 2, ...)
+``{P}:exps``                    zset      E -> creation order (the list of experiments)
+``{P}:exp_names``               hash      JSON [name, version] -> E (uniqueness index)
+``{P}:exp:E``                   hash      experiment document, one JSON value per field
+``{P}:benchmarks``              hash      JSON name -> JSON benchmark document
+``{P:E}:rev``                   string    revision counter, bumped by every trial write
+``{P:E}:all``                   zset      T -> registration order (all trials)
+``{P:E}:s:<status>``            zset      T -> server time of the last transition/heartbeat
+``{P:E}:t:T``                   hash      trial document, one JSON value per field
+``{P:E}:req:<request id>``      string    T reserved by that request (retry-safe reserve)
+``{P:E}:lock``                  hash      algorithm lock record: configuration, state, fence
+``{P:E}:lock:holder``           string    "<fence>:<owner>" of the holder, with a PX TTL
+``{P:E}:lock:wake``             list      token pushed on release to wake one waiter
+==============================  ========  ==================================================
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import codec
+
+STATUSES = ("new", "reserved", "suspended", "completed", "interrupted", "broken")
+PENDING = ("new", "suspended", "interrupted")
+
+# Characters that would break a hash tag, a key separator or readability in redis-cli.
+_UNSAFE = set("{}:%") | {chr(c) for c in range(33)} | {chr(127)}
+
+
+def escape(text: str) -> str:
+    """Percent-encode the characters that must not appear inside a key token."""
+    return "".join(f"%{ord(ch):02X}" if ch in _UNSAFE else ch for ch in text)
+
+
+def token(value) -> str:
+    """Key token of an id; JSON first so that 0 and "0" stay different experiments."""
+    return escape(codec.dumps(value))
+
+
+def validate_prefix(prefix: str) -> str:
+    from .errors import ConfigurationError
+
+    if not prefix or any(ch in "{}" or not ch.isprintable() or ch.isspace() for ch in prefix):
+        raise ConfigurationError(
+            f"prefix {prefix!r} is invalid: use a non-empty string of printable characters "
+            "without braces or white space (e.g. prefix=orion or prefix=team-a/orion)."
+        )
+    return prefix
+
+
+@dataclass(frozen=True)
+class GlobalKeys:
+    """Keys of the global slot ``{P}``."""
+
+    prefix: str
+
+    @property
+    def tag(self) -> str:
+        return "{" + self.prefix + "}"
+
+    @property
+    def schema(self) -> str:
+        return f"{self.tag}:schema"
+
+    @property
+    def exp_seq(self) -> str:
+        return f"{self.tag}:exp_seq"
+
+    @property
+    def exps(self) -> str:
+        return f"{self.tag}:exps"
+
+    @property
+    def exp_names(self) -> str:
+        return f"{self.tag}:exp_names"
+
+    @property
+    def benchmarks(self) -> str:
+        return f"{self.tag}:benchmarks"
+
+    def exp(self, exp_token: str) -> str:
+        return f"{self.tag}:exp:{exp_token}"
+
+    def experiment(self, exp_id) -> "ExperimentKeys":
+        return ExperimentKeys(self.prefix, token(exp_id))
+
+
+@dataclass(frozen=True)
+class ExperimentKeys:
+    """Keys of one experiment's slot ``{P:E}``."""
+
+    prefix: str
+    exp_token: str
+
+    @property
+    def tag(self) -> str:
+        return "{" + f"{self.prefix}:{self.exp_token}" + "}"
+
+    @property
+    def rev(self) -> str:
+        return f"{self.tag}:rev"
+
+    @property
+    def all(self) -> str:
+        return f"{self.tag}:all"
+
+    def status(self, status: str) -> str:
+        return f"{self.tag}:s:{status}"
+
+    @property
+    def trial_prefix(self) -> str:
+        return f"{self.tag}:t:"
+
+    def trial(self, trial_id: str) -> str:
+        return self.trial_prefix + escape(str(trial_id))
+
+    def request(self, request_id: str) -> str:
+        return f"{self.tag}:req:{request_id}"
+
+    @property
+    def lock(self) -> str:
+        return f"{self.tag}:lock"
+
+    @property
+    def lock_holder(self) -> str:
+        return f"{self.tag}:lock:holder"
+
+    @property
+    def lock_wake(self) -> str:
+        return f"{self.tag}:lock:wake"
+
+    def unescape_trial(self, trial_token: str) -> str:
+        """Trial id from the token stored in the indexes."""
+        from urllib.parse import unquote
+
+        return unquote(trial_token)

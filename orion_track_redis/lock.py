@@ -1,0 +1,147 @@
+"""The algorithm lock: server-side TTL, background renewal, fencing, wake-up on release.
+
+A holder owns the key ``{P:E}:lock:holder`` (value ``"<fence>:<owner>"``, PX TTL). The key
+expires by itself when a holder dies, so nobody ever needs ``orion db release``. While the
+``with`` block runs, a daemon thread renews the TTL every TTL/3. The state is written at
+release only if the holder token still matches (its fence); a holder whose lock expired logs a
+warning and its state is dropped. Waiters block on ``BLPOP {P:E}:lock:wake`` which every release
+feeds, so a hand-off takes one round trip instead of ``retry_interval``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+
+from orion.storage.base import LockAcquisitionTimeout, LockedAlgorithmState
+
+from . import codec
+from .keys import ExperimentKeys
+from .statecodec import dump_state, load_state
+
+log = logging.getLogger(__name__)
+
+
+class LockClient:
+    """Lock operations of one storage: its client, scripts, TTL and state secret."""
+
+    def __init__(self, client, scripts, ttl: float, secret: bytes | None):
+        self.client = client
+        self.scripts = scripts
+        self.ttl_ms = int(ttl * 1000)
+        self.secret = secret
+
+    # -- record -------------------------------------------------------------------------------
+    def initialize(self, ek: ExperimentKeys, configuration, state=None, locked=False) -> int:
+        raw_state = b"" if state is None else dump_state(state, self.secret)
+        return int(self.scripts.lock_init(
+            keys=[ek.lock, ek.lock_holder],
+            args=[codec.dumps(configuration), raw_state, "1" if locked else "0", self.ttl_ms],
+        ))
+
+    def info(self, ek: ExperimentKeys) -> LockedAlgorithmState | None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(ek.lock, "configuration", "state")
+        pipe.exists(ek.lock_holder)
+        (configuration, state), held = pipe.execute()
+        if configuration is None:
+            return None
+        return LockedAlgorithmState(
+            state=self._state(state, ek), configuration=codec.loads(configuration, ek.lock),
+            locked=int(bool(held)),
+        )
+
+    def delete(self, ek: ExperimentKeys) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(ek.lock)
+        pipe.delete(ek.lock_holder, ek.lock_wake)
+        return int(pipe.execute()[0])
+
+    def force_release(self, ek: ExperimentKeys, new_state=None) -> int:
+        """Release whoever holds the lock (``orion db release``); 1 if the record exists."""
+        return int(self._release(ek, "", new_state) == 1)
+
+    # -- holding ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def hold(self, ek: ExperimentKeys, timeout: float, retry_interval: float):
+        token, configuration, raw_state = self._acquire(ek, timeout, retry_interval)
+        locked = LockedAlgorithmState(
+            state=self._state(raw_state, ek),
+            configuration=codec.loads(configuration, ek.lock), locked=True,
+        )
+        renewer = _Renewer(self, ek, token)
+        renewer.start()
+        try:
+            yield locked
+        except BaseException:
+            locked.reset()  # like Legacy: keep the state that was read
+            raise
+        finally:
+            renewer.stop()
+            if self._release(ek, token, locked.state) != 1:
+                log.warning(
+                    "The algorithm lock of experiment %s expired while this worker held it "
+                    "(held longer than lock_ttl=%.0fs without renewal?): its algorithm state was "
+                    "NOT saved; another worker took over.", ek.exp_token, self.ttl_ms / 1000,
+                )
+
+    def _acquire(self, ek: ExperimentKeys, timeout: float, retry_interval: float):
+        owner = uuid.uuid4().hex
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self.scripts.lock_acquire(keys=[ek.lock, ek.lock_holder],
+                                              args=[owner, self.ttl_ms])
+            if int(reply[0]) == 1:
+                return reply[1].decode(), reply[3], reply[4]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LockAcquisitionTimeout(
+                    f"could not acquire the algorithm lock of experiment {ek.exp_token} within "
+                    f"{timeout}s"
+                    + ("" if int(reply[0]) == 0 else " (the experiment has no lock record)")
+                )
+            # Wake on release; bounded by retry_interval (a wake token may go to another
+            # waiter) and by the holder's remaining TTL (a dead holder never releases).
+            wait = min(remaining, retry_interval if retry_interval > 0 else 0.05)
+            if int(reply[0]) == 0 and int(reply[1]) > 0:
+                wait = min(wait, int(reply[1]) / 1000)
+            self.client.blpop([ek.lock_wake], timeout=max(wait, 0.01))
+
+    def renew(self, ek: ExperimentKeys, token: str) -> bool:
+        return int(self.scripts.lock_renew(keys=[ek.lock_holder], args=[token, self.ttl_ms])) == 1
+
+    def _release(self, ek: ExperimentKeys, token: str, new_state) -> int:
+        write = new_state is not None
+        raw = dump_state(new_state, self.secret) if write else b""
+        return int(self.scripts.lock_release(
+            keys=[ek.lock, ek.lock_holder, ek.lock_wake],
+            args=[token, "1" if write else "0", raw],
+        ))
+
+    def _state(self, raw, ek: ExperimentKeys):
+        return load_state(raw, self.secret) if raw else None
+
+
+class _Renewer(threading.Thread):
+    """Renews the holder's TTL every TTL/3 until stopped or the lock is lost."""
+
+    def __init__(self, lock: LockClient, ek: ExperimentKeys, token: str):
+        super().__init__(name=f"orion-redis-lock-{ek.exp_token}", daemon=True)
+        self._lock, self._ek, self._token = lock, ek, token
+        self._stopped = threading.Event()
+
+    def run(self):
+        period = self._lock.ttl_ms / 3000
+        while not self._stopped.wait(period):
+            try:
+                if not self._lock.renew(self._ek, self._token):
+                    log.warning("Lost the algorithm lock of experiment %s (TTL expired).",
+                                self._ek.exp_token)
+                    return
+            except Exception as exc:  # keep trying: the TTL leaves room for a few failures
+                log.warning("Could not renew the algorithm lock: %s", exc)
+
+    def stop(self):
+        self._stopped.set()

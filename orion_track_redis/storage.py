@@ -1,0 +1,552 @@
+"""``Redis``: Oríon's storage protocol on Redis.
+
+Contract (Oríon 0.2.7, see ../README.md "Design"): behaves like Oríon's Legacy storage where
+Oríon's docs are silent; raises Oríon's own exceptions (``DuplicateKeyError``, ``FailedUpdate``,
+``LockAcquisitionTimeout``, ``MissingArguments``); returns real ``Trial`` objects sorted by
+``submit_time``. Every state change of a trial is one Lua script call (see ``lua/``); reads are
+pipelined. The storage pickles (Oríon cloudpickles it for every trial) and reconnects lazily.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import uuid
+
+import orion.core
+from orion.core.io.database import DuplicateKeyError
+from orion.core.worker.trial import Trial, validate_status
+from orion.storage.base import (
+    BaseStorageProtocol,
+    FailedUpdate,
+    get_trial_uid_and_exp,
+    get_uid,
+)
+
+from . import codec, query
+from .connection import RedisDB, make_client
+from .errors import CorruptData, RedisStorageError, translate_errors
+from .keys import PENDING, STATUSES, ExperimentKeys, GlobalKeys, escape, token
+from .lock import LockClient
+from .scripts import Scripts
+from .uri import Options, resolve
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+RESERVE_REQUEST_TTL = 300  # seconds a reserve request id is remembered (retries come sooner)
+DELETE_BATCH = 500
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.utcnow()
+
+
+def _epoch(moment) -> float | None:
+    """Naive-UTC datetime -> epoch seconds (a score comparable with the server's TIME)."""
+    if not isinstance(moment, datetime.datetime):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def _sort_key(trial):
+    # the same key as Legacy: trials without submit_time first
+    return 0 if trial.submit_time is None else trial.submit_time
+
+
+def _flat_pairs(doc: dict) -> list:
+    out = []
+    for key, value in codec.encode_fields(doc).items():
+        out += [key, value]
+    return out
+
+
+class Redis(BaseStorageProtocol):
+    """Oríon storage backed by Redis. See the README for configuration.
+
+    Parameters
+    ----------
+    uri: str, optional
+        Redis URI (``redis://``, ``rediss://``, ``unix://``, ``fakeredis://``, ``embedded://``).
+    database: dict, optional
+        Oríon's ``database`` section; its ``host`` is used when it holds a Redis URI.
+    setup: bool
+        Check the schema version (and write it on a fresh database). ``orion db upgrade``
+        passes False.
+    **options
+        ``prefix``, ``lock_ttl``, ``state_secret`` and connection options (see ``uri.py``).
+    """
+
+    def __init__(self, uri=None, database=None, setup=True, **options):
+        self._opts: Options = resolve(uri, database, options)
+        log.info("orion-track-redis: using %s (from %s, prefix %s)",
+                 self._opts.redacted, self._opts.source, self._opts.prefix)
+        self._client = None
+        self._pid = None
+        self._keys = GlobalKeys(self._opts.prefix)
+        self._db = RedisDB(self._opts)
+        if setup:
+            with self._guard():
+                self._setup()
+
+    # -- connection, pickling ----------------------------------------------------------------
+    def __getstate__(self):
+        return {"opts": self._opts}
+
+    def __setstate__(self, state):
+        self._opts = state["opts"]
+        self._client = None
+        self._pid = None
+        self._keys = GlobalKeys(self._opts.prefix)
+        self._db = RedisDB(self._opts)
+
+    @property
+    def client(self):
+        # a forked child must not share its parent's sockets
+        if self._client is None or self._pid != os.getpid():
+            self._client = make_client(self._opts)
+            self._scripts = Scripts(self._client)
+            self._lock = LockClient(self._client, self._scripts, self._opts.lock_ttl,
+                                    self._opts.state_secret)
+            self._pid = os.getpid()
+        return self._client
+
+    @property
+    def scripts(self) -> Scripts:
+        self.client  # noqa: B018 - connects lazily
+        return self._scripts
+
+    @property
+    def lock(self) -> LockClient:
+        self.client  # noqa: B018
+        return self._lock
+
+    def _guard(self):
+        return translate_errors(self._opts.redacted)
+
+    def _setup(self):
+        stored = self.client.get(self._keys.schema)
+        if stored is None:
+            self.client.setnx(self._keys.schema, SCHEMA_VERSION)
+        elif int(stored) > SCHEMA_VERSION:
+            raise RedisStorageError(
+                f"the data under prefix {self._opts.prefix!r} has schema version {int(stored)}, "
+                f"newer than this orion-track-redis understands ({SCHEMA_VERSION}). Upgrade "
+                "orion-track-redis on this machine (pip install -U orion-track-redis)."
+            )
+
+    def _ek(self, exp_id) -> ExperimentKeys:
+        return self._keys.experiment(exp_id)
+
+    # -- benchmarks ---------------------------------------------------------------------------
+    def create_benchmark(self, config):
+        """Insert a benchmark, unique on its name."""
+        with self._guard():
+            if "_id" not in config:
+                config["_id"] = self.client.incr(self._keys.benchmarks + ":seq")
+            if not self.client.hsetnx(self._keys.benchmarks, codec.dumps(config.get("name")),
+                                      codec.dumps(config)):
+                raise DuplicateKeyError(f"Duplicate key error: benchmark name={config.get('name')}")
+        return 1
+
+    def fetch_benchmark(self, query_, selection=None):
+        with self._guard():
+            raw = self.client.hgetall(self._keys.benchmarks)
+        docs = [codec.loads(v, self._keys.benchmarks) for v in raw.values()]
+        docs.sort(key=lambda d: (str(type(d.get("_id"))), d.get("_id")))
+        return [query.project(d, selection) for d in docs if query.matches(d, query_)]
+
+    # -- experiments --------------------------------------------------------------------------
+    def create_experiment(self, config, algo_locked=0, algo_state=None, algo_heartbeat=None):
+        """Insert an experiment (unique name+version and _id) and initialise its lock."""
+        with self._guard():
+            generated = "_id" not in config
+            while True:
+                if generated:
+                    config["_id"] = self.client.incr(self._keys.exp_seq)
+                rc = self._insert_experiment(config)
+                if rc == 1:
+                    break
+                if rc == -1:
+                    raise DuplicateKeyError(
+                        "Duplicate key error: index=name_1_version_1 "
+                        f"value=({config.get('name')!r}, {config.get('version')!r})")
+                if not generated:
+                    raise DuplicateKeyError(f"Duplicate key error: index=_id_ value={config['_id']!r}")
+            self.lock.initialize(self._ek(config["_id"]), config.get("algorithm", {}),
+                                 state=algo_state, locked=bool(algo_locked))
+        return 1
+
+    def _insert_experiment(self, config) -> int:
+        exp_token = token(config["_id"])
+        return int(self.scripts.create_experiment(
+            keys=[self._keys.exp_names, self._keys.exps, self._keys.exp(exp_token)],
+            args=[codec.dumps([config.get("name"), config.get("version")]), exp_token,
+                  *_flat_pairs(config)],
+        ))
+
+    def _experiment_tokens(self) -> list[str]:
+        return [t.decode() for t in self.client.zrange(self._keys.exps, 0, -1)]
+
+    def _read_experiments(self, tokens) -> list[dict]:
+        pipe = self.client.pipeline(transaction=False)
+        for exp_token in tokens:
+            pipe.hgetall(self._keys.exp(exp_token))
+        docs = []
+        for exp_token, fields in zip(tokens, pipe.execute()):
+            if fields:
+                docs.append(codec.decode_fields(fields, self._keys.exp(exp_token)))
+        return docs
+
+    def fetch_experiments(self, query_, selection=None):
+        """Experiments matching a Mongo-style query, in creation order."""
+        query_ = query_ or {}
+        with self._guard():
+            if "_id" in query_ and not isinstance(query_["_id"], dict):
+                if query_["_id"] is None:
+                    return []
+                docs = self._read_experiments([token(query_["_id"])])
+            else:
+                docs = self._read_experiments(self._experiment_tokens())
+        out = []
+        for doc in docs:
+            if query.matches(doc, query_):
+                selected = query.project(doc, selection)
+                selected["_id"] = doc["_id"]
+                out.append(selected)
+        return out
+
+    def update_experiment(self, experiment=None, uid=None, where=None, **kwargs):
+        """Top-level set of fields (nested dicts replaced whole); returns the count updated."""
+        uid = get_uid(experiment, uid)
+        kwargs.pop("_id", None)  # _id is immutable, and Oríon passes it back unchanged
+        key = self._keys.exp(token(uid))
+        with self._guard():
+            return self.client.transaction(
+                lambda pipe: self._update_experiment(pipe, key, where, kwargs), key,
+                value_from_callable=True)
+
+    def _update_experiment(self, pipe, key, where, changes) -> int:
+        fields = pipe.hgetall(key)
+        if not fields:
+            pipe.multi()
+            return 0
+        doc = codec.decode_fields(fields, key)
+        if not query.matches(doc, where):
+            pipe.multi()
+            return 0
+        old_name = codec.dumps([doc.get("name"), doc.get("version")])
+        new = _apply_set(doc, changes)
+        new_name = codec.dumps([new.get("name"), new.get("version")])
+        if new_name != old_name and pipe.hexists(self._keys.exp_names, new_name):
+            raise DuplicateKeyError(f"Duplicate key error: index=name_1_version_1 value={new_name}")
+        touched = {k: new[k] for k in {k.split(".")[0] for k in changes}}
+        pipe.multi()
+        if touched:
+            pipe.hset(key, mapping=codec.encode_fields(touched))
+        if new_name != old_name:
+            pipe.hdel(self._keys.exp_names, old_name)
+            pipe.hset(self._keys.exp_names, new_name, token(doc["_id"]))
+        return 1
+
+    def delete_experiment(self, experiment=None, uid=None):
+        """Delete the experiment document (not its trials nor its lock, like Legacy)."""
+        uid = get_uid(experiment, uid)
+        exp_token = token(uid)
+        key = self._keys.exp(exp_token)
+        with self._guard():
+            name, version = self.client.hmget(key, "name", "version")
+            name_field = codec.dumps([codec.loads(name, key) if name else None,
+                                      codec.loads(version, key) if version else None])
+            return int(self.scripts.delete_experiment(
+                keys=[self._keys.exp_names, self._keys.exps, key], args=[name_field, exp_token]))
+
+    # -- trials: writes -----------------------------------------------------------------------
+    def register_trial(self, trial):
+        """Insert a new trial; ``DuplicateKeyError`` if (experiment, id) exists."""
+        doc = trial.to_dict()
+        doc.setdefault("_id", trial.id)  # a truthy, unique _id, kept as id_override
+        ek = self._ek(doc["experiment"])
+        validate_status(doc["status"])
+        with self._guard():
+            rc = int(self.scripts.register_trial(
+                keys=[ek.trial(trial.id), ek.all, ek.status(doc["status"]), ek.rev],
+                args=[escape(trial.id), self._score_of(doc), *_flat_pairs(doc)],
+            ))
+        if rc == -1:
+            raise DuplicateKeyError(
+                f"Duplicate key error: index=experiment_1_id_1 value=({doc['experiment']!r}, "
+                f"{trial.id!r})")
+        trial.id_override = doc["_id"]
+        return trial
+
+    @staticmethod
+    def _score_of(doc) -> str:
+        """Index score of a new trial: its heartbeat when reserved with one, else server time."""
+        if doc.get("status") == "reserved" and _epoch(doc.get("heartbeat")) is not None:
+            return repr(_epoch(doc["heartbeat"]))
+        return "now"
+
+    def reserve_trial(self, experiment):
+        """Reserve one pending trial (new, suspended or interrupted) or return None."""
+        ek = self._ek(get_uid(experiment))
+        request = uuid.uuid4().hex  # a retried EVALSHA carries it again: same trial back
+        with self._guard():
+            reply = self.scripts.reserve_trial(
+                keys=[*(ek.status(s) for s in PENDING), ek.status("reserved"),
+                      ek.request(request), ek.rev],
+                args=[ek.trial_prefix, codec.dumps("reserved"), codec.dumps(_now()),
+                      RESERVE_REQUEST_TTL],
+            )
+        if len(reply) < 3:
+            return None
+        it = iter(reply[1:])
+        return self._trial(dict(zip(it, it)), ek.trial_prefix + reply[0].decode())
+
+    def _patch(self, ek, trial_id, expected, fields, new_status=None, score="") -> int:
+        """One update_trial.lua call: 1 updated, 0 status differs, -1 no such trial."""
+        return int(self.scripts.update_trial(
+            keys=[ek.trial(trial_id), ek.status(expected), ek.status(new_status or expected),
+                  ek.rev],
+            args=[escape(trial_id), codec.dumps(expected),
+                  codec.dumps(new_status) if new_status else "", score, *_flat_pairs(fields)],
+        ))
+
+    def set_trial_status(self, trial, status, heartbeat=None, was=None):
+        """Compare-and-set the status (``was`` defaults to ``trial.status``)."""
+        if not isinstance(heartbeat, datetime.datetime):
+            heartbeat = _now()  # Oríon sometimes passes an int here
+        was = was or trial.status
+        validate_status(status)
+        validate_status(was)
+        ek = self._ek(trial.experiment)
+        with self._guard():
+            rc = self._patch(ek, trial.id, was, {"status": status, "heartbeat": heartbeat},
+                             new_status=status, score="now")
+        if rc != 1:
+            raise FailedUpdate(
+                f"trial {trial.id} is not {was!r} in storage" if rc == 0 else
+                f"trial {trial.id} does not exist in storage")
+        trial.status = status
+
+    def update_heartbeat(self, trial):
+        """Refresh the heartbeat of a reserved trial; 0 (stop the pacemaker) otherwise."""
+        ek = self._ek(trial.experiment)
+        with self._guard():
+            return max(0, self._patch(ek, trial.id, "reserved", {"heartbeat": _now()},
+                                      score="now"))
+
+    def push_trial_results(self, trial):
+        """Write the whole trial, only while it is reserved; ``FailedUpdate`` otherwise."""
+        doc = trial.to_dict()
+        ek = self._ek(trial.experiment)
+        with self._guard():
+            rc = self._patch(ek, trial.id, "reserved", doc, new_status=doc.get("status"))
+        if rc != 1:
+            raise FailedUpdate(f"trial {trial.id} is not reserved in storage")
+        return rc
+
+    def update_trial(self, trial=None, uid=None, experiment_uid=None, where=None, **kwargs):
+        """Set fields of one trial if it matches ``where``; returns 1 or 0."""
+        trial_uid, experiment_uid = get_trial_uid_and_exp(trial, uid, experiment_uid)
+        ek = self._ek(experiment_uid)
+        with self._guard():
+            docs = self._read_trials(ek, [escape(trial_uid)])
+            if not docs or not query.matches(docs[0], where):
+                return 0
+            return self._apply_update(ek, docs[0], kwargs)
+
+    def update_trials(self, experiment=None, uid=None, where=None, **kwargs):
+        """Set fields of every trial matching ``where``; returns the count updated."""
+        uid = get_uid(experiment, uid)
+        ek = self._ek(uid)
+        with self._guard():
+            return sum(self._apply_update(ek, doc, kwargs)
+                       for doc in self._matching_docs(ek, where))
+
+    def _apply_update(self, ek, doc, changes) -> int:
+        new_status = changes.get("status")
+        if new_status is not None:
+            validate_status(new_status)
+        new = _apply_set(doc, changes)
+        touched = {k: new[k] for k in {k.split(".")[0] for k in changes}}
+        score = ""
+        if "heartbeat" in changes and _epoch(changes["heartbeat"]) is not None:
+            score = repr(_epoch(changes["heartbeat"]))  # lets tests age a reserved trial
+        return max(0, self._patch(ek, doc["id"], doc["status"], touched, new_status, score))
+
+    def delete_trials(self, experiment=None, uid=None, where=None):
+        """Delete the trials matching ``where``; returns the count deleted."""
+        uid = get_uid(experiment, uid)
+        ek = self._ek(uid)
+        with self._guard():
+            if where:
+                tokens = [escape(d["id"]) for d in self._matching_docs(ek, where)]
+            else:
+                tokens = [t.decode() for t in self.client.zrange(ek.all, 0, -1)]
+            deleted = 0
+            for start in range(0, len(tokens), DELETE_BATCH):
+                batch = tokens[start:start + DELETE_BATCH]
+                deleted += int(self.scripts.delete_trials(
+                    keys=[ek.all, *(ek.status(s) for s in STATUSES), ek.rev,
+                          *(ek.trial_prefix + t for t in batch)],
+                    args=batch,
+                ))
+        return deleted
+
+    # -- trials: reads ------------------------------------------------------------------------
+    def _trial(self, fields: dict, key: str) -> Trial:
+        doc = codec.decode_fields(fields, key)
+        try:
+            return Trial(**doc)
+        except (TypeError, AttributeError, ValueError) as exc:
+            raise CorruptData(f"{key} does not hold an Oríon trial ({exc}). Remove the key or "
+                              "use another prefix.") from None
+
+    def _read_trials(self, ek: ExperimentKeys, tokens) -> list[dict]:
+        pipe = self.client.pipeline(transaction=False)
+        for trial_token in tokens:
+            pipe.hgetall(ek.trial_prefix + trial_token)
+        docs = []
+        for trial_token, fields in zip(tokens, pipe.execute()):
+            if fields:
+                docs.append(codec.decode_fields(fields, ek.trial_prefix + trial_token))
+        return docs
+
+    def _tokens_for(self, ek: ExperimentKeys, where: dict | None) -> list[str]:
+        """Candidate trial tokens for ``where``, from the status indexes when it allows."""
+        status = (where or {}).get("status")
+        if isinstance(status, str):
+            statuses = [status]
+        elif isinstance(status, dict) and set(status) == {"$in"}:
+            statuses = list(status["$in"])
+        else:
+            statuses = None
+        if isinstance((where or {}).get("id"), str):
+            return [escape(where["id"])]
+        if statuses is None:
+            return [t.decode() for t in self.client.zrange(ek.all, 0, -1)]
+        pipe = self.client.pipeline(transaction=False)
+        for s in statuses:
+            pipe.zrange(ek.status(s), 0, -1)
+        return [t.decode() for batch in pipe.execute() for t in batch]
+
+    def _matching_docs(self, ek: ExperimentKeys, where: dict | None) -> list[dict]:
+        where = {k: v for k, v in (where or {}).items() if k != "experiment"} if where else None
+        docs = self._read_trials(ek, self._tokens_for(ek, where))
+        return [d for d in docs if query.matches(d, where)]
+
+    def _build(self, docs) -> list[Trial]:
+        trials = []
+        for doc in docs:
+            try:
+                trials.append(Trial(**doc))
+            except (TypeError, AttributeError, ValueError) as exc:
+                raise CorruptData(f"a trial of experiment {doc.get('experiment')!r} is not an "
+                                  f"Oríon trial ({exc}).") from None
+        trials.sort(key=_sort_key)
+        return trials
+
+    def fetch_trials(self, experiment=None, uid=None, where=None):
+        """All trials of an experiment matching ``where``, sorted by submit_time."""
+        uid = get_uid(experiment, uid)
+        ek = self._ek(uid)
+        if where and "experiment" in where and where["experiment"] != uid:
+            return []
+        with self._guard():
+            return self._build(self._matching_docs(ek, where))
+
+    def get_trial(self, trial=None, uid=None, experiment_uid=None):
+        trial_uid, experiment_uid = get_trial_uid_and_exp(trial, uid, experiment_uid)
+        with self._guard():
+            docs = self._read_trials(self._ek(experiment_uid), [escape(trial_uid)])
+        return self._build(docs)[0] if docs else None
+
+    def retrieve_result(self, trial, *args, **kwargs):
+        """Results already sit on the trial object (as with Legacy)."""
+        return trial
+
+    def fetch_lost_trials(self, experiment):
+        """Reserved trials without a heartbeat for 5 x worker.heartbeat, on the server clock."""
+        ek = self._ek(get_uid(experiment))
+        threshold = orion.core.config.worker.heartbeat * 5
+        with self._guard():
+            tokens = self.scripts.lost_trials(keys=[ek.status("reserved")], args=[threshold])
+            docs = self._read_trials(ek, [t.decode() for t in tokens])
+        return self._build([d for d in docs if d.get("status") == "reserved"])
+
+    def _by_statuses(self, experiment, statuses) -> list[Trial]:
+        ek = self._ek(get_uid(experiment))
+        with self._guard():
+            return self._build(self._matching_docs(ek, {"status": {"$in": list(statuses)}}))
+
+    def fetch_pending_trials(self, experiment):
+        return self._by_statuses(experiment, PENDING)
+
+    def fetch_noncompleted_trials(self, experiment):
+        return self._by_statuses(experiment, [s for s in STATUSES if s != "completed"])
+
+    def fetch_trials_by_status(self, experiment, status):
+        return self._by_statuses(experiment, [status])
+
+    def _count(self, experiment, status) -> int:
+        with self._guard():
+            return int(self.client.zcard(self._ek(get_uid(experiment)).status(status)))
+
+    def count_completed_trials(self, experiment):
+        return self._count(experiment, "completed")
+
+    def count_broken_trials(self, experiment):
+        return self._count(experiment, "broken")
+
+    # -- algorithm lock -----------------------------------------------------------------------
+    def initialize_algorithm_lock(self, experiment_id, algorithm_config):
+        """Create the lock record if absent; returns 1 if created, 0 if it existed."""
+        with self._guard():
+            return self.lock.initialize(self._ek(experiment_id), algorithm_config)
+
+    def release_algorithm_lock(self, experiment=None, uid=None, new_state=None):
+        """Release the lock whoever holds it (``orion db release``); 1 if there is a lock."""
+        uid = get_uid(experiment, uid)
+        with self._guard():
+            return self.lock.force_release(self._ek(uid), new_state)
+
+    def get_algorithm_lock_info(self, experiment=None, uid=None):
+        uid = get_uid(experiment, uid)
+        with self._guard():
+            return self.lock.info(self._ek(uid))
+
+    def delete_algorithm_lock(self, experiment=None, uid=None):
+        uid = get_uid(experiment, uid)
+        with self._guard():
+            return self.lock.delete(self._ek(uid))
+
+    @contextlib.contextmanager
+    def acquire_algorithm_lock(self, experiment=None, uid=None, timeout=60, retry_interval=1):
+        """Hold the algorithm lock (TTL ``lock_ttl``, renewed while held)."""
+        uid = get_uid(experiment, uid)
+        with self._guard(), self.lock.hold(self._ek(uid), timeout, retry_interval) as locked:
+            yield locked
+
+
+def _apply_set(doc: dict, changes: dict) -> dict:
+    """Mongo ``$set``: top-level keys replace whole values; dotted keys set nested ones."""
+    new = dict(doc)
+    for key, value in changes.items():
+        if "." not in key:
+            new[key] = value
+            continue
+        head, *path = key.split(".")
+        node = new[head] = _copy_dict(new.get(head))
+        for part in path[:-1]:
+            node[part] = _copy_dict(node.get(part))
+            node = node[part]
+        node[path[-1]] = value
+    return new
+
+
+def _copy_dict(value) -> dict:
+    return dict(value) if isinstance(value, dict) else {}

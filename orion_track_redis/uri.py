@@ -1,0 +1,206 @@
+"""Resolve where the storage connects to, into one frozen :class:`Options` object.
+
+Sources, first match wins (see the README, "Configuration"):
+
+1. the ``uri`` argument (Python API: ``storage={"type": "redis", "uri": ...}``);
+2. ``database["host"]`` when it holds a Redis URI (yaml ``storage: {type: redis, database:
+   {host: "redis://..."}}``, the global Oríon config, or ``ORION_DB_ADDRESS``);
+3. the environment variable ``ORION_REDIS_URI``;
+4. the embedded default: a local redis-server under Oríon's user data directory.
+
+Accepted forms::
+
+    redis://[[user]:password@]host[:port][/db][?options]
+    rediss://...                        (TLS)
+    unix:///path/to/redis.sock[?db=N&options]
+    fakeredis://[name][?options]        (in-process server, for tests and quick trials)
+    embedded://[/data/dir][?options]    (the embedded default, explicitly)
+
+Our options (query string, or keyword arguments of the storage config): ``prefix``,
+``lock_ttl`` (seconds), ``socket_timeout``, ``socket_connect_timeout``, ``health_check_interval``,
+``client_name``, ``db``, and the TLS options ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
+``ssl_cert_reqs``, ``ssl_check_hostname``. The algorithm-state signing secret comes from the
+``state_secret`` keyword or ``ORION_REDIS_STATE_SECRET``, never from the URI (URIs get logged).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from .errors import ConfigurationError, redact
+from .keys import validate_prefix
+
+log = logging.getLogger(__name__)
+
+ENV_URI = "ORION_REDIS_URI"
+ENV_SECRET = "ORION_REDIS_STATE_SECRET"
+SCHEMES = ("redis", "rediss", "unix", "fakeredis", "embedded")
+ACCEPTED_FORMS = (
+    "redis://[user:password@]host[:port][/db][?options], rediss://... (TLS), "
+    "unix:///path/to/redis.sock[?db=N], fakeredis://[name], embedded://[/data/dir]"
+)
+
+# option -> converter; the connection options go to redis-py, ours stay here
+_CONNECTION_OPTIONS = {
+    "socket_timeout": float,
+    "socket_connect_timeout": float,
+    "health_check_interval": float,
+    "client_name": str,
+    "db": int,
+    "ssl_ca_certs": str,
+    "ssl_certfile": str,
+    "ssl_keyfile": str,
+    "ssl_cert_reqs": str,
+    "ssl_check_hostname": lambda v: _bool(v),
+}
+_OWN_OPTIONS = {"prefix": str, "lock_ttl": float}
+_DEFAULTS = {"socket_timeout": 30.0, "socket_connect_timeout": 10.0}
+
+
+def _bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (use true or false)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Everything needed to (re)connect: picklable, so the storage survives cloudpickle."""
+
+    scheme: str
+    url: str  # connection URL without our own options; may hold a password: never log it
+    source: str  # which configuration source won, for the log line
+    prefix: str = "orion"
+    lock_ttl: float = 30.0
+    connection: tuple = ()  # (name, value) pairs of connection options for redis-py
+    state_secret: bytes | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def redacted(self) -> str:
+        return redact(self.url)
+
+    def __repr__(self) -> str:  # never show the password
+        return f"Options(url={self.redacted!r}, prefix={self.prefix!r}, source={self.source!r})"
+
+
+def _scheme_of(text) -> str | None:
+    if not isinstance(text, str) or "://" not in text:
+        return None
+    return text.split("://", 1)[0].lower()
+
+
+def pick_uri(uri, database) -> tuple[str | None, str]:
+    """Apply the resolution order; return (uri or None for the embedded default, source)."""
+    if uri:
+        return uri, "uri argument"
+    host = (database or {}).get("host") if isinstance(database, dict) else None
+    if _scheme_of(host) in SCHEMES:
+        return host, "database.host"
+    if os.environ.get(ENV_URI):
+        return os.environ[ENV_URI], f"${ENV_URI}"
+    return None, "embedded default"
+
+
+def _convert(name: str, value, table: dict):
+    try:
+        return table[name](value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"option {name}={value!r} is invalid: {exc}. Fix its value in the URI or config."
+        ) from None
+
+
+def _split_options(query_items, extra: dict) -> tuple[dict, dict]:
+    """Separate our options from the connection ones; reject unknown names."""
+    own, conn = {}, dict(_DEFAULTS)
+    for name, value in list(query_items) + list(extra.items()):
+        if name in _OWN_OPTIONS:
+            own[name] = _convert(name, value, _OWN_OPTIONS)
+        elif name in _CONNECTION_OPTIONS:
+            conn[name] = _convert(name, value, _CONNECTION_OPTIONS)
+        else:
+            accepted = ", ".join(sorted(_OWN_OPTIONS) + sorted(_CONNECTION_OPTIONS))
+            raise ConfigurationError(
+                f"unknown option {name!r}. Accepted options: {accepted}."
+            )
+    return own, conn
+
+
+def _validate_own(own: dict) -> None:
+    if "prefix" in own:
+        validate_prefix(own["prefix"])
+    ttl = own.get("lock_ttl")
+    if ttl is not None and not 1 <= ttl <= 86400:
+        raise ConfigurationError(
+            f"lock_ttl={ttl} is out of range: give the algorithm-lock TTL in seconds, "
+            "between 1 and 86400 (default 30)."
+        )
+
+
+def _validate_conn(conn: dict) -> None:
+    for name in ("socket_timeout", "socket_connect_timeout", "health_check_interval"):
+        if name in conn and not conn[name] > 0:
+            raise ConfigurationError(f"{name}={conn[name]} must be a positive number of seconds.")
+    # BLPOP on the lock's wake-up list blocks up to ~1 s; a shorter read timeout breaks it
+    if conn.get("socket_timeout", 30) < 2:
+        raise ConfigurationError(
+            f"socket_timeout={conn['socket_timeout']} is too short: use at least 2 seconds "
+            "(waiting for the algorithm lock blocks on the server for up to 1 s)."
+        )
+
+
+def resolve(uri=None, database=None, options: dict | None = None) -> Options:
+    """Build the :class:`Options` of a storage from its constructor arguments."""
+    options = dict(options or {})
+    secret = options.pop("state_secret", None) or os.environ.get(ENV_SECRET) or None
+    if isinstance(secret, str):
+        secret = secret.encode()
+    chosen, source = pick_uri(uri, database)
+    if chosen is None:
+        chosen = "embedded://"
+    if not isinstance(chosen, str):
+        raise ConfigurationError(
+            f"the Redis URI must be a string, got {type(chosen).__name__}. "
+            f"Accepted forms: {ACCEPTED_FORMS}."
+        )
+    scheme = _scheme_of(chosen)
+    if scheme not in SCHEMES:
+        raise ConfigurationError(
+            f"unsupported Redis URI {redact(chosen)!r} (from {source}). "
+            f"Accepted forms: {ACCEPTED_FORMS}."
+        )
+    try:
+        parts = urlsplit(chosen)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"malformed Redis URI {redact(chosen)!r} ({exc}). Accepted forms: {ACCEPTED_FORMS}."
+        ) from None
+    if scheme in ("redis", "rediss") and not parts.hostname:
+        raise ConfigurationError(
+            f"Redis URI {redact(chosen)!r} has no host. Accepted forms: {ACCEPTED_FORMS}."
+        )
+    if scheme == "unix" and not parts.path:
+        raise ConfigurationError(
+            f"Redis URI {redact(chosen)!r} has no socket path: use unix:///path/to/redis.sock."
+        )
+    own, conn = _split_options(parse_qsl(parts.query, keep_blank_values=True), options)
+    _validate_own(own)
+    _validate_conn(conn)
+    base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    return Options(
+        scheme=scheme,
+        url=base,
+        source=source,
+        connection=tuple(sorted(conn.items())),
+        state_secret=secret,
+        **own,
+    )
+

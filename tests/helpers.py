@@ -1,0 +1,50 @@
+"""Small builders shared by the tests."""
+from __future__ import annotations
+
+import datetime
+
+from orion.core.worker.trial import Trial
+
+BASE_TIME = datetime.datetime(2024, 1, 2, 3, 4, 5, 678901)
+
+
+def experiment_config(name="exp", version=1, **extra):
+    config = {
+        "name": name,
+        "version": version,
+        "space": {"x": "uniform(0, 10)"},
+        "algorithm": {"random": {"seed": 1}},
+        "metadata": {"user": "alice", "datetime": BASE_TIME, "orion_version": "0.2.7"},
+        "refers": {"parent_id": None, "root_id": None, "adapter": []},
+        "max_trials": 10,
+    }
+    config.update(extra)
+    return config
+
+
+def make_trial(exp_id, x=1.0, status="new", seconds=0, **extra):
+    kwargs = dict(
+        experiment=exp_id,
+        status=status,
+        params=[{"name": "/x", "type": "real", "value": x}],
+        submit_time=BASE_TIME + datetime.timedelta(seconds=seconds),
+    )
+    kwargs.update(extra)
+    return Trial(**kwargs)
+
+
+def create_experiment(storage, **kwargs):
+    config = experiment_config(**kwargs)
+    storage.create_experiment(config)
+    return config["_id"]
+
+
+class Exp:
+    """Stand-in for an Experiment: the storage only reads ``.id`` / ``._id``."""
+
+    def __init__(self, exp_id):
+        self._id = exp_id
+
+    @property
+    def id(self):
+        return self._id

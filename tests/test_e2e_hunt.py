@@ -1,0 +1,85 @@
+"""End to end: separate `orion hunt` processes on one experiment against a real redis-server,
+then Oríon's own commands on the result."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from orion_track_redis import Redis
+
+pytestmark = pytest.mark.slow
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ORION = str(Path(sys.executable).with_name("orion"))
+
+
+def _config(tmp_path, uri) -> Path:
+    path = tmp_path / "orion_config.yaml"
+    path.write_text(
+        "storage:\n"
+        "  type: redis\n"
+        "  database:\n"
+        f"    host: \"{uri}\"\n"
+        "experiment:\n"
+        "  algorithms:\n"
+        "    random:\n"
+        "      seed: null\n"
+    )
+    return path
+
+
+def _orion(uri, *args, timeout=300):
+    """Run an Oríon command configured through environment variables.
+
+    Oríon 0.2.7's `orion status` re-loads experiments with the *global* storage config, ignoring
+    --config, so the admin commands get the storage from ORION_STORAGE_TYPE/ORION_DB_ADDRESS
+    (the documented way for those commands).
+    """
+    env = dict(os.environ, ORION_REDIS_URI="", ORION_STORAGE_TYPE="redis", ORION_DB_ADDRESS=uri)
+    proc = subprocess.run([ORION, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+    assert proc.returncode == 0, f"orion {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def test_four_hunts_share_one_experiment(redis_server, tmp_path):
+    prefix = f"e2e-{uuid.uuid4().hex[:8]}"
+    uri = f"{redis_server.url}/0?prefix={prefix}"
+    config = _config(tmp_path, uri)
+    name = "e2e"
+    cmd = [ORION, "hunt", "--config", str(config), "-n", name, "--max-trials", "40",
+           sys.executable, str(EXAMPLES / "objective.py"), "-x~uniform(-5, 5)",
+           "-y~uniform(-5, 5)"]
+    env = dict(os.environ, ORION_REDIS_URI="")
+    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env, cwd=tmp_path) for _ in range(4)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    for worker, out in zip(workers, outputs):
+        assert worker.returncode == 0, out[-3000:]
+
+    storage = Redis(uri=uri)
+    (exp,) = storage.fetch_experiments({"name": name})
+    trials = storage.fetch_trials(uid=exp["_id"])
+    completed = [t for t in trials if t.status == "completed"]
+    assert len(completed) >= 40
+    assert len({t.id for t in completed}) == len(completed), "no trial completed twice"
+    assert all(t.objective is not None for t in completed)
+    assert [t for t in trials if t.status == "reserved"] == [], "none left reserved"
+    assert not storage.get_algorithm_lock_info(uid=exp["_id"]).locked
+
+    status = _orion(uri, "status", "-n", name).stdout
+    assert re.search(rf"^completed\s+{len(completed)}\s", status, re.M), status
+    assert f"{name}-v1" in _orion(uri, "list").stdout
+    info = _orion(uri, "info", "-n", name).stdout
+    assert f"trials completed: {len(completed)}" in info, info
+    assert "successfully released" in _orion(uri, "db", "release", name, "--force").stdout
+    removed = _orion(uri, "db", "rm", name, "--force").stdout
+    assert f"{len(trials)} trials deleted" in removed and "1 experiments deleted" in removed
+    assert storage.fetch_experiments({"name": name}) == []
+    assert storage.fetch_trials(uid=exp["_id"]) == []
+    assert storage.get_algorithm_lock_info(uid=exp["_id"]) is None
