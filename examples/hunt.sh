@@ -11,5 +11,8 @@ for i in $(seq "$workers"); do
     python "$here/objective.py" -x~'uniform(-5, 5)' -y~'uniform(-5, 5)' > "/tmp/$name-worker-$i.log" 2>&1 &
 done
 wait
-orion status --config "$here/orion_config.yaml" -n "$name"
-orion info --config "$here/orion_config.yaml" -n "$name" | sed -n '/^Stats/,$p'
+# Oríon 0.2.7's `orion status`/`info` re-load experiments from the *global* storage config
+# (they ignore --config): select our backend through the environment for them.
+export ORION_STORAGE_TYPE=redis
+orion status -n "$name"
+orion info -n "$name" | sed -n '/^Stats/,$p'

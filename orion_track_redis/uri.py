@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .errors import ConfigurationError, redact
 from .keys import validate_prefix
@@ -194,7 +194,8 @@ def resolve(uri=None, database=None, options: dict | None = None) -> Options:
     own, conn = _split_options(parse_qsl(parts.query, keep_blank_values=True), options)
     _validate_own(own)
     _validate_conn(conn)
-    base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    # urlunsplit drops "//" when there is no host (embedded://, fakeredis://): build it ourselves
+    base = f"{scheme}://{parts.netloc}{parts.path}"
     return Options(
         scheme=scheme,
         url=base,

@@ -1,0 +1,236 @@
+"""Packaging: the wheel carries the Lua scripts and the entry point, and works once installed.
+
+1. The wheel (built with hatchling, as ``pip install`` would) holds every ``lua/*.lua`` of the
+   source tree under ``orion_track_redis/lua/``, every module of the package and the
+   ``BaseStorageProtocol`` entry point.
+2. Installed (``--no-deps``) into a fresh venv that borrows this venv's dependencies through a
+   plain path in a ``.pth`` file (which does not process the ``.pth`` files found there, so the
+   editable install of this checkout stays out of the way), the package imports from the fresh
+   venv, finds its scripts there, and Oríon's own storage factory builds it and runs a trial
+   through it.
+3. The editable install (this interpreter) reads the scripts from the top-level ``lua/``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "orion_track_redis"
+MARKER = "PACKAGING-OK"
+
+
+def _run(cmd, timeout, **kwargs):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def _clean_env() -> dict:
+    """The environment of the subprocesses, without anything that could leak this checkout in."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV",
+                        "PYTHONSAFEPATH", "__PYVENV_LAUNCHER__")
+           and not k.startswith("ORION_")}
+    env["PYTHONNOUSERSITE"] = "1"
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["PIP_NO_INPUT"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """Build the wheel once for the module (``python -m build``, else ``pip wheel --no-deps``)."""
+    outdir = tmp_path_factory.mktemp("wheel")
+    cwd = tmp_path_factory.mktemp("build-cwd")
+    attempts = [
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(outdir), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(outdir), str(ROOT)],
+    ]
+    logs = []
+    for cmd in attempts:
+        proc = _run(cmd, timeout=60, cwd=cwd, env=_clean_env())
+        wheels = sorted(outdir.glob("orion_track_redis-*.whl"))
+        if proc.returncode == 0 and len(wheels) == 1:
+            return wheels[0]
+        logs.append(f"$ {' '.join(cmd)}\nrc={proc.returncode}\n{proc.stdout[-3000:]}"
+                    f"\n{proc.stderr[-3000:]}")
+    pytest.fail("could not build the wheel:\n" + "\n\n".join(logs))
+
+
+def _source_lua_files() -> list[Path]:
+    files = sorted((ROOT / "lua").glob("*.lua"))
+    assert files, "no lua/*.lua in the source tree"
+    return files
+
+
+# -- 1. wheel contents --------------------------------------------------------------------------
+def test_wheel_contents(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        entry_points = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        assert len(entry_points) == 1, sorted(names)
+        entry_points_txt = zf.read(entry_points[0]).decode()
+        # the scripts are byte-identical to the source tree's
+        for lua in _source_lua_files():
+            arcname = f"{PACKAGE}/lua/{lua.name}"
+            assert arcname in names, f"{arcname} missing from {wheel.name}: {sorted(names)}"
+            assert zf.read(arcname) == lua.read_bytes(), f"{arcname} differs from {lua}"
+
+    wheel_lua = {n for n in names if n.startswith(f"{PACKAGE}/lua/")}
+    assert wheel_lua == {f"{PACKAGE}/lua/{p.name}" for p in _source_lua_files()}
+
+    modules = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / PACKAGE).rglob("*.py")
+                     if "__pycache__" not in p.parts)
+    assert f"{PACKAGE}/__init__.py" in modules
+    missing = [m for m in modules if m not in names]
+    assert not missing, f"modules missing from {wheel.name}: {missing}"
+    # nothing from the tests, examples or the top-level lua/ leaks in at the wheel's root
+    assert not [n for n in names if n.startswith(("tests/", "examples/", "lua/", "benchmarks/"))]
+
+    sections: dict[str, dict[str, str]] = {}
+    current = None
+    for line in entry_points_txt.splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+        elif "=" in line and current is not None:
+            key, value = (part.strip() for part in line.split("=", 1))
+            current[key] = value
+    assert sections.get("BaseStorageProtocol", {}).get("redis") == "orion_track_redis:Redis", \
+        entry_points_txt
+
+
+# -- 2. installed wheel in a fresh venv ---------------------------------------------------------
+CHECK_SCRIPT = textwrap.dedent('''
+    import sys
+    from pathlib import Path
+
+    venv = Path(sys.argv[1]).resolve()
+    repo = Path(sys.argv[2]).resolve()
+
+    def inside(path, root):
+        try:
+            Path(path).resolve().relative_to(root)
+            return True
+        except ValueError:
+            return False
+
+    # the plain path in deps.pth did not activate the editable install of the checkout
+    assert not any(Path(p).resolve() == repo for p in sys.path if p), sys.path
+
+    import orion_track_redis
+    from orion_track_redis import scripts
+
+    assert inside(orion_track_redis.__file__, venv), orion_track_redis.__file__
+    assert not inside(orion_track_redis.__file__, repo), orion_track_redis.__file__
+    lua_dir = scripts.lua_dir()
+    assert inside(lua_dir, venv), lua_dir
+    assert lua_dir.name == "lua" and lua_dir.parent.name == "orion_track_redis", lua_dir
+    assert sorted(p.stem for p in lua_dir.glob("*.lua")) == sorted(scripts.NAMES)
+
+    from orion.core.worker.trial import Trial
+    from orion.storage.base import setup_storage
+
+    storage = setup_storage({"type": "redis", "uri": "fakeredis://pkg"})
+    assert type(storage).__module__.startswith("orion_track_redis"), type(storage)
+    assert inside(sys.modules[type(storage).__module__].__file__, venv)
+
+    config = {
+        "name": "packaging",
+        "version": 1,
+        "space": {"x": "uniform(0, 10)"},
+        "algorithm": {"random": {"seed": 1}},
+        "metadata": {"user": "packager", "orion_version": "0.2.7"},
+        "refers": {"parent_id": None, "root_id": None, "adapter": []},
+        "max_trials": 10,
+    }
+    storage.create_experiment(config)
+    exp_id = config["_id"]
+    (stored,) = storage.fetch_experiments({"name": "packaging"})
+    assert stored["_id"] == exp_id and stored["max_trials"] == 10, stored
+
+    class Exp:
+        def __init__(self, uid):
+            self.id = self._id = uid
+
+    trial = Trial(experiment=exp_id, status="new",
+                  params=[{"name": "/x", "type": "real", "value": 1.0}])
+    storage.register_trial(trial)
+    assert [t.id for t in storage.fetch_trials(uid=exp_id)] == [trial.id]
+
+    reserved = storage.reserve_trial(Exp(exp_id))
+    assert reserved is not None
+    assert reserved.id == trial.id and reserved.status == "reserved", reserved
+    assert reserved.params == {"/x": 1.0}, reserved.params
+    assert storage.reserve_trial(Exp(exp_id)) is None
+    print("%s", orion_track_redis.__file__, lua_dir)
+''' % MARKER)
+
+
+def _purelib_of(python: Path, env) -> Path:
+    proc = _run([str(python), "-c",
+                 "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                timeout=30, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return Path(proc.stdout.strip())
+
+
+def test_installed_wheel_in_fresh_venv(wheel, tmp_path):
+    env = _clean_env()
+    venv = tmp_path / "venv"
+    proc = _run([sys.executable, "-m", "venv", str(venv)], timeout=60, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    python = venv / "bin" / "python"
+    assert python.exists(), list((venv / "bin").iterdir())
+
+    proc = _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
+                timeout=60, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    # this venv's dependencies, as plain path lines (the .pth files there are not processed)
+    fresh_site = _purelib_of(python, env)
+    assert fresh_site.is_relative_to(venv), fresh_site
+    paths = sysconfig.get_paths()
+    current_sites = list(dict.fromkeys(paths[k] for k in ("purelib", "platlib")))
+    (fresh_site / "deps.pth").write_text("".join(f"{p}\n" for p in current_sites))
+
+    script = tmp_path / "check_installed.py"
+    script.write_text(CHECK_SCRIPT)
+    proc = _run([str(python), str(script), str(venv), str(ROOT)],
+                timeout=60, cwd=tmp_path, env=env)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert MARKER in proc.stdout, output
+
+
+# -- 3. editable install --------------------------------------------------------------------------
+def test_editable_install_finds_the_scripts():
+    import orion_track_redis
+    from orion_track_redis import scripts
+
+    assert Path(orion_track_redis.__file__).resolve().parent == ROOT / PACKAGE
+    assert scripts.lua_dir().resolve() == (ROOT / "lua").resolve()
+
+    on_disk = {p.stem for p in _source_lua_files()}
+    assert len(set(scripts.NAMES)) == len(scripts.NAMES), scripts.NAMES
+    assert on_disk - set(scripts.NAMES) == set(), "lua files not in scripts.NAMES"
+    assert set(scripts.NAMES) - on_disk == set(), "scripts.NAMES without a lua file"
+    for name in scripts.NAMES:
+        assert scripts.source(name) == (ROOT / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("lua", _source_lua_files(), ids=lambda p: p.name)
+def test_lua_header(lua):
+    """Each script documents its KEYS, ARGV and return value in its first 15 lines."""
+    with lua.open(encoding="utf-8") as fh:
+        head = "".join(line for _, line in zip(range(15), fh))
+    for word in ("KEYS", "ARGV", "Returns"):
+        assert word in head, f"{lua.name}: no {word} in its header"
