@@ -1,0 +1,125 @@
+"""Configuration: where the URI comes from, options, and clear errors without passwords."""
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+
+import pytest
+from orion.storage.base import setup_storage
+
+from orion_track_redis import ConfigurationError, ConnectionFailed, Redis
+from orion_track_redis.server import RedisServer, free_port
+from orion_track_redis.uri import resolve
+
+
+def test_resolution_order(monkeypatch):
+    monkeypatch.setenv("ORION_REDIS_URI", "redis://env-host:1")
+    db = {"host": "redis://db-host:2", "type": "PickledDB"}
+    assert resolve("redis://arg-host:3", db).source == "uri argument"
+    assert resolve(None, db).url == "redis://db-host:2"
+    assert resolve(None, {"host": "/path/to/db.pkl"}).url == "redis://env-host:1"
+    monkeypatch.delenv("ORION_REDIS_URI")
+    opts = resolve(None, {"host": ""})
+    assert opts.scheme == "embedded" and opts.source == "embedded default"
+
+
+def test_options_from_query_and_keywords():
+    opts = resolve("redis://h:6379/2?prefix=team-a/x&lock_ttl=12.5&socket_timeout=5",
+                   options={"socket_connect_timeout": 3})
+    assert opts.prefix == "team-a/x" and opts.lock_ttl == 12.5
+    assert dict(opts.connection)["socket_timeout"] == 5.0
+    assert dict(opts.connection)["socket_connect_timeout"] == 3.0
+    assert opts.url == "redis://h:6379/2"
+
+
+@pytest.mark.parametrize("uri, fragment", [
+    ("http://h:1", "unsupported Redis URI"),
+    ("redis://h:99999", "malformed Redis URI"),
+    ("redis://:6379", "has no host"),
+    ("unix://", "has no socket path"),
+    ("redis://h?colour=blue", "unknown option 'colour'"),
+    ("redis://h?prefix=a{b}", "prefix 'a{b}' is invalid"),
+    ("redis://h?prefix=", "prefix '' is invalid"),
+    ("redis://h?lock_ttl=0", "lock_ttl=0.0 is out of range"),
+    ("redis://h?lock_ttl=soon", "lock_ttl='soon' is invalid"),
+    ("redis://h?socket_timeout=1", "socket_timeout=1.0 is too short"),
+    ("redis://h?socket_connect_timeout=-1", "must be a positive number"),
+    ("redis://h?ssl_check_hostname=maybe", "not a boolean"),
+])
+def test_bad_configuration_is_explained(uri, fragment):
+    with pytest.raises(ConfigurationError, match=fragment.replace("{", r"\{").replace("}", r"\}")
+                       .replace("?", r"\?").replace("(", r"\(")):
+        resolve(uri)
+
+
+def test_tls_option_needs_rediss():
+    with pytest.raises(ConfigurationError, match="needs a TLS URI"):
+        Redis(uri="redis://127.0.0.1:1?ssl_ca_certs=/tmp/ca.pem")
+
+
+def test_uri_must_be_a_string():
+    with pytest.raises(ConfigurationError, match="must be a string"):
+        resolve(12)
+
+
+def test_passwords_never_shown(caplog):
+    caplog.set_level(logging.DEBUG)
+    port = free_port()  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(ConnectionFailed) as info:
+        Redis(uri=f"redis://user:hunter2@127.0.0.1:{port}/0?socket_connect_timeout=1")
+    assert time.monotonic() - start < 10
+    assert "hunter2" not in str(info.value)
+    assert f"redis://user:***@127.0.0.1:{port}/0" in str(info.value)
+    assert "hunter2" not in caplog.text
+    opts = resolve(f"redis://user:hunter2@127.0.0.1:{port}")
+    assert "hunter2" not in repr(opts)
+
+
+@pytest.fixture(scope="module")
+def password_server(tmp_path_factory):
+    with RedisServer(tmp_path_factory.mktemp("pw"), password="right-pw") as server:
+        yield server.start()
+
+
+@pytest.mark.parametrize("auth", [":nope@", ""])
+def test_wrong_or_missing_password_is_explained(password_server, auth):
+    with pytest.raises(ConnectionFailed, match="password|credentials") as info:
+        Redis(uri=password_server.url.replace("redis://", f"redis://{auth}"))
+    assert "nope" not in str(info.value) and "right-pw" not in str(info.value)
+
+
+def test_right_password_works(password_server):
+    storage = Redis(uri=password_server.url.replace("redis://", "redis://:right-pw@"))
+    assert storage.fetch_experiments({}) == []
+
+
+def test_not_a_value_error_through_orion_factory():
+    """setup_storage swallows ValueErrors from constructors; ours must come through."""
+    with pytest.raises(ConfigurationError, match="unknown option"):
+        setup_storage({"type": "redis", "uri": "fakeredis://x?bogus=1"})
+
+
+def test_orion_factory_finds_the_backend():
+    storage = setup_storage({"type": "redis", "uri": "fakeredis://factory"})
+    assert isinstance(storage, Redis)
+
+
+def test_pickle_keeps_configuration_not_connection():
+    storage = Redis(uri="fakeredis://pickled?prefix=p1&lock_ttl=9", state_secret="s")
+    storage.client  # connected
+    state = storage.__getstate__()
+    assert set(state) == {"opts"}
+    clone = pickle.loads(pickle.dumps(storage))
+    assert clone._opts == storage._opts and clone._client is None
+    assert clone._opts.state_secret == b"s" and clone._opts.lock_ttl == 9
+
+
+def test_newer_schema_is_refused():
+    from orion_track_redis import RedisStorageError
+
+    storage = Redis(uri="fakeredis://schema?prefix=sch")
+    storage.client.set(storage._keys.schema, 99)
+    with pytest.raises(RedisStorageError, match="schema version 99"):
+        Redis(uri="fakeredis://schema?prefix=sch")
