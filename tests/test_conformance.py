@@ -382,3 +382,30 @@ def test_reserve_is_retry_safe(redis_storage):
 def test_serve_and_log_line_read_db(redis_storage):
     assert redis_storage._db.__class__.__name__ == "RedisDB"
     assert "prefix" in repr(redis_storage._db)
+
+
+def test_scripts_reload_after_script_flush(redis_storage):
+    exp_id = create_experiment(redis_storage)
+    redis_storage.register_trial(make_trial(exp_id, x=1.0))
+    redis_storage.client.script_flush()  # what a restart or failover does to the script cache
+    redis_storage.register_trial(make_trial(exp_id, x=2.0))
+    assert redis_storage.reserve_trial(Exp(exp_id)) is not None
+    assert len(redis_storage.fetch_trials(uid=exp_id)) == 2
+
+
+def test_hostile_experiment_ids_stay_in_their_slot(redis_storage):
+    """Braces, colons, spaces and unicode in ids cannot break the hash tag or collide."""
+    from redis.cluster import key_slot
+
+    ids = ["a}b", "{x}", "a:b c", "ü名前", "%7B", "a b", 3]
+    for exp_id in ids:
+        redis_storage.create_experiment(experiment_config(f"n-{exp_id}", _id=exp_id))
+        redis_storage.register_trial(make_trial(exp_id, x=1.0))
+        ek = redis_storage._ek(exp_id)
+        keys = [ek.rev, ek.all, ek.lock, ek.lock_holder, ek.lock_wake, ek.trial("abc"),
+                *(ek.status(s) for s in ("new", "reserved"))]
+        assert len({key_slot(k.encode()) for k in keys}) == 1
+    for exp_id in ids:
+        (trial,) = redis_storage.fetch_trials(uid=exp_id)
+        assert trial.experiment == exp_id
+        assert redis_storage.reserve_trial(Exp(exp_id)).experiment == exp_id
