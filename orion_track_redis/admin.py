@@ -1,0 +1,100 @@
+"""Read-mostly views for operators (``orion-redis``): server facts, per-experiment fleet status,
+and purging one experiment. Uses the storage's keys and scripts; never KEYS/SCAN."""
+from __future__ import annotations
+
+import redis
+
+from .keys import STATUSES
+
+
+def server_time(storage) -> float:
+    seconds, micros = storage.client.time()
+    return seconds + micros / 1e6
+
+
+def _rdb_enabled(client):
+    try:
+        return bool(client.config_get("save").get("save"))
+    except redis.ResponseError:  # CONFIG denied (managed Redis, ACL): unknown
+        return None
+
+
+def info(storage) -> dict:
+    """Server version, persistence, eviction policy, memory, schema and counts."""
+    client = storage.client
+    server = client.info("server")
+    persistence = client.info("persistence")
+    memory = client.info("memory")
+    policy = memory.get("maxmemory_policy", "unknown")
+    experiments = storage.fetch_experiments({}, {"name": 1})
+    pipe = client.pipeline(transaction=False)
+    for doc in experiments:
+        pipe.zcard(storage._ek(doc["_id"]).all)
+    trials = sum(pipe.execute()) if experiments else 0
+    schema = client.get(storage._keys.schema)
+    data = {
+        "uri": storage._opts.redacted,
+        "prefix": storage._opts.prefix,
+        "redis_version": server.get("redis_version"),
+        "mode": server.get("redis_mode", "standalone"),
+        "aof": bool(persistence.get("aof_enabled")),
+        "rdb_last_save": persistence.get("rdb_last_save_time"),
+        "maxmemory_policy": policy,
+        "used_memory": memory.get("used_memory_human"),
+        "schema_version": int(schema) if schema else None,
+        "experiments": len(experiments),
+        "trials": trials,
+        "warnings": [],
+    }
+    if policy != "noeviction":
+        data["warnings"].append(
+            f"maxmemory-policy is {policy}: eviction silently deletes trials and locks; "
+            "set it to noeviction")
+    if not data["aof"] and _rdb_enabled(client) is False:
+        data["warnings"].append("persistence is disabled (no AOF, no RDB save points): a "
+                                "restart loses every trial; set appendonly yes")
+    return data
+
+
+def experiment_status(storage, doc: dict) -> dict:
+    """Counts by status, lost trials, lock state and recent completion rate of one experiment."""
+    import orion.core
+
+    ek = storage._ek(doc["_id"])
+    now = server_time(storage)
+    pipe = storage.client.pipeline(transaction=False)
+    for status in STATUSES:
+        pipe.zcard(ek.status(status))
+    pipe.hmget(ek.lock, "fence", "acquired")
+    pipe.get(ek.lock_holder)
+    pipe.pttl(ek.lock_holder)
+    pipe.zcount(ek.status("completed"), now - 60, now)
+    *counts, (fence, acquired), holder, pttl, per_minute = pipe.execute()
+    lost = storage.scripts.lost_trials(keys=[ek.status("reserved")],
+                                       args=[orion.core.config.worker.heartbeat * 5])
+    row = {"experiment": doc.get("name"), "version": doc.get("version"),
+           **dict(zip(STATUSES, counts)), "lost": len(lost)}
+    if fence is None:
+        lock = "none"
+    elif holder is None:
+        lock = "free"
+    else:
+        lock = "held" if pttl > 0 else "stale"  # a holder without TTL never frees itself
+    row.update({
+        "lock": lock,
+        "holder": holder.decode() if holder else "",
+        "held_s": round(now - float(acquired), 1) if holder and acquired else "",
+        "fence": int(fence) if fence is not None else "",
+        "completed/min": per_minute,
+    })
+    return row
+
+
+def purge(storage, exp_id) -> dict:
+    """Delete the experiment, its trials and its lock, and nothing else."""
+    ek = storage._ek(exp_id)
+    trials = storage.delete_trials(uid=exp_id)
+    lock = storage.delete_algorithm_lock(uid=exp_id)
+    experiment = storage.delete_experiment(uid=exp_id)
+    storage.client.delete(ek.rev)
+    return {"trials": trials, "lock": lock, "experiment": experiment}

@@ -1,0 +1,223 @@
+"""``orion-redis``: the operator's command (fleet status, locks, lost trials, purge, migration).
+
+Exit codes: 0 ok, 1 a problem was found (lost trials, a stale lock, a failed verification),
+2 usage or configuration error. Every read command takes ``--json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from . import admin, transfer
+from .errors import RedisStorageError
+from .storage import Redis
+
+OK, PROBLEM, USAGE = 0, 1, 2
+
+
+def connect(args) -> Redis:
+    """Same resolution as the storage: --uri, else Oríon's config/env, else embedded."""
+    import orion.core
+
+    options = {"prefix": args.prefix} if args.prefix else {}
+    return Redis(uri=args.uri, database=orion.core.config.storage.database.to_dict(), **options)
+
+
+def _print(args, data, render):
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(render(data))
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns),
+             "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+# -- info ----------------------------------------------------------------------------------------
+def cmd_info(args) -> int:
+    data = admin.info(connect(args))
+    _print(args, data, lambda d: "\n".join(f"{k:18} {v}" for k, v in d.items()))
+    return PROBLEM if data.get("warnings") else OK
+
+
+# -- status --------------------------------------------------------------------------------------
+STATUS_COLUMNS = ["experiment", "version", "new", "reserved", "suspended", "completed",
+                  "interrupted", "broken", "lost", "lock", "holder", "held_s", "fence",
+                  "completed/min"]
+
+
+def _status_rows(storage: Redis, name) -> list[dict]:
+    return [admin.experiment_status(storage, doc) for doc in storage.fetch_experiments(
+        {"name": name} if name else {}, {"name": 1, "version": 1})]
+
+
+def cmd_status(args) -> int:
+    storage = connect(args)
+    while True:
+        rows = _status_rows(storage, args.name)
+        if args.watch:
+            print("\033[2J\033[H", end="")  # clear the screen for the live table
+        _print(args, rows, lambda r: _table(r, STATUS_COLUMNS) if r else "no experiment")
+        if not args.watch:
+            break
+        time.sleep(args.watch)
+    if args.check and any(r["lost"] or r["lock"] == "stale" for r in rows):
+        return PROBLEM
+    return OK
+
+
+# -- lock, lost, purge ---------------------------------------------------------------------------
+def _experiment(storage: Redis, args) -> dict:
+    docs = storage.fetch_experiments({"name": args.name})
+    if args.version is not None:
+        docs = [d for d in docs if d.get("version") == args.version]
+    if not docs:
+        raise LookupError(f"no experiment named {args.name!r}"
+                          + (f" with version {args.version}" if args.version else ""))
+    return max(docs, key=lambda d: d.get("version", 1))
+
+
+def cmd_lock(args) -> int:
+    storage = connect(args)
+    exp = _experiment(storage, args)
+    if args.action == "release":
+        done = storage.release_algorithm_lock(uid=exp["_id"])
+        print("released" if done else "no lock record")
+        return OK if done else PROBLEM
+    row = admin.experiment_status(storage, exp)
+    data = {k: row[k] for k in ("experiment", "version", "lock", "holder", "held_s", "fence")}
+    _print(args, data, lambda d: "\n".join(f"{k:10} {v}" for k, v in d.items()))
+    return OK
+
+
+def cmd_lost(args) -> int:
+    storage = connect(args)
+    exp = _experiment(storage, args)
+    lost = storage.fetch_lost_trials(_Exp(exp["_id"]))
+    rows = [{"id": t.id, "heartbeat": str(t.heartbeat), "params": t.params} for t in lost]
+    requeued = 0
+    if args.requeue:
+        for trial in lost:
+            try:
+                storage.set_trial_status(trial, "interrupted", was="reserved")
+                requeued += 1
+            except Exception:  # the worker came back meanwhile: leave it alone
+                pass
+    _print(args, {"lost": rows, "requeued": requeued},
+           lambda d: (_table(d["lost"], ["id", "heartbeat", "params"]) if d["lost"]
+                      else "no lost trial") + (f"\nrequeued {requeued}" if args.requeue else ""))
+    return PROBLEM if lost and not args.requeue else OK
+
+
+def cmd_purge(args) -> int:
+    storage = connect(args)
+    exp = _experiment(storage, args)
+    label = f"{exp['name']}-v{exp.get('version', 1)}"
+    if not args.yes:
+        answer = input(f"Delete experiment {label}, its trials and its lock? Type its name: ")
+        if answer.strip() != exp["name"]:
+            print("aborted")
+            return PROBLEM
+    counts = admin.purge(storage, exp["_id"])
+    print(f"purged {label}: {counts['trials']} trials, {counts['lock']} lock, "
+          f"{counts['experiment']} experiment")
+    return OK
+
+
+# -- migration -----------------------------------------------------------------------------------
+def cmd_copy(args) -> int:
+    source, target = transfer.open_spec(args.source), transfer.open_spec(args.target)
+    report = transfer.copy(source, target, experiment=args.experiment, progress=sys.stderr)
+    print(transfer.render_report(report))
+    return OK if report["verified"] else PROBLEM
+
+
+def cmd_export(args) -> int:
+    count = transfer.export_jsonl(connect(args), args.file, experiment=args.experiment)
+    print(f"exported {count['experiments']} experiments, {count['trials']} trials to {args.file}")
+    return OK
+
+
+def cmd_import(args) -> int:
+    count = transfer.import_jsonl(connect(args), args.file)
+    print(f"imported {count['experiments']} experiments, {count['trials']} trials "
+          f"({count['skipped']} already there)")
+    return OK
+
+
+class _Exp:
+    def __init__(self, exp_id):
+        self._id = exp_id
+
+    @property
+    def id(self):
+        return self._id
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orion-redis", description=__doc__.splitlines()[0])
+    parser.add_argument("--uri", help="Redis URI (default: Oríon config, ORION_DB_ADDRESS, "
+                        "ORION_REDIS_URI, then the embedded server)")
+    parser.add_argument("--prefix", help="key prefix (default: the URI's, else orion)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, func, help_, json_=True):
+        p = sub.add_parser(name, help=help_)
+        p.set_defaults(func=func)
+        if json_:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    def target(p):
+        p.add_argument("name")
+        p.add_argument("--version", type=int)
+
+    add("info", cmd_info, "server, persistence, eviction policy, schema, counts")
+    p = add("status", cmd_status, "trials by status, lost trials and lock of each experiment")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS")
+    p.add_argument("--check", action="store_true", help="exit 1 on lost trials or stale locks")
+    p = add("lock", cmd_lock, "show or release an experiment's algorithm lock")
+    p.add_argument("action", choices=["show", "release"])
+    target(p)
+    p = add("lost", cmd_lost, "list lost trials; --requeue makes them interrupted")
+    target(p)
+    p.add_argument("--requeue", action="store_true")
+    p = add("purge", cmd_purge, "delete an experiment, its trials and its lock", json_=False)
+    target(p)
+    p.add_argument("--yes", action="store_true", help="do not ask")
+    p = add("copy", cmd_copy, "copy experiments between storages", json_=False)
+    p.add_argument("--from", dest="source", required=True,
+                   help="redis URI, pickleddb:PATH or mongodb://...")
+    p.add_argument("--to", dest="target", required=True)
+    p.add_argument("--experiment", help="only this experiment name")
+    p = add("export", cmd_export, "write experiments and trials to a JSON-lines file",
+            json_=False)
+    p.add_argument("file")
+    p.add_argument("--experiment")
+    p = add("import", cmd_import, "read a file written by export", json_=False)
+    p.add_argument("file")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (RedisStorageError, LookupError, OSError, ValueError) as exc:
+        print(f"orion-redis: {exc}", file=sys.stderr)
+        return USAGE
+    except KeyboardInterrupt:
+        return PROBLEM
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""`orion-redis` against a real redis-server (and PickledDB files for migration)."""
+from __future__ import annotations
+
+import datetime
+import json
+import pickle
+import subprocess
+import sys
+import uuid
+
+import pytest
+from orion.client import build_experiment
+from orion.storage.legacy import Legacy
+
+from helpers import Exp, create_experiment, make_trial
+from orion_track_redis import Redis
+from orion_track_redis.cli import main
+from orion_track_redis import transfer
+
+
+@pytest.fixture
+def uri(redis_server):
+    return f"{redis_server.url}/0?prefix=cli-{uuid.uuid4().hex[:8]}"
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr().out
+    return code, out
+
+
+def test_info_json(capsys, uri):
+    storage = Redis(uri=uri)
+    exp_id = create_experiment(storage)
+    storage.register_trial(make_trial(exp_id))
+    code, out = run(capsys, "--uri", uri, "info", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["warnings"] == []
+    assert data["experiments"] == 1 and data["trials"] == 1 and data["aof"] is True
+    assert data["schema_version"] == 1 and data["maxmemory_policy"] == "noeviction"
+
+
+def test_info_flags_eviction_policy(capsys, uri, redis_server):
+    client = Redis(uri=uri).client
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        code, out = run(capsys, "--uri", uri, "info")
+    finally:
+        client.config_set("maxmemory-policy", "noeviction")
+    assert code == 1 and "allkeys-lru" in out and "noeviction" in out
+
+
+def test_status_matches_storage_and_check_flags_lost(capsys, uri, heartbeat):
+    heartbeat(1)
+    storage = Redis(uri=uri)
+    exp_id = create_experiment(storage, name="fleet")
+    for i, status in enumerate(["new", "new", "completed", "broken"]):
+        storage.register_trial(make_trial(exp_id, x=float(i), status=status))
+    old = datetime.datetime.utcnow() - datetime.timedelta(seconds=60)
+    storage.register_trial(make_trial(exp_id, x=9.0, status="reserved", heartbeat=old))
+    code, out = run(capsys, "--uri", uri, "status", "--json")
+    (row,) = json.loads(out)
+    assert code == 0
+    assert (row["new"], row["reserved"], row["completed"], row["broken"]) == (2, 1, 1, 1)
+    assert row["lost"] == 1 and row["lock"] == "free" and row["fence"] == 0
+    code, out = run(capsys, "--uri", uri, "status", "fleet", "--check")
+    assert code == 1 and "fleet" in out and "completed/min" in out
+
+
+def test_lock_show_and_release(capsys, uri):
+    storage = Redis(uri=uri)
+    exp_id = create_experiment(storage, name="locked")
+    holding = storage.acquire_algorithm_lock(uid=exp_id, timeout=5)
+    holding.__enter__()
+    code, out = run(capsys, "--uri", uri, "lock", "show", "locked", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["lock"] == "held" and data["fence"] == 1
+    assert data["holder"].startswith("1:")
+    code, out = run(capsys, "--uri", uri, "lock", "release", "locked")
+    assert code == 0 and "released" in out
+    assert not storage.get_algorithm_lock_info(uid=exp_id).locked
+
+
+def test_lost_requeue(capsys, uri, heartbeat):
+    heartbeat(1)
+    storage = Redis(uri=uri)
+    exp_id = create_experiment(storage, name="lossy")
+    old = datetime.datetime.utcnow() - datetime.timedelta(seconds=60)
+    trial = storage.register_trial(make_trial(exp_id, status="reserved", heartbeat=old))
+    code, out = run(capsys, "--uri", uri, "lost", "lossy")
+    assert code == 1 and trial.id in out
+    code, out = run(capsys, "--uri", uri, "lost", "lossy", "--requeue", "--json")
+    assert code == 0 and json.loads(out)["requeued"] == 1
+    assert storage.get_trial(trial).status == "interrupted"
+    assert storage.reserve_trial(Exp(exp_id)).id == trial.id
+
+
+def test_purge_removes_only_that_experiment(capsys, uri):
+    storage = Redis(uri=uri)
+    gone = create_experiment(storage, name="gone")
+    kept = create_experiment(storage, name="kept")
+    for exp_id in (gone, kept):
+        storage.register_trial(make_trial(exp_id))
+    code, out = run(capsys, "--uri", uri, "purge", "gone", "--yes")
+    assert code == 0 and "1 trials" in out
+    assert [d["name"] for d in storage.fetch_experiments({})] == ["kept"]
+    assert storage.fetch_trials(uid=gone) == [] and len(storage.fetch_trials(uid=kept)) == 1
+    assert storage.get_algorithm_lock_info(uid=gone) is None
+    assert storage.get_algorithm_lock_info(uid=kept) is not None
+    assert list(storage.client.scan_iter(match=f"{{{storage._opts.prefix}:1}}*")) == []
+
+
+def test_export_import_round_trip(capsys, uri, redis_server, tmp_path):
+    storage = Redis(uri=uri)
+    exp_id = create_experiment(storage, name="exported")
+    with storage.acquire_algorithm_lock(uid=exp_id) as locked:
+        locked.set_state({"seen": (1, 2.0, "3")})
+    for i in range(3):
+        storage.register_trial(make_trial(exp_id, x=float(i), status="completed"))
+    path = tmp_path / "dump.jsonl"
+    assert run(capsys, "--uri", uri, "export", str(path))[0] == 0
+    other = f"{redis_server.url}/0?prefix=imp-{uuid.uuid4().hex[:8]}"
+    for _ in range(2):  # importing twice duplicates nothing
+        assert run(capsys, "--uri", other, "import", str(path))[0] == 0
+    target = Redis(uri=other)
+    assert target.fetch_experiments({}) == storage.fetch_experiments({})
+    assert [t.to_dict() for t in target.fetch_trials(uid=exp_id)] == [
+        t.to_dict() for t in storage.fetch_trials(uid=exp_id)]
+    assert target.get_algorithm_lock_info(uid=exp_id).state == {"seen": (1, 2.0, "3")}
+
+
+def _hunt_pickleddb(path, name="real-hunt", trials=8):
+    """A real Oríon hunt (random search) on its own PickledDB."""
+    exp = build_experiment(name, space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"},
+                           algorithm={"random": {"seed": 3}},
+                           storage={"type": "legacy", "database": {"type": "pickleddb",
+                                                                   "host": str(path)}})
+    exp.workon(lambda x, y: [{"name": "loss", "type": "objective", "value": x + y}],
+               max_trials=trials)
+    return exp.id
+
+
+def _snapshot(storage):
+    exps = storage.fetch_experiments({})
+    out = []
+    for doc in exps:
+        info = storage.get_algorithm_lock_info(uid=doc["_id"])
+        out.append((doc, [t.to_dict() for t in storage.fetch_trials(uid=doc["_id"])],
+                    pickle.dumps(info.state), info.configuration))
+    return out
+
+
+def test_copy_pickleddb_to_redis_and_back(capsys, uri, tmp_path):
+    source_path, back_path = tmp_path / "src.pkl", tmp_path / "back.pkl"
+    _hunt_pickleddb(source_path)
+    code, out = run(capsys, "copy", "--from", f"pickleddb:{source_path}", "--to", uri)
+    assert code == 0 and "verified" in out and "completed 8" in out
+    code, out = run(capsys, "copy", "--from", uri, "--to", f"pickleddb:{back_path}")
+    assert code == 0
+    original = _snapshot(Legacy(database={"type": "pickleddb", "host": str(source_path)}))
+    back = _snapshot(Legacy(database={"type": "pickleddb", "host": str(back_path)}))
+    assert back == original
+    assert _snapshot(Redis(uri=uri)) == original
+
+
+def test_copy_interrupted_then_resumed(capsys, uri, tmp_path, monkeypatch):
+    source_path = tmp_path / "src.pkl"
+    exp_id = _hunt_pickleddb(source_path, trials=10)
+    source = transfer.open_spec(f"pickleddb:{source_path}")
+    target = Redis(uri=uri)
+    calls = {"n": 0}
+    register = target.register_trial
+
+    def flaky(trial):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # the operator hit Ctrl-C half-way
+        return register(trial)
+
+    monkeypatch.setattr(target, "register_trial", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        transfer.copy(source, target)
+    assert len(Redis(uri=uri).fetch_trials(uid=exp_id)) == 4
+    monkeypatch.undo()
+    report = transfer.copy(source, Redis(uri=uri))
+    assert report["verified"]
+    assert report["experiments"][0]["copied"] == 6 and report["experiments"][0]["skipped"] == 4
+    trials = Redis(uri=uri).fetch_trials(uid=exp_id)
+    assert len(trials) == 10 and len({t.id for t in trials}) == 10
+
+
+def test_console_script_and_usage_errors(uri):
+    ok = subprocess.run([sys.executable, "-m", "orion_track_redis", "--uri", uri, "status"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "no experiment" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "orion_track_redis", "--uri",
+                          "redis://u:secretpw@h?nope=1", "info"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown option 'nope'" in bad.stderr
+    assert "secretpw" not in bad.stderr + bad.stdout
+    usage = subprocess.run([sys.executable, "-m", "orion_track_redis", "frobnicate"],
+                           capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 2
