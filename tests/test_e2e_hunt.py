@@ -3,7 +3,9 @@ then Oríon's own commands on the result."""
 from __future__ import annotations
 
 import os
+import json
 import re
+import time
 import subprocess
 import sys
 import uuid
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from orion_track_redis import Redis
+from orion_track_redis.cli import main
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -47,7 +50,22 @@ def _orion(uri, *args, timeout=300):
     return proc
 
 
-def test_four_hunts_share_one_experiment(redis_server, tmp_path):
+def _sample_status(capsys, uri, storage, name, samples):
+    """`orion-redis status --json` while the hunt runs, bracketed by two storage reads."""
+    docs = storage.fetch_experiments({"name": name})
+    if not docs:
+        return
+    before = len(storage.fetch_trials(uid=docs[0]["_id"]))
+    assert main(["--uri", uri, "status", name, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    after = len(storage.fetch_trials(uid=docs[0]["_id"]))
+    total = sum(row[s] for s in ("new", "reserved", "suspended", "completed", "interrupted",
+                                 "broken"))
+    assert before <= total <= after, (before, row, after)
+    samples.append(row)
+
+
+def test_four_hunts_share_one_experiment(redis_server, tmp_path, capsys):
     prefix = f"e2e-{uuid.uuid4().hex[:8]}"
     uri = f"{redis_server.url}/0?prefix={prefix}"
     config = _config(tmp_path, uri)
@@ -58,11 +76,16 @@ def test_four_hunts_share_one_experiment(redis_server, tmp_path):
     env = dict(os.environ, ORION_REDIS_URI="")
     workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env=env, cwd=tmp_path) for _ in range(4)]
+    storage = Redis(uri=uri)
+    samples = []
+    deadline = time.monotonic() + 600
+    while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+        _sample_status(capsys, uri, storage, name, samples)
+        time.sleep(0.5)
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     for worker, out in zip(workers, outputs):
         assert worker.returncode == 0, out[-3000:]
 
-    storage = Redis(uri=uri)
     (exp,) = storage.fetch_experiments({"name": name})
     trials = storage.fetch_trials(uid=exp["_id"])
     completed = [t for t in trials if t.status == "completed"]
@@ -71,6 +94,12 @@ def test_four_hunts_share_one_experiment(redis_server, tmp_path):
     assert all(t.objective is not None for t in completed)
     assert [t for t in trials if t.status == "reserved"] == [], "none left reserved"
     assert not storage.get_algorithm_lock_info(uid=exp["_id"]).locked
+    assert len(samples) >= 5, "status was sampled while the fleet ran"
+    completed_seen = [row["completed"] for row in samples]
+    assert completed_seen == sorted(completed_seen) and max(completed_seen) > 0
+    assert any(row["reserved"] > 0 for row in samples), "a live fleet shows reserved trials"
+    _sample_status(capsys, uri, storage, name, samples)
+    assert samples[-1]["completed"] == len(completed) and samples[-1]["reserved"] == 0
 
     status = _orion(uri, "status", "-n", name).stdout
     assert re.search(rf"^completed\s+{len(completed)}\s", status, re.M), status
