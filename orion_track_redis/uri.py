@@ -12,14 +12,21 @@ Accepted forms::
 
     redis://[[user]:password@]host[:port][/db][?options]
     rediss://...                        (TLS)
+    redis+sentinel://[[user]:password@]host1[:port1][,host2[:port2]...]/service_name[/db][?options]
+    redis+cluster://[[user]:password@]host1[:port1][,host2[:port2]...][?options]
     unix:///path/to/redis.sock[?db=N&options]
     fakeredis://[name][?options]        (in-process server, for tests and quick trials)
     embedded://[/data/dir][?options]    (the embedded default, explicitly)
 
 Our options (query string, or keyword arguments of the storage config): ``prefix``,
 ``lock_ttl`` (seconds), ``socket_timeout``, ``socket_connect_timeout``, ``health_check_interval``,
-``client_name``, ``db``, and the TLS options ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
-``ssl_cert_reqs``, ``ssl_check_hostname``. The algorithm-state signing secret comes from the
+``client_name``, ``db``, ``retries`` and ``retry_backoff`` (redis-py's retry on connection
+errors and timeouts: count, and base of the exponential back-off in seconds), the TLS options
+``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``ssl_check_hostname``
+(with ``rediss://``, or ``ssl=true`` on the Sentinel/Cluster forms), and the Sentinel options
+``sentinel_username``, ``sentinel_password``, ``sentinel_ssl`` (the sentinels' own credentials
+and TLS; the user/password of the URI are the data nodes'). Sentinel and Cluster host lists
+default to ports 26379 and 6379; the Cluster form takes no ``db`` (Cluster has only db 0). The algorithm-state signing secret comes from the
 ``state_secret`` keyword or ``ORION_REDIS_STATE_SECRET``, never from the URI (URIs get logged).
 """
 from __future__ import annotations
@@ -36,9 +43,14 @@ log = logging.getLogger(__name__)
 
 ENV_URI = "ORION_REDIS_URI"
 ENV_SECRET = "ORION_REDIS_STATE_SECRET"
-SCHEMES = ("redis", "rediss", "unix", "fakeredis", "embedded")
+SENTINEL, CLUSTER = "redis+sentinel", "redis+cluster"
+SCHEMES = ("redis", "rediss", "unix", "fakeredis", "embedded", SENTINEL, CLUSTER)
+MULTI_HOST = (SENTINEL, CLUSTER)
+DEFAULT_PORTS = {SENTINEL: 26379, CLUSTER: 6379}
 ACCEPTED_FORMS = (
     "redis://[user:password@]host[:port][/db][?options], rediss://... (TLS), "
+    "redis+sentinel://[user:password@]host1[:port1][,host2[:port2]...]/service_name[/db][?options], "
+    "redis+cluster://[user:password@]host1[:port1][,host2[:port2]...][?options], "
     "unix:///path/to/redis.sock[?db=N], fakeredis://[name], embedded://[/data/dir]"
 )
 
@@ -54,7 +66,16 @@ _CONNECTION_OPTIONS = {
     "ssl_keyfile": str,
     "ssl_cert_reqs": str,
     "ssl_check_hostname": lambda v: _bool(v),
+    "ssl": lambda v: _bool(v),  # TLS on the Sentinel/Cluster forms (rediss:// otherwise)
+    "retries": int,
+    "retry_backoff": float,
+    "sentinel_username": str,
+    "sentinel_password": str,
+    "sentinel_ssl": lambda v: _bool(v),
 }
+# options that connection.py consumes itself instead of passing them to redis-py as they are
+SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password", "sentinel_ssl")
+RETRY_OPTIONS = ("retries", "retry_backoff")
 _OWN_OPTIONS = {"prefix": str, "lock_ttl": float}
 _DEFAULTS = {"socket_timeout": 30.0, "socket_connect_timeout": 10.0}
 
@@ -81,6 +102,11 @@ class Options:
     lock_ttl: float = 30.0
     connection: tuple = ()  # (name, value) pairs of connection options for redis-py
     state_secret: bytes | None = dataclasses.field(default=None, repr=False)
+    # Sentinel/Cluster forms only: the host list, the Sentinel service, the data nodes' account
+    hosts: tuple = ()  # ((host, port), ...)
+    service: str = ""
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def redacted(self) -> str:
@@ -148,6 +174,9 @@ def _validate_conn(conn: dict) -> None:
     for name in ("socket_timeout", "socket_connect_timeout", "health_check_interval"):
         if name in conn and not conn[name] > 0:
             raise ConfigurationError(f"{name}={conn[name]} must be a positive number of seconds.")
+    if conn.get("retries", 0) < 0 or conn.get("retry_backoff", 0) < 0:
+        raise ConfigurationError(
+            "retries and retry_backoff must be >= 0 (a count, and the back-off base in seconds).")
     # BLPOP on the lock's wake-up list blocks up to ~1 s; a shorter read timeout breaks it
     if conn.get("socket_timeout", 30) < 2:
         raise ConfigurationError(
@@ -171,6 +200,8 @@ def resolve(uri=None, database=None, options: dict | None = None) -> Options:
             f"Accepted forms: {ACCEPTED_FORMS}."
         )
     scheme = _scheme_of(chosen)
+    if scheme in MULTI_HOST:
+        return _resolve_multi_host(chosen, scheme, source, options, secret)
     if scheme not in SCHEMES:
         raise ConfigurationError(
             f"unsupported Redis URI {redact(chosen)!r} (from {source}). "
@@ -194,6 +225,12 @@ def resolve(uri=None, database=None, options: dict | None = None) -> Options:
     own, conn = _split_options(parse_qsl(parts.query, keep_blank_values=True), options)
     _validate_own(own)
     _validate_conn(conn)
+    for name in (*SENTINEL_OPTIONS, "ssl"):
+        if name in conn:
+            raise ConfigurationError(
+                f"option {name} only applies to {SENTINEL}:// (sentinel_*) or to the "
+                f"{SENTINEL}:// and {CLUSTER}:// forms (ssl); with {scheme}:// "
+                + ("use rediss:// for TLS." if name == "ssl" else "remove it."))
     # urlunsplit drops "//" when there is no host (embedded://, fakeredis://): build it ourselves
     base = f"{scheme}://{parts.netloc}{parts.path}"
     return Options(
@@ -205,3 +242,91 @@ def resolve(uri=None, database=None, options: dict | None = None) -> Options:
         **own,
     )
 
+
+
+def _host_port(item: str, scheme: str, chosen: str) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` of a host list."""
+    bad = ConfigurationError(
+        f"malformed host {item!r} in Redis URI {redact(chosen)!r}: use host[:port] entries "
+        f"separated by commas. Accepted forms: {ACCEPTED_FORMS}.")
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ("" if not rest else None)
+    else:
+        host, _, port_text = item.partition(":")
+    if not host or port_text is None:
+        raise bad
+    if not port_text:
+        return host, DEFAULT_PORTS[scheme]
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise bad
+    return host, int(port_text)
+
+
+def _resolve_multi_host(chosen: str, scheme: str, source: str, options: dict, secret) -> Options:
+    """``redis+sentinel://`` and ``redis+cluster://``: urlsplit cannot parse a host list."""
+    from urllib.parse import unquote
+
+    rest = chosen.split("://", 1)[1]
+    rest, _, query = rest.partition("?")
+    rest, _, fragment = rest.partition("#")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user_text, colon, pw_text = userinfo.partition(":")
+        username = unquote(user_text) or None
+        password = unquote(pw_text) if colon else None
+    if not hostlist:
+        raise ConfigurationError(
+            f"Redis URI {redact(chosen)!r} has no host. Accepted forms: {ACCEPTED_FORMS}.")
+    hosts = tuple(_host_port(item.strip(), scheme, chosen) for item in hostlist.split(","))
+    own, conn = _split_options(parse_qsl(query, keep_blank_values=True), options)
+    _validate_own(own)
+    _validate_conn(conn)
+    segments = [seg for seg in path.split("/")] if slash else []
+    service = ""
+    if scheme == SENTINEL:
+        if not segments or not segments[0]:
+            raise ConfigurationError(
+                f"Redis URI {redact(chosen)!r} names no Sentinel service: use "
+                f"{SENTINEL}://host1:26379,host2:26379/<service_name>[/db]. "
+                f"Accepted forms: {ACCEPTED_FORMS}.")
+        service = unquote(segments[0])
+        if len(segments) > 2 or (len(segments) == 2 and segments[1] and not segments[1].isdigit()):
+            raise ConfigurationError(
+                f"Redis URI {redact(chosen)!r}: after the service name only a database number "
+                f"may follow (/service_name/0). Accepted forms: {ACCEPTED_FORMS}.")
+        if len(segments) == 2 and segments[1]:
+            conn["db"] = int(segments[1])
+    else:
+        if any(segments):
+            raise ConfigurationError(
+                f"Redis URI {redact(chosen)!r} has a path, but Redis Cluster has no databases "
+                f"nor services: use {CLUSTER}://host1:port1,host2:port2[?options]. "
+                f"Accepted forms: {ACCEPTED_FORMS}.")
+        if conn.get("db"):
+            raise ConfigurationError("Redis Cluster has only database 0: remove the db option.")
+        conn.pop("db", None)
+        for name in SENTINEL_OPTIONS:
+            if name in conn:
+                raise ConfigurationError(
+                    f"option {name} only applies to {SENTINEL}:// URIs, not {CLUSTER}://.")
+    if not conn.get("ssl"):
+        for name in [k for k in conn if k.startswith("ssl_")]:
+            raise ConfigurationError(
+                f"option {name} needs TLS: add ssl=true to the {scheme}:// URI.")
+    if fragment:
+        raise ConfigurationError(f"Redis URI {redact(chosen)!r} has a #fragment: remove it.")
+    return Options(
+        scheme=scheme,
+        url=f"{scheme}://{netloc}/{path}" if slash else f"{scheme}://{netloc}",
+        source=source,
+        connection=tuple(sorted(conn.items())),
+        state_secret=secret,
+        hosts=hosts,
+        service=service,
+        username=username,
+        password=password,
+        **own,
+    )
