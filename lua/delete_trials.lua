@@ -1,13 +1,15 @@
 -- delete_trials: delete trials and their index entries.
 -- KEYS[1] all zset; KEYS[2..7] s:new, s:reserved, s:suspended, s:completed, s:interrupted,
--- s:broken; KEYS[8] rev counter; KEYS[9..] t:T hashes, in the order of ARGV
+-- s:broken; KEYS[8] rev counter; KEYS[9] changed zset (a deletion is a change: readers' caches
+-- must drop the trial, so tombstones stay); KEYS[10..] t:T hashes, in the order of ARGV
 -- ARGV[1..] trial tokens
 -- Returns: number of trials deleted
 local deleted = 0
+local rev = redis.call('INCR', KEYS[8])
 for i = 1, #ARGV do
-  deleted = deleted + redis.call('DEL', KEYS[8 + i])
+  deleted = deleted + redis.call('DEL', KEYS[9 + i])
   redis.call('ZREM', KEYS[1], ARGV[i])
   for s = 2, 7 do redis.call('ZREM', KEYS[s], ARGV[i]) end
+  redis.call('ZADD', KEYS[9], rev, ARGV[i])
 end
-if deleted > 0 then redis.call('INCR', KEYS[8]) end
 return deleted

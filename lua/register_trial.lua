@@ -1,5 +1,6 @@
 -- register_trial: insert a trial, unique on (experiment, id), and index it.
--- KEYS[1] t:T hash; KEYS[2] all zset; KEYS[3] s:<status> zset; KEYS[4] rev counter
+-- KEYS[1] t:T hash; KEYS[2] all zset; KEYS[3] s:<status> zset; KEYS[4] rev counter;
+-- KEYS[5] changed zset (T -> rev of its last write: lets readers refresh only what changed)
 -- ARGV[1] trial token; ARGV[2] status-index score: "now" = server time, or an epoch time
 -- (a reserved trial registered with an old heartbeat); ARGV[3..] field, value pairs (JSON)
 -- Returns: revision number (> 0) registered | -1 duplicate trial
@@ -13,4 +14,5 @@ local rev = redis.call('INCR', KEYS[4])
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('ZADD', KEYS[2], rev, ARGV[1])
 redis.call('ZADD', KEYS[3], score, ARGV[1])
+redis.call('ZADD', KEYS[5], rev, ARGV[1])
 return rev

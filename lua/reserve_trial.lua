@@ -1,6 +1,7 @@
 -- reserve_trial: move the oldest pending trial (new, suspended or interrupted) to reserved.
 -- KEYS[1] s:new; KEYS[2] s:suspended; KEYS[3] s:interrupted; KEYS[4] s:reserved;
--- KEYS[5] req:<request id> (makes a retried call return the same trial); KEYS[6] rev counter
+-- KEYS[5] req:<request id> (makes a retried call return the same trial); KEYS[6] rev counter;
+-- KEYS[7] changed zset (T -> rev of its last write)
 -- ARGV[1] trial key prefix "{P:E}:t:" (the chosen trial is only known here; it shares the tag);
 -- ARGV[2] JSON "reserved"; ARGV[3] JSON now (start_time and heartbeat); ARGV[4] request TTL (s)
 -- Returns: {} none pending | {trial token, field1, value1, ...} the reserved trial
@@ -26,7 +27,7 @@ while true do
     redis.call('ZADD', KEYS[4], tonumber(t[1]) + tonumber(t[2]) / 1e6, best)
     redis.call('HSET', tkey, 'status', ARGV[2], 'start_time', ARGV[3], 'heartbeat', ARGV[3])
     redis.call('SET', KEYS[5], best, 'EX', tonumber(ARGV[4]))
-    redis.call('INCR', KEYS[6])
+    redis.call('ZADD', KEYS[7], redis.call('INCR', KEYS[6]), best)
     local doc = redis.call('HGETALL', tkey)
     table.insert(doc, 1, best)
     return doc

@@ -1,5 +1,6 @@
 -- update_trial: compare-and-set on a trial's status, then set fields and move it between indexes.
--- KEYS[1] t:T hash; KEYS[2] s:<expected status> zset; KEYS[3] s:<new status> zset; KEYS[4] rev
+-- KEYS[1] t:T hash; KEYS[2] s:<expected status> zset; KEYS[3] s:<new status> zset; KEYS[4] rev;
+-- KEYS[5] changed zset (T -> rev of its last write)
 -- ARGV[1] trial token; ARGV[2] JSON expected status (the `was` check);
 -- ARGV[3] JSON new status, or "" to keep it; ARGV[4] index score: "now" = server time
 -- (heartbeat, transition), a number = that epoch time, "" = keep the score (a status change
@@ -21,5 +22,5 @@ if ARGV[3] ~= '' and ARGV[3] ~= ARGV[2] then
 elseif ARGV[4] ~= '' then
   redis.call('ZADD', KEYS[2], score, ARGV[1])
 end
-redis.call('INCR', KEYS[4])
+redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[4]), ARGV[1])
 return 1

@@ -91,10 +91,11 @@ def experiment_status(storage, doc: dict) -> dict:
 
 
 def purge(storage, exp_id) -> dict:
-    """Delete the experiment, its trials and its lock, and nothing else."""
-    ek = storage._ek(exp_id)
+    """Delete the experiment, its trials and its lock, and nothing else.
+
+    The revision counter and the deletion tombstones stay: other processes' trial caches
+    learn from them that the trials are gone."""
     trials = storage.delete_trials(uid=exp_id)
     lock = storage.delete_algorithm_lock(uid=exp_id)
     experiment = storage.delete_experiment(uid=exp_id)
-    storage.client.delete(ek.rev)
     return {"trials": trials, "lock": lock, "experiment": experiment}

@@ -15,6 +15,7 @@ key                             type      content
 ``{P}:benchmarks``              hash      JSON name -> JSON benchmark document
 ``{P:E}:rev``                   string    revision counter, bumped by every trial write
 ``{P:E}:all``                   zset      T -> registration order (all trials)
+``{P:E}:changed``               zset      T -> rev of its last write (deleted: tombstone)
 ``{P:E}:s:<status>``            zset      T -> server time of the last transition/heartbeat
 ``{P:E}:t:T``                   hash      trial document, one JSON value per field
 ``{P:E}:req:<request id>``      string    T reserved by that request (retry-safe reserve)
@@ -112,6 +113,10 @@ class ExperimentKeys:
     @property
     def all(self) -> str:
         return f"{self.tag}:all"
+
+    @property
+    def changed(self) -> str:
+        return f"{self.tag}:changed"
 
     def status(self, status: str) -> str:
         return f"{self.tag}:s:{status}"

@@ -18,6 +18,7 @@ NAMES = (
     "update_trial",
     "delete_trials",
     "lost_trials",
+    "fetch_docs",
     "lock_init",
     "lock_acquire",
     "lock_renew",
