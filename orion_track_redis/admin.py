@@ -2,9 +2,8 @@
 and purging one experiment. Uses the storage's keys and scripts; never KEYS/SCAN."""
 from __future__ import annotations
 
-import redis
-
 from .keys import STATUSES
+from .serverchecks import check_server, server_info
 
 
 def server_time(storage) -> float:
@@ -12,20 +11,10 @@ def server_time(storage) -> float:
     return seconds + micros / 1e6
 
 
-def _rdb_enabled(client):
-    try:
-        return bool(client.config_get("save").get("save"))
-    except redis.ResponseError:  # CONFIG denied (managed Redis, ACL): unknown
-        return None
-
-
 def info(storage) -> dict:
     """Server version, persistence, eviction policy, memory, schema and counts."""
     client = storage.client
-    server = client.info("server")
-    persistence = client.info("persistence")
-    memory = client.info("memory")
-    policy = memory.get("maxmemory_policy", "unknown")
+    facts = server_info(client) or {}
     experiments = storage.fetch_experiments({}, {"name": 1})
     pipe = client.pipeline(transaction=False)
     for doc in experiments:
@@ -35,24 +24,18 @@ def info(storage) -> dict:
     data = {
         "uri": storage._opts.redacted,
         "prefix": storage._opts.prefix,
-        "redis_version": server.get("redis_version"),
-        "mode": server.get("redis_mode", "standalone"),
-        "aof": bool(persistence.get("aof_enabled")),
-        "rdb_last_save": persistence.get("rdb_last_save_time"),
-        "maxmemory_policy": policy,
-        "used_memory": memory.get("used_memory_human"),
+        "redis_version": facts.get("redis_version"),
+        "mode": facts.get("redis_mode", "standalone"),
+        "aof": bool(facts.get("aof_enabled")),
+        "rdb_save_points": facts.get("rdb_saves_configured"),
+        "maxmemory_policy": facts.get("maxmemory_policy"),
+        "used_memory": facts.get("used_memory_human"),
         "schema_version": int(schema) if schema else None,
         "experiments": len(experiments),
         "trials": trials,
-        "warnings": [],
+        "warnings": check_server(facts, storage._opts.redacted, log_warnings=False)
+        if facts else ["INFO is not allowed for this user: server checks skipped"],
     }
-    if policy != "noeviction":
-        data["warnings"].append(
-            f"maxmemory-policy is {policy}: eviction silently deletes trials and locks; "
-            "set it to noeviction")
-    if not data["aof"] and _rdb_enabled(client) is False:
-        data["warnings"].append("persistence is disabled (no AOF, no RDB save points): a "
-                                "restart loses every trial; set appendonly yes")
     return data
 
 

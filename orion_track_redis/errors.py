@@ -37,11 +37,11 @@ class EmbeddedServerError(RedisStorageError):
     """The embedded redis-server could not be found or started."""
 
 
-# The password runs up to the *last* "@" before the end of the URL (white space or a quote):
+# The password runs up to the *last* "@" before the query (?), a fragment, white space or a quote:
 # an unescaped "@" or "/" inside a password must not leave its tail visible. Multi-host URIs
 # (redis+sentinel://u:pw@h1:1,h2:2/svc) have one userinfo too. Over-redacting is fine.
 _PASSWORD_IN_URL = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s'\"]*):(?P<pw>[^\s'\"]*)@", re.I)
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s'\"]*):(?P<pw>[^?#\s'\"]*)@", re.I)
 # password-like query options (sentinel_password=...) and keyword reprs (password='...')
 _PASSWORD_OPTION = re.compile(
     r"(?P<name>\b[a-z_]*password)(?P<sep>=|': '|=')(?P<pw>[^&\s'\"]*)", re.I)
@@ -79,7 +79,18 @@ def translate_errors(where: str):
                 f"Redis at {where} requires a password. "
                 "Put it in the URI: redis://:password@host:port or redis://user:password@host:port."
             ) from None
+        if "WRONGTYPE" in msg:
+            raise CorruptData(
+                f"a key under this prefix on {where} holds a value of a foreign type ({msg}). "
+                "Another program writes under the same prefix: give orion-track-redis its own "
+                "`prefix` (or database) and remove the foreign keys."
+            ) from None
         raise
+    except rex.InvalidResponse as exc:
+        raise ConnectionFailed(
+            f"{where} does not speak the Redis protocol ({redact(exc)[:120]}). Check the host "
+            "and port (is it another service?) and the scheme (rediss:// for TLS)."
+        ) from None
     except (rex.ConnectionError, rex.TimeoutError) as exc:
         raise ConnectionFailed(
             f"Cannot reach Redis at {where}: {redact(exc)}. Check that the server runs and the "

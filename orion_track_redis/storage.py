@@ -31,6 +31,7 @@ from .errors import CorruptData, RedisStorageError, translate_errors
 from .keys import PENDING, STATUSES, ExperimentKeys, GlobalKeys, escape, token
 from .lock import LockClient
 from .scripts import Scripts
+from .serverchecks import check_server, server_info
 from .uri import Options, resolve
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,10 @@ class Redis(BaseStorageProtocol):
         return translate_errors(self._opts.redacted)
 
     def _setup(self):
+        if self._opts.scheme != "fakeredis":  # fakeredis has no INFO
+            info = server_info(self.client)
+            if info is not None:
+                check_server(info, self._opts.redacted)
         stored = self.client.get(self._keys.schema)
         if stored is None:
             self.client.setnx(self._keys.schema, SCHEMA_VERSION)

