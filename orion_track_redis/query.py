@@ -13,7 +13,8 @@ _ATOMS = (str, int, float, bool, type(None))
 
 
 def _is_simple(query: dict) -> bool:
-    return all("." not in k and not k.startswith("$") and isinstance(v, _ATOMS)
+    return all(isinstance(k, str) and "." not in k and not k.startswith("$")
+               and isinstance(v, _ATOMS)
                for k, v in query.items())
 
 

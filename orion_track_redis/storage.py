@@ -232,17 +232,18 @@ class Redis(BaseStorageProtocol):
         """Experiments matching a Mongo-style query, in creation order."""
         query_ = query_ or {}
         with self._guard():
-            if "_id" in query_ and not isinstance(query_["_id"], dict):
-                if query_["_id"] is None:
-                    return []
+            if type(query_.get("_id")) in (int, str):  # exact key lookup
                 docs = self._read_experiments([token(query_["_id"])])
+            elif "_id" in query_ and query_["_id"] is None:
+                return []
             else:
                 docs = self._read_experiments(self._experiment_tokens())
         out = []
         for doc in docs:
             if query.matches(doc, query_):
                 selected = query.project(doc, selection)
-                selected["_id"] = doc["_id"]
+                if (selection or {}).get("_id", 1):  # _id unless explicitly excluded
+                    selected["_id"] = doc["_id"]
                 out.append(selected)
         return out
 
@@ -396,6 +397,10 @@ class Redis(BaseStorageProtocol):
 
     def _apply_update(self, ek, doc, changes) -> int:
         new_status = changes.get("status")
+        if "status" in changes and new_status is None:
+            raise ValueError("status None cannot be stored: give one of "
+                             f"{Trial.allowed_stati} (Legacy would store None and then "
+                             "never reserve nor count the trial)")
         if new_status is not None:
             validate_status(new_status)
         new = _apply_set(doc, changes)
@@ -519,8 +524,7 @@ class Redis(BaseStorageProtocol):
         """All trials of an experiment matching ``where``, sorted by submit_time."""
         uid = get_uid(experiment, uid)
         ek = self._ek(uid)
-        if where and "experiment" in where and where["experiment"] != uid:
-            return []
+        # like Legacy, the experiment of ``where`` is replaced by ``uid``
         where = {k: v for k, v in (where or {}).items() if k != "experiment"}
         with self._guard():
             if _indexed(where):
@@ -610,8 +614,9 @@ def _indexed_statuses(where) -> list | None:
     status = (where or {}).get("status")
     if isinstance(status, str):
         return [status]
-    if isinstance(status, dict) and set(status) == {"$in"}:
-        return list(status["$in"])
+    if isinstance(status, dict) and set(status) == {"$in"} and \
+            all(isinstance(s, str) for s in status["$in"]):
+        return list(dict.fromkeys(status["$in"]))  # a repeated status must not read twice
     return None
 
 
