@@ -203,3 +203,18 @@ def test_console_script_and_usage_errors(uri):
     usage = subprocess.run([sys.executable, "-m", "orion_track_redis", "frobnicate"],
                            capture_output=True, text=True, timeout=120)
     assert usage.returncode == 2
+
+
+def test_status_watch_refreshes(uri):
+    storage = Redis(uri=uri)
+    create_experiment(storage, name="watched")
+    proc = subprocess.Popen([sys.executable, "-m", "orion_track_redis", "--uri", uri, "status",
+                             "--watch", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        out, _ = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    assert out.count("watched") >= 2, "the table was redrawn"
+    assert "\033[2J" in out
