@@ -1,0 +1,97 @@
+"""Crash tests with assertions on the data: workers killed with SIGKILL mid-hunt."""
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from orion_track_redis import Redis
+
+pytestmark = pytest.mark.slow
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ORION = str(Path(sys.executable).with_name("orion"))
+
+
+def _config(tmp_path, uri, heartbeat) -> Path:
+    path = tmp_path / "orion_config.yaml"
+    path.write_text(
+        "storage:\n  type: redis\n  database:\n"
+        f"    host: \"{uri}\"\n"
+        "experiment:\n  algorithms:\n    random:\n      seed: null\n"
+        f"worker:\n  heartbeat: {heartbeat}\n  idle_timeout: 120\n"
+    )
+    return path
+
+
+class _Exp:
+    def __init__(self, exp_id):
+        self.id = self._id = exp_id
+
+
+def _hunt(config, name, max_trials, tmp_path):
+    cmd = [ORION, "hunt", "--config", str(config), "-n", name, "--max-trials", str(max_trials),
+           sys.executable, str(EXAMPLES / "objective.py"), "-x~uniform(-5, 5)",
+           "-y~uniform(-5, 5)"]
+    # fetch_lost_trials reads the *global* worker.heartbeat, which the yaml does not set
+    env = dict(os.environ, ORION_REDIS_URI="", ORION_HEARTBEAT="3")
+    log = open(tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log", "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            cwd=tmp_path, start_new_session=True)
+
+
+def test_killed_workers_trials_come_back(redis_server, tmp_path, heartbeat):
+    heartbeat(3)  # what the workers run with: lost after 15 s without a heartbeat
+    uri = f"{redis_server.url}/0?prefix=crash-{uuid.uuid4().hex[:8]}"
+    config = _config(tmp_path, uri, heartbeat=3)
+    name, max_trials = "crash", 60
+    workers = [_hunt(config, name, max_trials, tmp_path) for _ in range(8)]
+    storage = Redis(uri=uri)
+    deadline = time.monotonic() + 300
+    exp = None
+    while time.monotonic() < deadline:  # wait until the fleet is busy
+        docs = storage.fetch_experiments({"name": name})
+        if docs:
+            exp = docs[0]
+            trials = storage.fetch_trials(uid=exp["_id"])
+            if sum(t.status == "completed" for t in trials) >= 4 and any(
+                    t.status == "reserved" for t in trials):
+                break
+        time.sleep(0.2)
+    assert exp is not None, "the hunt never started"
+    reserved_at_kill = {t.id for t in storage.fetch_trials(uid=exp["_id"])
+                        if t.status == "reserved"}
+    kill_time = datetime.datetime.utcnow()
+    victims = random.Random(1).sample(workers, 2)  # 25% of the fleet
+    for victim in victims:
+        os.killpg(victim.pid, signal.SIGKILL)  # the worker and its running objective
+    for worker in workers:
+        worker.wait(timeout=600)
+    survivors = [w for w in workers if w not in victims]
+    logs = "\n".join(p.read_text()[-2000:] for p in tmp_path.glob("worker-*.log"))
+    assert all(w.returncode == 0 for w in survivors), logs
+
+    trials = storage.fetch_trials(uid=exp["_id"])
+    completed = [t for t in trials if t.status == "completed"]
+    assert len(completed) >= max_trials
+    assert len({t.id for t in completed}) == len(completed), "no trial completed twice"
+    assert reserved_at_kill, "workers held trials when they were killed"
+    # Oríon stops once max_trials completed; a killed worker's trial still reserved then must
+    # be one the dead held, and be reported lost (any later worker resets it)
+    time.sleep(15.5)
+    lost = {t.id for t in storage.fetch_lost_trials(_Exp(exp["_id"]))}
+    still_reserved = {t.id for t in trials if t.status == "reserved"}
+    assert still_reserved <= reserved_at_kill and still_reserved <= lost
+    # a trial reserved before the kill but (re)started after it went through lost-trial
+    # detection: a survivor's trial keeps its start_time, a dead worker's is reserved anew
+    recovered = {t.id for t in trials if t.id in reserved_at_kill and t.status == "completed"
+                 and t.start_time > kill_time}
+    assert recovered, "a killed worker's trial was reset through lost-trial detection and rerun"
+    assert not storage.get_algorithm_lock_info(uid=exp["_id"]).locked
