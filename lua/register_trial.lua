@@ -1,9 +1,13 @@
 -- register_trial: insert a trial, unique on (experiment, id), and index it.
 -- KEYS[1] t:T hash; KEYS[2] all zset; KEYS[3] s:<status> zset; KEYS[4] rev counter;
--- KEYS[5] changed zset (T -> rev of its last write: lets readers refresh only what changed)
+-- KEYS[5] changed zset (T -> rev of its last write: lets readers refresh only what changed);
+-- KEYS[6] req:<request id> (a call retried after a lost reply returns the first result)
 -- ARGV[1] trial token; ARGV[2] status-index score: "now" = server time, or an epoch time
--- (a reserved trial registered with an old heartbeat); ARGV[3..] field, value pairs (JSON)
+-- (a reserved trial registered with an old heartbeat); ARGV[3] request TTL (s);
+-- ARGV[4..] field, value pairs (JSON)
 -- Returns: revision number (> 0) registered | -1 duplicate trial
+local prior = redis.call('GET', KEYS[6])
+if prior then return tonumber(prior) end
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local score = tonumber(ARGV[2])
 if score == nil then
@@ -11,8 +15,9 @@ if score == nil then
   score = tonumber(t[1]) + tonumber(t[2]) / 1e6
 end
 local rev = redis.call('INCR', KEYS[4])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('ZADD', KEYS[2], rev, ARGV[1])
 redis.call('ZADD', KEYS[3], score, ARGV[1])
 redis.call('ZADD', KEYS[5], rev, ARGV[1])
+redis.call('SET', KEYS[6], rev, 'EX', tonumber(ARGV[3]))
 return rev

@@ -1,15 +1,17 @@
 -- update_trial: compare-and-set on a trial's status, then set fields and move it between indexes.
 -- KEYS[1] t:T hash; KEYS[2] s:<expected status> zset; KEYS[3] s:<new status> zset; KEYS[4] rev;
--- KEYS[5] changed zset (T -> rev of its last write)
+-- KEYS[5] changed zset (T -> rev of its last write);
+-- KEYS[6] req:<request id> (a call retried after a lost reply must not fail its own CAS)
 -- ARGV[1] trial token; ARGV[2] JSON expected status (the `was` check);
 -- ARGV[3] JSON new status, or "" to keep it; ARGV[4] index score: "now" = server time
 -- (heartbeat, transition), a number = that epoch time, "" = keep the score (a status change
--- always re-scores: "" means "now" then); ARGV[5..] field, value pairs
+-- always re-scores: "" means "now" then); ARGV[5] request TTL (s); ARGV[6..] field, value pairs
 -- Returns: 1 updated | 0 stored status differs from expected | -1 no such trial
+if redis.call('EXISTS', KEYS[6]) == 1 then return 1 end
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return -1 end
 if current ~= ARGV[2] then return 0 end
-if #ARGV >= 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+if #ARGV >= 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
 local score = tonumber(ARGV[4])
 if score == nil then
   local t = redis.call('TIME')
@@ -23,4 +25,5 @@ elseif ARGV[4] ~= '' then
   redis.call('ZADD', KEYS[2], score, ARGV[1])
 end
 redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[4]), ARGV[1])
+redis.call('SET', KEYS[6], 1, 'EX', tonumber(ARGV[5]))
 return 1

@@ -54,6 +54,30 @@ def redact(text: str) -> str:
     return _PASSWORD_OPTION.sub(lambda m: f"{m['name']}{m['sep']}***", text)
 
 
+def _denied_in_script(msg: str) -> str:
+    """'the ZADD command' from "Error running script (call to f_<sha1>): @user_script:15: ...":
+    the script is found by its SHA1 and the command read on that line of its source."""
+    import hashlib
+
+    match = re.search(r"f_([0-9a-f]{40}).*?@user_script:(\d+)", msg)
+    if not match:
+        return "a command or key"
+    from . import scripts
+
+    for name in scripts.NAMES:
+        source = scripts.source(name)
+        if hashlib.sha1(source.encode()).hexdigest() == match[1]:
+            lines = source.splitlines()
+            line = lines[int(match[2]) - 1] if int(match[2]) <= len(lines) else ""
+            commands = re.findall(r"redis\.call\('(\w+)'", line)
+            if "access" in msg:
+                return f"a key of script {name}.lua (line {match[2]})"
+            if commands:
+                return f"the {'/'.join(commands)} command (script {name}.lua, line {match[2]})"
+            return f"a command of script {name}.lua (line {match[2]})"
+    return "a command or key"
+
+
 @contextlib.contextmanager
 def translate_errors(where: str):
     """Turn redis-py exceptions into our own, with a message that says what to do.
@@ -78,6 +102,13 @@ def translate_errors(where: str):
             raise ConnectionFailed(
                 f"Redis at {where} requires a password. "
                 "Put it in the URI: redis://:password@host:port or redis://user:password@host:port."
+            ) from None
+        if "can't run this command" in msg or "no permissions to access" in msg:
+            # an ACL denial inside a Lua script: Redis names neither the command nor the key
+            raise ConnectionFailed(
+                f"Redis at {where} denied {_denied_in_script(msg)} to this ACL user inside a "
+                f"script ({redact(msg)}). Grant the user the commands and key pattern listed "
+                "in the README (ACL section)."
             ) from None
         if "WRONGTYPE" in msg:
             raise CorruptData(

@@ -18,7 +18,8 @@ key                             type      content
 ``{P:E}:changed``               zset      T -> rev of its last write (deleted: tombstone)
 ``{P:E}:s:<status>``            zset      T -> server time of the last transition/heartbeat
 ``{P:E}:t:T``                   hash      trial document, one JSON value per field
-``{P:E}:req:<request id>``      string    T reserved by that request (retry-safe reserve)
+``{P:E}:req:<request id>``      string    result of a write request, kept REQUEST_TTL seconds
+                                          (a retried call returns it instead of re-applying)
 ``{P:E}:lock``                  hash      algorithm lock record: configuration, state, fence
 ``{P:E}:lock:holder``           string    "<fence>:<owner>" of the holder, with a PX TTL
 ``{P:E}:lock:wake``             list      token pushed on release to wake one waiter
@@ -29,6 +30,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import codec
+
+# Seconds a request id is remembered: redis-py retries a call whose reply was lost within
+# seconds; the id makes the retry return the first result instead of applying it twice.
+REQUEST_TTL = 120
 
 STATUSES = ("new", "reserved", "suspended", "completed", "interrupted", "broken")
 PENDING = ("new", "suspended", "interrupted")

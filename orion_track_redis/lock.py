@@ -18,7 +18,7 @@ import uuid
 from orion.storage.base import LockAcquisitionTimeout, LockedAlgorithmState
 
 from . import codec
-from .keys import ExperimentKeys
+from .keys import REQUEST_TTL, ExperimentKeys
 from .statecodec import dump_state, load_state
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,9 @@ class LockClient:
     def delete(self, ek: ExperimentKeys) -> int:
         pipe = self.client.pipeline(transaction=False)
         pipe.delete(ek.lock)
-        pipe.delete(ek.lock_holder, ek.lock_wake)
+        # one DEL per key: a Redis Cluster pipeline refuses multi-key DEL (same slot or not)
+        pipe.delete(ek.lock_holder)
+        pipe.delete(ek.lock_wake)
         return int(pipe.execute()[0])
 
     def force_release(self, ek: ExperimentKeys, new_state=None) -> int:
@@ -116,8 +118,8 @@ class LockClient:
         write = new_state is not None
         raw = dump_state(new_state, self.secret) if write else b""
         return int(self.scripts.lock_release(
-            keys=[ek.lock, ek.lock_holder, ek.lock_wake],
-            args=[token, "1" if write else "0", raw],
+            keys=[ek.lock, ek.lock_holder, ek.lock_wake, ek.request(uuid.uuid4().hex)],
+            args=[token, "1" if write else "0", raw, REQUEST_TTL],
         ))
 
     def _state(self, raw, ek: ExperimentKeys):

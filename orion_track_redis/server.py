@@ -115,6 +115,8 @@ def ping_client(*, unix_path: str | None = None, port: int | None = None,
     """A client for liveness probes: short timeouts and no retries (redis-py retries by default)."""
     kwargs = dict(password=password, socket_timeout=timeout, socket_connect_timeout=timeout,
                   retry=Retry(NoBackoff(), 0), username=username, **(tls or {}))
+    if tls:
+        kwargs["ssl"] = True
     if unix_path:
         return redis.Redis(unix_socket_path=unix_path, **kwargs)
     return redis.Redis(host="127.0.0.1", port=port, **kwargs)
@@ -436,7 +438,7 @@ class ClusterDeployment:
     SLOTS = 16384
 
     def __init__(self, workdir: str | os.PathLike, primaries: int = 3, replicas: int = 0,
-                 binary: str | None = None, node_timeout_ms: int = 2000, appendonly=False):
+                 binary: str | None = None, node_timeout_ms: int = 2000, appendonly=True):
         self.workdir = Path(workdir).absolute()
         self.nodes: list[RedisServer] = []
         for i in range(primaries * (1 + replicas)):
@@ -568,10 +570,48 @@ class SentinelDeployment:
               interval=0.2)
         return self
 
-    def failover(self, timeout: float = 30.0) -> tuple[str, int]:
+    def _all_agree(self, address: tuple[str, int]) -> bool:
+        for sentinel in self.sentinels:
+            client = sentinel.client(socket_timeout=2)
+            try:
+                host, port = client.execute_command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+                if (host.decode(), int(port)) != address:
+                    return False
+            finally:
+                client.close()
+        return True
+
+    def _node(self, address: tuple[str, int]) -> RedisServer:
+        return next(s for s in [self.primary, *self.replicas] if s.port == address[1])
+
+    def failover(self, timeout: float = 30.0, pause_writes: bool = False) -> tuple[str, int]:
         """``SENTINEL FAILOVER``; returns the new primary's address once a replica is promoted
-        and the sentinels agree on it."""
+        and the sentinels agree on it.
+
+        ``pause_writes``: a planned failover, as an operator does it for maintenance (and as
+        redis' own FAILOVER command does): ``CLIENT PAUSE WRITE`` on the primary, wait until
+        the replicas have every write, fail over, make the old primary a replica of the new one
+        and unpause (its paused writers then get READONLY and retry on the new primary).
+        Without it, the old primary keeps accepting writes until the sentinels demote it
+        (seconds later) and those writes are lost: Redis replication is asynchronous."""
         old = self.master_address()
+        old_client = self._node(old).client(socket_timeout=5)
+        if pause_writes:
+            old_client.execute_command("CLIENT", "PAUSE", int(timeout * 1000), "WRITE")
+            offset = old_client.info("replication")["master_repl_offset"]
+
+            def caught_up():
+                for replica in self.replicas:
+                    c = replica.client(socket_timeout=2)
+                    try:
+                        if c.info("replication").get("slave_repl_offset", -1) < offset:
+                            return False
+                    finally:
+                        c.close()
+                return True
+
+            _wait(caught_up, timeout, "the replicas to catch up before the failover")
         client = self.sentinels[0].client(socket_timeout=5)
         try:
             client.execute_command("SENTINEL", "FAILOVER", self.service)
@@ -580,16 +620,25 @@ class SentinelDeployment:
 
         def promoted():
             new = self.master_address()
-            if new == old:
+            if new == old or not self._all_agree(new):
                 return None
-            node = next(s for s in [self.primary, *self.replicas] if s.port == new[1])
-            c = node.client(socket_timeout=2)
+            c = self._node(new).client(socket_timeout=2)
             try:
                 return new if c.info("replication").get("role") == "master" else None
             finally:
                 c.close()
 
-        return _wait(promoted, timeout, "the failover to promote a replica", interval=0.1)
+        try:
+            new = _wait(promoted, timeout, "the failover to promote a replica", interval=0.1)
+            if pause_writes:
+                # demote the old primary now (the sentinels would only do it seconds later):
+                # its paused writers then get READONLY and retry on the new primary
+                old_client.execute_command("REPLICAOF", new[0], new[1])
+            return new
+        finally:
+            if pause_writes:
+                old_client.execute_command("CLIENT", "UNPAUSE")
+            old_client.close()
 
     def stop(self) -> None:
         for server in [*self.sentinels, *self.replicas, self.primary]:

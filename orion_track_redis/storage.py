@@ -26,9 +26,9 @@ from orion.storage.base import (
 )
 
 from . import codec, query
-from .connection import RedisDB, make_client
+from .connection import RedisDB, fail_fast, make_client
 from .errors import CorruptData, RedisStorageError, translate_errors
-from .keys import PENDING, STATUSES, ExperimentKeys, GlobalKeys, escape, token
+from .keys import PENDING, REQUEST_TTL, STATUSES, ExperimentKeys, GlobalKeys, escape, token
 from .lock import LockClient
 from .scripts import Scripts
 from .serverchecks import check_server, server_info
@@ -37,7 +37,6 @@ from .uri import Options, resolve
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-RESERVE_REQUEST_TTL = 300  # seconds a reserve request id is remembered (retries come sooner)
 DELETE_BATCH = 500
 FETCH_CHUNK = 1000  # trials per fetch_docs call: bounds how long one call blocks Redis
 
@@ -111,7 +110,7 @@ class Redis(BaseStorageProtocol):
         self._keys = GlobalKeys(self._opts.prefix)
         self._db = RedisDB(self._opts)
         if setup:
-            with self._guard():
+            with self._guard(), fail_fast(self.client):
                 self._setup()
 
     # -- connection, pickling ----------------------------------------------------------------
@@ -301,8 +300,9 @@ class Redis(BaseStorageProtocol):
         validate_status(doc["status"])
         with self._guard():
             rc = int(self.scripts.register_trial(
-                keys=[ek.trial(trial.id), ek.all, ek.status(doc["status"]), ek.rev, ek.changed],
-                args=[escape(trial.id), self._score_of(doc), *_flat_pairs(doc)],
+                keys=[ek.trial(trial.id), ek.all, ek.status(doc["status"]), ek.rev, ek.changed,
+                      ek.request(uuid.uuid4().hex)],
+                args=[escape(trial.id), self._score_of(doc), REQUEST_TTL, *_flat_pairs(doc)],
             ))
         if rc == -1:
             raise DuplicateKeyError(
@@ -327,7 +327,7 @@ class Redis(BaseStorageProtocol):
                 keys=[*(ek.status(s) for s in PENDING), ek.status("reserved"),
                       ek.request(request), ek.rev, ek.changed],
                 args=[ek.trial_prefix, codec.dumps("reserved"), codec.dumps(_now()),
-                      RESERVE_REQUEST_TTL],
+                      REQUEST_TTL],
             )
         if len(reply) < 3:
             return None
@@ -338,9 +338,10 @@ class Redis(BaseStorageProtocol):
         """One update_trial.lua call: 1 updated, 0 status differs, -1 no such trial."""
         return int(self.scripts.update_trial(
             keys=[ek.trial(trial_id), ek.status(expected), ek.status(new_status or expected),
-                  ek.rev, ek.changed],
+                  ek.rev, ek.changed, ek.request(uuid.uuid4().hex)],
             args=[escape(trial_id), codec.dumps(expected),
-                  codec.dumps(new_status) if new_status else "", score, *_flat_pairs(fields)],
+                  codec.dumps(new_status) if new_status else "", score, REQUEST_TTL,
+                  *_flat_pairs(fields)],
         ))
 
     def set_trial_status(self, trial, status, heartbeat=None, was=None):
@@ -440,11 +441,18 @@ class Redis(BaseStorageProtocol):
 
     def _read_trials(self, ek: ExperimentKeys, tokens) -> list[dict]:
         """Documents of the existing trials among ``tokens`` (one script call per chunk)."""
-        pipe = self.client.pipeline(transaction=False)
+        # Redis Cluster (topologies): redis-py refuses EVALSHA inside a cluster pipeline, so
+        # the chunks go one call each there (all in the experiment's slot, one node anyway).
+        cluster = _is_cluster(self.client)
+        pipe = None if cluster else self.client.pipeline(transaction=False)
+        replies = []
         for start in range(0, len(tokens), FETCH_CHUNK):
             chunk = tokens[start:start + FETCH_CHUNK]
-            self.scripts.fetch_docs(keys=[ek.trial_prefix + t for t in chunk], client=pipe)
-        texts = [t for t in pipe.execute() if t] if tokens else []
+            replies.append(self.scripts.fetch_docs(keys=[ek.trial_prefix + t for t in chunk],
+                                                   client=pipe))
+        if pipe is not None:
+            replies = pipe.execute() if tokens else []
+        texts = [t for t in replies if t]
         if not texts:
             return []
         try:
@@ -692,6 +700,13 @@ class _ExperimentCache:
 
     def ordered(self):
         return (trial for trial, _ in self.ordered_pairs())
+
+
+def _is_cluster(client) -> bool:
+    """Whether ``client`` is a ``redis.cluster.RedisCluster`` (redis+cluster:// URIs)."""
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
 
 
 def _apply_set(doc: dict, changes: dict) -> dict:

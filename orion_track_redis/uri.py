@@ -77,7 +77,11 @@ _CONNECTION_OPTIONS = {
 SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password", "sentinel_ssl")
 RETRY_OPTIONS = ("retries", "retry_backoff")
 _OWN_OPTIONS = {"prefix": str, "lock_ttl": float}
-_DEFAULTS = {"socket_timeout": 30.0, "socket_connect_timeout": 10.0}
+# redis-py 8's from_url() retries nothing by default; every write script is retry-safe
+# (request ids), so ride out a restart or failover: 6 retries, back-off 0.25 s doubling to 10 s
+# (about 16 s in all), then a clear ConnectionFailed.
+_DEFAULTS = {"socket_timeout": 30.0, "socket_connect_timeout": 10.0, "retries": 6,
+             "retry_backoff": 0.25}
 
 
 def _bool(value) -> bool:

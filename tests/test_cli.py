@@ -109,6 +109,7 @@ def test_purge_removes_only_that_experiment(capsys, uri):
     assert storage.get_algorithm_lock_info(uid=kept) is not None
     ek = storage._ek(gone)
     left = {k.decode() for k in storage.client.scan_iter(match=f"{{{storage._opts.prefix}:1}}*")}
+    left = {k for k in left if ":req:" not in k}  # request ids expire by themselves
     assert left <= {ek.rev, ek.changed}, "only the revision counter and tombstones stay"
 
 
