@@ -382,6 +382,8 @@ class Redis(BaseStorageProtocol):
         """Set fields of one trial if it matches ``where``; returns 1 or 0."""
         trial_uid, experiment_uid = get_trial_uid_and_exp(trial, uid, experiment_uid)
         ek = self._ek(experiment_uid)
+        # like Legacy, the trial's own id and experiment replace those of ``where``
+        where = {k: v for k, v in (where or {}).items() if k not in ("id", "experiment")}
         with self._guard():
             docs = self._read_trials(ek, [escape(trial_uid)])
             if not docs or not query.matches(docs[0], where):
