@@ -9,8 +9,9 @@ Oríon's docs are silent"). Two parts:
 2. The query matcher / projection (``orion_track_redis.query``) against ``EphemeralDocument``.
 
 Differences found are pinned at the end as minimal tests (``xfail(strict=True)`` while ours
-still differs; all were fixed while this file was written, so they are plain regression tests). Known, documented deviations
-are asserted explicitly (ours-side behaviour), and the state machine avoids their inputs.
+still differs; all were fixed while this file was written, so they are plain regression tests).
+Known, documented deviations are asserted explicitly (ours-side behaviour), and the state
+machine avoids their inputs.
 """
 from __future__ import annotations
 
@@ -394,7 +395,8 @@ class StorageDiff(RuleBasedStateMachine):
 
     @precondition(lambda self: self.specs)
     @rule(pick=st.integers(0, 50), status=st.sampled_from(STATUSES),
-          was=st.one_of(st.just("current"), st.sampled_from(["none", *STATUSES])), local=st.sampled_from(STATUSES),
+          was=st.one_of(st.just("current"), st.sampled_from(["none", *STATUSES])),
+          local=st.sampled_from(STATUSES),
           heartbeat=st.one_of(st.none(), TIMES))
     def set_trial_status(self, pick, status, was, local, heartbeat):
         spec = self.spec(pick)
@@ -536,7 +538,7 @@ MACHINE_SETTINGS = dict(deadline=None, stateful_step_count=40,
 
 
 def test_state_machine_fakeredis():
-    run_state_machine_as_test(StorageDiff, settings=settings(max_examples=120,
+    run_state_machine_as_test(StorageDiff, settings=settings(max_examples=100,
                                                              **MACHINE_SETTINGS))
 
 
@@ -587,7 +589,7 @@ SELECTS = st.one_of(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(doc=DOCS, query_=QUERIES)
 def test_matches_like_ephemeraldb(doc, query_):
     ours = call(matches, copy.deepcopy(doc), copy.deepcopy(query_))
