@@ -59,7 +59,8 @@ def _denied_in_script(msg: str) -> str:
     the script is found by its SHA1 and the command read on that line of its source."""
     import hashlib
 
-    match = re.search(r"f_([0-9a-f]{40}).*?@user_script:(\d+)", msg)
+    # Redis words it "call to f_<sha1> ... @user_script:N" or "script: <sha1>, on @user_script:N"
+    match = re.search(r"(?:f_|script: )([0-9a-f]{40}).*?@user_script:(\d+)", msg)
     if not match:
         return "a command or key"
     from . import scripts

@@ -163,3 +163,22 @@ def test_eviction_and_no_persistence_warn_loudly(tmp_path, caplog):
     text = caplog.text
     assert "allkeys-lru" in text and "noeviction" in text
     assert "persistence disabled" in text and "appendonly yes" in text
+
+
+@pytest.mark.parametrize("template", [
+    "Error running script (call to f_{sha}): @user_script:{line}: The user executing the script "
+    "can't run this command or subcommand",
+    "The user executing the script can't run this command or subcommand script: {sha}, on "
+    "@user_script:{line}.",
+])
+def test_acl_denial_in_a_script_names_the_command(template):
+    """Both wordings Redis 7 uses for an ACL denial inside a script."""
+    import hashlib
+
+    from orion_track_redis import scripts
+    from orion_track_redis.errors import _denied_in_script
+
+    source = scripts.source("register_trial")
+    line = next(n for n, text in enumerate(source.splitlines(), 1) if "'ZADD'" in text)
+    msg = template.format(sha=hashlib.sha1(source.encode()).hexdigest(), line=line)
+    assert _denied_in_script(msg) == f"the ZADD command (script register_trial.lua, line {line})"
