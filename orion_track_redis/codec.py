@@ -91,8 +91,18 @@ def _hashable(key):
     return tuple(_hashable(k) for k in key) if isinstance(key, (list, tuple)) else key
 
 
+_ENCODE_STR = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses
+
+
 def dumps(obj) -> str:
     """Encode one value as compact JSON text."""
+    kind = type(obj)  # fast paths for the hot path's statuses, ids and timestamps
+    if kind is str:
+        return _ENCODE_STR(obj)
+    if kind is _dt.datetime:
+        return '{"$dt":"' + obj.isoformat() + '"}'
+    if obj is None:
+        return "null"
     return json.dumps(_enc(obj), separators=(",", ":"), ensure_ascii=False)
 
 

@@ -27,6 +27,9 @@ key                             type      content
 """
 from __future__ import annotations
 
+import itertools
+import os
+import re
 from dataclasses import dataclass
 
 from . import codec
@@ -40,11 +43,33 @@ PENDING = ("new", "suspended", "interrupted")
 
 # Characters that would break a hash tag, a key separator or readability in redis-cli.
 _UNSAFE = set("{}:%") | {chr(c) for c in range(33)} | {chr(127)}
+_UNSAFE_RE = re.compile("[" + re.escape("".join(sorted(_UNSAFE))) + "]")
+
+
+class _RequestIds:
+    """Unique request ids: a random per-process prefix and a counter (cheaper than uuid4 on
+    every hot-path call). A forked child draws a new prefix so it never repeats its parent's."""
+
+    def __init__(self):
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self):
+        self._prefix = os.urandom(10).hex()
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):x}"
+
+
+new_request_id = _RequestIds().next
 
 
 def escape(text: str) -> str:
     """Percent-encode the characters that must not appear inside a key token."""
-    return "".join(f"%{ord(ch):02X}" if ch in _UNSAFE else ch for ch in text)
+    # hot path: trial ids are hex digests, nothing to escape
+    return _UNSAFE_RE.sub(lambda m: f"%{ord(m.group()):02X}", text)
 
 
 def token(value) -> str:

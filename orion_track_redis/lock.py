@@ -18,7 +18,7 @@ import uuid
 from orion.storage.base import LockAcquisitionTimeout, LockedAlgorithmState
 
 from . import codec
-from .keys import REQUEST_TTL, ExperimentKeys
+from .keys import REQUEST_TTL, ExperimentKeys, new_request_id
 from .statecodec import dump_state, load_state
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class LockClient:
         write = new_state is not None
         raw = dump_state(new_state, self.secret) if write else b""
         return int(self.scripts.lock_release(
-            keys=[ek.lock, ek.lock_holder, ek.lock_wake, ek.request(uuid.uuid4().hex)],
+            keys=[ek.lock, ek.lock_holder, ek.lock_wake, ek.request(new_request_id())],
             args=[token, "1" if write else "0", raw, REQUEST_TTL],
         ))
 

@@ -13,7 +13,6 @@ import gc
 import datetime
 import logging
 import os
-import uuid
 
 import orion.core
 from orion.core.io.database import DuplicateKeyError
@@ -28,7 +27,8 @@ from orion.storage.base import (
 from . import codec, query
 from .connection import RedisDB, fail_fast, make_client
 from .errors import CorruptData, RedisStorageError, translate_errors
-from .keys import PENDING, REQUEST_TTL, STATUSES, ExperimentKeys, GlobalKeys, escape, token
+from .keys import (PENDING, REQUEST_TTL, STATUSES, ExperimentKeys, GlobalKeys, escape,
+                   new_request_id, token)
 from .lock import LockClient
 from .scripts import Scripts
 from .serverchecks import check_server, server_info
@@ -72,15 +72,21 @@ def _sort_key(trial):
     return 0 if trial.submit_time is None else trial.submit_time
 
 
+_FIELD_OK: set = set()  # field names already validated (Oríon uses a dozen)
+
+
 def _flat_pairs(doc: dict) -> list:
     out = []
-    for key, value in codec.encode_fields(doc).items():
-        if not isinstance(key, str) or not key or any(c in key for c in '"\\') \
-                or not key.isprintable():
-            # fetch_docs.lua writes field names into JSON unescaped
-            raise ValueError(f"field name {key!r} cannot be stored: use a printable string "
-                             "without quotes or backslashes")
-        out += [key, value]
+    for key, value in doc.items():
+        if key not in _FIELD_OK:
+            if not isinstance(key, str) or not key or any(c in key for c in '"\\') \
+                    or not key.isprintable():
+                # fetch_docs.lua writes field names into JSON unescaped
+                raise ValueError(f"field name {key!r} cannot be stored: use a printable string "
+                                 "without quotes or backslashes")
+            if len(_FIELD_OK) < 1000:
+                _FIELD_OK.add(key)
+        out += [key, codec.dumps(value)]
     return out
 
 
@@ -107,6 +113,7 @@ class Redis(BaseStorageProtocol):
         self._client = None
         self._pid = None
         self._cache = {}
+        self._eks = {}
         self._keys = GlobalKeys(self._opts.prefix)
         self._db = RedisDB(self._opts)
         if setup:
@@ -122,6 +129,7 @@ class Redis(BaseStorageProtocol):
         self._client = None
         self._pid = None
         self._cache = {}
+        self._eks = {}
         self._keys = GlobalKeys(self._opts.prefix)
         self._db = RedisDB(self._opts)
 
@@ -165,7 +173,13 @@ class Redis(BaseStorageProtocol):
             )
 
     def _ek(self, exp_id) -> ExperimentKeys:
-        return self._keys.experiment(exp_id)
+        try:  # memoised: every hot-path call needs the keys of its experiment
+            return self._eks[exp_id]
+        except KeyError:
+            keys = self._eks[exp_id] = self._keys.experiment(exp_id)
+            return keys
+        except TypeError:  # an unhashable id
+            return self._keys.experiment(exp_id)
 
     # -- benchmarks ---------------------------------------------------------------------------
     def create_benchmark(self, config):
@@ -295,19 +309,21 @@ class Redis(BaseStorageProtocol):
     def register_trial(self, trial):
         """Insert a new trial; ``DuplicateKeyError`` if (experiment, id) exists."""
         doc = trial.to_dict()
-        doc.setdefault("_id", trial.id)  # a truthy, unique _id, kept as id_override
+        trial_id = doc["id"]  # Trial.id hashes the params on every access
+        doc.setdefault("_id", trial_id)  # a truthy, unique _id, kept as id_override
         ek = self._ek(doc["experiment"])
         validate_status(doc["status"])
+        trial_token = escape(trial_id)
         with self._guard():
             rc = int(self.scripts.register_trial(
-                keys=[ek.trial(trial.id), ek.all, ek.status(doc["status"]), ek.rev, ek.changed,
-                      ek.request(uuid.uuid4().hex)],
-                args=[escape(trial.id), self._score_of(doc), REQUEST_TTL, *_flat_pairs(doc)],
+                keys=[ek.trial_prefix + trial_token, ek.all, ek.status(doc["status"]), ek.rev,
+                      ek.changed, ek.request(new_request_id())],
+                args=[trial_token, self._score_of(doc), REQUEST_TTL, *_flat_pairs(doc)],
             ))
         if rc == -1:
             raise DuplicateKeyError(
                 f"Duplicate key error: index=experiment_1_id_1 value=({doc['experiment']!r}, "
-                f"{trial.id!r})")
+                f"{trial_id!r})")
         trial.id_override = doc["_id"]
         return trial
 
@@ -321,7 +337,7 @@ class Redis(BaseStorageProtocol):
     def reserve_trial(self, experiment):
         """Reserve one pending trial (new, suspended or interrupted) or return None."""
         ek = self._ek(get_uid(experiment))
-        request = uuid.uuid4().hex  # a retried EVALSHA carries it again: same trial back
+        request = new_request_id()  # a retried EVALSHA carries it again: same trial back
         with self._guard():
             reply = self.scripts.reserve_trial(
                 keys=[*(ek.status(s) for s in PENDING), ek.status("reserved"),
@@ -338,7 +354,7 @@ class Redis(BaseStorageProtocol):
         """One update_trial.lua call: 1 updated, 0 status differs, -1 no such trial."""
         return int(self.scripts.update_trial(
             keys=[ek.trial(trial_id), ek.status(expected), ek.status(new_status or expected),
-                  ek.rev, ek.changed, ek.request(uuid.uuid4().hex)],
+                  ek.rev, ek.changed, ek.request(new_request_id())],
             args=[escape(trial_id), codec.dumps(expected),
                   codec.dumps(new_status) if new_status else "", score, REQUEST_TTL,
                   *_flat_pairs(fields)],
