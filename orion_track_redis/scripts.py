@@ -19,6 +19,7 @@ NAMES = (
     "delete_trials",
     "lost_trials",
     "fetch_docs",
+    "fetch_changes",
     "lock_init",
     "lock_acquire",
     "lock_renew",

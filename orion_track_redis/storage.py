@@ -25,6 +25,7 @@ from orion.storage.base import (
 )
 
 from . import codec, query
+from .trials import build as build_trial, clone as clone_trial, sort_key
 from .connection import RedisDB, fail_fast, make_client
 from .errors import CorruptData, RedisStorageError, translate_errors
 from .keys import (PENDING, REQUEST_TTL, STATUSES, ExperimentKeys, GlobalKeys, escape,
@@ -65,11 +66,6 @@ def _no_gc():
     finally:
         if was_enabled:
             gc.enable()
-
-
-def _sort_key(trial):
-    # the same key as Legacy: trials without submit_time first
-    return 0 if trial.submit_time is None else trial.submit_time
 
 
 _FIELD_OK: set = set()  # field names already validated (Oríon uses a dozen)
@@ -452,7 +448,7 @@ class Redis(BaseStorageProtocol):
     def _trial(self, fields: dict, key: str) -> Trial:
         doc = codec.decode_fields(fields, key)
         try:
-            return Trial(**doc)
+            return build_trial(doc)
         except (TypeError, AttributeError, ValueError) as exc:
             raise CorruptData(f"{key} does not hold an Oríon trial ({exc}). Remove the key or "
                               "use another prefix.") from None
@@ -470,7 +466,11 @@ class Redis(BaseStorageProtocol):
                                                    client=pipe))
         if pipe is not None:
             replies = pipe.execute() if tokens else []
-        texts = [t for t in replies if t]
+        return self._decode_docs(ek, replies, tokens)
+
+    def _decode_docs(self, ek: ExperimentKeys, texts, tokens) -> list[dict]:
+        """Parse the JSON objects that fetch_docs/fetch_changes joined, in one json call."""
+        texts = [t for t in texts if t]
         if not texts:
             return []
         try:
@@ -486,25 +486,24 @@ class Redis(BaseStorageProtocol):
         """Every trial of the experiment, refreshed from what changed since the last call.
 
         Every trial write bumps ``rev`` and records the trial in ``changed`` with that rev, so a
-        repeated fetch reads only the trials written since (deleted ones leave a tombstone).
+        repeated fetch reads only the trials written since (deleted ones leave a tombstone), in
+        one fetch_changes.lua call.
         """
         cache = self._cache.get(ek.exp_token)
         if cache is not None:
-            pipe = self.client.pipeline(transaction=True)  # rev and changes from one snapshot
-            pipe.get(ek.rev)
-            pipe.zrangebyscore(ek.changed, f"({cache.rev}", "+inf")
-            raw_rev, tokens = pipe.execute()
-            rev = int(raw_rev or 0)
-            if rev == cache.rev:
+            reply = self.scripts.fetch_changes(keys=[ek.rev, ek.changed, ek.all],
+                                               args=[cache.rev, ek.trial_prefix, FETCH_CHUNK])
+            rev = int(reply[0])
+            if len(reply) == 1:
                 return cache
-            if rev > cache.rev:
-                tokens = [t.decode() for t in tokens]
-                docs = self._read_trials(ek, tokens)
-                # registration ranks: a trial deleted and registered again moved to the end
-                orders = dict(zip(tokens, self.client.zmscore(ek.all, tokens)))
-                cache.update(tokens, docs, rev, orders)
+            count = int(reply[1])
+            if count >= 0:
+                tokens = [t.decode() for t in reply[2:2 + count]]
+                orders = {t: float(o) if o else None
+                          for t, o in zip(tokens, reply[2 + count:2 + 2 * count])}
+                cache.update(tokens, self._decode_docs(ek, [reply[-1]], tokens), rev, orders)
                 return cache
-            # the counter went back (data removed behind our back): reload everything
+            # too many changes, or the counter went back: reload everything
         pipe = self.client.pipeline(transaction=True)
         pipe.get(ek.rev)
         pipe.zrange(ek.all, 0, -1, withscores=True)
@@ -536,15 +535,15 @@ class Redis(BaseStorageProtocol):
             return self._build_trials(docs)
 
     def _build_trials(self, docs) -> list[Trial]:
-        trials = []
+        built = []
         for doc in docs:
             try:
-                trials.append(Trial(**doc))
+                built.append(build_trial(doc))
             except (TypeError, AttributeError, ValueError) as exc:
                 raise CorruptData(f"a trial of experiment {doc.get('experiment')!r} is not an "
                                   f"Oríon trial ({exc}).") from None
-        trials.sort(key=_sort_key)
-        return trials
+        built.sort(key=sort_key)
+        return built
 
     def fetch_trials(self, experiment=None, uid=None, where=None):
         """All trials of an experiment matching ``where``, sorted by submit_time."""
@@ -558,8 +557,8 @@ class Redis(BaseStorageProtocol):
             cache = self._all_docs(ek)
         with _no_gc():
             if not where:
-                return [_clone(trial) for trial in cache.ordered()]
-            return [_clone(trial) for trial, doc in cache.ordered_pairs()
+                return [clone_trial(trial) for trial in cache.ordered()]
+            return [clone_trial(trial) for trial, doc in cache.ordered_pairs()
                     if query.matches(doc, where)]
 
     def get_trial(self, trial=None, uid=None, experiment_uid=None):
@@ -650,26 +649,6 @@ def _indexed(where) -> bool:
     return isinstance((where or {}).get("id"), str) or _indexed_statuses(where) is not None
 
 
-_TRIAL_SLOTS = tuple(s for s in Trial.__slots__ if s not in ("_params", "_results"))
-
-
-def _clone(trial: Trial) -> Trial:
-    """A copy of a cached trial for the caller (who may mutate it), ~10x cheaper than
-    Trial(**doc). Params/results are copied one level deep: their values are never mutated."""
-    new = Trial.__new__(Trial)
-    for slot in _TRIAL_SLOTS:
-        setattr(new, slot, getattr(trial, slot))
-    new._params = [_clone_value(p) for p in trial._params]
-    new._results = [_clone_value(r) for r in trial._results]
-    return new
-
-
-def _clone_value(value):
-    new = value.__class__.__new__(value.__class__)
-    new.name, new._type, new.value = value.name, value._type, value.value
-    return new
-
-
 class _ExperimentCache:
     """Decoded documents and Trial objects of one experiment, as of revision ``rev``.
 
@@ -697,7 +676,7 @@ class _ExperimentCache:
         for doc in docs:
             try:
                 trial_token = escape(doc["id"])
-                self.trials[trial_token] = Trial(**doc)
+                self.trials[trial_token] = build_trial(doc)
             except (KeyError, TypeError, AttributeError, ValueError) as exc:
                 raise CorruptData(f"a trial of experiment {doc.get('experiment')!r} is not an "
                                   f"Oríon trial ({exc}).") from None
@@ -712,7 +691,7 @@ class _ExperimentCache:
         if self._ordered is None:
             keyed = [(self.order.get(t, 0.0), self.trials[t], self.docs[t]) for t in self.docs]
             keyed.sort(key=lambda item: item[0])  # registration order, then stable by time
-            keyed.sort(key=lambda item: _sort_key(item[1]))
+            keyed.sort(key=lambda item: sort_key(item[1]))
             self._ordered = [(trial, doc) for _, trial, doc in keyed]
         return self._ordered
 

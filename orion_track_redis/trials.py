@@ -1,0 +1,95 @@
+"""Building and copying Oríon ``Trial`` objects fast (fetch_trials builds thousands).
+
+``Trial(**doc)`` runs a generic ``setattr`` loop, a validating property per field and
+``Param(**item)`` per parameter; :func:`build` fills the same slots directly when the document
+has the shape Oríon writes (known keys, valid status and value types) and falls back to
+``Trial(**doc)`` for anything else, so odd documents keep Oríon's own behaviour and errors.
+tests/test_trials.py checks that both give identical objects.
+"""
+from __future__ import annotations
+
+from orion.core.worker.trial import Trial
+
+_new = object.__new__
+_Param, _Result = Trial.Param, Trial.Result
+_STATI = frozenset(Trial.allowed_stati)
+_PARAM_TYPES = frozenset(_Param.allowed_types) | {None}
+_RESULT_TYPES = frozenset(_Result.allowed_types) | {None}
+_VALUE_KEYS = frozenset(("name", "type", "value"))
+# keys Trial.__init__ turns into plain slot assignments (or drops: id)
+_SLOT_KEYS = ("experiment", "worker", "heartbeat", "submit_time", "start_time", "end_time",
+              "parent")
+_KNOWN = frozenset((*_SLOT_KEYS, "_id", "id", "id_override", "status", "exp_working_dir",
+                    "params", "results"))
+# slots copied by clone(), everything but the two lists
+_COPIED = tuple(s for s in Trial.__slots__ if s not in ("_params", "_results"))
+
+
+def _value(cls, item: dict, types):
+    """``cls(**item)`` for a plain {name, type, value} dict, or None if it is not one (Oríon
+    leaves the slots of missing keys unset, so only complete dicts take the fast path)."""
+    if type(item) is not dict or item.keys() != _VALUE_KEYS:
+        return None
+    kind = item["type"]
+    value = item["value"]
+    if kind not in types or hasattr(value, "tolist"):
+        return None
+    obj = _new(cls)
+    obj.name, obj._type, obj.value = item["name"], kind, value
+    return obj
+
+
+def _values(cls, items, types):
+    if type(items) not in (list, tuple):
+        return None
+    out = []
+    for item in items:
+        obj = _value(cls, item, types)
+        if obj is None:
+            return None
+        out.append(obj)
+    return out
+
+
+def _slow(doc: dict) -> Trial:
+    return Trial(**doc)
+
+
+def build(doc: dict) -> Trial:
+    """``Trial(**doc)``, faster for documents of the usual shape."""
+    status = doc.get("status", "new")
+    if not doc.keys() <= _KNOWN or status not in _STATI or "id_override" in doc:
+        return _slow(doc)
+    params = _values(_Param, doc.get("params", ()), _PARAM_TYPES)
+    results = _values(_Result, doc.get("results", ()), _RESULT_TYPES)
+    if params is None or results is None:
+        return _slow(doc)
+    trial = _new(Trial)
+    get = doc.get
+    for key in _SLOT_KEYS:
+        setattr(trial, key, get(key))
+    trial._id = None
+    trial._status = status
+    trial._exp_working_dir = get("exp_working_dir")
+    trial.id_override = get("_id")
+    trial._params = params
+    trial._results = results
+    return trial
+
+
+def clone(trial: Trial) -> Trial:
+    """A copy of a cached trial for a caller who may change it.
+
+    The slots and the params/results *lists* are copied; the Param/Result objects inside are
+    shared (Oríon never changes them in place: it replaces trial.results / builds new trials)."""
+    new = _new(Trial)
+    for slot in _COPIED:
+        setattr(new, slot, getattr(trial, slot))
+    new._params = list(trial._params)
+    new._results = list(trial._results)
+    return new
+
+
+def sort_key(trial):
+    # the same key as Legacy: trials without submit_time first
+    return 0 if trial.submit_time is None else trial.submit_time

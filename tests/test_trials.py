@@ -1,0 +1,95 @@
+"""trials.build must give exactly what Trial(**doc) gives; trials.clone must isolate callers."""
+import datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from orion.core.worker.trial import Trial
+
+from orion_track_redis import trials
+
+SCALARS = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5),
+                    st.booleans())
+DATES = st.one_of(st.none(), st.datetimes(min_value=datetime.datetime(2000, 1, 1)))
+
+
+def _value_dicts(types):
+    item = st.fixed_dictionaries(
+        {"name": st.text(min_size=1, max_size=4), "value": SCALARS},
+        optional={"type": st.sampled_from(types)},
+    )
+    return st.lists(item, max_size=3)
+
+
+DOCS = st.fixed_dictionaries(
+    {"experiment": st.one_of(st.integers(0, 5), st.text(max_size=3))},
+    optional={
+        "_id": st.text(min_size=1, max_size=6),
+        "id": st.text(max_size=6),
+        "status": st.sampled_from(Trial.allowed_stati + ("bogus",)),
+        "worker": st.one_of(st.none(), st.text(max_size=3)),
+        "exp_working_dir": st.one_of(st.none(), st.text(max_size=3)),
+        "heartbeat": DATES, "submit_time": DATES, "start_time": DATES, "end_time": DATES,
+        "parent": st.one_of(st.none(), st.text(max_size=3)),
+        "params": _value_dicts(Trial.Param.allowed_types + ("bogus",)),
+        "results": _value_dicts(Trial.Result.allowed_types + ("bogus",)),
+        "id_override": st.text(max_size=3),
+        "parents": st.just([]),
+    },
+)
+
+
+_UNSET = object()
+
+
+def _state(trial: Trial) -> dict:
+    state = {slot: getattr(trial, slot, _UNSET) for slot in Trial.__slots__
+             if slot not in ("_params", "_results")}
+    for name in ("_params", "_results"):
+        state[name] = [(type(v), *(getattr(v, s, _UNSET) for s in ("name", "_type", "value")))
+                       for v in getattr(trial, name)]
+    return state
+
+
+def _outcome(fn, doc):
+    try:
+        return "ok", _state(fn(dict(doc)))
+    except Exception as exc:  # noqa: BLE001 - both sides must fail the same way
+        return "error", type(exc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(DOCS)
+def test_build_matches_trial_constructor(doc):
+    assert _outcome(trials.build, doc) == _outcome(lambda d: Trial(**d), doc)
+
+
+def test_build_fast_path_is_taken_for_oriented_documents(monkeypatch):
+    doc = Trial(experiment=1, status="completed", params=[
+        {"name": "/x", "type": "real", "value": 0.5}],
+        results=[{"name": "obj", "type": "objective", "value": 1.0}]).to_dict()
+    reference = Trial(**doc)
+    monkeypatch.setattr(trials, "_slow", lambda d: pytest.fail("fell back to Trial(**doc)"))
+    built = trials.build(doc)
+    assert _state(built) == _state(reference)
+    assert built.id == reference.id
+    assert built.params == {"/x": 0.5} and built.objective.value == 1.0
+
+
+def test_clone_isolates_the_caller_from_the_cached_trial():
+    cached = Trial(experiment=1, status="reserved",
+                   params=[{"name": "/x", "type": "real", "value": 0.5}])
+    copy = trials.clone(cached)
+    assert _state(copy) == _state(cached) and copy is not cached
+    copy.status = "completed"
+    copy.results = [Trial.Result(name="obj", type="objective", value=2.0)]
+    copy.params  # noqa: B018 - reading builds a fresh dict
+    copy._params.append(Trial.Param(name="/y", type="real", value=1.0))
+    assert cached.status == "reserved"
+    assert cached.results == [] and len(cached._params) == 1
+
+
+@pytest.mark.parametrize("bad", [{"status": None}, {"params": None}, {"params": [1]}])
+def test_odd_documents_keep_orions_behaviour(bad):
+    doc = {"experiment": 1, **bad}
+    assert _outcome(trials.build, doc) == _outcome(lambda d: Trial(**d), doc)
