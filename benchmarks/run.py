@@ -2,9 +2,9 @@
 """The benchmark suite of issue 5: our Redis backend measured side by side, in one run, with a bare
 EVALSHA of the same shape, Oríon's Legacy+PickledDB and Legacy+EphemeralDB.
 
-    python benchmarks/run.py            # full run (~10-15 min on 2 cores)
-    python benchmarks/run.py --quick    # fewer sizes/processes, 4-worker fleet (~3 min)
-    python benchmarks/run.py --smoke    # tiny, for CI (< 60 s): every section, meaningless numbers
+    python benchmarks/run.py            # full run (~17 min on 2 cores)
+    python benchmarks/run.py --quick    # fewer sizes/processes, 4-worker fleet (~7 min)
+    python benchmarks/run.py --smoke    # tiny, for CI (~2 min): every section, meaningless numbers
 
 Starts its own redis-server (``/usr/bin/redis-server`` when present, else the one found by
 ``orion_track_redis.server.find_redis_server``; ``--redis-server PATH`` overrides) on a free
@@ -16,10 +16,13 @@ table to ``docs/benchmarks.md``'s generated section).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import inspect
 import json
 import multiprocessing as mp
 import os
+import pickle
 import platform
 import shutil
 import signal
@@ -27,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -43,18 +47,18 @@ MODES = {
     "full": dict(procs=(1, 8, 32), phase_s=1.5, pickled_phase_s=2.0, max_calls=50000, background=1000,
                  fetch_sizes=(1000, 10000, 100000), ephemeral_sizes=(1000, 10000), pending=400,
                  per_call_samples=200, fetch_repeats=5, lock_procs=8, lock_s=8.0,
-                 mem_trials=2000, cmd_calls=1000, fleet_workers=16, fleet_trials=500,
-                 pickled_fleet_cap_s=180.0, fleet_cap_s=600.0),
+                 mem_trials=2000, cmd_calls=1000, fleet_workers=16, fleet_trials=300,
+                 fleet_cap_s=240.0, anatomy_sizes=(100, 500), anatomy_samples=8),
     "quick": dict(procs=(1, 8), phase_s=0.7, pickled_phase_s=1.5, max_calls=20000, background=1000,
                   fetch_sizes=(1000, 10000), ephemeral_sizes=(1000, 10000), pending=300,
                   per_call_samples=100, fetch_repeats=3, lock_procs=8, lock_s=3.0,
                   mem_trials=1000, cmd_calls=300, fleet_workers=4, fleet_trials=40,
-                  pickled_fleet_cap_s=60.0, fleet_cap_s=300.0),
+                  fleet_cap_s=120.0, anatomy_sizes=(20, 150), anatomy_samples=5),
     "smoke": dict(procs=(1, 2), phase_s=0.1, pickled_phase_s=0.1, max_calls=2000, background=20,
                   fetch_sizes=(200,), ephemeral_sizes=(200,), pending=60,
                   per_call_samples=20, fetch_repeats=2, lock_procs=2, lock_s=0.5,
                   mem_trials=100, cmd_calls=30, fleet_workers=1, fleet_trials=2,
-                  pickled_fleet_cap_s=20.0, fleet_cap_s=60.0),
+                  fleet_cap_s=60.0, anatomy_sizes=(5, 20), anatomy_samples=3),
 }
 
 
@@ -842,8 +846,9 @@ def _run_fleet(cfg, backend, location, tmp, profile_dir=None):
                          str(profile_dir / f"worker-{mode}.prof"), *hunt])
         else:
             cmds.append([orion, *hunt])
-    cap = cfg["pickled_fleet_cap_s"] if backend == "pickleddb" else cfg["fleet_cap_s"]
+    cap = cfg["fleet_cap_s"]  # the same for every backend (see _compare_fleets)
     logs = [open(workdir / f"worker-{w}.log", "w") for w in range(len(cmds))]
+    launch_utc = datetime.datetime.utcnow()  # trials' end_time is naive UTC too
     start = time.monotonic()
     workers = [subprocess.Popen(c, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
                                 start_new_session=True) for c, log in zip(cmds, logs)]
@@ -873,54 +878,107 @@ def _run_fleet(cfg, backend, location, tmp, profile_dir=None):
     counts = {}
     for t in trials:
         counts[t.status] = counts.get(t.status, 0) + 1
-    # trials completed within `elapsed` (a capped run: those finished before the cap)
-    completed = counts.get("completed", 0)
-    if capped:
-        limit = datetime.datetime.utcnow() - datetime.timedelta(seconds=time.monotonic() -
-                                                                start - elapsed)
-        completed = sum(1 for t in trials if t.status == "completed" and t.end_time and
-                        t.end_time <= limit)
+    # when each completed trial ended, in seconds from the launch (those after a cap excluded)
+    ends = sorted((t.end_time - launch_utc).total_seconds() for t in trials
+                  if t.status == "completed" and t.end_time)
+    ends = [e for e in ends if e <= elapsed]
     failed = [w.returncode for w in workers if w.returncode not in (0, None)]
     if failed and not capped:
         tail = (workdir / "worker-0.log").read_text()[-3000:]
         raise RuntimeError(f"{backend} fleet: workers exited with {failed}:\n{tail}")
     return {"backend": backend, "workers": len(workers), "target_trials": cfg["fleet_trials"],
-            "completed": completed, "statuses": counts, "elapsed_s": elapsed,
-            "capped": capped, "trials_per_s": completed / elapsed}
+            "completed": len(ends), "statuses": counts, "elapsed_s": elapsed, "cap_s": cap,
+            "capped": capped, "launch_utc": launch_utc.isoformat(), "end_offsets_s": ends}
+
+
+def _compare_fleets(fleets):
+    """Make the fleets comparable: Oríon's per-trial cost grows with the trials already in the
+    experiment, so rates are taken over the same window W (the shorter run, from each fleet's
+    own launch) and over the same first K trials (K = the smaller completed count)."""
+    window = min(f["elapsed_s"] for f in fleets)
+    k = min(f["completed"] for f in fleets)
+    for f in fleets:
+        in_window = sum(1 for e in f["end_offsets_s"] if e <= window)
+        t_k = f["end_offsets_s"][k - 1] if k else None
+        f.update(window_s=window, completed_in_window=in_window,
+                 trials_per_s=in_window / window, first_k=k, time_to_first_k_s=t_k,
+                 first_k_trials_per_s=k / t_k if t_k else None)
+
+
+def _protocol_methods():
+    from orion.storage.base import BaseStorageProtocol
+
+    return {n for n, _ in inspect.getmembers(BaseStorageProtocol, inspect.isfunction)
+            if not n.startswith("_")}
+
+
+def _storage_time(stats, markers):
+    """Time in storage: call edges into the protocol methods (defined in a ``markers`` file)
+    from outside those files, inclusive of everything below (redis-py, decoding). Protocol
+    methods only: the context managers a storage enters within itself (``hold``, a database's
+    ``locked_database``) are called by contextlib from outside and would count twice."""
+    methods = _protocol_methods()
+    total, by_method = 0.0, {}
+    for (filename, _line, name), (_cc, _nc, _tt, _ct, callers) in stats.items():
+        if name in methods and any(m in filename for m in markers):
+            for caller, edge in callers.items():
+                if not any(m in caller[0] for m in markers):
+                    total += edge[3]
+                    by_method[name] = by_method.get(name, 0.0) + edge[3]
+    return total, by_method
+
+
+def _outside(callers, markers):
+    """Inclusive time of a function's calls from outside the storage (storage waits are
+    storage time)."""
+    return sum(edge[3] for caller, edge in callers.items()
+               if not any(m in caller[0] for m in markers))
 
 
 def _profile_summary(path, storage_markers):
-    """Split a hunt worker's profile: storage calls, the objective's subprocess, sleeping, the rest.
-
-    Storage = time on call edges into functions of ``storage_marker`` files from outside them (the
-    protocol methods Oríon calls, inclusive of everything below, e.g. redis-py and decoding)."""
+    """Split a hunt worker's profile: storage calls, the objective's subprocess, sleeping, the rest,
+    over the whole process and (``storage_share_hunt_loop``) over the hunt loop only."""
     import pstats
 
     stats = pstats.Stats(str(path)).stats
     total = sum(v[2] for v in stats.values())
-    storage = objective = sleep = 0.0
-    by_method = {}
+    storage, by_method = _storage_time(stats, storage_markers)
+    objective = sleep = 0.0
     for (filename, _line, name), (_cc, _nc, tt, _ct, callers) in stats.items():
-        if any(m in filename for m in storage_markers) and name != "<module>":
-            for caller, edge in callers.items():
-                if not any(m in caller[0] for m in storage_markers):
-                    storage += edge[3]
-                    by_method[name] = by_method.get(name, 0.0) + edge[3]
-        elif filename.endswith("subprocess.py") and name in ("wait", "__init__"):
+        if filename.endswith("subprocess.py") and name in ("wait", "__init__"):
             objective += sum(edge[3] for caller, edge in callers.items()
                              if not caller[0].endswith("subprocess.py"))
         elif name == "<built-in method time.sleep>":
-            sleep += tt
+            sleep += _outside(callers, storage_markers)
     # imports: cProfile leaves recursive re-entries out of cumtime, so the cumulative time of
     # _find_and_load is that of the outermost imports (start-up and lazy imports)
     imports = sum(v[3] for (f, _l, n), v in stats.items()
                   if n == "_find_and_load" and "importlib._bootstrap" in f)
     other = max(0.0, total - storage - objective - sleep - imports)
     top = sorted(by_method.items(), key=lambda kv: -kv[1])[:8]
-    return {"total_s": total, "storage_s": storage, "objective_subprocess_s": objective,
-            "sleep_s": sleep, "imports_s": imports, "orion_and_other_s": other,
-            "storage_share": storage / total if total else 0.0,
-            "top_storage_methods_s": dict(top)}
+    out = {"total_s": total, "storage_s": storage, "objective_subprocess_s": objective,
+           "sleep_s": sleep, "imports_s": imports, "orion_and_other_s": other,
+           "storage_share": storage / total if total else 0.0,
+           "top_storage_methods_s": dict(top)}
+    out.update(_hunt_loop_share(path, storage_markers))
+    return out
+
+
+def _hunt_loop_share(path, markers):
+    """Storage share of the hunt loop alone (Runner.run): storage time between the snapshots
+    profile_hunt.py took when the loop started and ended / the loop's duration on the same
+    clock."""
+    before, after = Path(f"{path}.before-run"), Path(f"{path}.after-run")
+    run = Path(f"{path}.run.json")
+    if not (before.exists() and after.exists() and run.exists()):
+        return {"hunt_loop_s": None, "storage_hunt_loop_s": None, "storage_share_hunt_loop": None}
+    import pstats
+
+    loop_s = json.loads(run.read_text())["run_s"]
+    storage = (_storage_time(pstats.Stats(str(after)).stats, markers)[0] -
+               _storage_time(pstats.Stats(str(before)).stats, markers)[0])
+    return {"hunt_loop_s": loop_s, "storage_hunt_loop_s": storage,
+            "storage_share_hunt_loop": storage / loop_s if loop_s else None}
 
 
 def section_fleet(cfg, server, tmp):
@@ -929,22 +987,179 @@ def section_fleet(cfg, server, tmp):
     (profile_dir / "pickleddb").mkdir(parents=True)
     prefix = f"fleet-{uuid.uuid4().hex[:6]}"
     out["redis"] = _run_fleet(cfg, "redis", f"{server.url}/0?prefix={prefix}", tmp, profile_dir)
-    _log(f"  fleet redis: {out['redis']['completed']} trials in {out['redis']['elapsed_s']:.1f}s")
     out["pickleddb"] = _run_fleet(cfg, "pickleddb", str(tmp / "fleet.pkl"), tmp,
                                   profile_dir / "pickleddb")
-    _log(f"  fleet pickleddb: {out['pickleddb']['completed']} trials in "
-         f"{out['pickleddb']['elapsed_s']:.1f}s{' (capped)' if out['pickleddb']['capped'] else ''}")
+    _compare_fleets([out["redis"], out["pickleddb"]])
+    for b in ("redis", "pickleddb"):
+        f = out[b]
+        _log(f"  fleet {b}: {f['completed']} trials in {f['elapsed_s']:.1f}s"
+             f"{' (capped)' if f['capped'] else ''}; {f['completed_in_window']} in the first "
+             f"{f['window_s']:.0f}s, first {f['first_k']} in {_fmt(f['time_to_first_k_s'])}s")
     out["profile"], out["profile_pickleddb"] = {}, {}
     for mode in ("wall", "cpu"):
         path = profile_dir / f"worker-{mode}.prof"
         if path.exists():
-            out["profile"][mode] = _profile_summary(path, ("/orion_track_redis/",))
+            out["profile"][mode] = _profile_summary(path, ("/orion_track_redis/",
+                                                           "/orion/storage/base.py"))
             shutil.copy(path, OUTDIR / f"fleet-worker-{mode}.prof")
         path = profile_dir / "pickleddb" / f"worker-{mode}.prof"
         if path.exists():
             out["profile_pickleddb"][mode] = _profile_summary(
-                path, ("/orion/storage/legacy.py", "/orion/core/io/database/"))
+                path, ("/orion/storage/legacy.py", "/orion/storage/base.py",
+                       "/orion/core/io/database/"))
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# lock-hold anatomy: what one algorithm-lock hold costs, storage vs Oríon
+ANATOMY_SPACE = {"x": "uniform(-5, 5)", "y": "uniform(-5, 5)"}
+
+
+class _StorageTimer:
+    """Times the calls Oríon makes into one storage object by wrapping the protocol methods on the
+    instance. Only the outermost call counts (a storage method may call another). The lock's
+    context manager counts only its __enter__ and __exit__ (the body of the ``with`` is Oríon's)
+    and records each hold as (hold seconds, storage seconds within it)."""
+
+    def __init__(self, storage):
+        from orion.storage.base import BaseStorageProtocol
+
+        self.depth, self.spent, self.holds = 0, 0.0, []
+        self.thread = threading.current_thread()
+        for name, _ in inspect.getmembers(BaseStorageProtocol, inspect.isfunction):
+            if not name.startswith("_") and name != "acquire_algorithm_lock":
+                setattr(storage, name, self._wrap(getattr(storage, name)))
+        lock = storage.acquire_algorithm_lock
+        storage.acquire_algorithm_lock = lambda *a, **k: _TimedHold(self, lock(*a, **k))
+
+    @contextlib.contextmanager
+    def inside(self):
+        self.depth += 1
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if not self.depth:
+                self.spent += time.perf_counter() - start
+
+    def _wrap(self, method):
+        def timed(*args, **kwargs):
+            if threading.current_thread() is not self.thread:  # e.g. a trial's pacemaker
+                return method(*args, **kwargs)
+            with self.inside():
+                return method(*args, **kwargs)
+        return timed
+
+
+class _TimedHold:
+    """One hold: from the start of the storage's __enter__ (its first step acquires) to the end
+    of its __exit__ (whose last step releases)."""
+
+    def __init__(self, timer, cm):
+        self.timer, self.cm = timer, cm
+
+    def __enter__(self):
+        self.start, self.spent_before = time.perf_counter(), self.timer.spent
+        with self.timer.inside():
+            return self.cm.__enter__()
+
+    def __exit__(self, *exc):
+        with self.timer.inside():
+            out = self.cm.__exit__(*exc)
+        self.timer.holds.append((time.perf_counter() - self.start,
+                                 self.timer.spent - self.spent_before))
+        return out
+
+
+def _anatomy_storage(backend, server, tmp, tag):
+    if backend == "redis":
+        return _redis_storage(server.url, f"anatomy-{tag}")
+    if backend == "pickleddb":
+        return _legacy("pickleddb", tmp / f"anatomy-{tag}.pkl")
+    return _legacy("ephemeraldb")
+
+
+def _objective(params):
+    return (params["x"] - 2) ** 2 + (params["y"] + 1) ** 2
+
+
+def _fill(client, n):
+    """Add n completed trials in ONE lock hold: suggested by the algorithm, registered as
+    completed and observed, the state n hunt steps leave (one by one would cost O(n²) copies)."""
+    from orion.core.worker.trial import Trial
+
+    exp = client._experiment
+    with exp.acquire_algorithm_lock() as algo:
+        trials = algo.suggest(n)
+        now = datetime.datetime.utcnow()
+        for trial in trials:
+            trial.results = [Trial.Result(name="objective", type="objective",
+                                          value=_objective(trial.params))]
+            trial.start_time = trial.end_time = trial.heartbeat = now
+            exp.register_trial(trial, status="completed")
+        algo.observe(trials)
+    return len(trials)
+
+
+def _hunt_step(client, timer):
+    """What a hunt worker does for one trial: suggest (one produce under the lock, as no trial
+    is pending) and observe (the algorithm observes it under the lock). Returns both holds."""
+    first = len(timer.holds)
+    trial = client.suggest()
+    client.observe(trial, _objective(trial.params))
+    holds = timer.holds[first:]
+    assert len(holds) == 2, holds  # produce, observe
+    return holds
+
+
+def _hold_stats(holds):
+    """Median hold, storage and Oríon (hold - storage) ms of a list of (hold_s, storage_s)."""
+    return {"hold_ms": statistics.median(h for h, _ in holds) * 1e3,
+            "storage_ms": statistics.median(s for _, s in holds) * 1e3,
+            "orion_ms": statistics.median(h - s for h, s in holds) * 1e3}
+
+
+def section_anatomy(cfg, server, tmp):
+    """Per backend, one experiment grown to each size N (``_fill``), then ``anatomy_samples``
+    timed hunt steps at that size (the experiment grows by that many trials meanwhile)."""
+    from orion.client import build_experiment
+
+    rows = []
+    for backend in ("redis", "ephemeraldb", "pickleddb"):
+        tag = f"{backend}-{uuid.uuid4().hex[:6]}"
+        storage = _anatomy_storage(backend, server, tmp, tag)
+        timer = _StorageTimer(storage)
+        client = build_experiment(f"anatomy-{tag}", space=ANATOMY_SPACE,
+                                  algorithm={"random": {"seed": 1}}, storage=storage)
+        done = 0
+        for n in cfg["anatomy_sizes"]:
+            t0 = time.monotonic()
+            done += _fill(client, n - done)
+            fill_s = time.monotonic() - t0
+            steps = [_hunt_step(client, timer) for _ in range(cfg["anatomy_samples"])]
+            done += len(steps)
+            produce = _hold_stats([p for p, _ in steps])
+            observe = _hold_stats([o for _, o in steps])
+            trial = _hold_stats([(p[0] + o[0], p[1] + o[1]) for p, o in steps])
+            state = client._experiment.algorithm.state_dict
+            rows.append({"backend": backend, "trials": n, "samples": len(steps),
+                         "produce": produce, "observe": observe, "per_trial": trial,
+                         "ceiling_trials_per_s": 1000 / trial["hold_ms"],
+                         "state_bytes": len(pickle.dumps(state))})
+            _log(f"  anatomy {backend:11} N={n:<4}: hold/trial {trial['hold_ms']:.1f} ms "
+                 f"(storage {trial['storage_ms']:.1f}, Oríon {trial['orion_ms']:.1f}), "
+                 f"filled in {fill_s:.1f}s")
+        client.close()
+    return {"rows": rows, "pool_size": _hunt_pool_size(), "holds_per_trial": 2}
+
+
+def _hunt_pool_size():
+    """Trials per produce in `orion hunt`: workon's pool_size, 0 = the executor's n_workers."""
+    import orion.core
+
+    worker = orion.core.config.worker
+    return worker.pool_size or worker.n_workers
 
 
 # ------------------------------------------------------------------------------------------------
@@ -958,6 +1173,25 @@ def _find(rows, **match):
 
 def _ratio(a, b):
     return a / b if a is not None and b else None
+
+
+def fleet_bound(res):
+    """The fleet rate the algorithm lock allows, from the lock-hold anatomy. A trial costs one
+    produce (hunt's pool_size defaults to n_workers = 1: one trial per produce) and one observe,
+    each under the lock: no fleet can complete more than 1 / (both holds) trials per second.
+    Taken at the largest measured size <= K/2 (the mean size over the fleets' first K trials; a
+    smaller size only raises the ceiling, so the bound stays generous)."""
+    rows, fleet = res["lock_hold_anatomy"]["rows"], res["fleet"]
+    k = fleet["pickleddb"]["first_k"]
+    sizes = sorted({r["trials"] for r in rows})
+    n = max([s for s in sizes if s <= k / 2] or sizes[:1])
+    ceiling = {b: _find(rows, backend=b, trials=n)["ceiling_trials_per_s"]
+               for b in ("redis", "ephemeraldb", "pickleddb")}
+    pick, ours = fleet["pickleddb"]["first_k_trials_per_s"], fleet["redis"]["first_k_trials_per_s"]
+    return {"first_k": k, "anatomy_trials": n, "ceiling_trials_per_s": ceiling,
+            "best_ratio_any_storage": _ratio(ceiling["ephemeraldb"], pick),
+            "ours_share_of_ceiling": _ratio(ours, ceiling["redis"]),
+            "pickleddb_share_of_ceiling": _ratio(pick, ceiling["pickleddb"])}
 
 
 def evaluate_targets(res):
@@ -1016,8 +1250,8 @@ def evaluate_targets(res):
         1024, "B")
     fleet = res["fleet"]
     add(f"fleet trials/s / Legacy+PickledDB ({fleet['redis']['workers']} workers)",
-        _ratio(fleet["redis"]["trials_per_s"], fleet["pickleddb"]["trials_per_s"]), ">=", 10,
-        "×")
+        _ratio(fleet["redis"]["first_k_trials_per_s"], fleet["pickleddb"]["first_k_trials_per_s"]),
+        ">=", 10, "×")
     cpu = fleet["profile"].get("cpu")
     add("storage share of a fleet worker's CPU", cpu and cpu["storage_share"] * 100, "<=", 10,
         "%")
@@ -1103,30 +1337,8 @@ def render_table(res) -> str:
         lines.append(f"| {row['op']} | {_fmt(row['client_commands_per_call'])} | "
                      f"{_fmt(row['script_calls_per_call'])} | "
                      f"{_fmt(row['server_commands_per_call_incl_in_script'])} | {per} |")
-    fleet = res["fleet"]
-    lines += ["", "### End-to-end fleet (`orion hunt` processes, random search, trivial objective)",
-              "", "| backend | workers | completed | seconds | trials/s | ratio |",
-              "|---|---:|---:|---:|---:|---:|"]
-    for b in ("redis", "pickleddb"):
-        f = fleet[b]
-        lines.append(f"| {b} | {f['workers']} | {f['completed']}{' (capped)' if f['capped'] else ''}"
-                     f" | {_fmt(f['elapsed_s'])} | {_fmt(f['trials_per_s'])} | "
-                     f"{_fmt(_ratio(f['trials_per_s'], fleet['pickleddb']['trials_per_s']))} |")
-    if fleet["profile"]:
-        lines += ["", "Where one fleet worker's time goes (cProfile of the main thread; `wall` = "
-                  "perf_counter, `cpu` = process_time of the hunt process, children excluded; "
-                  "the fleet's first one or two workers run profiled):",
-                  "", "| profile | total s | storage | objective subprocess | sleep | imports | "
-                  "Oríon + rest | top storage calls |", "|---|---:|---:|---:|---:|---:|---:|---|"]
-        rows = [(f"ours, {m}", p) for m, p in fleet["profile"].items()]
-        rows += [(f"PickledDB, {m}", p) for m, p in fleet.get("profile_pickleddb", {}).items()]
-        for mode, p in rows:
-            t = p["total_s"] or 1.0
-            top = ", ".join(f"{k} {v / t:.0%}" for k, v in list(p["top_storage_methods_s"].items())
-                            [:4])
-            lines.append(f"| {mode} | {_fmt(p['total_s'])} | {p['storage_s'] / t:.1%} | "
-                         f"{p['objective_subprocess_s'] / t:.1%} | {p['sleep_s'] / t:.1%} | "
-                         f"{p['imports_s'] / t:.1%} | {p['orion_and_other_s'] / t:.1%} | {top} |")
+    lines += _anatomy_table(res)
+    lines += _fleet_table(res)
     lines += ["", "### Targets (issue 5, ratios from this run)", ""]
     for t in res["targets"]:
         verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
@@ -1134,7 +1346,90 @@ def render_table(res) -> str:
         lines.append(f"- {t['name']} = {_fmt(t['value'])}{t['unit'] if t['unit'] != '×' else ''}"
                      f" (target {op} {t['target']}{t['unit'] if t['unit'] != '×' else ''}) "
                      f"**{verdict}**")
+    lines.append(_bound_note(res))
     return "\n".join(lines)
+
+
+def _anatomy_table(res):
+    an = res["lock_hold_anatomy"]
+    lines = ["", "### Lock-hold anatomy (one process; a trial = one produce + one observe, "
+             "each one algorithm-lock hold; medians in ms)", "",
+             "| backend | trials in exp. | produce hold | observe hold | hold per trial | "
+             "storage | Oríon + algorithm | storage share | ceiling trials/s (1000/hold) | "
+             "state KiB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in an["rows"]:
+        pt = r["per_trial"]
+        lines.append(f"| {r['backend']} | {r['trials']} | {_fmt(r['produce']['hold_ms'])} | "
+                     f"{_fmt(r['observe']['hold_ms'])} | {_fmt(pt['hold_ms'])} | "
+                     f"{_fmt(pt['storage_ms'])} | {_fmt(pt['orion_ms'])} | "
+                     f"{pt['storage_ms'] / pt['hold_ms']:.0%} | "
+                     f"{_fmt(r['ceiling_trials_per_s'])} | {_fmt(r['state_bytes'] / 1024)} |")
+    return lines
+
+
+def _fleet_table(res):
+    fleet = res["fleet"]
+    p = fleet["pickleddb"]
+    lines = ["", "### End-to-end fleet (`orion hunt` processes, random search, trivial objective; "
+             f"same {_fmt(p['cap_s'])} s cap; rates over the same window W and the same first K "
+             "trials, each from its own launch)", "",
+             "| backend | workers | completed | seconds | W s | in W | trials/s in W | K | "
+             "s to first K | first-K trials/s | ratio (first K) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for b in ("redis", "pickleddb"):
+        f = fleet[b]
+        capped = " (capped)" if f["capped"] else ""
+        lines.append(f"| {b} | {f['workers']} | {f['completed']}{capped}"
+                     f" | {_fmt(f['elapsed_s'])} | {_fmt(f['window_s'])} | "
+                     f"{f['completed_in_window']} | {_fmt(f['trials_per_s'])} | {f['first_k']} | "
+                     f"{_fmt(f['time_to_first_k_s'])} | {_fmt(f['first_k_trials_per_s'])} | "
+                     f"{_fmt(_ratio(f['first_k_trials_per_s'], p['first_k_trials_per_s']))} |")
+    if not fleet["profile"]:
+        return lines
+    lines += ["", "Where one fleet worker's time goes (cProfile of the main thread; `wall` = "
+              "perf_counter, `cpu` = process_time of the hunt process, children excluded; "
+              "the fleet's first one or two workers run profiled; `hunt loop` = the share "
+              "within `Runner.run` only, without start-up, imports and building the experiment):",
+              "", "| profile | total s | storage | storage, hunt loop | objective subprocess | "
+              "sleep | imports | Oríon + rest | top storage calls |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    rows = [(f"ours, {m}", p) for m, p in fleet["profile"].items()]
+    rows += [(f"PickledDB, {m}", p) for m, p in fleet.get("profile_pickleddb", {}).items()]
+    for mode, p in rows:
+        t = p["total_s"] or 1.0
+        loop = p.get("storage_share_hunt_loop")
+        top = ", ".join(f"{k} {v / t:.0%}" for k, v in list(p["top_storage_methods_s"].items())
+                        [:4])
+        lines.append(f"| {mode} | {_fmt(p['total_s'])} | {p['storage_s'] / t:.1%} | "
+                     f"{_pct(loop, 1)} | "
+                     f"{p['objective_subprocess_s'] / t:.1%} | {p['sleep_s'] / t:.1%} | "
+                     f"{p['imports_s'] / t:.1%} | {p['orion_and_other_s'] / t:.1%} | {top} |")
+    return lines
+
+
+def _bound_note(res):
+    b = res["fleet_bound"]
+    c, best = b["ceiling_trials_per_s"], b["best_ratio_any_storage"]
+    eph = _find(res["lock_hold_anatomy"]["rows"], backend="ephemeraldb",
+                trials=b["anatomy_trials"])["per_trial"]
+    verdict = ("out of reach for any storage" if best is not None and best < 10 else
+               "not shown out of reach by this run: its fleet is too small or short for the lock "
+               "to bind (start-up and each worker's own work dominate; see the fleets' share of "
+               "their ceilings at the end); the full run's 16-worker fleet is the test")
+    return (f"- note, not a target: the ≥ 10× fleet target is {verdict}. Each trial takes two "
+            f"algorithm-lock holds (produce, observe) and the lock serialises them; with "
+            f"zero-I/O Legacy+EphemeralDB at {b['anatomy_trials']} trials they take "
+            f"{_fmt(eph['hold_ms'])} ms, of which {_fmt(eph['storage_ms'])} ms in the storage and "
+            f"{_fmt(eph['orion_ms'])} ms in Oríon and the algorithm (set_state, suggest/observe, "
+            f"state_dict). So no fleet can beat {_fmt(c['ephemeraldb'])} trials/s = "
+            f"**{_fmt(best)}× Legacy+PickledDB's fleet** over its first {b['first_k']} trials. "
+            f"(Lock ceilings: ours {_fmt(c['redis'])}, PickledDB {_fmt(c['pickleddb'])} "
+            f"trials/s; the fleets reached {_pct(b['ours_share_of_ceiling'])} and "
+            f"{_pct(b['pickleddb_share_of_ceiling'])} of them.)")
+
+
+def _pct(v, digits=0):
+    return "n/a" if v is None else f"{v:.{digits}%}"
 
 
 def plot(res, path):
@@ -1211,12 +1506,15 @@ def plot(res, path):
     ax.set_title(f"Algorithm-lock hand-off, {res['lock_handoff']['procs']} processes")
     ax.legend(fontsize=7)
     ax = axes[1][2]
-    fleet = res["fleet"]
-    ax.bar(["ours", "Legacy+PickledDB"], [fleet["redis"]["trials_per_s"],
-                                          fleet["pickleddb"]["trials_per_s"]],
+    fleet, bound = res["fleet"], res["fleet_bound"]
+    ax.bar(["ours", "Legacy+PickledDB"], [fleet["redis"]["first_k_trials_per_s"] or 0,
+                                          fleet["pickleddb"]["first_k_trials_per_s"] or 0],
            color=[colors["redis"], colors["pickleddb"]])
-    ax.set_ylabel("trials/s")
+    ax.axhline(bound["ceiling_trials_per_s"]["ephemeraldb"], color="black", linestyle="--",
+               label=f"lock ceiling, zero-I/O storage ({bound['anatomy_trials']} trials)")
+    ax.set_ylabel(f"trials/s over the first {fleet['redis']['first_k']} trials")
     ax.set_title(f"Fleet of {fleet['redis']['workers']} `orion hunt` workers")
+    ax.legend(fontsize=7, loc="lower right")
     cpu = fleet["profile"].get("cpu")
     if cpu:
         ax.text(0.98, 0.95, f"storage = {cpu['storage_share']:.1%} of a worker's CPU",
@@ -1329,6 +1627,7 @@ def main(argv=None):
                              ("hot_path", lambda: section_hot_path(cfg, server, tmp)),
                              ("fetch", lambda: section_fetch(cfg, server)),
                              ("lock_handoff", lambda: section_lock(cfg, server)),
+                             ("lock_hold_anatomy", lambda: section_anatomy(cfg, server, tmp)),
                              ("fleet", lambda: section_fleet(cfg, server, tmp))):
                 t0 = time.monotonic()
                 _log(f"[{name}]")
@@ -1341,6 +1640,7 @@ def main(argv=None):
     res["meta"]["section_seconds"] = sections
     res["meta"]["loadavg_end"] = _loadavg()
     res["meta"]["duration_s"] = time.monotonic() - started
+    res["fleet_bound"] = fleet_bound(res)
     res["targets"] = evaluate_targets(res)
     table = render_table(res)
     out_path.write_text(json.dumps(res, indent=1, default=str))

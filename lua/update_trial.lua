@@ -5,13 +5,20 @@
 -- ARGV[1] trial token; ARGV[2] JSON expected status (the `was` check);
 -- ARGV[3] JSON new status, or "" to keep it; ARGV[4] index score: "now" = server time
 -- (heartbeat, transition), a number = that epoch time, "" = keep the score (a status change
--- always re-scores: "" means "now" then); ARGV[5] request TTL (s); ARGV[6..] field, value pairs
+-- always re-scores: "" means "now" then); ARGV[5] request TTL (s); ARGV[6] list trims
+-- "name n;name n" or "" (codec.encode_trial: delete name#k for k >= n, and the whole field
+-- `name` when n > 0); ARGV[7..] field, value pairs
 -- Returns: 1 updated | 0 stored status differs from expected | -1 no such trial
 if redis.call('EXISTS', KEYS[6]) == 1 then return 1 end
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return -1 end
 if current ~= ARGV[2] then return 0 end
-if #ARGV >= 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
+for name, n in string.gmatch(ARGV[6], '([^ ;]+) (%d+)') do
+  local k = tonumber(n)
+  while redis.call('HDEL', KEYS[1], name .. '#' .. k) == 1 do k = k + 1 end
+  if tonumber(n) > 0 then redis.call('HDEL', KEYS[1], name) end
+end
+if #ARGV >= 8 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
 local score = tonumber(ARGV[4])
 if score == nil then
   local t = redis.call('TIME')

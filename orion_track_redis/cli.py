@@ -10,19 +10,20 @@ import json
 import sys
 import time
 
-from . import admin, transfer
+from . import admin, migrations, transfer
 from .errors import RedisStorageError
 from .storage import Redis
 
 OK, PROBLEM, USAGE = 0, 1, 2
 
 
-def connect(args) -> Redis:
+def connect(args, setup=True) -> Redis:
     """Same resolution as the storage: --uri, else Oríon's config/env, else embedded."""
     import orion.core
 
     options = {"prefix": args.prefix} if args.prefix else {}
-    return Redis(uri=args.uri, database=orion.core.config.storage.database.to_dict(), **options)
+    return Redis(uri=args.uri, database=orion.core.config.storage.database.to_dict(),
+                 setup=setup, **options)
 
 
 def _print(args, data, render):
@@ -161,6 +162,18 @@ class _Exp:
         return self._id
 
 
+# -- upgrade -------------------------------------------------------------------------------------
+def cmd_upgrade(args) -> int:
+    storage = connect(args, setup=False)  # setup refuses an older schema
+    with storage._guard():
+        report = migrations.upgrade(storage.client, storage._keys)
+    _print(args, report, lambda r: (
+        f"schema {r['from']} -> {r['to']}: {r['trials_rewritten']} trials rewritten, "
+        f"{r['log_entries_trimmed']} change-log entries trimmed" if r["from"] != r["to"]
+        else f"schema {r['to']}: already up to date"))
+    return OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orion-redis", description=__doc__.splitlines()[0])
     parser.add_argument("--uri", help="Redis URI (default: Oríon config, ORION_DB_ADDRESS, "
@@ -204,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment")
     p = add("import", cmd_import, "read a file written by export", json_=False)
     p.add_argument("file")
+    add("upgrade", cmd_upgrade, "upgrade the stored data to this version's schema (stop the "
+        "workers of the older version first)")
     return parser
 
 

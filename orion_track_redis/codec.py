@@ -103,6 +103,10 @@ def dumps(obj) -> str:
         return '{"$dt":"' + obj.isoformat() + '"}'
     if obj is None:
         return "null"
+    if kind is int:
+        return repr(obj)
+    if kind is float and obj - obj == 0:  # finite: json writes repr(); NaN/inf take the slow path
+        return repr(obj)
     return json.dumps(_enc(obj), separators=(",", ":"), ensure_ascii=False)
 
 
@@ -153,3 +157,71 @@ def decode_fields(fields: dict, where: str) -> dict:
         return _DECODER.decode("{" + body.decode() + "}")
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
         _raise_corrupt(where, exc)
+
+
+# -- trial documents (schema 2) ------------------------------------------------------------------
+# A Redis hash stays in its compact listpack encoding (~3x smaller than a hashtable) only while
+# every value is <= 64 bytes (hash-max-listpack-value). A trial's params/results lists easily
+# exceed that, so each element of an Oríon-shaped list gets its own field, "params#0", ...,
+# holding name TAB type TAB value (JSON each; JSON never contains a raw tab). fetch_docs.lua and
+# fetch_changes.lua rebuild the lists server-side; decode_trial_fields does it here. ``_id`` is
+# not stored when it equals ``id`` (Oríon's usual case). Other lists stay one JSON field.
+LIST_FIELDS = ("params", "results")
+_ELEMENT_KEYS = frozenset(("name", "type", "value"))
+
+
+def _oriented(items) -> bool:
+    return (type(items) is list and len(items) > 0
+            and all(type(i) is dict and i.keys() == _ELEMENT_KEYS for i in items))
+
+
+def encode_trial(doc: dict) -> tuple[list[str], list[str]]:
+    """Trial document -> (hash field/value pairs, list trims for update_trial.lua).
+
+    A trim ``"name n"`` tells the script to delete ``name#k`` for k >= n, and the whole
+    ``name`` field when n > 0 (so a list written in either form replaces the other)."""
+    pairs, trims = [], []
+    for key, value in doc.items():
+        if key == "_id" and value == doc.get("id"):
+            continue
+        if key in LIST_FIELDS:
+            if _oriented(value):
+                for index, item in enumerate(value):
+                    pairs += [f"{key}#{index}", _element(item)]
+                trims.append(f"{key} {len(value)}")
+                continue
+            trims.append(f"{key} 0")
+        pairs += [key, dumps(value)]
+    return pairs, trims
+
+
+def _element(item: dict) -> str:
+    return f"{dumps(item['name'])}\t{dumps(item['type'])}\t{dumps(item['value'])}"
+
+
+def _element_json(raw: bytes) -> bytes:
+    name, kind, value = raw.split(b"\t")
+    return b'{"name":' + name + b',"type":' + kind + b',"value":' + value + b"}"
+
+
+def decode_trial_fields(fields: dict, where: str) -> dict:
+    """Inverse of :func:`encode_trial` for one HGETALL reply (bytes or str)."""
+    plain, lists = {}, {}
+    for key, value in fields.items():
+        key = key.decode() if isinstance(key, bytes) else key
+        value = value if isinstance(value, bytes) else value.encode()
+        name, sep, index = key.partition("#")
+        if sep and name in LIST_FIELDS and index.isdigit():
+            lists.setdefault(name, {})[int(index)] = value
+        else:
+            plain[key] = value
+    doc = decode_fields(plain, where) if plain else {}  # a stale whole field is checked too
+    try:
+        for name, items in lists.items():
+            doc[name] = loads(b"[" + b",".join(_element_json(items[i]) for i in sorted(items))
+                              + b"]", where)
+    except ValueError as exc:
+        _raise_corrupt(where, exc)
+    if "_id" not in doc and "id" in doc:
+        doc["_id"] = doc["id"]
+    return doc

@@ -187,6 +187,7 @@ ACL_COMMANDS = (
     "watch", "unwatch", "multi", "exec",
     # inside the Lua scripts
     "hget", "hincrby", "incr", "pexpire", "pttl", "rpush", "set", "time", "zadd", "zrem",
+    "zscore", "zremrangebyrank",
 )
 
 

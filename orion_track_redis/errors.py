@@ -79,6 +79,12 @@ def _denied_in_script(msg: str) -> str:
     return "a command or key"
 
 
+def _scrub(msg: str) -> str:
+    """Redis echoes the arguments of an unknown command (HELLO 3 AUTH user password...)."""
+    return redact(re.sub(r"with args beginning with:.*", "with args beginning with: (hidden)",
+                         msg, flags=re.S))
+
+
 @contextlib.contextmanager
 def translate_errors(where: str):
     """Turn redis-py exceptions into our own, with a message that says what to do.
@@ -98,7 +104,15 @@ def translate_errors(where: str):
             "Grant the user the commands and key pattern listed in the README (ACL section)."
         ) from None
     except rex.ResponseError as exc:
-        msg = str(exc)
+        msg = _scrub(str(exc))
+        if "unknown command" in msg and "HELLO" in msg:
+            from .serverchecks import MIN_VERSION
+
+            raise ConnectionFailed(
+                f"Redis at {where} is older than 6.0 (it does not know the HELLO command); "
+                f"orion-track-redis needs {'.'.join(map(str, MIN_VERSION))} or newer. Upgrade "
+                "the server."
+            ) from None
         if msg.startswith("NOAUTH"):
             raise ConnectionFailed(
                 f"Redis at {where} requires a password. "
@@ -117,6 +131,8 @@ def translate_errors(where: str):
                 "Another program writes under the same prefix: give orion-track-redis its own "
                 "`prefix` (or database) and remove the foreign keys."
             ) from None
+        if msg != str(exc):
+            raise type(exc)(msg) from None
         raise
     except rex.InvalidResponse as exc:
         raise ConnectionFailed(

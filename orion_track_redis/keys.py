@@ -15,9 +15,12 @@ key                             type      content
 ``{P}:benchmarks``              hash      JSON name -> JSON benchmark document
 ``{P:E}:rev``                   string    revision counter, bumped by every trial write
 ``{P:E}:all``                   zset      T -> registration order (all trials)
-``{P:E}:changed``               zset      T -> rev of its last write (deleted: tombstone)
+``{P:E}:changed``               zset      T -> rev of its last write (deleted: tombstone);
+                                          trimmed to the newest CHANGE_LOG_KEEP entries
+``{P:E}:floor``                 string    highest rev trimmed off ``changed``
 ``{P:E}:s:<status>``            zset      T -> server time of the last transition/heartbeat
-``{P:E}:t:T``                   hash      trial document, one JSON value per field
+``{P:E}:t:T``                   hash      trial document, one JSON value per field, list
+                                          elements in fields of their own (codec.encode_trial)
 ``{P:E}:req:<request id>``      string    result of a write request, kept REQUEST_TTL seconds
                                           (a retried call returns it instead of re-applying)
 ``{P:E}:lock``                  hash      algorithm lock record: configuration, state, fence
@@ -37,6 +40,10 @@ from . import codec
 # Seconds a request id is remembered: redis-py retries a call whose reply was lost within
 # seconds; the id makes the retry return the first result instead of applying it twice.
 REQUEST_TTL = 120
+
+# Entries the change log keeps: a reader more changes behind reloads everything anyway
+# (storage.FETCH_CHUNK), so older entries only cost memory.
+CHANGE_LOG_KEEP = 1000
 
 STATUSES = ("new", "reserved", "suspended", "completed", "interrupted", "broken")
 PENDING = ("new", "suspended", "interrupted")
@@ -147,6 +154,10 @@ class ExperimentKeys:
     @property
     def changed(self) -> str:
         return f"{self.tag}:changed"
+
+    @property
+    def floor(self) -> str:
+        return f"{self.tag}:floor"
 
     def status(self, status: str) -> str:
         return f"{self.tag}:s:{status}"

@@ -113,8 +113,9 @@ def ping_client(*, unix_path: str | None = None, port: int | None = None,
                 password: str | None = None, timeout: float = 2.0, username: str | None = None,
                 tls: dict | None = None) -> redis.Redis:
     """A client for liveness probes: short timeouts and no retries (redis-py retries by default)."""
+    # RESP2: a probe must get an answer from any server version (Redis < 6 has no HELLO 3)
     kwargs = dict(password=password, socket_timeout=timeout, socket_connect_timeout=timeout,
-                  retry=Retry(NoBackoff(), 0), username=username, **(tls or {}))
+                  retry=Retry(NoBackoff(), 0), username=username, protocol=2, **(tls or {}))
     if tls:
         kwargs["ssl"] = True
     if unix_path:

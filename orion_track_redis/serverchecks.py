@@ -46,8 +46,10 @@ def server_info(client) -> dict | None:
 
     try:
         info = dict(client.info())
-    except redis.ResponseError:  # INFO denied by ACL or not implemented: nothing to check
-        return None
+    except redis.ResponseError as exc:
+        if "HELLO" in str(exc):  # Redis < 6: the connection itself failed (errors.py says so)
+            raise
+        return None  # INFO denied by ACL or not implemented: nothing to check
     try:
         info["rdb_saves_configured"] = bool(client.config_get("save").get("save"))
     except redis.ResponseError:  # CONFIG is often denied on managed Redis: unknown

@@ -24,11 +24,11 @@ from orion.storage.base import (
     get_uid,
 )
 
-from . import codec, query
-from .trials import build as build_trial, clone as clone_trial, sort_key
+from . import codec, migrations, query
+from .trials import build as build_trial, clone as clone_trial, sort_key, to_doc
 from .connection import RedisDB, fail_fast, make_client
-from .errors import CorruptData, RedisStorageError, translate_errors
-from .keys import (PENDING, REQUEST_TTL, STATUSES, ExperimentKeys, GlobalKeys, escape,
+from .errors import CorruptData, translate_errors
+from .keys import (CHANGE_LOG_KEEP, PENDING, REQUEST_TTL, STATUSES, ExperimentKeys, GlobalKeys, escape,
                    new_request_id, token)
 from .lock import LockClient
 from .scripts import Scripts
@@ -37,7 +37,6 @@ from .uri import Options, resolve
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 DELETE_BATCH = 500
 FETCH_CHUNK = 1000  # trials per fetch_docs call: bounds how long one call blocks Redis
 
@@ -71,17 +70,24 @@ def _no_gc():
 _FIELD_OK: set = set()  # field names already validated (Oríon uses a dozen)
 
 
-def _flat_pairs(doc: dict) -> list:
-    out = []
-    for key, value in doc.items():
+def _checked(doc: dict) -> dict:
+    """``doc`` once its field names are known to be storable (fetch_docs.lua writes them into
+    JSON unescaped, and '#' marks list elements)."""
+    for key in doc:
         if key not in _FIELD_OK:
-            if not isinstance(key, str) or not key or any(c in key for c in '"\\') \
+            if not isinstance(key, str) or not key or any(c in key for c in '"\\#') \
                     or not key.isprintable():
-                # fetch_docs.lua writes field names into JSON unescaped
                 raise ValueError(f"field name {key!r} cannot be stored: use a printable string "
-                                 "without quotes or backslashes")
+                                 "without quotes, backslashes or '#'")
             if len(_FIELD_OK) < 1000:
                 _FIELD_OK.add(key)
+    return doc
+
+
+def _flat_pairs(doc: dict) -> list:
+    """Field/value pairs of an experiment document (one JSON value per field)."""
+    out = []
+    for key, value in _checked(doc).items():
         out += [key, codec.dumps(value)]
     return out
 
@@ -158,15 +164,13 @@ class Redis(BaseStorageProtocol):
             info = server_info(self.client)
             if info is not None:
                 check_server(info, self._opts.redacted)
-        stored = self.client.get(self._keys.schema)
+        stored = migrations.stored_version(self.client, self._keys)
         if stored is None:
-            self.client.setnx(self._keys.schema, SCHEMA_VERSION)
-        elif int(stored) > SCHEMA_VERSION:
-            raise RedisStorageError(
-                f"the data under prefix {self._opts.prefix!r} has schema version {int(stored)}, "
-                f"newer than this orion-track-redis understands ({SCHEMA_VERSION}). Upgrade "
-                "orion-track-redis on this machine (pip install -U orion-track-redis)."
-            )
+            self.client.setnx(self._keys.schema, migrations.SCHEMA_VERSION)
+        elif stored > migrations.SCHEMA_VERSION:
+            raise migrations.newer_schema_error(self._opts.prefix, stored)
+        elif stored < migrations.SCHEMA_VERSION:
+            raise migrations.older_schema_error(self._opts.prefix, stored, self._opts.redacted)
 
     def _ek(self, exp_id) -> ExperimentKeys:
         try:  # memoised: every hot-path call needs the keys of its experiment
@@ -304,17 +308,18 @@ class Redis(BaseStorageProtocol):
     # -- trials: writes -----------------------------------------------------------------------
     def register_trial(self, trial):
         """Insert a new trial; ``DuplicateKeyError`` if (experiment, id) exists."""
-        doc = trial.to_dict()
-        trial_id = doc["id"]  # Trial.id hashes the params on every access
+        trial_id = trial.id  # hashes the params: once per call
+        doc = to_doc(trial, trial_id)
         doc.setdefault("_id", trial_id)  # a truthy, unique _id, kept as id_override
         ek = self._ek(doc["experiment"])
         validate_status(doc["status"])
         trial_token = escape(trial_id)
         with self._guard():
+            pairs, _ = codec.encode_trial(_checked(doc))
             rc = int(self.scripts.register_trial(
                 keys=[ek.trial_prefix + trial_token, ek.all, ek.status(doc["status"]), ek.rev,
-                      ek.changed, ek.request(new_request_id())],
-                args=[trial_token, self._score_of(doc), REQUEST_TTL, *_flat_pairs(doc)],
+                      ek.changed, ek.request(new_request_id()), ek.floor],
+                args=[trial_token, self._score_of(doc), REQUEST_TTL, CHANGE_LOG_KEEP, *pairs],
             ))
         if rc == -1:
             raise DuplicateKeyError(
@@ -348,12 +353,15 @@ class Redis(BaseStorageProtocol):
 
     def _patch(self, ek, trial_id, expected, fields, new_status=None, score="") -> int:
         """One update_trial.lua call: 1 updated, 0 status differs, -1 no such trial."""
+        trial_token = escape(trial_id)
+        pairs, trims = codec.encode_trial(_checked(fields))
         return int(self.scripts.update_trial(
-            keys=[ek.trial(trial_id), ek.status(expected), ek.status(new_status or expected),
+            keys=[ek.trial_prefix + trial_token, ek.status(expected),
+                  ek.status(new_status or expected),
                   ek.rev, ek.changed, ek.request(new_request_id())],
-            args=[escape(trial_id), codec.dumps(expected),
+            args=[trial_token, codec.dumps(expected),
                   codec.dumps(new_status) if new_status else "", score, REQUEST_TTL,
-                  *_flat_pairs(fields)],
+                  ";".join(trims), *pairs],
         ))
 
     def set_trial_status(self, trial, status, heartbeat=None, was=None):
@@ -364,13 +372,14 @@ class Redis(BaseStorageProtocol):
         validate_status(status)
         validate_status(was)
         ek = self._ek(trial.experiment)
+        trial_id = trial.id
         with self._guard():
-            rc = self._patch(ek, trial.id, was, {"status": status, "heartbeat": heartbeat},
+            rc = self._patch(ek, trial_id, was, {"status": status, "heartbeat": heartbeat},
                              new_status=status, score="now")
         if rc != 1:
             raise FailedUpdate(
-                f"trial {trial.id} is not {was!r} in storage" if rc == 0 else
-                f"trial {trial.id} does not exist in storage")
+                f"trial {trial_id} is not {was!r} in storage" if rc == 0 else
+                f"trial {trial_id} does not exist in storage")
         trial.status = status
 
     def update_heartbeat(self, trial):
@@ -382,12 +391,13 @@ class Redis(BaseStorageProtocol):
 
     def push_trial_results(self, trial):
         """Write the whole trial, only while it is reserved; ``FailedUpdate`` otherwise."""
-        doc = trial.to_dict()
+        trial_id = trial.id  # hashes the params: once per call
+        doc = to_doc(trial, trial_id)
         ek = self._ek(trial.experiment)
         with self._guard():
-            rc = self._patch(ek, trial.id, "reserved", doc, new_status=doc.get("status"))
+            rc = self._patch(ek, trial_id, "reserved", doc, new_status=doc.get("status"))
         if rc != 1:
-            raise FailedUpdate(f"trial {trial.id} is not reserved in storage")
+            raise FailedUpdate(f"trial {trial_id} is not reserved in storage")
         return rc
 
     def update_trial(self, trial=None, uid=None, experiment_uid=None, where=None, **kwargs):
@@ -446,7 +456,7 @@ class Redis(BaseStorageProtocol):
 
     # -- trials: reads ------------------------------------------------------------------------
     def _trial(self, fields: dict, key: str) -> Trial:
-        doc = codec.decode_fields(fields, key)
+        doc = codec.decode_trial_fields(fields, key)
         try:
             return build_trial(doc)
         except (TypeError, AttributeError, ValueError) as exc:
@@ -478,8 +488,8 @@ class Redis(BaseStorageProtocol):
                 return codec.loads(b"[" + b",".join(texts) + b"]", ek.all)
         except CorruptData:  # find and name the culprit
             for trial_token in tokens:
-                codec.decode_fields(self.client.hgetall(ek.trial_prefix + trial_token),
-                                    ek.trial_prefix + trial_token)
+                key = ek.trial_prefix + trial_token
+                codec.decode_trial_fields(self.client.hgetall(key), key)
             raise
 
     def _all_docs(self, ek: ExperimentKeys) -> "_ExperimentCache":
@@ -491,7 +501,7 @@ class Redis(BaseStorageProtocol):
         """
         cache = self._cache.get(ek.exp_token)
         if cache is not None:
-            reply = self.scripts.fetch_changes(keys=[ek.rev, ek.changed, ek.all],
+            reply = self.scripts.fetch_changes(keys=[ek.rev, ek.changed, ek.all, ek.floor],
                                                args=[cache.rev, ek.trial_prefix, FETCH_CHUNK])
             rev = int(reply[0])
             if len(reply) == 1:

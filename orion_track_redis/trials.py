@@ -93,3 +93,19 @@ def clone(trial: Trial) -> Trial:
 def sort_key(trial):
     # the same key as Legacy: trials without submit_time first
     return 0 if trial.submit_time is None else trial.submit_time
+
+
+def to_doc(trial: Trial, trial_id: str) -> dict:
+    """``trial.to_dict()`` given the trial's id: to_dict hashes the params twice to get it."""
+    doc = {
+        "experiment": trial.experiment, "id": trial_id, "status": trial._status,
+        "worker": trial.worker, "exp_working_dir": trial._exp_working_dir,
+        "heartbeat": trial.heartbeat, "submit_time": trial.submit_time,
+        "start_time": trial.start_time, "end_time": trial.end_time,
+        "results": [{"name": r.name, "type": r._type, "value": r.value} for r in trial._results],
+        "params": [{"name": p.name, "type": p._type, "value": p.value} for p in trial._params],
+        "parent": trial.parent,
+    }
+    if trial.id_override:
+        doc["_id"] = trial.id_override
+    return doc

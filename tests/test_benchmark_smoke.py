@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("hot_path", "fetch_trials", "per_call_growth", "lock_handoff", "memory",
-            "commands_per_call", "fleet", "targets")
+            "commands_per_call", "lock_hold_anatomy", "fleet", "fleet_bound", "targets")
 OPS = ("register_trial", "reserve_trial", "update_heartbeat", "push_trial_results",
        "set_trial_status")
 
@@ -85,13 +85,61 @@ def test_fetch_growth_lock_memory_commands(smoke):
 
 
 def test_fleet_and_profile(smoke):
-    fleet = smoke[0]["fleet"]
+    res = smoke[0]
+    fleet = res["fleet"]
+    cap = res["meta"]["config"]["fleet_cap_s"]
+    window = min(fleet[b]["elapsed_s"] for b in ("redis", "pickleddb"))
+    k = min(fleet[b]["completed"] for b in ("redis", "pickleddb"))
+    assert k >= 1
     for backend in ("redis", "pickleddb"):
-        assert _number(fleet[backend]["trials_per_s"]) and fleet[backend]["elapsed_s"] > 0
-    assert fleet["redis"]["completed"] >= 1
+        f = fleet[backend]
+        assert f["cap_s"] == cap  # one cap for both backends
+        assert 0 < f["elapsed_s"] <= cap + 30
+        ends = f["end_offsets_s"]
+        assert ends == sorted(ends) and len(ends) == f["completed"]
+        assert all(0 < e <= f["elapsed_s"] for e in ends)  # end_time vs launch, both UTC
+        # the same window and the same first K trials for both
+        assert f["window_s"] == pytest.approx(window) and f["first_k"] == k
+        assert f["completed_in_window"] == sum(e <= window for e in ends)
+        assert f["trials_per_s"] == pytest.approx(f["completed_in_window"] / window)
+        assert f["time_to_first_k_s"] == ends[k - 1]
+        assert f["first_k_trials_per_s"] == pytest.approx(k / ends[k - 1])
+    ratio = next(t for t in res["targets"] if t["name"].startswith("fleet trials/s"))["value"]
+    assert ratio == pytest.approx(fleet["redis"]["first_k_trials_per_s"] /
+                                  fleet["pickleddb"]["first_k_trials_per_s"])
     cpu = fleet["profile"]["cpu"]
     assert _number(cpu["storage_share"]) and 0 < cpu["storage_share"] < 1
     assert cpu["total_s"] > 0
+    # the hunt loop alone: less time than the process, its storage a part of the storage
+    assert 0 < cpu["hunt_loop_s"] < cpu["total_s"]
+    assert 0 < cpu["storage_hunt_loop_s"] <= cpu["storage_s"]
+    assert 0 < cpu["storage_share_hunt_loop"] < 1
+
+
+def test_lock_hold_anatomy(smoke):
+    res = smoke[0]
+    an = res["lock_hold_anatomy"]
+    sizes = res["meta"]["config"]["anatomy_sizes"]
+    rows = {(r["backend"], r["trials"]): r for r in an["rows"]}
+    assert set(rows) == {(b, n) for b in ("redis", "ephemeraldb", "pickleddb") for n in sizes}
+    assert an["pool_size"] == 1 and an["holds_per_trial"] == 2
+    for row in rows.values():
+        assert row["samples"] == res["meta"]["config"]["anatomy_samples"]
+        for part in ("produce", "observe", "per_trial"):
+            p = row[part]
+            assert all(_number(p[k]) for k in ("hold_ms", "storage_ms", "orion_ms")), row
+            # storage time is a part of the hold, Oríon's the rest
+            assert 0 < p["storage_ms"] < p["hold_ms"] and 0 < p["orion_ms"] < p["hold_ms"]
+        assert row["ceiling_trials_per_s"] == pytest.approx(1000 / row["per_trial"]["hold_ms"])
+        assert row["state_bytes"] > 0
+    for backend in ("redis", "ephemeraldb", "pickleddb"):  # the state grows with the trials
+        assert rows[(backend, sizes[-1])]["state_bytes"] > rows[(backend, sizes[0])]["state_bytes"]
+    bound = res["fleet_bound"]
+    assert bound["anatomy_trials"] in sizes and bound["first_k"] >= 1
+    eph = rows[("ephemeraldb", bound["anatomy_trials"])]["ceiling_trials_per_s"]
+    assert bound["best_ratio_any_storage"] == pytest.approx(
+        eph / res["fleet"]["pickleddb"]["first_k_trials_per_s"])
+    assert "### Lock-hold anatomy" in smoke[1] and "out of reach" in smoke[1]
 
 
 def test_targets_are_evaluated(smoke):

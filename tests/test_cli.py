@@ -37,7 +37,7 @@ def test_info_json(capsys, uri):
     data = json.loads(out)
     assert code == 0 and data["warnings"] == []
     assert data["experiments"] == 1 and data["trials"] == 1 and data["aof"] is True
-    assert data["schema_version"] == 1 and data["maxmemory_policy"] == "noeviction"
+    assert data["schema_version"] == 2 and data["maxmemory_policy"] == "noeviction"
 
 
 def test_info_flags_eviction_policy(capsys, uri, redis_server):

@@ -36,12 +36,28 @@ class _Exp:
         self.id = self._id = exp_id
 
 
-def _hunt(config, name, max_trials, tmp_path):
+# Reports through $ORION_RESULTS_PATH without importing Oríon: importing orion.client costs
+# ~4 s of CPU, and 8 of them on 2 cores outlast the 15 s lost-trial threshold of these tests.
+OBJECTIVE = """\
+import json, os, random, sys, time
+args = dict(zip(sys.argv[1::2], map(float, sys.argv[2::2])))
+time.sleep(random.uniform(0.5, 1.5))  # pretend to train (a hunt outlasts lost detection)
+with open(os.environ["ORION_RESULTS_PATH"], "w") as fh:
+    json.dump([{"name": "objective", "type": "objective",
+                "value": (args["-x"] - 2) ** 2 + (args["-y"] + 1) ** 2}], fh)
+"""
+
+
+def _hunt(config, name, max_trials, tmp_path, heartbeat=3):
+    objective = tmp_path / "objective.py"
+    if not objective.exists():
+        objective.write_text(OBJECTIVE)
+    # --heartbeat: the pacemaker's period (the yaml's worker section does not reach it);
+    # ORION_HEARTBEAT: fetch_lost_trials reads the *global* worker.heartbeat
     cmd = [ORION, "hunt", "--config", str(config), "-n", name, "--max-trials", str(max_trials),
-           sys.executable, str(EXAMPLES / "objective.py"), "-x~uniform(-5, 5)",
+           "--heartbeat", str(heartbeat), sys.executable, str(objective), "-x~uniform(-5, 5)",
            "-y~uniform(-5, 5)"]
-    # fetch_lost_trials reads the *global* worker.heartbeat, which the yaml does not set
-    env = dict(os.environ, ORION_REDIS_URI="", ORION_HEARTBEAT="3")
+    env = dict(os.environ, ORION_REDIS_URI="", ORION_HEARTBEAT=str(heartbeat))
     log = open(tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log", "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                             cwd=tmp_path, start_new_session=True)
@@ -51,7 +67,7 @@ def test_killed_workers_trials_come_back(redis_server, tmp_path, heartbeat):
     heartbeat(3)  # what the workers run with: lost after 15 s without a heartbeat
     uri = f"{redis_server.url}/0?prefix=crash-{uuid.uuid4().hex[:8]}"
     config = _config(tmp_path, uri, heartbeat=3)
-    name, max_trials = "crash", 60
+    name, max_trials = "crash", 80
     workers = [_hunt(config, name, max_trials, tmp_path) for _ in range(8)]
     storage = Redis(uri=uri)
     deadline = time.monotonic() + 300
@@ -108,7 +124,7 @@ def test_redis_killed_and_restarted_mid_hunt(tmp_path, heartbeat):
         uri = f"{server.url}/0?prefix=restart"
         config = _config(tmp_path, uri, heartbeat=30)
         name, max_trials = "restart", 30
-        workers = [_hunt(config, name, max_trials, tmp_path) for _ in range(4)]
+        workers = [_hunt(config, name, max_trials, tmp_path, heartbeat=30) for _ in range(4)]
         storage = Redis(uri=uri)
         deadline = time.monotonic() + 300
         completed_before = set()

@@ -147,6 +147,9 @@ def _every_storage_method(storage):
                                 where={"status": "interrupted"}) == 1
     assert storage.update_trials(uid=exp_id, where={"status": "new"}, status="new") >= 1
     assert storage.fetch_trials(uid=exp_id, where={"status": {"$in": ["new", "suspended"]}})
+    assert storage.fetch_trials(uid=exp_id)  # cold: fills the cache
+    storage.update_heartbeat(storage.reserve_trial(Exp(exp_id)))
+    assert storage.fetch_trials(uid=exp_id)  # warm: fetch_changes.lua
     storage.fetch_lost_trials(Exp(exp_id))
     assert storage.fetch_pending_trials(Exp(exp_id))
     assert storage.fetch_noncompleted_trials(Exp(exp_id))

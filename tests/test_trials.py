@@ -93,3 +93,15 @@ def test_clone_isolates_the_caller_from_the_cached_trial():
 def test_odd_documents_keep_orions_behaviour(bad):
     doc = {"experiment": 1, **bad}
     assert _outcome(trials.build, doc) == _outcome(lambda d: Trial(**d), doc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(DOCS)
+def test_to_doc_matches_to_dict(doc):
+    try:
+        trial = Trial(**doc)
+        expected = trial.to_dict()
+    except Exception:  # noqa: BLE001 - documents Oríon itself cannot turn into a trial
+        return
+    assert trials.to_doc(trial, trial.id) == expected
+    assert list(trials.to_doc(trial, trial.id)) == list(expected)  # same key order

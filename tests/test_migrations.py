@@ -1,0 +1,162 @@
+"""Schema versions: data written by 0.1.0 (schema 1) is refused until `orion-redis upgrade`,
+then reads back identical, smaller, and writable; the change log stays trimmed."""
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from helpers import Exp, create_experiment, make_trial
+from orion_track_redis import Redis, migrations, storage as storage_module
+from orion_track_redis.cli import main
+from orion_track_redis.errors import RedisStorageError
+from orion_track_redis.keys import GlobalKeys
+
+FIXTURE = json.loads((Path(__file__).parent / "data" / "schema1.json").read_text())
+
+
+def _b(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def _load_schema1(client, prefix: str) -> None:
+    """Write the keys that schema-1 code stored (tests/data/make_schema1.py) under ``prefix``."""
+    old = "{" + FIXTURE["prefix"]
+    for key, item in FIXTURE["keys"].items():
+        name = "{" + prefix + key[len(old):]
+        kind, value = item["type"], item["value"]
+        if kind == "string":
+            client.set(name, _b(value))
+        elif kind == "hash":
+            client.hset(name, mapping={_b(k): _b(v) for k, v in value.items()})
+        elif kind == "zset":
+            client.zadd(name, {_b(m): score for m, score in value})
+        elif kind == "list":
+            client.rpush(name, *map(_b, value))
+
+
+def _docs(storage: Redis, exp_id) -> list:
+    return [json.loads(json.dumps(t.to_dict(), default=str))
+            for t in storage.fetch_trials(uid=exp_id)]
+
+
+def _trial_keys(client, prefix):
+    return [k for k in client.scan_iter(match="{" + prefix + ":*}:t:*")]
+
+
+@pytest.fixture
+def schema1(redis_server):
+    prefix = f"mig-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_server.url)
+    _load_schema1(client, prefix)
+    yield f"{redis_server.url}/0?prefix={prefix}", prefix, client
+    client.close()
+
+
+def test_schema1_is_refused_with_the_upgrade_command_and_no_password(schema1):
+    uri, prefix, _ = schema1
+    secret_uri = uri.replace("redis://", "redis://:s3cret-pw@")  # the server ignores it
+    with pytest.raises(RedisStorageError) as info:
+        Redis(uri=uri)
+    message = str(info.value)
+    assert "schema version 1" in message and "orion-redis" in message and "upgrade" in message
+    assert prefix in message
+    with pytest.raises(Exception) as info:
+        Redis(uri=secret_uri)
+    assert "s3cret-pw" not in str(info.value)
+
+
+def test_upgrade_keeps_every_trial_and_the_lock_and_shrinks_memory(schema1, capsys):
+    uri, prefix, client = schema1
+    before = sum(client.memory_usage(k, samples=0) for k in _trial_keys(client, prefix))
+    assert main(["--uri", uri, "upgrade", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["from"] == 1 and report["to"] == migrations.SCHEMA_VERSION
+    assert report["trials_rewritten"] == sum(len(v) for v in FIXTURE["trials"].values())
+
+    storage = Redis(uri=uri)
+    for exp_id in FIXTURE["experiments"].values():
+        assert _docs(storage, exp_id) == FIXTURE["trials"][str(exp_id)]
+    keys = _trial_keys(client, prefix)
+    assert all(client.object("encoding", k) in (b"listpack", b"ziplist") for k in keys)
+    assert all(not client.hexists(k, "params") for k in keys)
+    after = sum(client.memory_usage(k, samples=0) for k in keys)
+    assert after < before * 0.75, (before, after)  # measured: 0.60
+
+    alpha = FIXTURE["experiments"]["alpha"]
+    lock = storage.get_algorithm_lock_info(uid=alpha)
+    assert lock.state == {"registry": {"n": 3}, "rng": (1, 2, 3)} and not lock.locked
+
+    # the upgraded data is writable: finish every trial that is left
+    while (trial := storage.reserve_trial(Exp(alpha))) is not None:
+        trial.results = [trial.Result(name="objective", type="objective", value=1.0)]
+        storage.push_trial_results(trial)
+        storage.set_trial_status(trial, "completed", was="reserved")
+    assert Redis(uri=uri).fetch_trials(uid=alpha) == storage.fetch_trials(uid=alpha)
+    assert storage.fetch_pending_trials(Exp(alpha)) == []
+
+
+def test_upgrade_is_idempotent_and_exclusive(schema1, capsys):
+    uri, prefix, client = schema1
+    assert main(["--uri", uri, "upgrade"]) == 0
+    assert main(["--uri", uri, "upgrade", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["--uri", uri, "upgrade", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["from"] == again["to"] == migrations.SCHEMA_VERSION
+    assert again["trials_rewritten"] == 0
+    client.set("{" + prefix + "}:upgrading", "someone")
+    with pytest.raises(RedisStorageError, match="another upgrade"):
+        migrations.upgrade(client, GlobalKeys(prefix))
+
+
+def test_interrupted_upgrade_finishes_on_a_rerun(schema1):
+    uri, prefix, client = schema1
+    first = _trial_keys(client, prefix)[0]
+    fields = client.hgetall(first)
+    client.delete(first)  # as if the upgrade died after rewriting this one trial
+    from orion_track_redis import codec
+
+    pairs, _ = codec.encode_trial(codec.decode_trial_fields(fields, first.decode()))
+    client.hset(first, mapping=dict(zip(pairs[::2], pairs[1::2])))
+    report = migrations.upgrade(client, GlobalKeys(prefix))
+    assert report["trials_rewritten"] == sum(len(v) for v in FIXTURE["trials"].values()) - 1
+    storage = Redis(uri=uri)
+    for exp_id in FIXTURE["experiments"].values():
+        assert _docs(storage, exp_id) == FIXTURE["trials"][str(exp_id)]
+
+
+def test_fresh_prefix_gets_the_current_schema(redis_server):
+    uri = f"{redis_server.url}/0?prefix=fresh-{uuid.uuid4().hex[:8]}"
+    storage = Redis(uri=uri)
+    assert migrations.stored_version(storage.client, storage._keys) == migrations.SCHEMA_VERSION
+
+
+def test_change_log_is_trimmed_and_old_readers_reload(monkeypatch):
+    monkeypatch.setattr(storage_module, "CHANGE_LOG_KEEP", 8)
+    writer = Redis(uri="fakeredis://trim?prefix=trim")
+    reader = Redis(uri="fakeredis://trim?prefix=trim")
+    exp_id = create_experiment(writer)
+    writer.register_trial(make_trial(exp_id, x=0.0))
+    assert len(reader.fetch_trials(uid=exp_id)) == 1
+    cache = reader._cache[reader._ek(exp_id).exp_token]
+    for i in range(1, 30):
+        writer.register_trial(make_trial(exp_id, x=float(i), seconds=i))
+    ek = writer._ek(exp_id)
+    assert writer.client.zcard(ek.changed) <= 8 + 8 // 4
+    floor = int(writer.client.get(ek.floor))
+    assert floor > cache.rev  # the reader is older than the trimmed part of the log
+    fetched = reader.fetch_trials(uid=exp_id)
+    assert reader._cache[ek.exp_token] is not cache  # it reloaded everything
+    assert [t.to_dict() for t in fetched] == [
+        t.to_dict() for t in Redis(uri="fakeredis://trim?prefix=trim").fetch_trials(uid=exp_id)]
+    assert len(fetched) == 30
+    # a reader within the kept part of the log refreshes incrementally
+    cache = reader._cache[ek.exp_token]
+    writer.register_trial(make_trial(exp_id, x=99.0, seconds=99))
+    assert len(reader.fetch_trials(uid=exp_id)) == 31
+    assert reader._cache[ek.exp_token] is cache
