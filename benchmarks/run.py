@@ -151,6 +151,7 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('ZADD', KEYS[2], rev, ARGV[1])
 redis.call('ZADD', KEYS[3], score, ARGV[1])
 redis.call('ZADD', KEYS[5], rev, ARGV[1])
+redis.call('ZCARD', KEYS[5])  -- register_trial.lua's change-log size check
 return rev
 """
 BARE_RESERVE = """
@@ -196,12 +197,10 @@ return 1
 
 
 def _trial_pairs(trial):
-    """A trial document as flat JSON field/value pairs (the size our backend writes)."""
-    doc = trial.to_dict()
-    out = []
-    for key, value in doc.items():
-        out += [key, json.dumps(value, default=str)]
-    return out
+    """A trial document as the field/value pairs our backend writes (precomputed once)."""
+    from orion_track_redis import codec
+
+    return codec.encode_trial(trial.to_dict())[0]
 
 
 class BareOps:
@@ -1347,7 +1346,21 @@ def render_table(res) -> str:
                      f" (target {op} {t['target']}{t['unit'] if t['unit'] != '×' else ''}) "
                      f"**{verdict}**")
     lines.append(_bound_note(res))
+    lines.append(_reserve_ceiling_note(res))
     return "\n".join(lines)
+
+
+def _reserve_ceiling_note(res):
+    """The 1000x reserve target against the floor of this machine: a bare EVALSHA."""
+    hot = res["hot_path"]["rows"]
+    procs = res["meta"]["config"]["procs"]
+    many = 8 if 8 in procs else max(procs)
+    bare, pick = _find(hot, backend="bare", procs=many, op="reserve_trial"), _find(
+        hot, backend="pickleddb", procs=many, op="reserve_trial")
+    ratio = _ratio(bare and bare["throughput_per_s"], pick and pick["throughput_per_s"])
+    return (f"\nNote: a *bare* EVALSHA of reserve_trial's shape reaches {_fmt(ratio)}× "
+            f"Legacy+PickledDB at {many} processes in this run: no Redis client can exceed that "
+            "ratio on this machine, so a reserve target above it is out of reach by measurement.")
 
 
 def _anatomy_table(res):
