@@ -180,6 +180,8 @@ ACL_COMMANDS = (
     # scripts: EVALSHA, EVAL after NOSCRIPT (redis-py's Script), SCRIPT LOAD, and SCRIPT EXISTS
     # (a pipeline checks its scripts before sending them)
     "evalsha", "eval", "script|load", "script|exists",
+    # replica_acks: WAIT after each write script
+    "wait",
     # reads and the few writes outside scripts
     "get", "setnx", "incrby", "hsetnx", "hgetall", "hmget", "hexists", "exists", "zrange",
     "zrangebyscore", "zmscore", "zcard", "blpop", "del", "hset", "hdel",

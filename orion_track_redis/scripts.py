@@ -4,11 +4,19 @@ Each script is invoked through redis-py's ``Script`` object (EVALSHA, falling ba
 reloading after NOSCRIPT: a restarted server, a failover or SCRIPT FLUSH). In a wheel the scripts
 live in ``orion_track_redis/lua`` (hatch force-include); in a source checkout or an editable
 install they are read from the top-level ``lua/`` folder.
+
+With ``replica_acks`` > 0 every write script is followed by ``WAIT replica_acks timeout`` in the
+same round trip (see :class:`_Acked`): a write acknowledged to the caller is then on that many
+replicas too, and survives an unplanned failover to one of them.
 """
 from __future__ import annotations
 
 import functools
 from pathlib import Path
+
+from redis.exceptions import NoScriptError
+
+from .errors import ConnectionFailed
 
 NAMES = (
     "create_experiment",
@@ -25,6 +33,7 @@ NAMES = (
     "lock_renew",
     "lock_release",
 )
+READ_ONLY = ("fetch_docs", "fetch_changes", "lost_trials")  # never followed by WAIT
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,8 +54,56 @@ def source(name: str) -> str:
 
 
 class Scripts:
-    """The registered scripts of one client, as attributes: ``scripts.reserve_trial(keys, args)``."""
+    """The registered scripts of one client, as attributes: ``scripts.reserve_trial(keys, args)``.
 
-    def __init__(self, client):
+    ``replica_acks`` > 0 wraps the write scripts in :class:`_Acked`; 0 keeps redis-py's plain
+    ``Script`` objects (one EVALSHA per call)."""
+
+    def __init__(self, client, replica_acks: int = 0, ack_timeout_ms: int = 1000,
+                 where: str = "Redis"):
         for name in NAMES:
-            setattr(self, name, client.register_script(source(name)))
+            script = client.register_script(source(name))
+            if replica_acks and name not in READ_ONLY:
+                script = _Acked(name, script, client, replica_acks, ack_timeout_ms, where)
+            setattr(self, name, script)
+
+
+class _Acked:
+    """A write script sent as ``EVALSHA`` + ``WAIT n timeout`` in one pipeline (one round trip);
+    raises :class:`ConnectionFailed` when fewer than ``n`` replicas confirmed the write."""
+
+    def __init__(self, name, script, client, acks: int, timeout_ms: int, where: str):
+        self.name, self.script, self.client = name, script, client
+        self.acks, self.timeout_ms, self.where = acks, timeout_ms, where
+
+    def __call__(self, keys=(), args=(), client=None):
+        if client is not None:  # queued in the caller's own pipeline: no WAIT of ours there
+            return self.script(keys=keys, args=args, client=client)
+        reply, acked = self._send(list(keys), list(args))
+        if acked < self.acks:
+            raise ConnectionFailed(
+                f"Redis at {self.where}: the write ({self.name}) was applied on the primary but "
+                f"not confirmed on {self.acks} replica(s) within replica_ack_timeout="
+                f"{self.timeout_ms} ms (only {acked} confirmed); it is not undone, but a failover "
+                "now could lose it. Check the replicas' health and lag (INFO replication on the "
+                "primary: connected_slaves, offsets), or raise replica_ack_timeout (or lower "
+                "replica_acks to the number of replicas that are up).")
+        return reply
+
+    def _send(self, keys: list, args: list):
+        """(script reply, replicas that confirmed). EVALSHA is queued as a raw command: a
+        pipeline holding ``Script`` objects first runs SCRIPT EXISTS, one more round trip."""
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.execute_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.acks, self.timeout_ms)
+            reply, acked = pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError) and attempt == 1:
+                # a restarted or newly promoted primary: load it, send again (EVALSHA failed,
+                # so nothing was written)
+                self.client.script_load(self.script.script)
+                continue
+            for item in (reply, acked):
+                if isinstance(item, Exception):
+                    raise item
+            return reply, int(acked)

@@ -140,7 +140,8 @@ class Redis(BaseStorageProtocol):
         # a forked child must not share its parent's sockets
         if self._client is None or self._pid != os.getpid():
             self._client = make_client(self._opts)
-            self._scripts = Scripts(self._client)
+            self._scripts = Scripts(self._client, self._opts.replica_acks,
+                                    self._opts.replica_ack_timeout, self._opts.redacted)
             self._lock = LockClient(self._client, self._scripts, self._opts.lock_ttl,
                                     self._opts.state_secret)
             self._pid = os.getpid()

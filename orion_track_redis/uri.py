@@ -19,7 +19,8 @@ Accepted forms::
     embedded://[/data/dir][?options]    (the embedded default, explicitly)
 
 Our options (query string, or keyword arguments of the storage config): ``prefix``,
-``lock_ttl`` (seconds), ``socket_timeout``, ``socket_connect_timeout``, ``health_check_interval``,
+``lock_ttl`` (seconds), ``replica_acks`` and ``replica_ack_timeout`` (WAIT after every write
+script: how many replicas must confirm it, within how many milliseconds), ``socket_timeout``, ``socket_connect_timeout``, ``health_check_interval``,
 ``client_name``, ``db``, ``retries`` and ``retry_backoff`` (redis-py's retry on connection
 errors and timeouts: count, and base of the exponential back-off in seconds), the TLS options
 ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``ssl_check_hostname``
@@ -76,7 +77,14 @@ _CONNECTION_OPTIONS = {
 # options that connection.py consumes itself instead of passing them to redis-py as they are
 SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password", "sentinel_ssl")
 RETRY_OPTIONS = ("retries", "retry_backoff")
-_OWN_OPTIONS = {"prefix": str, "lock_ttl": float}
+_OWN_OPTIONS = {"prefix": str, "lock_ttl": float, "replica_acks": lambda v: _int(v),
+                "replica_ack_timeout": lambda v: _int(v)}
+# no replicas to confirm a write: the in-process and embedded servers; Redis Cluster routes each
+# pipelined command by its key, so WAIT (no key) would not reach the node that ran the script
+_NO_REPLICA_ACKS = {"fakeredis": "an in-process server has no replicas",
+                    "embedded": "the embedded server has no replicas",
+                    CLUSTER: "a Cluster pipeline cannot send WAIT to the node of the script's "
+                             "key"}
 # redis-py 8's from_url() retries nothing by default; every write script is retry-safe
 # (request ids), so ride out a restart or failover: 6 retries, back-off 0.25 s doubling to 10 s
 # (about 16 s in all), then a clear ConnectionFailed.
@@ -95,6 +103,15 @@ def _bool(value) -> bool:
     raise ValueError(f"{value!r} is not a boolean (use true or false)")
 
 
+def _int(value) -> int:
+    """A whole number, strictly: 1.5, True or "2.0" are mistakes, not 1, 1 and 2."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise ValueError(f"{value!r} is not a whole number")
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
     """Everything needed to (re)connect: picklable, so the storage survives cloudpickle."""
@@ -104,6 +121,8 @@ class Options:
     source: str  # which configuration source won, for the log line
     prefix: str = "orion"
     lock_ttl: float = 30.0
+    replica_acks: int = 0  # replicas that must confirm each write script (WAIT); 0 = no WAIT
+    replica_ack_timeout: int = 1000  # milliseconds WAIT blocks for them
     connection: tuple = ()  # (name, value) pairs of connection options for redis-py
     state_secret: bytes | None = dataclasses.field(default=None, repr=False)
     # Sentinel/Cluster forms only: the host list, the Sentinel service, the data nodes' account
@@ -174,6 +193,28 @@ def _validate_own(own: dict) -> None:
         )
 
 
+def _validate_acks(own: dict, conn: dict, scheme: str) -> None:
+    acks, timeout = own.get("replica_acks", 0), own.get("replica_ack_timeout", 1000)
+    if acks < 0:
+        raise ConfigurationError(
+            f"replica_acks={acks} is out of range: give how many replicas must confirm each "
+            "write, 0 (no confirmation, the default) or more.")
+    if timeout <= 0:
+        raise ConfigurationError(
+            f"replica_ack_timeout={timeout} is out of range: give the milliseconds a write "
+            "waits for its replica confirmations, more than 0 (default 1000).")
+    # WAIT blocks the reply: a socket that times out first would retry the call instead
+    socket_ms = conn.get("socket_timeout", _DEFAULTS["socket_timeout"]) * 1000
+    if acks and timeout > socket_ms - 1000:
+        raise ConfigurationError(
+            f"replica_ack_timeout={timeout} ms is too long for socket_timeout="
+            f"{socket_ms / 1000:g} s: make it at least 1 s shorter than socket_timeout.")
+    if acks and scheme in _NO_REPLICA_ACKS:
+        raise ConfigurationError(
+            f"replica_acks is not supported with {scheme}:// ({_NO_REPLICA_ACKS[scheme]}): "
+            "remove it, or use a standalone primary with replicas or redis+sentinel://.")
+
+
 def _validate_conn(conn: dict) -> None:
     for name in ("socket_timeout", "socket_connect_timeout", "health_check_interval"):
         if name in conn and not conn[name] > 0:
@@ -229,6 +270,7 @@ def resolve(uri=None, database=None, options: dict | None = None) -> Options:
     own, conn = _split_options(parse_qsl(parts.query, keep_blank_values=True), options)
     _validate_own(own)
     _validate_conn(conn)
+    _validate_acks(own, conn, scheme)
     for name in (*SENTINEL_OPTIONS, "ssl"):
         if name in conn:
             raise ConfigurationError(
@@ -288,6 +330,7 @@ def _resolve_multi_host(chosen: str, scheme: str, source: str, options: dict, se
     own, conn = _split_options(parse_qsl(query, keep_blank_values=True), options)
     _validate_own(own)
     _validate_conn(conn)
+    _validate_acks(own, conn, scheme)
     segments = [seg for seg in path.split("/")] if slash else []
     service = ""
     if scheme == SENTINEL:
