@@ -110,11 +110,14 @@ def test_huge_documents(redis_storage):
     assert redis_storage.fetch_trials(uid=exp_id)[0].params["/x"] == list(range(100_000))
 
 
-def test_bad_field_names_are_refused(redis_storage):
+@pytest.mark.parametrize("name", ['we"ird', "params#0", "back\\slash"])
+def test_bad_field_names_are_refused(redis_storage, name):
     exp_id = create_experiment(redis_storage)
     redis_storage.register_trial(make_trial(exp_id))
     with pytest.raises(ValueError, match="cannot be stored"):
-        redis_storage.update_trials(uid=exp_id, **{'we"ird': 1})
+        redis_storage.update_trials(uid=exp_id, **{name: 1})
+    assert [t.to_dict() for t in redis_storage.fetch_trials(uid=exp_id)] == [
+        make_trial(exp_id).to_dict() | {"_id": make_trial(exp_id).id}]
 
 
 # -- servers that are not what they should be ------------------------------------------------
