@@ -7,7 +7,10 @@
 -- ARGV[3] as the new state, "0" to keep the stored state; ARGV[4] request TTL (s)
 -- Returns: 1 released | 0 not the holder (nothing written) | -1 no lock record
 local prior = redis.call('GET', KEYS[4])
-if prior then return tonumber(prior) end
+if prior then  -- a retry: a write, so a WAIT after this call covers the first attempt too
+  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[4]))
+  return tonumber(prior)
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'state', ARGV[3]) end

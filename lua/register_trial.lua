@@ -9,7 +9,10 @@
 -- quarter at a time); ARGV[5..] field, value pairs (codec.encode_trial)
 -- Returns: revision number (> 0) registered | -1 duplicate trial
 local prior = redis.call('GET', KEYS[6])
-if prior then return tonumber(prior) end
+if prior then  -- a retry: a write, so a WAIT after this call covers the first attempt too
+  redis.call('EXPIRE', KEYS[6], tonumber(ARGV[3]))
+  return tonumber(prior)
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local score = tonumber(ARGV[2])
 if score == nil then

@@ -6,7 +6,8 @@
 -- ARGV[2] JSON "reserved"; ARGV[3] JSON now (start_time and heartbeat); ARGV[4] request TTL (s)
 -- Returns: {} none pending | {trial token, field1, value1, ...} the reserved trial
 local prior = redis.call('GET', KEYS[5])
-if prior then
+if prior then  -- a retry: a write, so a WAIT after this call covers the first attempt too
+  redis.call('EXPIRE', KEYS[5], tonumber(ARGV[4]))
   local doc = redis.call('HGETALL', ARGV[1] .. prior)
   table.insert(doc, 1, prior)
   return doc

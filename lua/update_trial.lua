@@ -9,7 +9,9 @@
 -- "name n;name n" or "" (codec.encode_trial: delete name#k for k >= n, and the whole field
 -- `name` when n > 0); ARGV[7..] field, value pairs
 -- Returns: 1 updated | 0 stored status differs from expected | -1 no such trial
-if redis.call('EXISTS', KEYS[6]) == 1 then return 1 end
+-- a retry: EXPIRE (1 if the key exists) is a write, so a WAIT after this call covers the
+-- first attempt too
+if redis.call('EXPIRE', KEYS[6], tonumber(ARGV[5])) == 1 then return 1 end
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return -1 end
 if current ~= ARGV[2] then return 0 end

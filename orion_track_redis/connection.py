@@ -189,7 +189,7 @@ ACL_COMMANDS = (
     "watch", "unwatch", "multi", "exec",
     # inside the Lua scripts
     "hget", "hincrby", "incr", "pexpire", "pttl", "rpush", "set", "time", "zadd", "zrem",
-    "zscore", "zremrangebyrank",
+    "zscore", "zremrangebyrank", "expire",
 )
 
 

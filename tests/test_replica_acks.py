@@ -422,3 +422,31 @@ def test_a_write_the_replica_never_got(own_sentinel, acks):
     else:
         assert error is None and len(after) == 5
         assert not set(after) & set(stored), "expected the unreplicated writes to be lost"
+
+
+def test_a_retried_write_writes_so_its_wait_covers_the_first_attempt(monkeypatch):
+    """A call retried after a lost reply returns the first result from its request key; it
+    must still write (EXPIRE of that key), or a WAIT on the new connection would return at
+    once without covering the first attempt's writes."""
+    from orion_track_redis import keys as keys_module
+    from orion_track_redis import storage as storage_module
+
+    storage = Redis(uri=f"fakeredis://retry-{uuid.uuid4().hex[:6]}")
+    exp_id = create_experiment(storage)
+    ek = storage._ek(exp_id)
+    ids = iter(["reg", "reg", "res", "res", "hb", "hb"])  # each call, then its retry
+    monkeypatch.setattr(storage_module, "new_request_id", lambda: next(ids))
+
+    def first_then_retry(call, request):
+        first = call()
+        storage.client.expire(ek.request(request), 5)  # as if time passed
+        again = call()
+        assert storage.client.ttl(ek.request(request)) == keys_module.REQUEST_TTL
+        return first, again
+
+    trial = make_trial(exp_id)
+    first, again = first_then_retry(lambda: storage.register_trial(trial), "reg")
+    assert first.id == again.id
+    first, again = first_then_retry(lambda: storage.reserve_trial(Exp(exp_id)), "res")
+    assert first.id == again.id == trial.id
+    assert first_then_retry(lambda: storage.update_heartbeat(first), "hb") == (1, 1)
