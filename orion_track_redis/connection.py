@@ -11,6 +11,7 @@ import threading
 import redis
 
 from .errors import ConfigurationError
+from .keys import glob_escape
 from .uri import CLUSTER, RETRY_OPTIONS, SENTINEL, SENTINEL_OPTIONS, Options
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ def acl_rules(prefix: str = "orion") -> list[str]:
     """ACL SETUSER rules of a least-privilege user of ``prefix``: its two key patterns
     (``{P}*``: global keys; ``{P:*``: per-experiment keys) and :data:`ACL_COMMANDS`.
     A prefix with glob characters (``*?[]\\``) gets them escaped."""
-    escaped = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix)
+    escaped = glob_escape(prefix)
     return ["resetkeys", f"~{{{escaped}}}*", f"~{{{escaped}:*", "-@all",
             *(f"+{cmd}" for cmd in ACL_COMMANDS)]
 

@@ -84,6 +84,11 @@ def token(value) -> str:
     return escape(codec.dumps(value))
 
 
+def glob_escape(text: str) -> str:
+    """``text`` as a literal inside a glob pattern (SCAN MATCH, ACL key patterns)."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
 def validate_prefix(prefix: str) -> str:
     from .errors import ConfigurationError
 

@@ -16,7 +16,7 @@ import uuid
 
 from . import codec
 from .errors import RedisStorageError
-from .keys import CHANGE_LOG_KEEP, GlobalKeys
+from .keys import CHANGE_LOG_KEEP, GlobalKeys, glob_escape
 
 SCHEMA_VERSION = 2
 UPGRADE_LOCK_S = 600  # one upgrade at a time; expires if the upgrading process dies
@@ -25,8 +25,7 @@ _SCAN_COUNT = 1000
 
 def _pattern(keys: GlobalKeys, suffix: str) -> str:
     """SCAN pattern of every experiment's ``suffix`` key (glob characters of P escaped)."""
-    escaped = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in keys.prefix)
-    return "{" + escaped + ":*}" + suffix
+    return "{" + glob_escape(keys.prefix) + ":*}" + suffix
 
 
 def _trial_keys(client, keys: GlobalKeys):

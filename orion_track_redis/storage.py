@@ -28,8 +28,8 @@ from . import codec, migrations, query
 from .trials import build as build_trial, clone as clone_trial, sort_key, to_doc
 from .connection import RedisDB, fail_fast, make_client
 from .errors import CorruptData, translate_errors
-from .keys import (CHANGE_LOG_KEEP, PENDING, REQUEST_TTL, STATUSES, ExperimentKeys, GlobalKeys, escape,
-                   new_request_id, token)
+from .keys import (CHANGE_LOG_KEEP, PENDING, REQUEST_TTL, STATUSES, ExperimentKeys, GlobalKeys,
+                   escape, new_request_id, token)
 from .lock import LockClient
 from .scripts import Scripts
 from .serverchecks import check_server, server_info
