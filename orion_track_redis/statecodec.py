@@ -7,14 +7,17 @@ unpickled only when one of these holds:
 
 * they carry a valid HMAC-SHA256 made with the ``state_secret`` every worker shares (option
   ``state_secret`` or env var ``ORION_REDIS_STATE_SECRET``): plain :func:`pickle.loads`;
+* they were written in the data-only form of :mod:`.datapickle` (chosen when no secret is set
+  and the state is plain data, numpy arrays and Oríon's trial-like classes: every built-in
+  algorithm but MOFA), which the C unpickler loads safely and ~8x faster than the next;
 * they unpickle with :class:`_SafeUnpickler`, which admits only the globals of
   :data:`SAFE_GLOBALS` and hardens the few numpy entry points (see below).
 
 Anything else raises :class:`~orion_track_redis.errors.UnsafeStateError`: a present but wrong
 signature is never retried through the allow-list (that would make forging free).
 
-Format: ``b"OTRS1"`` + flag byte (``0`` unsigned, ``1`` signed) + 32-byte MAC if signed + a
-protocol-5 pickle (fixed, so workers on newer Pythons stay readable by older ones). The MAC
+Format: ``b"OTRS1"`` + flag byte (``0`` unsigned, ``1`` signed, ``2`` data-only) + 32-byte MAC
+if signed + a protocol-5 pickle (fixed, so workers on newer Pythons stay readable by older ones). The MAC
 covers the header too. Bytes without our header (a raw ``pickle.dumps`` written by Oríon's
 Legacy storage, protocol 4) go through the allow-list.
 
@@ -73,10 +76,11 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct, scalar as _scalar
     from numpy.core.numeric import _frombuffer
 
+from . import datapickle
 from .errors import ConfigurationError, UnsafeStateError
 
 MAGIC = b"OTRS1"
-_UNSIGNED, _SIGNED = 0, 1
+_UNSIGNED, _SIGNED, _DATA = 0, 1, 2
 _MAC_LEN = hashlib.sha256().digest_size
 PROTOCOL = 5
 SECRET_ENV = "ORION_REDIS_STATE_SECRET"
@@ -132,18 +136,23 @@ SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset({
 
 # -- public API ---------------------------------------------------------------------------------
 def dump_state(state: object, secret: bytes | None) -> bytes:
-    """Pickle ``state``; sign it when a secret is configured."""
+    """Pickle ``state``; sign it when a secret is configured, else prefer the data-only form."""
     key = _key(secret)
-    body = pickle.dumps(state, protocol=PROTOCOL)
     if key is None:
-        return MAGIC + bytes([_UNSIGNED]) + body
+        try:
+            return MAGIC + bytes([_DATA]) + datapickle.dumps(state)
+        except datapickle.Unsupported:
+            return MAGIC + bytes([_UNSIGNED]) + pickle.dumps(state, protocol=PROTOCOL)
+    body = pickle.dumps(state, protocol=PROTOCOL)
     return MAGIC + bytes([_SIGNED]) + _mac(key, body) + body
 
 
 def load_state(data: bytes, secret: bytes | None) -> object:
     """Unpickle ``data`` if its signature is valid, else only through the allow-list."""
     key = _key(secret)
-    mac, body = _split(data)
+    flag, mac, body = _split(data)
+    if flag == _DATA:
+        return _loads_data(body)
     if mac is not None and key is not None:
         if not hmac.compare_digest(mac, _mac(key, body)):
             raise UnsafeStateError(
@@ -172,8 +181,8 @@ def _mac(key: bytes, body: bytes) -> bytes:
     return hmac.new(key, MAGIC + bytes([_SIGNED]) + body, hashlib.sha256).digest()
 
 
-def _split(data) -> tuple[bytes | None, bytes]:
-    """Return ``(mac or None, pickle bytes)``; raw pickles (Legacy's format) pass unchanged."""
+def _split(data) -> tuple[int, bytes | None, bytes]:
+    """Return ``(flag, mac or None, pickle bytes)``; raw pickles (Legacy's) are unsigned."""
     if isinstance(data, memoryview):
         data = data.tobytes()
     if not isinstance(data, (bytes, bytearray)):
@@ -182,20 +191,23 @@ def _split(data) -> tuple[bytes | None, bytes]:
     if not data.startswith(MAGIC[:4]):
         if not data:
             raise UnsafeStateError("algorithm state is empty")
-        return None, data
+        return _UNSIGNED, None, data
     if not data.startswith(MAGIC) or len(data) == len(MAGIC):
         raise UnsafeStateError(
             f"algorithm state header {data[:6]!r} is truncated or of an unknown version "
             f"(expected {MAGIC!r}); was it written by a newer orion-track-redis?"
         )
     flag, rest = data[len(MAGIC)], data[len(MAGIC) + 1:]
-    if flag == _UNSIGNED:
-        return None, rest
+    if flag in (_UNSIGNED, _DATA):
+        return flag, None, rest
     if flag == _SIGNED:
         if len(rest) <= _MAC_LEN:
             raise UnsafeStateError("signed algorithm state is truncated (no room for its data)")
-        return rest[:_MAC_LEN], rest[_MAC_LEN:]
-    raise UnsafeStateError(f"algorithm state has an unknown header flag {flag:#04x}")
+        return flag, rest[:_MAC_LEN], rest[_MAC_LEN:]
+    raise UnsafeStateError(
+        f"algorithm state has an unknown header flag {flag:#04x}: it was probably written by a "
+        "newer orion-track-redis; run the same version on every worker"
+    )
 
 
 def _loads_trusted(body: bytes):
@@ -203,6 +215,16 @@ def _loads_trusted(body: bytes):
         return pickle.loads(body)
     except Exception as exc:  # signed, so not an attack: the environment cannot rebuild it
         raise UnsafeStateError(f"signed algorithm state could not be unpickled: {exc!r}") from exc
+
+
+def _loads_data(body: bytes):
+    try:
+        return datapickle.loads(body)
+    except Exception as exc:
+        raise UnsafeStateError(
+            f"refused the algorithm state: it is not a valid data-only state ({exc!r}); it may "
+            f"be truncated or corrupt, or written by a newer orion-track-redis. {_FIX}"
+        ) from exc
 
 
 def _loads_restricted(body: bytes):
