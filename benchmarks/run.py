@@ -140,62 +140,9 @@ def _legacy(kind, path=None):
 
 
 # ------------------------------------------------------------------------------------------------
-# bare EVALSHA scripts: the same commands as lua/{register,reserve,update}_trial.lua (as of
-# issue 5), called through redis-py's Script with precomputed keys: what a minimal client pays.
-BARE_REGISTER = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-local t = redis.call('TIME')
-local score = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local rev = redis.call('INCR', KEYS[4])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('ZADD', KEYS[2], rev, ARGV[1])
-redis.call('ZADD', KEYS[3], score, ARGV[1])
-redis.call('ZADD', KEYS[5], rev, ARGV[1])
-redis.call('ZCARD', KEYS[5])  -- register_trial.lua's change-log size check
-return rev
-"""
-BARE_RESERVE = """
-local prior = redis.call('GET', KEYS[5])
-if prior then return {} end
-local best, best_key, best_score = nil, nil, nil
-for i = 1, 3 do
-  local head = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-  if head[1] and (best_score == nil or tonumber(head[2]) < best_score) then
-    best, best_key, best_score = head[1], KEYS[i], tonumber(head[2])
-  end
-end
-if best == nil then return {} end
-redis.call('ZREM', best_key, best)
-local tkey = ARGV[1] .. best
-redis.call('EXISTS', tkey)
-local t = redis.call('TIME')
-redis.call('ZADD', KEYS[4], tonumber(t[1]) + tonumber(t[2]) / 1e6, best)
-redis.call('HSET', tkey, 'status', ARGV[2], 'start_time', ARGV[3], 'heartbeat', ARGV[3])
-redis.call('SET', KEYS[5], best, 'EX', tonumber(ARGV[4]))
-redis.call('ZADD', KEYS[7], redis.call('INCR', KEYS[6]), best)
-local doc = redis.call('HGETALL', tkey)
-table.insert(doc, 1, best)
-return doc
-"""
-BARE_UPDATE = """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return -1 end
-if current ~= ARGV[2] then return 0 end
-if #ARGV >= 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
-local t = redis.call('TIME')
-local score = tonumber(t[1]) + tonumber(t[2]) / 1e6
-if ARGV[3] ~= '' and ARGV[3] ~= ARGV[2] then
-  redis.call('HSET', KEYS[1], 'status', ARGV[3])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('ZADD', KEYS[3], score, ARGV[1])
-else
-  redis.call('ZADD', KEYS[2], score, ARGV[1])
-end
-redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[4]), ARGV[1])
-return 1
-"""
-
-
+# bare EVALSHA: our own lua/{register,reserve,update}_trial.lua, called through redis-py's Script
+# with precomputed keys and arguments -- the same server work, none of the backend's Python: what
+# a minimal client of the same scripts pays.
 def _trial_pairs(trial):
     """A trial document as the field/value pairs our backend writes (precomputed once)."""
     from orion_track_redis import codec
@@ -204,62 +151,73 @@ def _trial_pairs(trial):
 
 
 class BareOps:
-    """The five hot-path calls as bare EVALSHAs on keys of their own prefix."""
+    """The five hot-path calls as bare EVALSHAs of our scripts on keys of their own prefix."""
 
     def __init__(self, url, prefix, wid):
         import redis
 
+        from orion_track_redis import codec, keys, scripts
+
         self.client = redis.Redis.from_url(url)
         self.tag = "{" + prefix + "}"
-        self.register_s = self.client.register_script(BARE_REGISTER)
-        self.reserve_s = self.client.register_script(BARE_RESERVE)
-        self.update_s = self.client.register_script(BARE_UPDATE)
+        self.register_s = self.client.register_script(scripts.source("register_trial"))
+        self.reserve_s = self.client.register_script(scripts.source("reserve_trial"))
+        self.update_s = self.client.register_script(scripts.source("update_trial"))
         sample = _completed_trial(1, 1, 1)
         self.full_pairs = _trial_pairs(sample)
+        sample.status = "reserved"  # push writes a reserved trial (a completed one fails the CAS)
+        self.push_pairs = _trial_pairs(sample)
         self.new_pairs = _trial_pairs(_new_trial(1, 1, 1))
         self.wid = wid
         self.count = 0
         self.idx = [f"{self.tag}:s:{s}" for s in ("new", "suspended", "interrupted", "reserved",
                                                  "completed")]
-        self.all, self.rev, self.changed = (f"{self.tag}:all", f"{self.tag}:rev",
-                                            f"{self.tag}:changed")
+        self.all, self.rev, self.changed, self.floor = (
+            f"{self.tag}:all", f"{self.tag}:rev", f"{self.tag}:changed", f"{self.tag}:floor")
         self.prefix = f"{self.tag}:t:"
-        self.now = json.dumps(datetime.datetime.utcnow().isoformat())
+        self.now = codec.dumps(datetime.datetime.utcnow())
+        self.ttl, self.keep = keys.REQUEST_TTL, keys.CHANGE_LOG_KEEP
+        self.trims = "params 2;results 1"
+
+    def _req(self):
+        self.count += 1  # every write carries a fresh request id, as ours do
+        return f"{self.tag}:req:{self.wid}-{self.count}"
 
     def make_trial(self, i):
         return f"w{self.wid}-{i}"
 
     def register(self, tok):
         return self.register_s(keys=[self.prefix + tok, self.all, self.idx[0], self.rev,
-                                     self.changed], args=[tok, "now", *self.new_pairs])
+                                     self.changed, self._req(), self.floor],
+                               args=[tok, "now", self.ttl, self.keep, *self.new_pairs])
 
     def register_completed(self, tok):
         return self.register_s(keys=[self.prefix + tok, self.all, self.idx[4], self.rev,
-                                     self.changed], args=[tok, "now", *self.full_pairs])
+                                     self.changed, self._req(), self.floor],
+                               args=[tok, "now", self.ttl, self.keep, *self.full_pairs])
 
     def reserve(self):
-        self.count += 1
-        reply = self.reserve_s(
-            keys=[*self.idx[:4], f"{self.tag}:req:{self.wid}-{self.count}", self.rev,
-                  self.changed],
-            args=[self.prefix, '"reserved"', self.now, 300])
+        reply = self.reserve_s(keys=[*self.idx[:4], self._req(), self.rev, self.changed],
+                               args=[self.prefix, '"reserved"', self.now, self.ttl])
         return reply[0].decode() if reply else None
 
+    def _update(self, tok, new_index, new_status, score, trims, pairs):
+        rc = self.update_s(keys=[self.prefix + tok, self.idx[3], new_index, self.rev,
+                                 self.changed, self._req()],
+                           args=[tok, '"reserved"', new_status, score, self.ttl, trims, *pairs])
+        if rc != 1:  # a failed CAS does less work: it would flatter the floor
+            raise RuntimeError(f"bare update_trial of {tok} returned {rc}")
+        return rc
+
     def heartbeat(self, tok):
-        return self.update_s(keys=[self.prefix + tok, self.idx[3], self.idx[3], self.rev,
-                                   self.changed],
-                             args=[tok, '"reserved"', "", "now", "heartbeat", self.now])
+        return self._update(tok, self.idx[3], "", "now", "", ("heartbeat", self.now))
 
     def push(self, tok):
-        return self.update_s(keys=[self.prefix + tok, self.idx[3], self.idx[3], self.rev,
-                                   self.changed],
-                             args=[tok, '"reserved"', "", "", *self.full_pairs])
+        return self._update(tok, self.idx[3], '"reserved"', "", self.trims, self.push_pairs)
 
     def set_status(self, tok):
-        return self.update_s(keys=[self.prefix + tok, self.idx[3], self.idx[4], self.rev,
-                                   self.changed],
-                             args=[tok, '"reserved"', '"completed"', "now", "status",
-                                   '"completed"', "heartbeat", self.now])
+        return self._update(tok, self.idx[4], '"completed"', "now", "",
+                            ("status", '"completed"', "heartbeat", self.now))
 
 
 class ProtocolOps:

@@ -7,7 +7,6 @@ whose message names the problem and the fix. None of these is a ``ValueError`` s
 """
 from __future__ import annotations
 
-import contextlib
 import re
 
 import redis.exceptions as rex
@@ -85,14 +84,30 @@ def _scrub(msg: str) -> str:
                          msg, flags=re.S))
 
 
-@contextlib.contextmanager
-def translate_errors(where: str):
-    """Turn redis-py exceptions into our own, with a message that says what to do.
+class translate_errors:
+    """``with translate_errors(where):`` turns redis-py exceptions into our own, with a message
+    that says what to do. ``where`` names the endpoint (already redacted) so the user knows
+    which server failed. A class, not a generator context manager: it wraps every storage call
+    and costs a third as much."""
 
-    ``where`` names the endpoint (already redacted) so the user knows which server failed.
-    """
+    __slots__ = ("where",)
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, rex.RedisError):
+            _raise_translated(exc, self.where)
+        return False  # not ours, or untranslated: propagates unchanged
+
+
+def _raise_translated(error: Exception, where: str) -> None:
+    """Raise our exception for ``error``; return to let the original propagate."""
     try:
-        yield
+        raise error
     except rex.AuthenticationError as exc:
         raise ConnectionFailed(
             f"Redis at {where} rejected the credentials ({redact(exc)}). "
@@ -133,7 +148,6 @@ def translate_errors(where: str):
             ) from None
         if msg != str(exc):
             raise type(exc)(msg) from None
-        raise
     except rex.InvalidResponse as exc:
         raise ConnectionFailed(
             f"{where} does not speak the Redis protocol ({redact(exc)[:120]}). Check the host "

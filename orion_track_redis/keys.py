@@ -75,7 +75,8 @@ new_request_id = _RequestIds().next
 
 def escape(text: str) -> str:
     """Percent-encode the characters that must not appear inside a key token."""
-    # hot path: trial ids are hex digests, nothing to escape
+    if text.isalnum() and text.isascii():  # hot path: trial ids are hex digests
+        return text
     return _UNSAFE_RE.sub(lambda m: f"%{ord(m.group()):02X}", text)
 
 

@@ -353,9 +353,10 @@ class Redis(BaseStorageProtocol):
         return self._trial(dict(zip(it, it)), ek.trial_prefix + reply[0].decode())
 
     def _patch(self, ek, trial_id, expected, fields, new_status=None, score="") -> int:
-        """One update_trial.lua call: 1 updated, 0 status differs, -1 no such trial."""
+        """One update_trial.lua call: 1 updated, 0 status differs, -1 no such trial.
+        ``fields``: a document, or ready (pairs, trims) for our own fixed fields."""
         trial_token = escape(trial_id)
-        pairs, trims = codec.encode_trial(_checked(fields))
+        pairs, trims = fields if type(fields) is tuple else codec.encode_trial(_checked(fields))
         return int(self.scripts.update_trial(
             keys=[ek.trial_prefix + trial_token, ek.status(expected),
                   ek.status(new_status or expected),
@@ -375,8 +376,8 @@ class Redis(BaseStorageProtocol):
         ek = self._ek(trial.experiment)
         trial_id = trial.id
         with self._guard():
-            rc = self._patch(ek, trial_id, was, {"status": status, "heartbeat": heartbeat},
-                             new_status=status, score="now")
+            fields = ["status", codec.dumps(status), "heartbeat", codec.dumps(heartbeat)], ()
+            rc = self._patch(ek, trial_id, was, fields, new_status=status, score="now")
         if rc != 1:
             raise FailedUpdate(
                 f"trial {trial_id} is not {was!r} in storage" if rc == 0 else
@@ -387,8 +388,8 @@ class Redis(BaseStorageProtocol):
         """Refresh the heartbeat of a reserved trial; 0 (stop the pacemaker) otherwise."""
         ek = self._ek(trial.experiment)
         with self._guard():
-            return max(0, self._patch(ek, trial.id, "reserved", {"heartbeat": _now()},
-                                      score="now"))
+            fields = ["heartbeat", codec.dumps(_now())], ()
+            return max(0, self._patch(ek, trial.id, "reserved", fields, score="now"))
 
     def push_trial_results(self, trial):
         """Write the whole trial, only while it is reserved; ``FailedUpdate`` otherwise."""

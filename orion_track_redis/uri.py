@@ -33,6 +33,7 @@ default to ports 26379 and 6379; the Cluster form takes no ``db`` (Cluster has o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from urllib.parse import parse_qsl, urlsplit
@@ -131,7 +132,7 @@ class Options:
     username: str | None = None
     password: str | None = dataclasses.field(default=None, repr=False)
 
-    @property
+    @functools.cached_property  # read by every storage call (error messages name the endpoint)
     def redacted(self) -> str:
         return redact(self.url)
 
