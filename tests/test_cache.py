@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import multiprocessing
 import random
+import re
 import uuid
 
 import pytest
 from orion.core.worker.trial import Trial
 
 from helpers import Exp, create_experiment, make_trial
-from orion_track_redis import Redis
+from orion_track_redis import CorruptData, Redis
 
 
 @pytest.fixture(params=["fakeredis", "redis"])
@@ -127,3 +128,105 @@ def test_cache_follows_other_processes(redis_server):
     assert not any(t["status"] == "broken" for t in seen)
     assert sum(t["status"] == "completed" for t in seen) == reader.count_completed_trials(
         Exp(exp_id))
+
+
+# -- large fetches: chunks streamed (parsed while Redis assembles the next) -----------------------
+@pytest.fixture(scope="module")
+def big(redis_server):
+    """2,500 trials (3 fetch chunks) in one experiment, written once for the module."""
+    prefix = f"cache-big-{uuid.uuid4().hex[:8]}"
+    writer = Redis(uri=redis_server.url, prefix=prefix)
+    exp_id = create_experiment(writer)
+    for i in range(2500):
+        writer.register_trial(make_trial(exp_id, x=float(i), seconds=i % 7,
+                                         status=("new", "completed", "broken")[i % 3]))
+    return redis_server, prefix, exp_id
+
+
+def _streams(monkeypatch) -> list:
+    """Record the replies-were-streamed outcomes of storage.run_streamed."""
+    import orion_track_redis.storage as storage_module
+
+    outcomes = []
+    real = storage_module.run_streamed
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        outcomes.append(result is not None)
+        return result
+
+    monkeypatch.setattr(storage_module, "run_streamed", spy)
+    return outcomes
+
+
+def test_streamed_fetch_equals_the_plain_path(big, monkeypatch):
+    server, prefix, exp_id = big
+    outcomes = _streams(monkeypatch)
+    streamed = [t.to_dict() for t in Redis(uri=server.url, prefix=prefix).fetch_trials(uid=exp_id)]
+    assert outcomes == [True]
+    import orion_track_redis.storage as storage_module
+
+    monkeypatch.setattr(storage_module, "run_streamed", lambda *a, **k: None)  # plain path
+    plain = [t.to_dict() for t in Redis(uri=server.url, prefix=prefix).fetch_trials(uid=exp_id)]
+    assert len(streamed) == 2500 and streamed == plain
+    assert [t["params"][0]["value"] for t in streamed[:3]] == [0.0, 7.0, 14.0]  # by submit_time
+
+
+def test_streamed_fetch_reloads_the_script_after_script_flush(big, monkeypatch):
+    server, prefix, exp_id = big
+    expected = [t.to_dict() for t in Redis(uri=server.url, prefix=prefix).fetch_trials(uid=exp_id)]
+    server.client().script_flush()  # NOSCRIPT for the pipelined EVALSHAs
+    outcomes = _streams(monkeypatch)
+    storage = Redis(uri=server.url, prefix=prefix)
+    assert [t.to_dict() for t in storage.fetch_trials(uid=exp_id)] == expected
+    assert outcomes == [True]  # loaded the script again, then streamed
+
+
+def test_corrupt_trial_in_a_streamed_chunk_is_named_and_the_connection_recovers(big):
+    server, prefix, exp_id = big
+    storage = Redis(uri=server.url, prefix=prefix)
+    ek = storage._ek(exp_id)
+    victim = storage.client.zrange(ek.all, 1500, 1500)[0].decode()  # in the second chunk
+    key = ek.trial_prefix + victim
+    good = storage.client.hget(key, "worker")
+    storage.client.hset(key, "worker", b"{not json")
+    try:
+        with pytest.raises(CorruptData, match=re.escape(key)):
+            storage.fetch_trials(uid=exp_id)
+    finally:
+        storage.client.hset(key, "worker", good)
+    # the streaming connection was dropped with its unread replies: the same storage reads on
+    assert len(storage.fetch_trials(uid=exp_id)) == 2500
+    assert storage.count_completed_trials(Exp(exp_id)) == 833
+
+
+def test_streamed_fetch_falls_back_when_the_connection_drops(big, monkeypatch):
+    import redis
+
+    import orion_track_redis.scripts as scripts_module
+
+    server, prefix, exp_id = big
+    expected = [t.to_dict() for t in Redis(uri=server.url, prefix=prefix).fetch_trials(uid=exp_id)]
+    storage = Redis(uri=server.url, prefix=prefix)
+    outcomes = _streams(monkeypatch)
+    streamed_reads = []  # None outside _stream_once
+    real_read, real_stream = redis.connection.Connection.read_response, scripts_module._stream_once
+
+    def read_response(self, *args, **kwargs):
+        if streamed_reads and streamed_reads[-1] is not None:
+            streamed_reads.append(len(streamed_reads))
+            if len(streamed_reads) == 3:  # the second chunk's reply
+                raise redis.exceptions.ConnectionError("simulated: connection reset mid-stream")
+        return real_read(self, *args, **kwargs)
+
+    def stream_once(*args):
+        streamed_reads.append(0)
+        try:
+            return real_stream(*args)
+        finally:
+            streamed_reads.append(None)
+
+    monkeypatch.setattr(redis.connection.Connection, "read_response", read_response)
+    monkeypatch.setattr(scripts_module, "_stream_once", stream_once)
+    assert [t.to_dict() for t in storage.fetch_trials(uid=exp_id)] == expected
+    assert outcomes == [False] and streamed_reads[:3] == [0, 1, 2]  # plain path took over
