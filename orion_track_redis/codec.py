@@ -107,6 +107,8 @@ def dumps(obj) -> str:
         return repr(obj)
     if kind is float and obj - obj == 0:  # finite: json writes repr(); NaN/inf take the slow path
         return repr(obj)
+    if kind is list and not obj:  # a new trial's results
+        return "[]"
     return json.dumps(_enc(obj), separators=(",", ":"), ensure_ascii=False)
 
 

@@ -34,6 +34,7 @@ import itertools
 import os
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from . import codec
 
@@ -140,35 +141,42 @@ class GlobalKeys:
 
 @dataclass(frozen=True)
 class ExperimentKeys:
-    """Keys of one experiment's slot ``{P:E}``."""
+    """Keys of one experiment's slot ``{P:E}``. The storage keeps one per experiment, so each
+    key is built once (cached_property) rather than on every hot-path call."""
 
     prefix: str
     exp_token: str
 
-    @property
+    def __post_init__(self):
+        object.__setattr__(self, "_statuses", {})
+
+    @cached_property
     def tag(self) -> str:
         return "{" + f"{self.prefix}:{self.exp_token}" + "}"
 
-    @property
+    @cached_property
     def rev(self) -> str:
         return f"{self.tag}:rev"
 
-    @property
+    @cached_property
     def all(self) -> str:
         return f"{self.tag}:all"
 
-    @property
+    @cached_property
     def changed(self) -> str:
         return f"{self.tag}:changed"
 
-    @property
+    @cached_property
     def floor(self) -> str:
         return f"{self.tag}:floor"
 
     def status(self, status: str) -> str:
-        return f"{self.tag}:s:{status}"
+        key = self._statuses.get(status)
+        if key is None:
+            key = self._statuses[status] = f"{self.tag}:s:{status}"
+        return key
 
-    @property
+    @cached_property
     def trial_prefix(self) -> str:
         return f"{self.tag}:t:"
 
@@ -178,15 +186,15 @@ class ExperimentKeys:
     def request(self, request_id: str) -> str:
         return f"{self.tag}:req:{request_id}"
 
-    @property
+    @cached_property
     def lock(self) -> str:
         return f"{self.tag}:lock"
 
-    @property
+    @cached_property
     def lock_holder(self) -> str:
         return f"{self.tag}:lock:holder"
 
-    @property
+    @cached_property
     def lock_wake(self) -> str:
         return f"{self.tag}:lock:wake"
 
