@@ -9,7 +9,7 @@ unpickled only when one of these holds:
   ``state_secret`` or env var ``ORION_REDIS_STATE_SECRET``): plain :func:`pickle.loads`;
 * they were written in the data-only form of :mod:`.datapickle` (chosen when no secret is set
   and the state is plain data, numpy arrays and Oríon's trial-like classes: every built-in
-  algorithm but MOFA), which the C unpickler loads safely and ~8x faster than the next;
+  algorithm but MOFA), which the C unpickler loads safely and ~5x faster than the next;
 * they unpickle with :class:`_SafeUnpickler`, which admits only the globals of
   :data:`SAFE_GLOBALS` and hardens the few numpy entry points (see below).
 
