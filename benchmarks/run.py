@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import gc
 import inspect
 import json
 import multiprocessing as mp
@@ -476,13 +477,18 @@ def _fetch_rows(server, n, ours, eph, reps):
     fetch of Legacy+EphemeralDB (when ``eph``): machine drift hits both alike."""
     writer, exp_id, exp, _ = ours
     cold, ecold, changed, echanged = [], [], [], []
+    # gc.collect() before every timed fetch, of both backends: a garbage-collector pass due to
+    # the previous fetch's garbage would otherwise land in whichever fetch comes next
     for _ in range(reps):
         reader = _redis_storage(server.url, writer._opts.prefix)  # no cache: a new process
+        gc.collect()
         t0 = time.perf_counter()
         got = reader.fetch_trials(uid=exp_id)
         cold.append(time.perf_counter() - t0)
         assert len(got) == n, (len(got), n)
+        del got
         if eph:
+            gc.collect()
             ecold += _timed(lambda: eph[0].fetch_trials(uid=eph[1]), 1)
     reader = _redis_storage(server.url, writer._opts.prefix)
     reader.fetch_trials(uid=exp_id)
@@ -492,12 +498,14 @@ def _fetch_rows(server, n, ours, eph, reps):
     ecompleted = eph[0].fetch_trials_by_status(eph[2], "completed") if eph else []
     for r in range(reps):
         _touch(writer, completed, r, k)  # by another storage object than the reader
+        gc.collect()
         t0 = time.perf_counter()
         got = reader.fetch_trials(uid=exp_id)
         changed.append(time.perf_counter() - t0)
         assert len(got) == n
         if eph:
             _touch(eph[0], ecompleted, r, k)
+            gc.collect()
             echanged += _timed(lambda: eph[0].fetch_trials(uid=eph[1]), 1)
     rows = [{"backend": "redis", "trials": n, "kind": kind, "changed": k if "1%" in kind else 0,
              **_stats_us(samples)}

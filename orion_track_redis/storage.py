@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 DELETE_BATCH = 500
 FETCH_CHUNK = 1000  # trials per fetch_docs call: bounds how long one call blocks Redis
+STREAM_CHUNK_MIN = 250  # smaller chunks only add round trips
 
 
 def _now() -> datetime.datetime:
@@ -469,7 +470,9 @@ class Redis(BaseStorageProtocol):
         """Documents of the existing trials among ``tokens`` (one script call per chunk),
         mapped chunk by chunk through ``then(docs) -> list`` if given."""
         then = then or (lambda docs: docs)
-        chunks = [tokens[i:i + FETCH_CHUNK] for i in range(0, len(tokens), FETCH_CHUNK)]
+        # at least 4 chunks from 1,000 trials on, so streaming overlaps Redis and this process
+        size = max(STREAM_CHUNK_MIN, min(FETCH_CHUNK, -(-len(tokens) // 4)))
+        chunks = [tokens[i:i + size] for i in range(0, len(tokens), size)]
         # Redis Cluster (topologies): redis-py refuses EVALSHA inside a cluster pipeline, so
         # the chunks go one call each there (all in the experiment's slot, one node anyway).
         cluster = _is_cluster(self.client)
