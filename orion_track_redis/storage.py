@@ -574,8 +574,7 @@ class Redis(BaseStorageProtocol):
             try:
                 built.append(build_trial(doc))
             except (TypeError, AttributeError, ValueError) as exc:
-                raise CorruptData(f"a trial of experiment {doc.get('experiment')!r} is not an "
-                                  f"Oríon trial ({exc}).") from None
+                raise _not_a_trial(doc, exc) from None
         built.sort(key=sort_key)
         return built
 
@@ -736,9 +735,13 @@ def _built(docs) -> list:
         try:
             out.append((escape(doc["id"]), doc, build_trial(doc)))
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise CorruptData(f"a trial of experiment {doc.get('experiment')!r} is not an "
-                              f"Oríon trial ({exc}).") from None
+            raise _not_a_trial(doc, exc) from None
     return out
+
+
+def _not_a_trial(doc: dict, exc: Exception) -> CorruptData:
+    return CorruptData(f"a trial of experiment {doc.get('experiment')!r} is not an Oríon trial "
+                       f"({exc}).")
 
 
 def _score_pairs(reply) -> list:
