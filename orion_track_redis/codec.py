@@ -165,9 +165,10 @@ def decode_fields(fields: dict, where: str) -> dict:
 # A Redis hash stays in its compact listpack encoding (~3x smaller than a hashtable) only while
 # every value is <= 64 bytes (hash-max-listpack-value). A trial's params/results lists easily
 # exceed that, so each element of an Oríon-shaped list gets its own field, "params#0", ...,
-# holding name TAB type TAB value (JSON each; JSON never contains a raw tab). fetch_docs.lua and
-# fetch_changes.lua rebuild the lists server-side; decode_trial_fields does it here. ``_id`` is
-# not stored when it equals ``id`` (Oríon's usual case). Other lists stay one JSON field.
+# holding name TAB type TAB value (JSON each; JSON never contains a raw tab). The fetch scripts
+# rebuild the lists server-side (lua/include/trial_json.lua); decode_trial_fields does it here.
+# ``_id`` is not stored when it equals ``id`` (Oríon's usual case): readers add it back. Other
+# lists stay one JSON field.
 LIST_FIELDS = ("params", "results")
 _ELEMENT_KEYS = frozenset(("name", "type", "value"))
 

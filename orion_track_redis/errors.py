@@ -70,11 +70,12 @@ def _denied_in_script(msg: str) -> str:
             lines = source.splitlines()
             line = lines[int(match[2]) - 1] if int(match[2]) <= len(lines) else ""
             commands = re.findall(r"redis\.call\('(\w+)'", line)
+            path, number = scripts.origin(name, int(match[2]))  # the line in its file
             if "access" in msg:
-                return f"a key of script {name}.lua (line {match[2]})"
+                return f"a key of script {path} (line {number})"
             if commands:
-                return f"the {'/'.join(commands)} command (script {name}.lua, line {match[2]})"
-            return f"a command of script {name}.lua (line {match[2]})"
+                return f"the {'/'.join(commands)} command (script {path}, line {number})"
+            return f"a command of script {path} (line {number})"
     return "a command or key"
 
 

@@ -3,7 +3,8 @@
 Each script is invoked through redis-py's ``Script`` object (EVALSHA, falling back to EVAL and
 reloading after NOSCRIPT: a restarted server, a failover or SCRIPT FLUSH). In a wheel the scripts
 live in ``orion_track_redis/lua`` (hatch force-include); in a source checkout or an editable
-install they are read from the top-level ``lua/`` folder.
+install they are read from the top-level ``lua/`` folder. A script line ``-- @include F`` is
+replaced by the text of ``lua/include/F`` (code shared by scripts: Redis 6.2 has no functions).
 
 With ``replica_acks`` > 0 every write script is followed by ``WAIT replica_acks timeout`` in the
 same round trip (see :class:`_Acked`): a write acknowledged to the caller is then on that many
@@ -12,6 +13,7 @@ replicas too, and survives an unplanned failover to one of them.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 from redis.exceptions import NoScriptError, RedisError
@@ -48,9 +50,41 @@ def lua_dir() -> Path:
     )
 
 
+_INCLUDE = re.compile(r"^-- @include (\S+)$", re.M)
+
+
 @functools.lru_cache(maxsize=None)
 def source(name: str) -> str:
-    return (lua_dir() / f"{name}.lua").read_text(encoding="utf-8")
+    """The text sent to Redis: ``lua/<name>.lua`` with its includes pasted in."""
+    return "".join(text for _, _, text in _parts(name))
+
+
+@functools.lru_cache(maxsize=None)
+def _parts(name: str) -> tuple:
+    """(file, first line in that file, text) of each stretch of ``source(name)``."""
+    text = (lua_dir() / f"{name}.lua").read_text(encoding="utf-8")
+    parts, pos, line = [], 0, 1
+    for match in _INCLUDE.finditer(text):
+        head = text[pos:match.start()]
+        parts.append((f"{name}.lua", line, head))
+        included = (lua_dir() / "include" / match[1]).read_text(encoding="utf-8")
+        parts.append((f"include/{match[1]}", 1, included if included.endswith("\n")
+                      else included + "\n"))
+        line += head.count("\n") + 1
+        pos = match.end() + 1  # the include line and its newline
+    parts.append((f"{name}.lua", line, text[pos:]))
+    return tuple(parts)
+
+
+def origin(name: str, line: int) -> tuple[str, int]:
+    """Line ``line`` of ``source(name)`` as (file under lua/, line in that file)."""
+    start = 1
+    for path, first, text in _parts(name):
+        count = text.count("\n")
+        if line < start + count:
+            return path, first + line - start
+        start += count
+    return f"{name}.lua", line
 
 
 class Scripts:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -66,8 +67,16 @@ def wheel(tmp_path_factory) -> Path:
 
 
 def _source_lua_files() -> list[Path]:
+    """The scripts (lua/*.lua), one per name in scripts.NAMES."""
     files = sorted((ROOT / "lua").glob("*.lua"))
     assert files, "no lua/*.lua in the source tree"
+    return files
+
+
+def _all_lua_files() -> list[Path]:
+    """The scripts and the code they include (lua/include/*.lua)."""
+    files = sorted((ROOT / "lua").rglob("*.lua"))
+    assert any(p.parent.name == "include" for p in files), "no lua/include/*.lua"
     return files
 
 
@@ -79,13 +88,14 @@ def test_wheel_contents(wheel):
         assert len(entry_points) == 1, sorted(names)
         entry_points_txt = zf.read(entry_points[0]).decode()
         # the scripts are byte-identical to the source tree's
-        for lua in _source_lua_files():
-            arcname = f"{PACKAGE}/lua/{lua.name}"
+        arcnames = {f"{PACKAGE}/lua/{p.relative_to(ROOT / 'lua').as_posix()}": p
+                    for p in _all_lua_files()}
+        for arcname, lua in arcnames.items():
             assert arcname in names, f"{arcname} missing from {wheel.name}: {sorted(names)}"
             assert zf.read(arcname) == lua.read_bytes(), f"{arcname} differs from {lua}"
 
-    wheel_lua = {n for n in names if n.startswith(f"{PACKAGE}/lua/")}
-    assert wheel_lua == {f"{PACKAGE}/lua/{p.name}" for p in _source_lua_files()}
+    wheel_lua = {n for n in names if n.startswith(f"{PACKAGE}/lua/") and not n.endswith("/")}
+    assert wheel_lua == set(arcnames)
 
     modules = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / PACKAGE).rglob("*.py")
                      if "__pycache__" not in p.parts)
@@ -224,7 +234,28 @@ def test_editable_install_finds_the_scripts():
     assert on_disk - set(scripts.NAMES) == set(), "lua files not in scripts.NAMES"
     assert set(scripts.NAMES) - on_disk == set(), "scripts.NAMES without a lua file"
     for name in scripts.NAMES:
-        assert scripts.source(name) == (ROOT / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+        text = (ROOT / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+        for include in re.findall(r"^-- @include (\S+)$", text, flags=re.M):
+            pasted = (ROOT / "lua" / "include" / include).read_text(encoding="utf-8")
+            text = text.replace(f"-- @include {include}\n", pasted)
+        assert scripts.source(name) == text
+
+
+def test_includes_are_pasted_and_lines_map_back_to_their_files():
+    """Both fetch scripts share lua/include/trial_json.lua; every line of the text sent to
+    Redis maps back to the same line of the file it came from (error messages name it)."""
+    from orion_track_redis import scripts
+
+    users = [n for n in scripts.NAMES
+             if "-- @include trial_json.lua" in (ROOT / "lua" / f"{n}.lua").read_text()]
+    assert sorted(users) == ["fetch_changes", "fetch_docs"]
+    for name in scripts.NAMES:
+        source = scripts.source(name)
+        assert not re.search(r"^-- @include", source, flags=re.M)
+        for number, line in enumerate(source.splitlines(), 1):
+            path, in_file = scripts.origin(name, number)
+            assert (ROOT / "lua" / path).read_text().splitlines()[in_file - 1] == line
+    assert scripts.origin("fetch_docs", 10_000) == ("fetch_docs.lua", 10_000)
 
 
 @pytest.mark.parametrize("lua", _source_lua_files(), ids=lambda p: p.name)
