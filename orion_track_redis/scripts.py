@@ -143,33 +143,36 @@ class _Acked:
             return reply, int(acked)
 
 
-def run_streamed(client, script, key_lists: list, process) -> list | None:
+def run_streamed(client, script, key_lists: list, process, meanwhile=None) -> list | None:
     """``[process(i, reply) ...]`` for ``script`` called once per key list (the i-th reply
     answers ``key_lists[i]``): the calls go out in one write and each reply is processed as soon
     as it arrives, so Redis computes the next reply while this process works on the last one
     (on 2 cores, nearly the server's share of a large fetch is saved). A script the server does
     not know yet is loaded and the calls sent again. Returns None when streaming fails (a
     dropped connection...): the caller then takes its plain path, which has the retries. An
-    exception of ``process`` propagates."""
+    exception of ``process`` propagates. ``meanwhile()`` runs once, after the first send."""
     for attempt in (1, 2):
         try:
-            return _stream_once(client, script, key_lists, process)
+            return _stream_once(client, script, key_lists, process, meanwhile)
         except NoScriptError:
             if attempt == 2:
                 return None
             client.script_load(script.script)  # nothing ran: EVALSHA failed
+            meanwhile = None  # it ran
         except (RedisError, OSError):
             return None
     return None
 
 
-def _stream_once(client, script, key_lists: list, process) -> list:
+def _stream_once(client, script, key_lists: list, process, meanwhile) -> list:
     pool = client.connection_pool
     conn = pool.get_connection()
     complete = False
     try:
         conn.send_packed_command(conn.pack_commands(
             [("EVALSHA", script.sha, len(keys), *keys) for keys in key_lists]))
+        if meanwhile is not None:
+            meanwhile()
         results = [process(i, conn.read_response()) for i in range(len(key_lists))]
         complete = True
         return results

@@ -466,20 +466,22 @@ class Redis(BaseStorageProtocol):
             raise CorruptData(f"{key} does not hold an Oríon trial ({exc}). Remove the key or "
                               "use another prefix.") from None
 
-    def _read_trials(self, ek: ExperimentKeys, tokens, then=None) -> list:
+    def _read_trials(self, ek: ExperimentKeys, tokens, then=None, meanwhile=None) -> list:
         """Documents of the existing trials among ``tokens`` (one script call per chunk),
-        mapped chunk by chunk through ``then(docs) -> list`` if given."""
+        mapped chunk by chunk through ``then(docs) -> list`` if given. ``meanwhile()`` runs
+        once the calls are sent, while Redis works on the first one (again if streaming fails
+        and the plain path takes over: keep it idempotent)."""
         then = then or (lambda docs: docs)
-        # at least 4 chunks from 1,000 trials on, so streaming overlaps Redis and this process
-        size = max(STREAM_CHUNK_MIN, min(FETCH_CHUNK, -(-len(tokens) // 4)))
-        chunks = [tokens[i:i + size] for i in range(0, len(tokens), size)]
+        chunks = _chunks(tokens)
         # Redis Cluster (topologies): redis-py refuses EVALSHA inside a cluster pipeline, so
         # the chunks go one call each there (all in the experiment's slot, one node anyway).
         cluster = _is_cluster(self.client)
         if len(chunks) > 1 and not cluster and self._opts.scheme != "fakeredis":
-            streamed = self._streamed_docs(ek, chunks, then)
+            streamed = self._streamed_docs(ek, chunks, then, meanwhile)
             if streamed is not None:
                 return streamed
+        if meanwhile is not None:
+            meanwhile()
         pipe = None if cluster else self.client.pipeline(transaction=False)
         replies = [self.scripts.fetch_docs(keys=[ek.trial_prefix + t for t in chunk], client=pipe)
                    for chunk in chunks]
@@ -487,14 +489,14 @@ class Redis(BaseStorageProtocol):
             replies = pipe.execute() if tokens else []
         return then(self._decode_docs(ek, replies, tokens))
 
-    def _streamed_docs(self, ek: ExperimentKeys, chunks, then) -> list | None:
+    def _streamed_docs(self, ek: ExperimentKeys, chunks, then, meanwhile) -> list | None:
         """The chunks' documents, each chunk parsed (and passed to ``then``) while Redis
         assembles the next: a cold 10k-trial fetch spends about as long in Redis as here, and
         the two overlap on 2 cores. None: streaming failed, take the plain path."""
         parsed = run_streamed(
             self.client, self.scripts.fetch_docs,
             [[ek.trial_prefix + t for t in chunk] for chunk in chunks],
-            lambda i, reply: then(self._decode_docs(ek, [reply], chunks[i])))
+            lambda i, reply: then(self._decode_docs(ek, [reply], chunks[i])), meanwhile)
         return None if parsed is None else [item for items in parsed for item in items]
 
     def _decode_docs(self, ek: ExperimentKeys, texts, tokens) -> list[dict]:
@@ -545,10 +547,14 @@ class Redis(BaseStorageProtocol):
             # shape), 150 ms for 10k trials
             pipe.execute_command("ZRANGE", ek.all, 0, -1, "WITHSCORES")
             raw_rev, pairs = pipe.execute()
-            orders = {t.decode(): float(score) for t, score in _score_pairs(pairs)}
+            pairs = _score_pairs(pairs)
+            tokens = [t.decode() for t, _ in pairs]
+            orders = {}
             cache = self._cache[ek.exp_token] = _ExperimentCache()
-            built = self._read_trials(ek, list(orders), then=_built)
-            cache.update(list(orders), built, int(raw_rev or 0), orders)
+            built = self._read_trials(
+                ek, tokens, then=_built,
+                meanwhile=lambda: orders.update(zip(tokens, map(float, (s for _, s in pairs)))))
+            cache.update(tokens, built, int(raw_rev or 0), orders)
         return cache
 
     def _tokens_for(self, ek: ExperimentKeys, where: dict | None) -> list[str]:
@@ -720,16 +726,34 @@ class _ExperimentCache:
         self.rev = rev
         self._ordered = None
 
-    def ordered_pairs(self) -> list:
+    def _sorted(self) -> tuple[list, list]:
+        """(trials, docs) by submit_time, ties in registration order. Two lists, not a list
+        of pairs: 10k fewer objects for the garbage collector to sweep."""
         if self._ordered is None:
-            keyed = [(self.order.get(t, 0.0), self.trials[t], self.docs[t]) for t in self.docs]
-            keyed.sort(key=lambda item: item[0])  # registration order, then stable by time
-            keyed.sort(key=lambda item: sort_key(item[1]))
-            self._ordered = [(trial, doc) for _, trial, doc in keyed]
+            order = self.order.get
+            tokens = sorted(self.docs, key=lambda t: order(t, 0.0))
+            trials = self.trials
+            tokens.sort(key=lambda t: sort_key(trials[t]))  # stable: ties keep registration
+            self._ordered = ([trials[t] for t in tokens], [self.docs[t] for t in tokens])
         return self._ordered
 
-    def ordered(self):
-        return (trial for trial, _ in self.ordered_pairs())
+    def ordered_pairs(self):
+        return zip(*self._sorted())
+
+    def ordered(self) -> list:
+        return self._sorted()[0]
+
+
+def _chunks(tokens: list) -> list[list]:
+    """Chunks of at most FETCH_CHUNK tokens, at least 4 from 1,000 tokens on (so a streamed
+    read overlaps Redis and this process), the last one small: it is the only one parsed
+    after Redis is done."""
+    size = max(STREAM_CHUNK_MIN, min(FETCH_CHUNK, -(-len(tokens) // 4)))
+    if len(tokens) <= size:
+        return [tokens] if tokens else []
+    body = len(tokens) - STREAM_CHUNK_MIN
+    return ([tokens[i:min(i + size, body)] for i in range(0, body, size)]
+            + [tokens[body:]])
 
 
 def _built(docs) -> list:

@@ -230,3 +230,18 @@ def test_streamed_fetch_falls_back_when_the_connection_drops(big, monkeypatch):
     monkeypatch.setattr(scripts_module, "_stream_once", stream_once)
     assert [t.to_dict() for t in storage.fetch_trials(uid=exp_id)] == expected
     assert outcomes == [False] and streamed_reads[:3] == [0, 1, 2]  # plain path took over
+
+
+@pytest.mark.parametrize("n", [0, 1, 249, 250, 999, 1000, 1001, 4321, 10_000, 100_000])
+def test_fetch_chunks_cover_every_token_once_with_a_small_last_chunk(n):
+    from orion_track_redis.storage import FETCH_CHUNK, STREAM_CHUNK_MIN, _chunks
+
+    tokens = [f"t{i}" for i in range(n)]
+    chunks = _chunks(tokens)
+    assert [t for chunk in chunks for t in chunk] == tokens
+    assert all(chunk and len(chunk) <= FETCH_CHUNK for chunk in chunks)
+    if n >= 1000:  # streamed: Redis and this process overlap, and little is left at the end
+        assert len(chunks) >= 4
+        assert len(chunks[-1]) == STREAM_CHUNK_MIN
+    else:
+        assert len(chunks) == (1 if n else 0) or len(chunks[-1]) == STREAM_CHUNK_MIN

@@ -76,6 +76,24 @@ def test_build_fast_path_is_taken_for_oriented_documents(monkeypatch):
     assert built.params == {"/x": 0.5} and built.objective.value == 1.0
 
 
+def test_clone_copies_every_slot_to_its_own_slot():
+    """clone() names the slots one by one: a slot Oríon adds, or two slots swapped, fail here."""
+    cached = trials.build(
+        {"experiment": 1, "status": "reserved", "worker": "w", "exp_working_dir": "/d",
+         "heartbeat": datetime.datetime(2026, 1, 1), "submit_time": datetime.datetime(2026, 1, 2),
+         "start_time": datetime.datetime(2026, 1, 3), "end_time": datetime.datetime(2026, 1, 4),
+         "parent": "p", "_id": "override", "params": [{"name": "/x", "type": "real", "value": 1}],
+         "results": [{"name": "o", "type": "objective", "value": 2}]})
+    cached._id = "id-slot"
+    values = [getattr(cached, slot) for slot in Trial.__slots__]
+    assert len({id(v) for v in values}) == len(values), "every slot must hold its own value"
+    copy = trials.clone(cached)
+    assert _state(copy) == _state(cached)
+    assert [getattr(copy, slot) for slot in Trial.__slots__ if slot not in (
+        "_params", "_results")] == [v for slot, v in zip(Trial.__slots__, values)
+                                    if slot not in ("_params", "_results")]
+
+
 def test_clone_isolates_the_caller_from_the_cached_trial():
     cached = Trial(experiment=1, status="reserved",
                    params=[{"name": "/x", "type": "real", "value": 0.5}])
