@@ -245,3 +245,43 @@ def test_fetch_chunks_cover_every_token_once_with_a_small_last_chunk(n):
         assert len(chunks[-1]) == STREAM_CHUNK_MIN
     else:
         assert len(chunks) == (1 if n else 0) or len(chunks[-1]) == STREAM_CHUNK_MIN
+
+
+def test_where_queries_answered_from_the_cache_match_legacy(pair):
+    """Documents for non-indexed ``where`` queries are rebuilt from the cached trials: they
+    must select what Legacy's stored documents select, also after other writers' updates."""
+    import datetime
+
+    from orion.storage.legacy import Legacy
+
+    reader, writer = pair
+    legacy = Legacy(database={"type": "EphemeralDB"})
+    exp_id = create_experiment(writer)
+    legacy_exp = create_experiment(legacy)
+    sides = ((writer, exp_id), (legacy, legacy_exp))
+    for i in range(12):
+        for storage, uid in sides:
+            storage.register_trial(make_trial(uid, x=float(i), seconds=i % 4,
+                                              status=("new", "reserved", "completed")[i % 3]))
+    assert len(reader.fetch_trials(uid=exp_id)) == 12  # warm cache, then others write
+    base = datetime.datetime(2026, 1, 1)
+    for storage, uid in sides:
+        trials = sorted(storage.fetch_trials(uid=uid), key=lambda t: t.params["/x"])
+        storage.update_trial(trials[1], worker="w1", end_time=base)
+        storage.update_trial(trials[4], exp_working_dir="/tmp/w", parent="p")
+        trials[7].results = [Trial.Result(name="obj", type="objective", value=0.5)]
+        storage.push_trial_results(trials[7])
+        storage.set_trial_status(trials[9], "broken", was="new")
+        storage.delete_trials(uid=uid, where={"id": trials[11].id})
+    queries = [
+        {"worker": "w1"}, {"worker": None}, {"status": {"$ne": "new"}},
+        {"end_time": {"$gte": base}}, {"exp_working_dir": "/tmp/w", "parent": "p"},
+        {"results": []}, {"params.value": 2.0}, {"submit_time": {"$lte": base}},
+        {"id": {"$in": [t.id for t in writer.fetch_trials(uid=exp_id)][:3]}},
+    ]
+    for where in queries:
+        ours = sorted(t.params["/x"] for t in reader.fetch_trials(uid=exp_id, where=where))
+        theirs = sorted(t.params["/x"] for t in legacy.fetch_trials(uid=legacy_exp, where=where))
+        assert ours == theirs, where
+    assert sorted(t.params["/x"] for t in reader.fetch_trials(
+        uid=exp_id, where={"status": {"$ne": "new"}})) == [1.0, 2.0, 4.0, 5.0, 7.0, 8.0, 9.0, 10.0]
