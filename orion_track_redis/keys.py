@@ -43,7 +43,7 @@ from . import codec
 REQUEST_TTL = 120
 
 # Entries the change log keeps: a reader more changes behind reloads everything anyway
-# (storage.FETCH_CHUNK), so older entries only cost memory.
+# (storage.CHANGES_MAX), so older entries only cost memory.
 CHANGE_LOG_KEEP = 1000
 
 STATUSES = ("new", "reserved", "suspended", "completed", "interrupted", "broken")

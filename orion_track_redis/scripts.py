@@ -169,8 +169,10 @@ def _stream_once(client, script, key_lists: list, process, meanwhile) -> list:
     conn = pool.get_connection()
     complete = False
     try:
-        conn.send_packed_command(conn.pack_commands(
-            [("EVALSHA", script.sha, len(keys), *keys) for keys in key_lists]))
+        # the first call alone first: Redis starts on it while the others are packed
+        for batch in filter(None, (key_lists[:1], key_lists[1:])):
+            conn.send_packed_command(conn.pack_commands(
+                [("EVALSHA", script.sha, len(keys), *keys) for keys in batch]))
         if meanwhile is not None:
             meanwhile()
         results = [process(i, conn.read_response()) for i in range(len(key_lists))]

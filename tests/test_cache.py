@@ -186,7 +186,7 @@ def test_corrupt_trial_in_a_streamed_chunk_is_named_and_the_connection_recovers(
     server, prefix, exp_id = big
     storage = Redis(uri=server.url, prefix=prefix)
     ek = storage._ek(exp_id)
-    victim = storage.client.zrange(ek.all, 1500, 1500)[0].decode()  # in the second chunk
+    victim = storage.client.zrange(ek.all, 1500, 1500)[0].decode()  # in a later chunk
     key = ek.trial_prefix + victim
     good = storage.client.hget(key, "worker")
     storage.client.hset(key, "worker", b"{not json")
@@ -232,7 +232,7 @@ def test_streamed_fetch_falls_back_when_the_connection_drops(big, monkeypatch):
     assert outcomes == [False] and streamed_reads[:3] == [0, 1, 2]  # plain path took over
 
 
-@pytest.mark.parametrize("n", [0, 1, 249, 250, 999, 1000, 1001, 4321, 10_000, 100_000])
+@pytest.mark.parametrize("n", [0, 1, 149, 150, 151, 599, 600, 601, 1000, 4321, 10_000, 100_000])
 def test_fetch_chunks_cover_every_token_once_with_a_small_last_chunk(n):
     from orion_track_redis.storage import FETCH_CHUNK, STREAM_CHUNK_MIN, _chunks
 
@@ -240,11 +240,13 @@ def test_fetch_chunks_cover_every_token_once_with_a_small_last_chunk(n):
     chunks = _chunks(tokens)
     assert [t for chunk in chunks for t in chunk] == tokens
     assert all(chunk and len(chunk) <= FETCH_CHUNK for chunk in chunks)
-    if n >= 1000:  # streamed: Redis and this process overlap, and little is left at the end
+    if n >= 4 * STREAM_CHUNK_MIN:  # streamed: Redis and this process overlap...
         assert len(chunks) >= 4
+        assert len(chunks[-1]) == STREAM_CHUNK_MIN  # ...and little is left after Redis is done
+    elif n > STREAM_CHUNK_MIN:
         assert len(chunks[-1]) == STREAM_CHUNK_MIN
     else:
-        assert len(chunks) == (1 if n else 0) or len(chunks[-1]) == STREAM_CHUNK_MIN
+        assert len(chunks) == (1 if n else 0)
 
 
 def test_where_queries_answered_from_the_cache_match_legacy(pair):
