@@ -69,8 +69,11 @@ def _dec_tag(obj: dict):
     """object_hook for json.loads: undo the tags of :func:`_enc`."""
     if len(obj) != 1:
         return obj
+    val = obj.get("$dt")  # the usual tag (4 timestamps per trial): no unpacking
+    if val is not None:
+        return _dt.datetime.fromisoformat(val)
     (tag, val), = obj.items()
-    if tag == "$dt":
+    if tag == "$dt":  # not a string: fromisoformat names the error
         return _dt.datetime.fromisoformat(val)
     if tag == "$tuple":
         return tuple(val)
