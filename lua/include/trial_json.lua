@@ -6,7 +6,7 @@
 -- the lists "params"/"results". The caller joins all pieces once: a string per field or per
 -- document costs more server time, and so would re-parsing each field name per trial, hence
 -- the memos of one call (trials of an experiment share their field, param and type names).
-local find, sub, tonumber, pairs = string.find, string.sub, tonumber, pairs
+local find, sub, tonumber, pairs, ipairs = string.find, string.sub, tonumber, pairs, ipairs
 local lead, lead0, lname, lidx, elem = {}, {}, {}, {}, {}
 
 -- field name k -> ',"k":' (and '"k":' first in a document), or false for a list element
@@ -69,40 +69,33 @@ local function fast_doc(out, n, f)
   return n
 end
 
--- Any layout: gather each list's elements by index first (missing indexes are skipped).
+-- Any layout: the same hash put in the usual layout first (scalar fields in their order, then
+-- each list's elements by index, renumbered from 0 so missing indexes are skipped).
 local function slow_doc(out, n, f)
-  local lists, first = {}, true
-  n = n + 1; out[n] = '{'
+  local usual, lists, names = {}, {}, {}
   for j = 1, #f, 2 do
     local k = f[j]
     local p = lead[k]
     if p == nil then p = learn(k) end
     if p then
-      if first then p, first = lead0[k], false end
-      out[n + 1], out[n + 2] = p, f[j + 1]
-      n = n + 2
+      usual[#usual + 1], usual[#usual + 2] = k, f[j + 1]
     else
-      local items = lists[lname[k]]
-      if not items then items = {}; lists[lname[k]] = items end
-      items[lidx[k]] = f[j + 1]
+      local name = lname[k]
+      if not lists[name] then lists[name] = {}; names[#names + 1] = name end
+      lists[name][lidx[k]] = f[j + 1]
     end
   end
-  for name, items in pairs(lists) do
-    local max = 0
+  for _, name in ipairs(names) do
+    local items, max, count = lists[name], 0, 0
     for i in pairs(items) do if i > max then max = i end end
-    out[n + 1], out[n + 2], out[n + 3] = first and '"' or ',"', name, '":['
-    n, first = n + 3, false
-    local sep = ''
     for i = 1, max do
       if items[i] then
-        out[n + 1], out[n + 2], out[n + 3] = sep, element(items[i])
-        n, sep = n + 3, '},'
+        usual[#usual + 1], usual[#usual + 2] = name .. '#' .. count, items[i]
+        count = count + 1
       end
     end
-    n = n + 1; out[n] = sep == '' and ']' or '}]'
   end
-  n = n + 1; out[n] = '}'
-  return n
+  return fast_doc(out, n, usual)
 end
 
 local function append_doc(out, n, f)
