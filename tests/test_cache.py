@@ -172,6 +172,32 @@ def test_streamed_fetch_equals_the_plain_path(big, monkeypatch):
     assert [t["params"][0]["value"] for t in streamed[:3]] == [0.0, 7.0, 14.0]  # by submit_time
 
 
+@pytest.mark.parametrize("window", [1, 2, 100])
+def test_streamed_fetch_with_any_number_of_calls_in_flight(big, monkeypatch, window):
+    """The streamed read keeps STREAM_WINDOW calls in flight and sends the next one per reply
+    (all at once stalled on a full socket): any window gives the plain path's trials."""
+    import orion_track_redis.scripts as scripts_module
+
+    server, prefix, exp_id = big
+    expected = [t.to_dict() for t in Redis(uri=server.url, prefix=prefix).fetch_trials(uid=exp_id)]
+    monkeypatch.setattr(scripts_module, "STREAM_WINDOW", window)
+    outcomes = _streams(monkeypatch)
+    sent = []
+    real_send = scripts_module._stream_once
+
+    def counting(client, script, key_lists, process, meanwhile):
+        sent.append(len(key_lists))
+        return real_send(client, script, key_lists, process, meanwhile)
+
+    monkeypatch.setattr(scripts_module, "_stream_once", counting)
+    got = [t.to_dict() for t in Redis(uri=server.url, prefix=prefix).fetch_trials(uid=exp_id)]
+    from orion_track_redis.storage import _chunks
+
+    assert outcomes == [True]
+    assert sent == [len(_chunks(list(range(2500))))] == [9]  # > windows 1 and 2, < 100
+    assert got == expected
+
+
 def test_streamed_fetch_reloads_the_script_after_script_flush(big, monkeypatch):
     server, prefix, exp_id = big
     expected = [t.to_dict() for t in Redis(uri=server.url, prefix=prefix).fetch_trials(uid=exp_id)]
