@@ -69,12 +69,9 @@ def _dec_tag(obj: dict):
     """object_hook for json.loads: undo the tags of :func:`_enc`."""
     if len(obj) != 1:
         return obj
-    val = obj.get("$dt")  # the usual tag (4 timestamps per trial): no unpacking
-    if val is not None:
-        return _dt.datetime.fromisoformat(val)
+    if "$dt" in obj:  # the usual tag (4 timestamps per trial): no unpacking
+        return _dt.datetime.fromisoformat(obj["$dt"])
     (tag, val), = obj.items()
-    if tag == "$dt":  # not a string: fromisoformat names the error
-        return _dt.datetime.fromisoformat(val)
     if tag == "$tuple":
         return tuple(val)
     if tag == "$esc":
@@ -228,6 +225,11 @@ def decode_trial_fields(fields: dict, where: str) -> dict:
                               + b"]", where)
     except ValueError as exc:
         _raise_corrupt(where, exc)
+    return restore_id(doc)
+
+
+def restore_id(doc: dict) -> dict:
+    """``doc`` with its ``_id``: :func:`encode_trial` does not store one equal to ``id``."""
     if "_id" not in doc and "id" in doc:
         doc["_id"] = doc["id"]
     return doc

@@ -147,10 +147,11 @@ def run_streamed(client, script, key_lists: list, process, meanwhile=None) -> li
     """``[process(i, reply) ...]`` for ``script`` called once per key list (the i-th reply
     answers ``key_lists[i]``): STREAM_WINDOW calls are kept in flight and each reply is
     processed as soon as it arrives, so Redis computes the next replies while this process
-    works on the last one (on 2 cores, nearly the server's share of a large fetch is saved). A script the server does
-    not know yet is loaded and the calls sent again. Returns None when streaming fails (a
-    dropped connection...): the caller then takes its plain path, which has the retries. An
-    exception of ``process`` propagates. ``meanwhile()`` runs once, after the first send."""
+    works on the last one (on 2 cores, nearly the server's share of a large fetch is saved).
+    A script the server does not know yet is loaded and the calls sent again. Returns None
+    when streaming fails (a dropped connection...): the caller then takes its plain path,
+    which has the retries. An exception of ``process`` propagates. ``meanwhile()`` runs once,
+    after the first sends."""
     for attempt in (1, 2):
         try:
             return _stream_once(client, script, key_lists, process, meanwhile)

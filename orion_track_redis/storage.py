@@ -510,11 +510,8 @@ class Redis(BaseStorageProtocol):
             return []
         try:
             with _no_gc():
-                docs = codec.loads(b"[" + b",".join(texts) + b"]", ek.all)
-                for doc in docs:  # an _id equal to the id is not stored (codec.encode_trial)
-                    if "_id" not in doc and "id" in doc:
-                        doc["_id"] = doc["id"]
-                return docs
+                return [codec.restore_id(doc)
+                        for doc in codec.loads(b"[" + b",".join(texts) + b"]", ek.all)]
         except CorruptData:  # find and name the culprit
             for trial_token in tokens:
                 key = ek.trial_prefix + trial_token

@@ -183,11 +183,11 @@ def test_streamed_fetch_with_any_number_of_calls_in_flight(big, monkeypatch, win
     monkeypatch.setattr(scripts_module, "STREAM_WINDOW", window)
     outcomes = _streams(monkeypatch)
     sent = []
-    real_send = scripts_module._stream_once
+    real_stream = scripts_module._stream_once
 
     def counting(client, script, key_lists, process, meanwhile):
         sent.append(len(key_lists))
-        return real_send(client, script, key_lists, process, meanwhile)
+        return real_stream(client, script, key_lists, process, meanwhile)
 
     monkeypatch.setattr(scripts_module, "_stream_once", counting)
     got = [t.to_dict() for t in Redis(uri=server.url, prefix=prefix).fetch_trials(uid=exp_id)]
