@@ -18,6 +18,7 @@ import uuid
 from orion.storage.base import LockAcquisitionTimeout, LockedAlgorithmState
 
 from . import codec
+from .gcpause import no_gc
 from .keys import REQUEST_TTL, ExperimentKeys, new_request_id
 from .statecodec import dump_state, load_state
 
@@ -75,14 +76,18 @@ class LockClient:
         )
         renewer = _Renewer(self, ek, token)
         renewer.start()
+        failed = False
         try:
             yield locked
         except BaseException:
-            locked.reset()  # like Legacy: keep the state that was read
+            # like Legacy: keep the state that was read. It is not written back: a copy-free
+            # hold (accel.py) may have changed that very dict; the stored bytes are intact.
+            locked.reset()
+            failed = True
             raise
         finally:
             renewer.stop()
-            if self._release(ek, token, locked.state) != 1:
+            if self._release(ek, token, None if failed else locked.state) != 1:
                 log.warning(
                     "The algorithm lock of experiment %s expired while this worker held it "
                     "(held longer than lock_ttl=%.0fs without renewal?): its algorithm state was "
@@ -116,14 +121,18 @@ class LockClient:
 
     def _release(self, ek: ExperimentKeys, token: str, new_state) -> int:
         write = new_state is not None
-        raw = dump_state(new_state, self.secret) if write else b""
+        with no_gc():
+            raw = dump_state(new_state, self.secret) if write else b""
         return int(self.scripts.lock_release(
             keys=[ek.lock, ek.lock_holder, ek.lock_wake, ek.request(new_request_id())],
             args=[token, "1" if write else "0", raw, REQUEST_TTL],
         ))
 
     def _state(self, raw, ek: ExperimentKeys):
-        return load_state(raw, self.secret) if raw else None
+        if not raw:
+            return None
+        with no_gc():  # a state is thousands of objects: GC sweeps would only cost
+            return load_state(raw, self.secret)
 
 
 class _Renewer(threading.Thread):

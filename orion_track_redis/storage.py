@@ -9,7 +9,6 @@ pipelined. The storage pickles (Oríon cloudpickles it for every trial) and reco
 from __future__ import annotations
 
 import contextlib
-import gc
 import datetime
 import logging
 import os
@@ -24,10 +23,11 @@ from orion.storage.base import (
     get_uid,
 )
 
-from . import codec, migrations, query
+from . import accel, codec, migrations, query
 from .trials import build as build_trial, clone as clone_trial, sort_key, to_doc
 from .connection import RedisDB, fail_fast, make_client
 from .errors import CorruptData, translate_errors
+from .gcpause import no_gc
 from .keys import (CHANGE_LOG_KEEP, PENDING, REQUEST_TTL, STATUSES, ExperimentKeys, GlobalKeys,
                    escape, new_request_id, token)
 from .lock import LockClient
@@ -46,6 +46,12 @@ STREAM_CHUNK_MIN = 150  # the smallest chunk of a streamed read (and its last on
 CHANGES_MAX = CHANGE_LOG_KEEP  # a reader more changes behind reloads everything
 
 
+def _accelerate(opts: Options) -> bool:
+    """Copy-free lock holds for this storage: on unless switched off (option, env var) or
+    Oríon is not a verified version (accel.install logs why)."""
+    return opts.accelerate and accel.env_allows() and accel.install()
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.utcnow()
 
@@ -57,19 +63,6 @@ def _epoch(moment) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
     return moment.timestamp()
-
-
-@contextlib.contextmanager
-def _no_gc():
-    """Pause the cyclic GC while decoding/building thousands of acyclic objects: its
-    generation sweeps otherwise triple the cost of a 10k-trial fetch."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 _FIELD_OK: set = set()  # field names already validated (Oríon uses a dozen)
@@ -123,6 +116,7 @@ class Redis(BaseStorageProtocol):
         self._eks = {}
         self._keys = GlobalKeys(self._opts.prefix)
         self._db = RedisDB(self._opts)
+        self.accelerated_holds = _accelerate(self._opts)
         if setup:
             with self._guard(), fail_fast(self.client):
                 self._setup()
@@ -139,6 +133,7 @@ class Redis(BaseStorageProtocol):
         self._eks = {}
         self._keys = GlobalKeys(self._opts.prefix)
         self._db = RedisDB(self._opts)
+        self.accelerated_holds = _accelerate(self._opts)
 
     @property
     def client(self):
@@ -509,7 +504,7 @@ class Redis(BaseStorageProtocol):
         if not texts:
             return []
         try:
-            with _no_gc():
+            with no_gc():
                 return [codec.restore_id(doc)
                         for doc in codec.loads(b"[" + b",".join(texts) + b"]", ek.all)]
         except CorruptData:  # find and name the culprit
@@ -541,7 +536,7 @@ class Redis(BaseStorageProtocol):
                              orders)
                 return cache
             # too many changes, or the counter went back: reload everything
-        with _no_gc():  # every object made here lives on: GC passes would only cost
+        with no_gc():  # every object made here lives on: GC passes would only cost
             pipe = self.client.pipeline(transaction=True)
             pipe.get(ek.rev)
             # raw: redis-py's own WITHSCORES parsing re-formats every score (RESP3 -> RESP2
@@ -576,7 +571,7 @@ class Redis(BaseStorageProtocol):
         return [d for d in docs if query.matches(d, where)]
 
     def _build(self, docs) -> list[Trial]:
-        with _no_gc():
+        with no_gc():
             return self._build_trials(docs)
 
     def _build_trials(self, docs) -> list[Trial]:
@@ -599,7 +594,7 @@ class Redis(BaseStorageProtocol):
             if _indexed(where):
                 return self._build(self._matching_docs(ek, where))
             cache = self._all_docs(ek)
-        with _no_gc():
+        with no_gc():
             if not where:
                 return [clone_trial(trial) for trial in cache.ordered()]
             return [clone_trial(trial) for trial, doc in cache.ordered_pairs()
@@ -714,7 +709,7 @@ class _ExperimentCache:
 
     def update(self, tokens, built, rev, orders):
         """``built``: (token, id, trial) of the existing trials among ``tokens`` (_built)."""
-        with _no_gc():
+        with no_gc():
             self._update(tokens, built, rev, orders)
 
     def _update(self, tokens, built, rev, orders):

@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Algorithm-lock hold per trial: copy-free holds vs Oríon's own path vs Legacy+EphemeralDB.
+
+For each algorithm (random search, TPE) and experiment size N, one experiment per backend is
+grown to N completed trials in one hold, then timed over a few hunt steps (``suggest`` = one
+produce hold, ``observe`` = one observe hold, as an `orion hunt` worker does per trial):
+
+* ``accelerated``: this backend with copy-free holds (the default, ``accel.py``);
+* ``orion-path``:  this backend with ``accelerate=false`` (Oríon's set_state/state_dict);
+* ``ephemeraldb``: Oríon's Legacy storage in memory (no storage cost at all).
+
+Each row gives the median hold per trial, its storage share (encode/decode, Redis) and Oríon's
+share, and the fleet ceiling 1000 / hold-per-trial-ms (trials/s, whatever the number of
+workers: every trial takes the lock twice, serially).
+
+Usage: python benchmarks/hold_anatomy.py [--quick | --smoke] [--out PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import (  # noqa: E402 - the shared helpers of the main benchmark
+    ANATOMY_SPACE,
+    RESULTS,
+    _fill,
+    _hold_stats,
+    _hunt_step,
+    _legacy,
+    _log,
+    _machine,
+    _StorageTimer,
+    choose_binary,
+)
+
+MODES = {
+    "full": {"sizes": (100, 500, 2000), "samples": 5},
+    "quick": {"sizes": (100, 500), "samples": 3},
+    "smoke": {"sizes": (20, 40), "samples": 2},
+}
+ALGORITHMS = {"random": {"random": {"seed": 1}},
+              "tpe": {"tpe": {"seed": 1, "n_initial_points": 20}}}
+BACKENDS = ("accelerated", "orion-path", "ephemeraldb")
+
+
+def _storage(backend, url):
+    from orion_track_redis import Redis
+
+    prefix = f"holds-{uuid.uuid4().hex[:8]}"
+    if backend == "ephemeraldb":
+        return _legacy("ephemeraldb")
+    return Redis(uri=url, prefix=prefix, accelerate=backend == "accelerated")
+
+
+def _grow(client, n):
+    """Completed trials up to n, one hold per batch (TPE suggests fewer than asked)."""
+    done = len(client.fetch_trials())
+    while done < n:
+        added = _fill(client, n - done)
+        if not added:
+            raise RuntimeError(f"the algorithm suggests nothing at {done} trials")
+        done += added
+    return done
+
+
+def measure(cfg, url):
+    from orion.client import build_experiment
+
+    rows = []
+    for algo_name, algorithm in ALGORITHMS.items():
+        for backend in BACKENDS:
+            storage = _storage(backend, url)
+            timer = _StorageTimer(storage)
+            client = build_experiment(f"holds-{algo_name}-{backend}-{uuid.uuid4().hex[:6]}",
+                                      space=ANATOMY_SPACE, algorithm=algorithm,
+                                      storage=storage, max_trials=10**6)
+            for n in cfg["sizes"]:
+                _grow(client, n)
+                steps = [_hunt_step(client, timer) for _ in range(cfg["samples"])]
+                per_trial = _hold_stats([(p[0] + o[0], p[1] + o[1]) for p, o in steps])
+                rows.append({"algorithm": algo_name, "backend": backend, "trials": n,
+                             "samples": len(steps), "per_trial": per_trial,
+                             "produce": _hold_stats([p for p, _ in steps]),
+                             "observe": _hold_stats([o for _, o in steps]),
+                             "ceiling_trials_per_s": 1000 / per_trial["hold_ms"]})
+                _log(f"  {algo_name:6} {backend:11} N={n:<5} hold/trial "
+                     f"{per_trial['hold_ms']:8.1f} ms (storage {per_trial['storage_ms']:.1f}, "
+                     f"Oríon {per_trial['orion_ms']:.1f})")
+            client.close()
+    return rows
+
+
+def _find(rows, **match):
+    return next(r for r in rows if all(r[k] == v for k, v in match.items()))
+
+
+def render(rows) -> str:
+    lines = ["| algorithm | trials | accelerated ms | Oríon's path ms | EphemeralDB ms | "
+             "accelerated / Oríon's path | ceiling accelerated | ceiling Oríon's path |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if row["backend"] != "accelerated":
+            continue
+        key = {"algorithm": row["algorithm"], "trials": row["trials"]}
+        plain = _find(rows, backend="orion-path", **key)
+        eph = _find(rows, backend="ephemeraldb", **key)
+        fast_ms, plain_ms = row["per_trial"]["hold_ms"], plain["per_trial"]["hold_ms"]
+        lines.append(
+            f"| {row['algorithm']} | {row['trials']} | {fast_ms:.1f} "
+            f"(storage {row['per_trial']['storage_ms']:.1f}) | {plain_ms:.1f} | "
+            f"{eph['per_trial']['hold_ms']:.1f} | {fast_ms / plain_ms:.2f}x | "
+            f"{row['ceiling_trials_per_s']:.1f}/s | {plain['ceiling_trials_per_s']:.1f}/s |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="sizes 100 and 500 only")
+    group.add_argument("--smoke", action="store_true", help="tiny run for CI")
+    parser.add_argument("--redis-server", help="redis-server binary to start")
+    parser.add_argument("--out", default=str(RESULTS / "hold_anatomy.json"))
+    args = parser.parse_args(argv)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    from orion_track_redis.server import RedisServer
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="orion-redis-holds-") as tmp, \
+            RedisServer(Path(tmp), binary=choose_binary(args.redis_server)) as server:
+        server.start()
+        rows = measure(MODES[mode], server.url)
+    table = render(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"mode": mode, "machine": _machine(), "rows": rows,
+                               "duration_s": time.monotonic() - started}, indent=1))
+    print(table)
+    print(f"\nwrote {out} in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

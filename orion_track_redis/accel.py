@@ -1,0 +1,207 @@
+"""Copy-free algorithm-lock holds (the hold accelerator), for the Oríon versions it was verified on.
+
+Every produce and observe of an Oríon worker holds the experiment's algorithm lock, and inside
+the hold Oríon 0.2.7 spends most of its time in ``copy.deepcopy``: ``set_state`` of its wrapper
+chain ``InsistSuggest(SpaceTransform(<algorithm>))`` copies the nested state at every level and
+each ``Registry``/``RegistryMapping`` copies its part again; ``state_dict`` does the same on the
+way out. Those copies protect a caller that keeps the dict it passed in, or keeps using the dict
+it got back. In a hold of this backend nobody does: the state read at acquire was just decoded
+(nobody else has it) and the state handed back is encoded at release, before the algorithm runs
+again. So, in a hold of this backend only, :func:`adopt_state` installs the decoded parts
+directly and :func:`export_state` hands the live parts to the encoder.
+
+What stays exactly as in Oríon:
+
+* every copy inside ``suggest``/``observe``/the transforms, and the algorithm's own copies in
+  its ``state_dict`` (hyperband's rungs, EvolutionES' population, ...): only the wrappers' and
+  the registries' copies of whole states are skipped;
+* no two live parts share an object Oríon would have kept separate: ``InsistSuggest``'s registry
+  gets a dict of its own (its trials are shared with the inner registry's, which is safe because
+  registries replace entries on ``register`` and never change a stored trial in place);
+* an unknown wrapper (``MultiTaskWrapper``, a plugin's) and a leaf algorithm that is not one of
+  Oríon's own (``orion.algo.*``) run Oríon's own ``set_state``/``state_dict``, copies included;
+* a process that also uses another storage: only holds whose storage says
+  ``accelerated_holds`` take this path; every other experiment runs Oríon's method unchanged.
+
+It is on by default on the verified Oríon version, off with the storage option
+``accelerate=false`` or ``ORION_REDIS_ACCELERATE=0``, and off (one log line) on any other Oríon.
+``tests/test_accel.py`` is the differential oracle against unmodified Oríon.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+from importlib import metadata
+
+log = logging.getLogger(__name__)
+
+ENV = "ORION_REDIS_ACCELERATE"
+VERIFIED_ORION = ("0.2.7",)
+
+# True only while adopt_state/export_state run a leaf algorithm's own set_state/state_dict:
+# its registries then skip their whole-dict copies. Nothing else in the process sees it.
+_COPY_FREE = contextvars.ContextVar("orion_redis_copy_free", default=False)
+_installed: bool | None = None  # None: not tried yet
+
+
+def env_allows() -> bool:
+    """False when ``ORION_REDIS_ACCELERATE`` says off (0/false/no/off)."""
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def install() -> bool:
+    """Patch Oríon once per process; False (and one log line) on an unverified Oríon."""
+    global _installed
+    if _installed is None:
+        version = metadata.version("orion")
+        if version not in VERIFIED_ORION:
+            log.warning("orion-track-redis: hold accelerator off: verified on Oríon %s, this is "
+                        "Oríon %s (algorithm-lock holds run Oríon's own code).",
+                        ", ".join(VERIFIED_ORION), version)
+            _installed = False
+        else:
+            _patch_experiment()
+            _patch_registries()
+            _installed = True
+    return _installed
+
+
+# -- the hold -------------------------------------------------------------------------------------
+def _patch_experiment():
+    from orion.core.worker.experiment import Experiment
+
+    oriones_hold = Experiment.acquire_algorithm_lock
+
+    @contextlib.contextmanager
+    def acquire_algorithm_lock(self, timeout=60, retry_interval=1):
+        if not getattr(self._storage, "accelerated_holds", False):
+            with oriones_hold(self, timeout=timeout, retry_interval=retry_interval) as algo:
+                yield algo
+            return
+        with _accelerated_hold(self, timeout, retry_interval) as algo:
+            yield algo
+
+    acquire_algorithm_lock.__doc__ = oriones_hold.__doc__
+    acquire_algorithm_lock.__wrapped_by_orion_track_redis__ = oriones_hold
+    Experiment.acquire_algorithm_lock = acquire_algorithm_lock
+
+
+@contextlib.contextmanager
+def _accelerated_hold(experiment, timeout, retry_interval):
+    """Oríon's hold contract (writable check, configuration check, state in and out), with the
+    state adopted and exported without copies."""
+    experiment._check_if_writable()
+    with experiment._storage.acquire_algorithm_lock(
+        experiment=experiment, timeout=timeout, retry_interval=retry_interval
+    ) as locked:
+        algorithm = experiment.algorithm
+        _check_configuration(locked.configuration, algorithm, experiment)
+        if locked.state:
+            adopt_state(algorithm, locked.state)
+        yield algorithm
+        locked.set_state(export_state(algorithm))
+
+
+def _check_configuration(saved, algorithm, experiment):
+    current = algorithm.configuration
+    if saved != current:
+        log.warning("Saved configuration: %s", saved)
+        log.warning("Current configuration: %s %s", current, experiment._storage._db)
+        raise RuntimeError(
+            "Algorithm configuration changed since last experiment execution. "
+            "Algorithm cannot be resumed with a different configuration. "
+        )
+
+
+# -- walking the wrapper chain -------------------------------------------------------------------
+def _kind(node) -> str:
+    """'insist', 'transform', 'leaf' (one of Oríon's own algorithms) or 'other'."""
+    from orion.algo.base import BaseAlgorithm
+    from orion.core.worker.algo_wrappers import InsistSuggest
+    from orion.core.worker.algo_wrappers.algo_wrapper import AlgoWrapper
+    from orion.core.worker.algo_wrappers.space_transform import SpaceTransform
+
+    cls = type(node)
+    if cls is InsistSuggest:
+        return "insist"
+    if cls is SpaceTransform:
+        return "transform"
+    if (isinstance(node, BaseAlgorithm) and not isinstance(node, AlgoWrapper)
+            and cls.__module__.startswith("orion.algo.")):
+        return "leaf"
+    return "other"
+
+
+def adopt_state(node, state: dict) -> None:
+    """``node.set_state(state)`` for a state nobody else holds: its parts are installed as
+    they are."""
+    kind = _kind(node)
+    if kind == "insist":
+        # InsistSuggest keeps no registry state of its own: it mirrors the inner one's
+        adopt_state(node.algorithm, state["algorithm"])
+        node.registry._trials = dict(node.algorithm.registry._trials)
+    elif kind == "transform":
+        node.registry._trials = state["registry"]["_trials"]
+        adopt_state(node.algorithm, state["algorithm"])
+        node.registry_mapping._mapping = state["registry_mapping"]["_mapping"]
+    elif kind == "leaf":
+        with _copy_free_registries():
+            node.set_state(state)
+    else:
+        node.set_state(state)
+
+
+def export_state(node) -> dict:
+    """``node.state_dict`` for a state that is encoded at once: live parts, no copies. Same
+    keys and values as Oríon's."""
+    kind = _kind(node)
+    if kind == "insist":
+        return {"algorithm": export_state(node.algorithm)}
+    if kind == "transform":
+        return {"registry": {"_trials": node.registry._trials},
+                "algorithm": export_state(node.algorithm),
+                "registry_mapping": {"_mapping": node.registry_mapping._mapping}}
+    if kind == "leaf":
+        with _copy_free_registries():
+            return node.state_dict
+    return node.state_dict
+
+
+# -- registries -----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _copy_free_registries():
+    token = _COPY_FREE.set(True)
+    try:
+        yield
+    finally:
+        _COPY_FREE.reset(token)
+
+
+def _patch_registries():
+    """Registry/RegistryMapping skip their whole-dict copies while _COPY_FREE is set."""
+    from orion.algo.base.registry import Registry, RegistryMapping
+
+    for cls, attr in ((Registry, "_trials"), (RegistryMapping, "_mapping")):
+        _patch_one(cls, attr)
+
+
+def _patch_one(cls, attr):
+    own_get = cls.state_dict.fget
+    own_set = cls.set_state
+
+    def state_dict(self):
+        if _COPY_FREE.get():
+            return {attr: getattr(self, attr)}
+        return own_get(self)
+
+    def set_state(self, statedict):
+        if _COPY_FREE.get():
+            setattr(self, attr, statedict[attr])
+        else:
+            own_set(self, statedict)
+
+    state_dict.__doc__, set_state.__doc__ = own_get.__doc__, own_set.__doc__
+    cls.state_dict = property(state_dict)
+    cls.set_state = set_state

@@ -1,0 +1,414 @@
+"""The hold accelerator (accel.py) against unmodified Oríon: a differential oracle.
+
+Two worlds run the same seeded schedule of two interleaved workers (suggest, complete,
+interrupt, break; fidelities included), one with copy-free holds, one with Oríon's own
+``set_state``/``state_dict``. After every step both must have produced the same trials (or the
+same refusal) and hold the same algorithm state in Redis, decoded and compared whole, object
+sharing included (only the trials' wall-clock timestamps differ between worlds and are blanked).
+
+Algorithms covered: random, gridsearch, asha, hyperband, tpe, EvolutionES, pbt, mofa (a short
+schedule: MOFA with pandas 3 crashes once its first iteration completes). Skipped with the
+reason where their optional dependencies are missing: pb2, bohb, dehb, nevergrad, ax, hebo.
+
+The oracle is shown to catch what it guards (``test_oracle_catches_*``): a hold that writes
+back its adopted, already-changed state after a failure, and a copy inside the algorithm
+dropped in the accelerated world only (a registry keeping the caller's trial), each make it
+report a difference.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import pickle
+import random
+import uuid
+import warnings
+
+import pytest
+
+import orion.algo.hebo  # noqa: F401 - registers HEBO in the algorithm factory
+import orion.algo.pbt.pbt  # noqa: F401 - registers PBT in the algorithm factory
+from orion.client import build_experiment
+from orion.core.utils.exceptions import (
+    BrokenExperiment,
+    CompletedExperiment,
+    ReservationRaceCondition,
+    WaitingForTrials,
+)
+from orion.core.worker.experiment import Experiment
+from orion.core.worker.trial import Trial
+from orion.storage.base import LockedAlgorithmState
+from orion_track_redis import accel, codec
+from orion_track_redis.lock import LockClient
+from orion_track_redis.statecodec import load_state
+
+SECRET = "accel-test-secret"  # MOFA's state holds scipy objects: signed states only
+FIDELITY_SPACE = {
+    "x": "uniform(0, 1)",
+    "y": "loguniform(1e-3, 1)",
+    "c": "choices(['a', 'b', 3])",
+    "i": "uniform(0, 10, discrete=True)",
+    "f": "fidelity(1, 8, base=2)",
+}
+FLAT_SPACE = {k: v for k, v in FIDELITY_SPACE.items() if k != "f"}
+REAL_SPACE = {"x": "uniform(0, 1)", "y": "loguniform(1e-3, 1)"}
+# name -> (algorithm config, space, steps)
+ALGORITHMS = {
+    "random": ({"random": {"seed": 1}}, FIDELITY_SPACE, 40),
+    "gridsearch": ({"gridsearch": {"n_values": 3}}, FIDELITY_SPACE, 40),
+    "asha": ({"asha": {"seed": 1, "num_brackets": 2}}, FIDELITY_SPACE, 40),
+    "hyperband": ({"hyperband": {"seed": 1}}, FIDELITY_SPACE, 40),
+    "tpe": ({"tpe": {"seed": 1, "n_initial_points": 4}}, FIDELITY_SPACE, 30),
+    "EvolutionES": ({"EvolutionES": {"seed": 1}}, FIDELITY_SPACE, 40),
+    "pbt": ({"pbt": {"seed": 1, "population_size": 5, "generations": 4, "fork_timeout": 0.05}},
+            FIDELITY_SPACE, 30),
+    "mofa": ({"mofa": {"seed": 1, "n_levels": 2, "strength": 1}}, REAL_SPACE, 3),
+}
+OPTIONAL = {
+    "pb2": ({"pb2": {"seed": 1, "population_size": 5, "generations": 4}}, FIDELITY_SPACE, 20),
+    "bohb": ({"bohb": {"seed": 1}}, FIDELITY_SPACE, 20),
+    "dehb": ({"dehb": {"seed": 1}}, FIDELITY_SPACE, 20),
+    "nevergrad": ({"nevergradoptimizer": {"seed": 1}}, FLAT_SPACE, 20),
+    "ax": ({"axoptimizer": {"seed": 1}}, REAL_SPACE, 20),
+    "hebo": ({"hebo": {"seed": 1}}, FLAT_SPACE, 20),
+}
+REFUSALS = (WaitingForTrials, CompletedExperiment, BrokenExperiment, ReservationRaceCondition)
+_TIMES = ("submit_time", "start_time", "end_time", "heartbeat")
+
+
+class World:
+    """One experiment on its own in-process Redis, worked by two clients ("workers")."""
+
+    def __init__(self, name, algorithm, space, accelerate):
+        self.uri = f"fakeredis://accel-{uuid.uuid4().hex[:8]}"
+        storage = {"type": "redis", "uri": self.uri, "accelerate": accelerate,
+                   "state_secret": SECRET}
+        self.workers = [build_experiment(f"accel-{name}", space=space, algorithm=algorithm,
+                                         max_trials=200, storage=dict(storage))
+                        for _ in range(2)]
+        self.accelerate = accelerate
+        self.storage = self.workers[0]._experiment._storage
+        assert self.storage.accelerated_holds is accelerate
+        self.reserved: list[Trial | None] = [None, None]
+
+    stepping: World | None = None  # the world running a step (for the oracle's mutants)
+
+    def step(self, worker: int, action: str, refusals=REFUSALS):
+        """Run one action of one worker; returns what an observer of it sees."""
+        World.stepping = self
+        try:
+            return self._step(worker, action, refusals)
+        finally:
+            World.stepping = None
+
+    def _step(self, worker, action, refusals):
+        client, trial = self.workers[worker], self.reserved[worker]
+        if trial is None:
+            try:
+                trial = client.suggest()
+            except refusals as exc:
+                return ("refused", type(exc).__name__)
+            self.reserved[worker] = trial
+            return ("suggested", trial.id, sorted(trial.params.items(), key=str))
+        self.reserved[worker] = None
+        if action == "complete":
+            value = trial.params["x"] + trial.params.get("y", 0) / 10
+            client.observe(trial, [{"name": "obj", "type": "objective", "value": value}])
+        else:
+            client.release(trial, status=action)
+        return (action, trial.id)
+
+    def close(self):
+        """Release what the workers still hold (their pacemaker threads would keep the test
+        process alive) and close the clients."""
+        for worker, trial in enumerate(self.reserved):
+            if trial is not None:
+                self.workers[worker].release(trial)
+        for client in self.workers:
+            client.close()
+
+    def stored_state(self):
+        """The algorithm state in Redis, decoded, with the wall-clock fields blanked."""
+        exp_id = self.workers[0]._experiment.id
+        info = self.storage.get_algorithm_lock_info(uid=exp_id)
+        return canonical(info.state)
+
+    def trials(self):
+        return sorted((t.id, t.status) for t in self.workers[0].fetch_trials())
+
+
+def canonical(state) -> bytes:
+    """Pickle of ``state`` with the trials' timestamps blanked: equal bytes mean the same
+    values and the same sharing of objects."""
+    seen: set[int] = set()
+    todo = [state]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, type(None))):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Trial):
+            for name in _TIMES:
+                setattr(obj, name, None)
+        if isinstance(obj, dict):
+            todo.extend(obj.keys())
+            todo.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            todo.extend(obj)
+        else:
+            todo.extend(getattr(obj, "__dict__", {}).values())
+            todo.extend(getattr(obj, name, None) for name in getattr(type(obj), "__slots__", ()))
+    return pickle.dumps(state, protocol=5)
+
+
+def schedule(seed: int, steps: int):
+    """A seeded interleaving of two workers' actions; mostly completions."""
+    rng = random.Random(seed)
+    actions = ["complete"] * 6 + ["interrupted", "broken"]
+    return [(rng.randrange(2), rng.choice(actions)) for _ in range(steps)]
+
+
+def compare_worlds(name, algorithm, space, steps, seed=7, refusals=REFUSALS):
+    """Run both worlds in lockstep; returns the first difference, or None."""
+    quiet = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # Oríon warns about fidelities and duplicates
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                fast = World(name, algorithm, space, accelerate=True)
+                plain = World(name, algorithm, space, accelerate=False)
+            except ImportError as exc:
+                pytest.skip(f"{name}: optional dependency missing ({exc})")
+            try:
+                return _first_difference(name, fast, plain, schedule(seed, steps), refusals)
+            finally:
+                fast.close()
+                plain.close()
+    finally:
+        logging.disable(quiet)
+
+
+def _first_difference(name, fast, plain, steps, refusals):
+    for number, (worker, action) in enumerate(steps):
+        seen_fast = fast.step(worker, action, refusals)
+        seen_plain = plain.step(worker, action, refusals)
+        where = f"{name}, step {number} (worker {worker}, {action})"
+        if seen_fast != seen_plain:
+            return f"{where}: accelerated saw {seen_fast}, Oríon saw {seen_plain}"
+        if fast.trials() != plain.trials():
+            return f"{where}: the stored trials differ"
+        if fast.stored_state() != plain.stored_state():
+            return f"{where}: the stored algorithm states differ"
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_accelerated_holds_match_orion(name):
+    assert accel.install()
+    assert compare_worlds(name, *ALGORITHMS[name]) is None
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONAL))
+def test_accelerated_holds_match_orion_optional(name):
+    assert compare_worlds(name, *OPTIONAL[name]) is None
+
+
+def test_schedules_exercise_every_action():
+    """The oracle's schedule reaches suggestions, completions, interruptions and breaks with
+    both workers holding trials at once (otherwise it would prove less than it says)."""
+    world = World("coverage", {"random": {"seed": 1}}, FIDELITY_SPACE, accelerate=True)
+    seen, both_reserved = set(), False
+    try:
+        for worker, action in schedule(7, 40):
+            seen.add(world.step(worker, action)[0])
+            both_reserved |= all(t is not None for t in world.reserved)
+    finally:
+        world.close()
+    assert {"suggested", "complete", "interrupted", "broken"} <= seen
+    assert both_reserved
+
+
+def test_oracle_catches_a_hold_that_writes_back_its_changed_state(monkeypatch):
+    """A failure inside an accelerated hold must leave the stored state as it was read. By
+    then the adopted dict has changed (the suggestion is in its registry): writing it back, as
+    the hold did before the accelerator, is a difference the oracle finds."""
+    own_register = Experiment.register_trial
+    produced = {True: 0, False: 0}  # per world
+
+    def flaky_register(self, trial, status="new"):
+        world = World.stepping.accelerate
+        produced[world] += 1
+        if produced[world] % 5 == 0:  # a failure inside the produce hold, after suggest
+            raise RuntimeError("injected failure inside the hold")
+        return own_register(self, trial, status=status)
+
+    monkeypatch.setattr(Experiment, "register_trial", flaky_register)
+    failing = (*REFUSALS, RuntimeError)
+    assert compare_worlds("random", *ALGORITHMS["random"][:2], 30, refusals=failing) is None
+
+    @contextlib.contextmanager
+    def writes_back_on_failure(self, ek, timeout, retry_interval):
+        """LockClient.hold as it was before the accelerator (no renewal: holds are short)."""
+        token, configuration, raw_state = self._acquire(ek, timeout, retry_interval)
+        locked = LockedAlgorithmState(state=self._state(raw_state, ek),
+                                      configuration=codec.loads(configuration, ek.lock))
+        try:
+            yield locked
+        except BaseException:
+            locked.reset()
+            raise
+        finally:
+            self._release(ek, token, locked.state)
+
+    monkeypatch.setattr(LockClient, "hold", writes_back_on_failure)
+    found = compare_worlds("random", *ALGORITHMS["random"][:2], 30, refusals=failing)
+    assert found is not None and "algorithm states differ" in found
+
+
+def test_oracle_catches_a_missing_copy_inside_the_algorithm(monkeypatch):
+    """The copies inside suggest/observe stay. Drop one in the accelerated world only (the
+    registry keeps the caller's trial instead of its own copy; Oríon then stamps that trial
+    with the experiment id while registering it) and the oracle must report it."""
+    from orion.algo.base import registry as registry_module
+
+    own_register = registry_module.Registry.register
+
+    def keeps_callers_trial(self, trial):
+        trial_id = own_register(self, trial)
+        if World.stepping is not None and World.stepping.accelerate:
+            self._trials[trial_id] = trial
+        return trial_id
+
+    monkeypatch.setattr(registry_module.Registry, "register", keeps_callers_trial)
+    found = compare_worlds("random", *ALGORITHMS["random"][:2], 30)
+    assert found is not None and "algorithm states differ" in found
+
+
+def test_unaccelerated_storages_and_other_backends_run_orions_code(monkeypatch):
+    """accelerate=false, ORION_REDIS_ACCELERATE=0 and Legacy storages never enter the copy-free
+    path; the accelerated one does."""
+    calls = []
+    real = accel._accelerated_hold
+    monkeypatch.setattr(accel, "_accelerated_hold",
+                        lambda *a: calls.append(a[0]._storage) or real(*a))
+
+    def one_trial(storage):
+        client = build_experiment(f"scope-{uuid.uuid4().hex[:6]}", space=REAL_SPACE,
+                                  algorithm={"random": {"seed": 1}}, storage=storage)
+        trial = client.suggest()
+        client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
+        return client._experiment._storage
+
+    on = one_trial({"type": "redis", "uri": "fakeredis://scope-on"})
+    assert calls and all(s is on for s in calls)
+    calls.clear()
+    one_trial({"type": "redis", "uri": "fakeredis://scope-off", "accelerate": False})
+    one_trial({"type": "legacy", "database": {"type": "EphemeralDB"}})
+    monkeypatch.setenv(accel.ENV, "0")
+    one_trial({"type": "redis", "uri": "fakeredis://scope-env"})
+    assert calls == []
+
+
+def test_off_on_an_unverified_orion(monkeypatch, caplog):
+    monkeypatch.setattr(accel, "_installed", None)
+    monkeypatch.setattr(accel, "VERIFIED_ORION", ("0.0.1",))
+    with caplog.at_level(logging.WARNING, logger="orion_track_redis.accel"):
+        assert accel.install() is False
+    assert [r.getMessage() for r in caplog.records
+            if "accelerator off" in r.getMessage()] != []
+    storage = build_experiment(f"unverified-{uuid.uuid4().hex[:6]}", space=REAL_SPACE,
+                               algorithm={"random": {"seed": 1}},
+                               storage={"type": "redis", "uri": "fakeredis://unverified"}
+                               )._experiment._storage
+    assert storage.accelerated_holds is False
+
+
+def test_accelerated_hold_copies_nothing_it_need_not(monkeypatch):
+    """The point of it: at 60 trials, a hunt step's holds call deepcopy on whole registries
+    with Oríon's path and never with the accelerated one."""
+    import copy
+
+    counts = {"registry": 0}
+    own = copy.deepcopy
+
+    def counting(obj, memo=None, _nil=[]):  # noqa: B006 - deepcopy's own signature
+        if isinstance(obj, dict) and len(obj) >= 50 and all(
+                isinstance(v, Trial) for v in list(obj.values())[:3]):
+            counts["registry"] += 1
+        return own(obj, memo)
+
+    for accelerate, expect_copies in ((False, True), (True, False)):
+        client = build_experiment(f"copies-{uuid.uuid4().hex[:6]}", space=REAL_SPACE,
+                                  algorithm={"random": {"seed": 1}}, max_trials=1000,
+                                  storage={"type": "redis", "uri": "fakeredis://copies",
+                                           "accelerate": accelerate})
+        for _ in range(60):
+            trial = client.suggest()
+            client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
+        counts["registry"] = 0
+        monkeypatch.setattr(copy, "deepcopy", counting)
+        trial = client.suggest()
+        client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
+        monkeypatch.setattr(copy, "deepcopy", own)
+        assert (counts["registry"] > 0) is expect_copies, (accelerate, counts)
+
+
+def test_adopted_state_is_the_decoded_one():
+    """Sanity of the walk itself: after a copy-free hold the live registries hold exactly the
+    stored trials, and InsistSuggest's registry is a dict of its own."""
+    client = build_experiment(f"walk-{uuid.uuid4().hex[:6]}", space=REAL_SPACE,
+                              algorithm={"random": {"seed": 1}},
+                              storage={"type": "redis", "uri": "fakeredis://walk"})
+    for _ in range(5):
+        trial = client.suggest()
+        client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
+    exp = client._experiment
+    with exp.acquire_algorithm_lock() as algo:
+        insist, transform = algo, algo.algorithm
+        assert insist.registry._trials is not transform.registry._trials
+        assert set(insist.registry._trials) == set(transform.registry._trials)
+        assert len(transform.algorithm.registry) == 5
+    raw = exp._storage.client.hget(exp._storage._ek(exp.id).lock, "state")
+    state = load_state(raw, None)
+    assert len(state["algorithm"]["registry"]["_trials"]) == 5
+    assert set(state) == {"algorithm"}
+    assert set(state["algorithm"]) == {"registry", "algorithm", "registry_mapping"}
+
+
+@pytest.mark.slow
+def test_accelerated_fleet_completes_and_observes_every_trial_once(redis_server, tmp_path):
+    """Four `orion hunt` processes with copy-free holds: every trial completed once, and the
+    algorithm state left in Redis has observed exactly the completed trials (a hold that lost
+    another worker's update would leave some out)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from orion_track_redis import Redis
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    prefix = f"accel-fleet-{uuid.uuid4().hex[:8]}"
+    uri = f"{redis_server.url}/0?prefix={prefix}"
+    config = tmp_path / "orion_config.yaml"
+    config.write_text(f'storage:\n  type: redis\n  database:\n    host: "{uri}"\n'
+                      "experiment:\n  algorithms:\n    random:\n      seed: null\n")
+    cmd = [str(Path(sys.executable).with_name("orion")), "hunt", "--config", str(config),
+           "-n", "accel-fleet", "--max-trials", "40", sys.executable,
+           str(examples / "objective.py"), "-x~uniform(-5, 5)", "-y~uniform(-5, 5)"]
+    env = dict(os.environ, ORION_REDIS_URI="", **{accel.ENV: "1"})
+    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env, cwd=tmp_path) for _ in range(4)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0] * 4, [o[-2000:] for o in outputs]
+
+    storage = Redis(uri=uri)
+    (exp,) = storage.fetch_experiments({"name": "accel-fleet"})
+    completed = [t for t in storage.fetch_trials(uid=exp["_id"]) if t.status == "completed"]
+    assert len(completed) >= 40
+    assert len({t.id for t in completed}) == len(completed), "no trial completed twice"
+    state = storage.get_algorithm_lock_info(uid=exp["_id"]).state
+    registry = state["algorithm"]["registry"]["_trials"].values()
+    observed = sorted(t.params_repr() for t in registry if t.status == "completed")
+    assert observed == sorted(t.params_repr() for t in completed)
