@@ -42,7 +42,7 @@ from run import (  # noqa: E402 - the shared helpers of the main benchmark
 MODES = {
     "full": {"sizes": (100, 500, 2000), "samples": 5},
     "quick": {"sizes": (100, 500), "samples": 3},
-    "smoke": {"sizes": (20, 40), "samples": 2},
+    "smoke": {"sizes": (10, 20), "samples": 2},
 }
 ALGORITHMS = {"random": {"random": {"seed": 1}},
               "tpe": {"tpe": {"seed": 1, "n_initial_points": 20}}}

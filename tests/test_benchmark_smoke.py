@@ -121,7 +121,8 @@ def test_lock_hold_anatomy(smoke):
     an = res["lock_hold_anatomy"]
     sizes = res["meta"]["config"]["anatomy_sizes"]
     rows = {(r["backend"], r["trials"]): r for r in an["rows"]}
-    assert set(rows) == {(b, n) for b in ("redis", "ephemeraldb", "pickleddb") for n in sizes}
+    backends = ("redis", "redis-orion-hold", "ephemeraldb", "pickleddb")
+    assert set(rows) == {(b, n) for b in backends for n in sizes}
     assert an["pool_size"] == 1 and an["holds_per_trial"] == 2
     for row in rows.values():
         assert row["samples"] == res["meta"]["config"]["anatomy_samples"]
@@ -132,7 +133,7 @@ def test_lock_hold_anatomy(smoke):
             assert 0 < p["storage_ms"] < p["hold_ms"] and 0 < p["orion_ms"] < p["hold_ms"]
         assert row["ceiling_trials_per_s"] == pytest.approx(1000 / row["per_trial"]["hold_ms"])
         assert row["state_bytes"] > 0
-    for backend in ("redis", "ephemeraldb", "pickleddb"):  # the state grows with the trials
+    for backend in backends:  # the state grows with the trials
         assert rows[(backend, sizes[-1])]["state_bytes"] > rows[(backend, sizes[0])]["state_bytes"]
     bound = res["fleet_bound"]
     assert bound["anatomy_trials"] in sizes and bound["first_k"] >= 1
@@ -148,3 +149,23 @@ def test_targets_are_evaluated(smoke):
     for target in targets:
         assert _number(target["value"]), target
         assert target["pass"] in (True, False)
+
+
+def test_hold_anatomy_script(tmp_path):
+    """benchmarks/hold_anatomy.py --smoke: every algorithm x backend x size, holds split into
+    storage and Oríon, and the table comparing copy-free holds with Oríon's own."""
+    out = tmp_path / "holds.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hold_anatomy.py"),
+                           "--smoke", "--out", str(out)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    res = json.loads(out.read_text())
+    rows = {(r["algorithm"], r["backend"], r["trials"]): r for r in res["rows"]}
+    assert set(rows) == {(a, b, n) for a in ("random", "tpe")
+                         for b in ("accelerated", "orion-path", "ephemeraldb") for n in (10, 20)}
+    for row in rows.values():
+        p = row["per_trial"]
+        assert all(_number(p[k]) for k in ("hold_ms", "storage_ms", "orion_ms")), row
+        assert 0 < p["storage_ms"] < p["hold_ms"]
+        assert row["ceiling_trials_per_s"] == pytest.approx(1000 / p["hold_ms"])
+    assert "| random | 20 |" in proc.stdout and "accelerated / Oríon's path" in proc.stdout
