@@ -95,7 +95,7 @@ class SimWorker:
     def fetch_trials(self):
         """fetch_trials' Redis side: the changes since this worker's revision (no Trial built)."""
         from orion_track_redis.keys import CHANGE_LOG_KEEP
-        from orion_track_redis.storage import _score_pairs
+        from orion_track_redis.storage import _chunks, _is_cluster, _score_pairs
 
         ek, storage = self.ek, self.storage
         if self.rev is not None:
@@ -110,7 +110,13 @@ class SimWorker:
         pipe.execute_command("ZRANGE", ek.all, 0, -1, "WITHSCORES")
         raw_rev, pairs = pipe.execute()
         tokens = [t.decode() for t, _ in _score_pairs(pairs)]
-        storage._read_trials(ek, tokens)  # fetch_docs in chunks; JSON parsed, no Trial built
+        # the trials in fetch_docs chunks as the storage sends them (unparsed here)
+        # (a Cluster pipeline refuses EVALSHA: one call per chunk there, as the storage does)
+        pipe = None if _is_cluster(storage.client) else storage.client.pipeline(False)
+        for chunk in _chunks(tokens):
+            storage.scripts.fetch_docs(keys=[ek.trial_prefix + t for t in chunk], client=pipe)
+        if pipe is not None:
+            pipe.execute()
         self.rev = int(raw_rev or 0)
 
     def step(self, name, trial=None):
@@ -582,7 +588,7 @@ def main(argv=None):
     ap.add_argument("--trial-s", type=float, default=20.0, help="objective duration")
     ap.add_argument("--hold-ms", type=float, default=5.0,
                     help="the algorithm's time inside each lock hold (produce and observe)")
-    ap.add_argument("--procs", type=int, default=2, help="generator processes")
+    ap.add_argument("--procs", type=int, default=4, help="generator processes")
     ap.add_argument("--ramp-workers", type=int, default=240)
     ap.add_argument("--ramp-experiments", type=int, default=24)
     ap.add_argument("--ramp-trials", type=int, default=3)
@@ -592,6 +598,9 @@ def main(argv=None):
     ap.add_argument("--cluster", action="store_true", help="also run the top step on a Cluster")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop our redis-servers too
     if args.smoke:
         args.sizes, args.trials_per_worker, args.trial_s = "40", 2, 1.0
         args.ramp_workers, args.ramp_experiments, args.ramp_trials = 20, 4, 2

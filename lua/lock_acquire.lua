@@ -14,6 +14,8 @@
 -- Returns one table: {1, holder token, fence, configuration, state} acquired |
 --   {0, holder's remaining TTL ms (0: free, an earlier waiter's turn), place in the queue
 --   (0 = head)} wait | {-1} no lock record
+-- @include lock_queue.lua
+
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 local current = redis.call('GET', KEYS[2])
 if current then
@@ -24,13 +26,7 @@ if current then
     return {1, current, tonumber(fence), rec[1], rec[2]}
   end
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 100)
-for i = 1, #lapsed do
-  redis.call('ZREM', KEYS[3], lapsed[i])
-  redis.call('ZREM', KEYS[4], lapsed[i])
-end
+local now, t = now_ms()
 if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then
   redis.call('ZADD', KEYS[3], redis.call('HINCRBY', KEYS[1], 'ticket', 1), ARGV[1])
 end
@@ -38,13 +34,11 @@ redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[1])
 if current then
   return {0, redis.call('PTTL', KEYS[2]), redis.call('ZRANK', KEYS[3], ARGV[1])}
 end
-local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+local head = live_head(KEYS[3], KEYS[4], now)
 if head ~= ARGV[1] then
   -- free, and an earlier waiter's turn: wake it (again: its wake-up may have gone to a dead
   -- waiter dropped just now, or been lost with a connection)
-  local wake = ARGV[4] .. head
-  redis.call('RPUSH', wake, 1)
-  redis.call('PEXPIRE', wake, tonumber(ARGV[5]))
+  wake(ARGV[4], head, tonumber(ARGV[5]))
   return {0, 0, redis.call('ZRANK', KEYS[3], ARGV[1])}
 end
 redis.call('ZREM', KEYS[3], ARGV[1])

@@ -9,6 +9,8 @@
 -- ARGV[5] wake key prefix "{P:E}:lock:wake:" (+ the head's owner id, known only here; it
 -- shares the tag of KEYS); ARGV[6] wake key TTL in ms
 -- Returns: 1 released | 0 not the holder (nothing written) | -1 no lock record
+-- @include lock_queue.lua
+
 local prior = redis.call('GET', KEYS[5])
 if prior then  -- a retry: a write, so a WAIT after this call covers the first attempt too
   redis.call('EXPIRE', KEYS[5], tonumber(ARGV[4]))
@@ -18,18 +20,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'state', ARGV[3]) end
 redis.call('DEL', KEYS[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 100)
-for i = 1, #lapsed do
-  redis.call('ZREM', KEYS[3], lapsed[i])
-  redis.call('ZREM', KEYS[4], lapsed[i])
-end
-local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
-if head then
-  local wake = ARGV[5] .. head
-  redis.call('RPUSH', wake, 1)
-  redis.call('PEXPIRE', wake, tonumber(ARGV[6]))
-end
+local head = live_head(KEYS[3], KEYS[4], now_ms())
+if head then wake(ARGV[5], head, tonumber(ARGV[6])) end
 redis.call('SET', KEYS[5], 1, 'EX', tonumber(ARGV[4]))
 return 1
