@@ -161,7 +161,7 @@ class SimWorker:
                 locked.set_state({"releases": n, "blob": bytes(size)})
                 released = time.perf_counter()
             self.stats["calls"]["lock_release"].append((time.perf_counter() - released) * 1000)
-            self.stats["locks"].append((arrived, acquired, time.monotonic()))
+            self.stats["locks"].append((arrived, acquired, time.monotonic(), self.exp_id))
         except Exception as exc:  # LockAcquisitionTimeout counts, others are reported
             self.stats["errors"].append(f"{type(exc).__name__}: {exc}")
 
@@ -312,14 +312,18 @@ def lock_fairness(locks) -> dict:
     arrived more than FIFO_EPS_S after it got the lock before it."""
     if not locks:
         return {}
-    waits = [acq - arr for arr, acq, _ in locks]
-    by_acq = sorted(locks, key=lambda l: l[1])
-    overtaken, worst, latest = 0, 0.0, float("-inf")
-    for arr, _, _ in by_acq:
-        if latest > arr + FIFO_EPS_S:
-            overtaken += 1
-            worst = max(worst, latest - arr)
-        latest = max(latest, arr)
+    waits = [acq - arr for arr, acq, _, _ in locks]
+    overtaken, worst = 0, 0.0
+    by_exp = defaultdict(list)  # one lock per experiment: order matters within one only
+    for lock in locks:
+        by_exp[lock[3]].append(lock)
+    for same in by_exp.values():
+        latest = float("-inf")
+        for arr, _, _, _ in sorted(same, key=lambda l: l[1]):
+            if latest > arr + FIFO_EPS_S:
+                overtaken += 1
+                worst = max(worst, latest - arr)
+            latest = max(latest, arr)
     median = statistics.median(waits)
     return {"acquisitions": len(locks), "wait_p50_s": median, "wait_p99_s": pct(waits, 0.99),
             "wait_max_s": max(waits), "max_over_median": max(waits) / median if median else None,
@@ -333,8 +337,8 @@ def burst_fairness(locks, workers) -> dict:
     if len(first) < 2:
         return {}
     first.sort(key=lambda l: l[0])
-    waits = [acq - arr for arr, acq, _ in first]
-    holds = [end - acq for _, acq, end in first]
+    waits = [acq - arr for arr, acq, _, _ in first]
+    holds = [end - acq for _, acq, end, _ in first]
     deciles = []
     n = len(first)
     for d in range(10):
