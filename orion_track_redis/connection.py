@@ -190,7 +190,7 @@ ACL_COMMANDS = (
     "watch", "unwatch", "multi", "exec",
     # inside the Lua scripts
     "hget", "hincrby", "incr", "pexpire", "pttl", "rpush", "set", "time", "zadd", "zrem",
-    "zscore", "zremrangebyrank", "expire",
+    "zscore", "zremrangebyrank", "expire", "zrank",
 )
 
 

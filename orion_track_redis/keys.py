@@ -23,9 +23,13 @@ key                             type      content
                                           elements in fields of their own (codec.encode_trial)
 ``{P:E}:req:<request id>``      string    result of a write request, kept REQUEST_TTL seconds
                                           (a retried call returns it instead of re-applying)
-``{P:E}:lock``                  hash      algorithm lock record: configuration, state, fence
+``{P:E}:lock``                  hash      algorithm lock record: configuration, state, fence,
+                                          ticket (last arrival ticket given to a waiter)
 ``{P:E}:lock:holder``           string    "<fence>:<owner>" of the holder, with a PX TTL
-``{P:E}:lock:wake``             list      token pushed on release to wake one waiter
+``{P:E}:lock:queue``            zset      waiting owner -> arrival ticket (FIFO hand-off)
+``{P:E}:lock:leases``           zset      waiting owner -> end of its lease (server ms)
+``{P:E}:lock:wake:<owner>``     list      token pushed to wake that waiter (its turn came);
+                                          expires by itself
 ==============================  ========  ==================================================
 """
 from __future__ import annotations
@@ -195,8 +199,21 @@ class ExperimentKeys:
         return f"{self.tag}:lock:holder"
 
     @cached_property
-    def lock_wake(self) -> str:
-        return f"{self.tag}:lock:wake"
+    def lock_queue(self) -> str:
+        return f"{self.tag}:lock:queue"
+
+    @cached_property
+    def lock_leases(self) -> str:
+        return f"{self.tag}:lock:leases"
+
+    @cached_property
+    def lock_wake_prefix(self) -> str:
+        """Prefix of the waiters' wake keys: the scripts append the owner id of the waiter
+        whose turn came (only known inside them)."""
+        return f"{self.tag}:lock:wake:"
+
+    def lock_wake(self, owner: str) -> str:
+        return self.lock_wake_prefix + owner
 
     def unescape_trial(self, trial_token: str) -> str:
         """Trial id from the token stored in the indexes."""

@@ -1,11 +1,21 @@
-"""The algorithm lock: server-side TTL, background renewal, fencing, wake-up on release.
+"""The algorithm lock: server-side TTL, background renewal, fencing, FIFO hand-off.
 
 A holder owns the key ``{P:E}:lock:holder`` (value ``"<fence>:<owner>"``, PX TTL). The key
 expires by itself when a holder dies, so nobody ever needs ``orion db release``. While the
 ``with`` block runs, a daemon thread renews the TTL every TTL/3. The state is written at
 release only if the holder token still matches (its fence); a holder whose lock expired logs a
-warning and its state is dropped. Waiters block on ``BLPOP {P:E}:lock:wake`` which every release
-feeds, so a hand-off takes one round trip instead of ``retry_interval``.
+warning and its state is dropped.
+
+Waiters are served in arrival order. The first acquire call of a waiter gives it a ticket in
+``{P:E}:lock:queue``; only the queue's head takes a free lock, and a release wakes the head
+through its own list ``{P:E}:lock:wake:<owner>`` (one round trip, no polling delay). A waiter
+polls every ``retry_interval`` (its BLPOP times out), which refreshes its lease in
+``{P:E}:lock:leases``; a waiter whose lease has lapsed when it reaches the head (SIGKILLed, or
+stalled for longer than the lease) is dropped and loses its place, so a dead waiter delays the
+queue by at most ``lease + retry_interval`` (lease = max(LEASE_POLLS x retry_interval, LEASE_MIN_S): 3 s + 1 s
+with Oríon's retry_interval of 1 s). A waiter that gives up leaves the queue at once. So a
+waiter's wait is the holds of the waiters ahead of it plus one hand-off each: it times out only
+when those exceed its timeout.
 """
 from __future__ import annotations
 
@@ -23,6 +33,13 @@ from .keys import REQUEST_TTL, ExperimentKeys, new_request_id
 from .statecodec import dump_state, load_state
 
 log = logging.getLogger(__name__)
+
+# A waiter's lease covers this many of its polls (a late poll or two keeps its place) ...
+LEASE_POLLS = 3
+# ... and at least this long: a busy worker process may answer its poll late.
+LEASE_MIN_S = 2.0
+# A wake-up list outlives any wait for it (it is deleted when its waiter takes the lock).
+WAKE_TTL_MS = 60_000
 
 
 class LockClient:
@@ -59,7 +76,8 @@ class LockClient:
         pipe.delete(ek.lock)
         # one DEL per key: a Redis Cluster pipeline refuses multi-key DEL (same slot or not)
         pipe.delete(ek.lock_holder)
-        pipe.delete(ek.lock_wake)
+        pipe.delete(ek.lock_queue)
+        pipe.delete(ek.lock_leases)  # the waiters' wake lists expire by themselves
         return int(pipe.execute()[0])
 
     def force_release(self, ek: ExperimentKeys, new_state=None) -> int:
@@ -95,26 +113,44 @@ class LockClient:
                 )
 
     def _acquire(self, ek: ExperimentKeys, timeout: float, retry_interval: float):
+        """(holder token, configuration, raw state) once this waiter's turn came (FIFO)."""
         owner = uuid.uuid4().hex
+        poll = retry_interval if retry_interval > 0 else 0.05
+        lease_ms = int(max(LEASE_POLLS * poll, LEASE_MIN_S) * 1000)
         deadline = time.monotonic() + timeout
-        while True:
-            reply = self.scripts.lock_acquire(keys=[ek.lock, ek.lock_holder],
-                                              args=[owner, self.ttl_ms])
-            if int(reply[0]) == 1:
-                return reply[1].decode(), reply[3], reply[4]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise LockAcquisitionTimeout(
-                    f"could not acquire the algorithm lock of experiment {ek.exp_token} within "
-                    f"{timeout}s"
-                    + ("" if int(reply[0]) == 0 else " (the experiment has no lock record)")
-                )
-            # Wake on release; bounded by retry_interval (a wake token may go to another
-            # waiter) and by the holder's remaining TTL (a dead holder never releases).
-            wait = min(remaining, retry_interval if retry_interval > 0 else 0.05)
-            if int(reply[0]) == 0 and int(reply[1]) > 0:
-                wait = min(wait, int(reply[1]) / 1000)
-            self.client.blpop([ek.lock_wake], timeout=max(wait, 0.01))
+        try:
+            while True:
+                reply = self.scripts.lock_acquire(
+                    keys=[ek.lock, ek.lock_holder, ek.lock_queue, ek.lock_leases],
+                    args=[owner, self.ttl_ms, lease_ms, ek.lock_wake_prefix, WAKE_TTL_MS])
+                code = int(reply[0])
+                if code == 1:
+                    return reply[1].decode(), reply[3], reply[4]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LockAcquisitionTimeout(
+                        f"could not acquire the algorithm lock of experiment {ek.exp_token} "
+                        f"within {timeout}s"
+                        + ("" if code == 0 else " (the experiment has no lock record)"))
+                # Woken when our turn comes; polling every retry_interval keeps the lease. The
+                # head also watches the holder's TTL: a dead holder never releases.
+                wait = min(remaining, poll)
+                if code == 0 and int(reply[2]) == 0 and int(reply[1]) > 0:
+                    wait = min(wait, int(reply[1]) / 1000)
+                self.client.blpop([ek.lock_wake(owner)], timeout=max(wait, 0.01))
+        except BaseException:
+            self._leave(ek, owner)
+            raise
+
+    def _leave(self, ek: ExperimentKeys, owner: str) -> None:
+        """Leave the queue (timed out, interrupted) so the next waiter need not wait for our
+        lease to lapse. Best effort: the lease bounds the delay anyway."""
+        try:
+            self.scripts.lock_leave(
+                keys=[ek.lock_queue, ek.lock_leases, ek.lock_holder, ek.lock_wake(owner)],
+                args=[owner, ek.lock_wake_prefix, WAKE_TTL_MS])
+        except Exception as exc:  # noqa: BLE001 - the original error matters more
+            log.debug("could not leave the lock queue of %s: %s", ek.exp_token, exc)
 
     def renew(self, ek: ExperimentKeys, token: str) -> bool:
         return int(self.scripts.lock_renew(keys=[ek.lock_holder], args=[token, self.ttl_ms])) == 1
@@ -124,8 +160,10 @@ class LockClient:
         with no_gc():
             raw = dump_state(new_state, self.secret) if write else b""
         return int(self.scripts.lock_release(
-            keys=[ek.lock, ek.lock_holder, ek.lock_wake, ek.request(new_request_id())],
-            args=[token, "1" if write else "0", raw, REQUEST_TTL],
+            keys=[ek.lock, ek.lock_holder, ek.lock_queue, ek.lock_leases,
+                  ek.request(new_request_id())],
+            args=[token, "1" if write else "0", raw, REQUEST_TTL, ek.lock_wake_prefix,
+                  WAKE_TTL_MS],
         ))
 
     def _state(self, raw, ek: ExperimentKeys):

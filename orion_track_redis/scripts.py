@@ -34,6 +34,7 @@ NAMES = (
     "lock_acquire",
     "lock_renew",
     "lock_release",
+    "lock_leave",
 )
 READ_ONLY = ("fetch_docs", "fetch_changes", "lost_trials")  # never followed by WAIT
 

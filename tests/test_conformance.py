@@ -403,7 +403,8 @@ def test_hostile_experiment_ids_stay_in_their_slot(redis_storage):
         redis_storage.create_experiment(experiment_config(f"n-{exp_id}", _id=exp_id))
         redis_storage.register_trial(make_trial(exp_id, x=1.0))
         ek = redis_storage._ek(exp_id)
-        keys = [ek.rev, ek.all, ek.lock, ek.lock_holder, ek.lock_wake, ek.trial("abc"),
+        keys = [ek.rev, ek.all, ek.lock, ek.lock_holder, ek.lock_queue, ek.lock_leases,
+                ek.lock_wake("owner"), ek.trial("abc"),
                 *(ek.status(s) for s in ("new", "reserved"))]
         assert len({key_slot(k.encode()) for k in keys}) == 1
     for exp_id in ids:
