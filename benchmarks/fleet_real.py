@@ -254,9 +254,17 @@ def open_storage(backend: str, location: str):
     return Legacy(database={"type": "pickleddb", "host": location})
 
 
-def _last_line(path: Path) -> str:
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1][-300:] if lines else ""
+def _log_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+
+
+def _worker_record(index, code, end, log_path) -> dict:
+    lines = _log_lines(log_path)
+    record = {"index": index, "exit": code, "end": end,
+              "last_line": lines[-1][-300:] if lines else ""}
+    if code != 0 or any("Traceback" in line for line in lines):  # keep the story
+        record["log_tail"] = [line[-300:] for line in lines[-25:]]
+    return record
 
 
 def _read_jsonl(paths) -> list[dict]:
@@ -387,8 +395,8 @@ def run_fleet(spec: FleetSpec, backend: str, location: str, workdir: Path, *,
     return {
         "backend": backend, "spec": dataclasses.asdict(spec), "launch": launch,
         "capped": capped, "experiment_id": exp["_id"],
-        "workers": [{"index": i, "exit": workers[i].returncode, "end": ended[i],
-                     "last_line": _last_line(logs[i])} for i in range(len(workers))],
+        "workers": [_worker_record(i, workers[i].returncode, ended[i], logs[i])
+                    for i in range(len(workers))],
         "runs": _read_jsonl(sorted(runs.glob("*.jsonl"))),
         "locks": [r for r in timer_records if r["kind"] == "lock"],
         "lost": [r for r in timer_records if r["kind"] == "lost"],
@@ -413,12 +421,12 @@ def _dist(values) -> dict:
 
 
 def steady_window(raw) -> tuple[float, float] | None:
-    """(t0, t1): every worker has started its first trial by t0; t1 is the last trial start.
-    None when some worker never ran a trial or the window is empty."""
+    """(t0, t1): by t0 every worker that ever ran a trial has started its first one (start-up is
+    over); t1 is the last trial start (then the fleet only drains). None if empty."""
     first = {}
     for r in raw["runs"]:
         first[r["worker"]] = min(first.get(r["worker"], r["start"]), r["start"])
-    if len(first) < len(raw["workers"]):
+    if not first:
         return None
     t0, t1 = max(first.values()), max(r["start"] for r in raw["runs"])
     return (t0, t1) if t1 > t0 else None
@@ -468,9 +476,11 @@ def analyse(raw) -> dict:
     if window:
         t0, t1 = window
         overlap = sum(max(0.0, min(r["end"], t1) - max(r["start"], t0)) for r in runs)
+        alive = sum(max(0.0, min(w["end"], t1) - t0) for w in workers)  # worker time in window
         out.update(steady_from_s=t0 - launch, steady_to_s=t1 - launch,
                    steady_trials_per_s=sum(t0 < r["end"] <= t1 for r in runs) / (t1 - t0),
-                   steady_utilisation=overlap / (len(workers) * (t1 - t0)))
+                   steady_utilisation=overlap / alive if alive else None,
+                   steady_workers_alive_mean=alive / (t1 - t0))
     else:
         out.update(steady_from_s=None, steady_to_s=None, steady_trials_per_s=None,
                    steady_utilisation=None)
@@ -531,6 +541,12 @@ def _f(v, digits=2):
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def _cause(last_line: str) -> str:
+    """The exception class a worker's log ends with (its last line), else that line."""
+    head = last_line.split(":", 1)[0].strip()
+    return head.rsplit(".", 1)[-1] if head and " " not in head else last_line[:60]
+
+
 def render(results: list[dict]) -> str:
     head = ("| backend | workers | completed | wall s | trials/s | steady trials/s | ideal | "
             "utilisation | steady util. | died | run twice / params twice | false lost | "
@@ -540,7 +556,8 @@ def render(results: list[dict]) -> str:
     rows = [head, "|---|" + "---:|" * (head.count("|") - 2)]
     for a in results:
         lock, mem, dup = a["lock"], a["memory"], a["duplicates"]
-        died = ", ".join(f"{d['exit']}" for d in a["died"]) or "0"
+        causes = collections.Counter(_cause(d["last_line"]) for d in a["died"])
+        died = ", ".join(f"{n} {c}" for c, n in causes.most_common()) or "-"
         rows.append(
             f"| {a['backend']} | {a['workers']} | {a['completed']}"
             f"{' (capped)' if a['capped'] else ''} | {_f(a['wall_s'], 0)} | "
@@ -591,7 +608,15 @@ def main(argv=None) -> int:
                         help="extra environment variable for the workers (repeatable), "
                              "e.g. ORION_REDIS_ACCELERATE=1")
     parser.add_argument("--out", default=str(RESULTS / "fleet_real.json"))
+    parser.add_argument("--workdir", help="keep the fleets' files (logs, records) here "
+                                          "instead of a temporary directory")
+    parser.add_argument("--reanalyse", metavar="JSON",
+                        help="recompute the table from the raw records of an earlier run")
     args = parser.parse_args(argv)
+    if args.reanalyse:
+        earlier = json.loads(Path(args.reanalyse).read_text())
+        print(render([analyse(raw) for raw in earlier["raw"].values()]))
+        return 0
     extra_env = {}
     for item in args.env:
         key, sep, value = item.partition("=")
@@ -611,8 +636,10 @@ def main(argv=None) -> int:
             "command": "python benchmarks/fleet_real.py " + " ".join(argv),
             "machine": _machine(), "spec": dataclasses.asdict(spec)}
     results, raws = [], {}
-    with tempfile.TemporaryDirectory(prefix="orion-fleet-real-") as tmpdir:
-        tmp = Path(tmpdir)
+    with contextlib.ExitStack() as stack:
+        tmp = (Path(args.workdir) if args.workdir else
+               Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="orion-fleet-real-"))))
+        tmp.mkdir(parents=True, exist_ok=True)
         with RedisServer(tmp / "redis") as server:
             server.start()
             meta["redis_version"] = server.client().info("server")["redis_version"]
