@@ -1,0 +1,668 @@
+#!/usr/bin/env python
+"""A real fleet (issue 13, part 1): N separate `orion hunt` processes on one experiment.
+
+    python benchmarks/fleet_real.py [--workers 64] [--trials 320] [--sleep 5] [--heartbeat 5]
+        [--backends redis,pickleddb] [--env ORION_REDIS_ACCELERATE=1] [--out PATH]
+
+Each backend gets the same fleet in the same run: `orion hunt --init-only` creates the experiment
+(random search, two uniform parameters, cap ``--trials`` = the experiment's max_trials), then
+``--workers`` `orion hunt` processes are launched at once on it. The objective sleeps
+``--sleep`` seconds and imports nothing of Oríon (the cores go to Oríon and the storage, not to
+the objective); it appends one JSON line per run (trial id, worker, params, start, end) to a file
+of its worker. Workers run under this script's ``worker`` mode, which is `orion hunt` itself with
+two timers added (nothing else changes): every algorithm-lock acquisition through the storage
+(request -> acquired -> released, tagged produce/observe; a LockAcquisitionTimeout is recorded)
+and every non-empty ``Experiment.fetch_lost_trials`` (the trials a worker is about to declare
+lost). A sampler reads the fleet's memory every 2 s from /proc (RSS and PSS summed over every
+worker's process tree: the hunt, its pool process, the running objective; plus redis-server).
+
+Measured per backend (``analyse``): completed trials; trials/s over the whole run and over the
+steady state (from the moment every worker has started its first trial to the last trial start,
+after which the fleet only drains); utilisation = time in the objective / worker wall time (whole
+run, and steady state: objective time inside the window / (workers x window)); workers that died
+(exit code, last log line); duplicates (a trial run more than once, params completed twice);
+trials declared lost while their worker was alive; lock wait (request -> acquired) and hold
+(acquired -> released) p50/p99/max, the lock's busy share of the run; time from launch to a
+worker's first trial (Oríon start-up on a loaded machine); peak memory.
+
+Prints a table and writes ``benchmarks/results/fleet_real.json``. ``tests/test_fleet64.py``
+runs the same fleet (plain `orion hunt`, no timers) and asserts its invariants.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+ORION = str(Path(sys.executable).with_name("orion"))
+SPACE = ("-x~uniform(-5, 5)", "-y~uniform(-5, 5)")
+
+# The objective: no Oríon import (~2 s of CPU each on 2 cores), reports through
+# $ORION_RESULTS_PATH like Oríon's report_objective does.
+OBJECTIVE = """\
+import json, os, sys, time
+start = time.time()
+args = dict(zip(sys.argv[1::2], map(float, sys.argv[2::2])))
+time.sleep(float(os.environ["FLEET_SLEEP"]))  # pretend to train
+value = (args["-x"] - 2) ** 2 + (args["-y"] + 1) ** 2
+with open(os.environ["ORION_RESULTS_PATH"], "w") as fh:
+    json.dump([{"name": "objective", "type": "objective", "value": value}], fh)
+record = {"trial": os.environ["ORION_TRIAL_ID"], "worker": int(os.environ["FLEET_WORKER"]),
+          "x": args["-x"], "y": args["-y"], "value": value, "start": start, "end": time.time()}
+path = os.path.join(os.environ["FLEET_RUNS"], "runs-%s.jsonl" % os.environ["FLEET_WORKER"])
+with open(path, "a") as fh:
+    fh.write(json.dumps(record) + "\\n")
+"""
+
+
+@dataclasses.dataclass
+class FleetSpec:
+    workers: int = 64
+    trials: int = 320
+    sleep_s: float = 5.0
+    heartbeat_s: int = 5  # ORION_HEARTBEAT: a reserved trial is lost after 5x this
+    cap_s: float = 600.0  # wall-clock safety cap (then SIGINT, SIGKILL)
+    stagger_s: float = 0.0  # pause between two launches
+    instrument: bool = True  # run workers under the timers of ``worker`` mode
+    extra_env: dict = dataclasses.field(default_factory=dict)
+    idle_timeout: int | None = None  # None: Oríon's default
+    min_available_gib: float = 2.0  # stop the fleet if the machine's MemAvailable drops below
+
+
+# ------------------------------------------------------------------------------------------------
+# worker mode: `orion hunt` with timers (benchmark only)
+class _TimedLock:
+    """Wraps the storage's lock context manager: request -> acquired -> released."""
+
+    def __init__(self, cm, emit, op):
+        self.cm, self.emit, self.rec = cm, emit, {"kind": "lock", "op": op}
+
+    def __enter__(self):
+        self.rec["request"] = time.time()
+        try:
+            value = self.cm.__enter__()
+        except BaseException as exc:
+            self.rec.update(error=type(exc).__name__, failed=time.time())
+            self.emit(self.rec)
+            raise
+        self.rec["acquired"], self.rec["cpu_acquired"] = time.time(), time.process_time()
+        return value
+
+    def __exit__(self, *exc):
+        try:
+            return self.cm.__exit__(*exc)
+        finally:
+            self.rec["released"], self.rec["cpu_released"] = time.time(), time.process_time()
+            self.emit(self.rec)
+
+
+def _instrument(out_path: str) -> None:
+    from orion.core.worker import experiment as experiment_mod
+    from orion.core.worker import producer
+    from orion.storage.legacy import Legacy
+
+    from orion_track_redis.storage import Redis
+
+    out = open(out_path, "a", buffering=1)
+    write_lock = threading.Lock()
+    current = threading.local()
+
+    def emit(rec):
+        with write_lock:
+            out.write(json.dumps(rec) + "\n")
+
+    for name in ("produce", "observe"):  # the two callers of the lock
+        def tagged(self, *args, _original=getattr(producer.Producer, name), _name=name, **kw):
+            current.op = _name
+            try:
+                return _original(self, *args, **kw)
+            finally:
+                current.op = None
+        setattr(producer.Producer, name, tagged)
+
+    for cls in (Redis, Legacy):
+        def acquire(self, *args, _original=cls.acquire_algorithm_lock, **kw):
+            return _TimedLock(_original(self, *args, **kw), emit, getattr(current, "op", None))
+        cls.acquire_algorithm_lock = acquire
+
+    original_lost = experiment_mod.Experiment.fetch_lost_trials
+
+    def fetch_lost_trials(self, *args, **kw):
+        trials = original_lost(self, *args, **kw)
+        if trials:
+            emit({"kind": "lost", "t": time.time(), "ids": [t.id for t in trials]})
+        return trials
+    experiment_mod.Experiment.fetch_lost_trials = fetch_lost_trials
+
+
+def worker_main(out_path: str, argv: list[str]) -> int:
+    _instrument(out_path)
+    from orion.core.cli import main as orion_main
+
+    sys.argv = ["orion", *argv]
+    try:
+        return orion_main(argv) or 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+
+
+# ------------------------------------------------------------------------------------------------
+# memory of the fleet, from /proc
+def _children_map() -> dict[int, list[int]]:
+    children = collections.defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children[ppid].append(int(entry))
+    return children
+
+
+def _kib(path: str, field: str) -> int:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def memory_sample(roots: list[int]) -> dict:
+    """RSS and PSS (KiB) summed over the process trees of ``roots``; CPU seconds per tree."""
+    children = _children_map()
+    trees = {}
+    for root in roots:
+        seen, stack = set(), [root]
+        while stack:
+            pid = stack.pop()
+            if pid not in seen:
+                seen.add(pid)
+                stack.extend(children.get(pid, ()))
+        trees[root] = seen
+    every = set().union(*trees.values()) if trees else set()
+    return {"t": time.time(), "processes": len(every),
+            "rss_kib": sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in every),
+            "pss_kib": sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in every),
+            "mem_available_kib": _kib("/proc/meminfo", "MemAvailable:"),
+            "tree_cpu_s": {str(root): sum(_process_cpu(p, children=True) for p in tree)
+                           for root, tree in trees.items()},
+            "machine_busy_s": _machine_busy()}
+
+
+def _cores(samples, key) -> float | None:
+    """Mean cores used between the first and last sample: per-tree CPU deltas between
+    consecutive samples (a tree that ended drops out), or a machine-wide counter."""
+    if len(samples) < 2:
+        return None
+    total = 0.0
+    for a, b in zip(samples, samples[1:]):
+        if key == "tree_cpu_s":
+            total += sum(b[key][r] - a[key][r] for r in b[key] if r in a[key])
+        else:
+            total += b[key] - a[key]
+    return total / (samples[-1]["t"] - samples[0]["t"])
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine spent busy (all cores, every process), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------------------------------------
+# one fleet
+def _config(path: Path, backend: str, location: str) -> Path:
+    if backend == "redis":
+        storage = f"storage:\n  type: redis\n  database:\n    host: \"{location}\"\n"
+    else:
+        storage = ("storage:\n  type: legacy\n  database:\n    type: pickleddb\n"
+                   f"    host: \"{location}\"\n")
+    path.write_text(storage + "experiment:\n  algorithms:\n    random:\n      seed: null\n")
+    return path
+
+
+def open_storage(backend: str, location: str):
+    if backend == "redis":
+        from orion_track_redis import Redis
+
+        return Redis(uri=location)
+    from orion.storage.legacy import Legacy
+
+    return Legacy(database={"type": "pickleddb", "host": location})
+
+
+def _log_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+
+
+def _worker_record(index, code, end, log_path) -> dict:
+    lines = _log_lines(log_path)
+    record = {"index": index, "exit": code, "end": end,
+              "last_line": lines[-1][-300:] if lines else ""}
+    if code != 0 or any("Traceback" in line for line in lines):  # keep the story
+        record["log_tail"] = [line[-300:] for line in lines[-25:]]
+    return record
+
+
+def _read_jsonl(paths) -> list[dict]:
+    out = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                out.append(json.loads(line))
+    return out
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's waited-for children (and theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _process_cpu(pid: int, children: bool = False) -> float:
+    """utime + stime (+ the waited-for children's with ``children``) of a process, 0 if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = sum(int(v) for v in fields[11:15 if children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _stop(workers, grace_s=20.0):
+    for w in workers:
+        if w.poll() is None:
+            os.killpg(w.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for w in workers:
+        if w.poll() is None:
+            os.killpg(w.pid, signal.SIGKILL)
+            w.wait()
+
+
+def run_fleet(spec: FleetSpec, backend: str, location: str, workdir: Path, *,
+              redis_pid: int | None = None, on_tick=None, log=print) -> dict:
+    """Run one fleet to completion; returns the raw records. The fleet is stopped (SIGINT,
+    then SIGKILL; ``capped`` says why) after ``spec.cap_s``, when the machine's MemAvailable
+    drops under ``spec.min_available_gib``, or when ``on_tick(elapsed_s)`` (called every 2 s)
+    returns true."""
+    workdir.mkdir(parents=True)
+    objective = workdir / "objective.py"
+    objective.write_text(OBJECTIVE)
+    runs = workdir / "runs"
+    runs.mkdir()
+    config = _config(workdir / "orion_config.yaml", backend, location)
+    name = f"fleet-{backend}"
+    hunt = ["hunt", "--config", str(config), "-n", name, "--exp-max-trials", str(spec.trials)]
+    if spec.idle_timeout is not None:
+        hunt += ["--idle-timeout", str(spec.idle_timeout)]
+    hunt += [sys.executable, str(objective), *SPACE]
+    env = dict(os.environ, ORION_REDIS_URI="", ORION_HEARTBEAT=str(spec.heartbeat_s),
+               FLEET_SLEEP=str(spec.sleep_s), FLEET_RUNS=str(runs), **spec.extra_env)
+    env.pop("ORION_DB_ADDRESS", None)
+    env.pop("ORION_STORAGE_TYPE", None)
+    cpu_before = _children_cpu()
+    init = subprocess.run([ORION, "hunt", "--init-only", *hunt[1:]], capture_output=True,
+                          text=True, env=env, cwd=workdir, timeout=300)
+    if init.returncode != 0:
+        raise RuntimeError(f"orion hunt --init-only failed:\n{init.stdout}\n{init.stderr}")
+    init_cpu = _children_cpu() - cpu_before
+    redis_cpu_before = _process_cpu(redis_pid) if redis_pid else 0.0
+
+    logs = [workdir / f"worker-{i}.log" for i in range(spec.workers)]
+    timers = [workdir / f"timers-{i}.jsonl" for i in range(spec.workers)]
+    workers, handles = [], []
+    launch = time.time()
+    for i in range(spec.workers):
+        cmd = ([sys.executable, str(Path(__file__).resolve()), "worker", str(timers[i]), *hunt]
+               if spec.instrument else [ORION, *hunt])
+        handle = open(logs[i], "w")
+        handles.append(handle)
+        workers.append(subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT,
+                                        env=dict(env, FLEET_WORKER=str(i)), cwd=workdir,
+                                        start_new_session=True))
+        if spec.stagger_s:
+            time.sleep(spec.stagger_s)
+    log(f"  {backend}: {spec.workers} workers launched in {time.time() - launch:.1f}s")
+
+    ended: dict[int, float] = {}
+    memory, capped, stop, next_sample = [], False, None, 0.0
+    next_note = time.monotonic() + 30
+    while len(ended) < len(workers):
+        now = time.time()
+        for i, w in enumerate(workers):
+            if i not in ended and w.poll() is not None:
+                ended[i] = now
+        if time.monotonic() >= next_sample:
+            roots = [w.pid for i, w in enumerate(workers) if i not in ended]
+            memory.append(memory_sample(roots + ([redis_pid] if redis_pid else [])))
+            next_sample = time.monotonic() + 2.0
+            if on_tick is not None and on_tick(now - launch):
+                stop = "on_tick"  # the caller has seen enough
+        if time.monotonic() >= next_note:
+            done = sum(1 for _ in _read_jsonl(runs.glob("*.jsonl")))
+            log(f"  {backend}: {now - launch:.0f}s, {done} trials run, "
+                f"{len(workers) - len(ended)} workers up")
+            next_note = time.monotonic() + 30
+        if memory and memory[-1]["mem_available_kib"] < spec.min_available_gib * 2**20:
+            stop = "memory"  # protect the machine (and whoever shares it)
+        if now - launch > spec.cap_s:
+            stop = "time"
+        if stop:
+            capped = stop
+            log(f"  {backend}: stopping the fleet ({capped})")
+            _stop(workers)
+            now = time.time()
+            ended.update({i: now for i in range(len(workers)) if i not in ended})
+            break
+        time.sleep(0.2)
+    for handle in handles:
+        handle.close()
+    fleet_cpu = _children_cpu() - cpu_before - init_cpu  # the workers and their children
+    redis_cpu = (_process_cpu(redis_pid) - redis_cpu_before) if redis_pid else None
+
+    storage = open_storage(backend, location)
+    (exp,) = storage.fetch_experiments({"name": name})
+    trials = [{"id": t.id, "status": t.status, "params": dict(t.params),
+               "objective": t.objective.value if t.objective else None}
+              for t in storage.fetch_trials(uid=exp["_id"])]
+    timer_records = _read_jsonl(p for p in timers if p.exists())
+    return {
+        "backend": backend, "spec": dataclasses.asdict(spec), "launch": launch,
+        "capped": capped, "experiment_id": exp["_id"],
+        "workers": [_worker_record(i, workers[i].returncode, ended[i], logs[i])
+                    for i in range(len(workers))],
+        "runs": _read_jsonl(sorted(runs.glob("*.jsonl"))),
+        "locks": [r for r in timer_records if r["kind"] == "lock"],
+        "lost": [r for r in timer_records if r["kind"] == "lost"],
+        "trials": trials, "memory": memory,
+        "cpu": {"init_only_s": init_cpu, "fleet_s": fleet_cpu, "redis_server_s": redis_cpu},
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# analysis
+def _pct(values, q):
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered))) - 1))]
+
+
+def _dist(values) -> dict:
+    return {"n": len(values), "p50": _pct(values, 0.5), "p99": _pct(values, 0.99),
+            "max": max(values) if values else None,
+            "mean": statistics.fmean(values) if values else None}
+
+
+def steady_window(raw) -> tuple[float, float] | None:
+    """(t0, t1): by t0 every worker that ever ran a trial has started its first one (start-up is
+    over); t1 is the last trial start (then the fleet only drains). None if empty."""
+    first = {}
+    for r in raw["runs"]:
+        first[r["worker"]] = min(first.get(r["worker"], r["start"]), r["start"])
+    if not first:
+        return None
+    t0, t1 = max(first.values()), max(r["start"] for r in raw["runs"])
+    return (t0, t1) if t1 > t0 else None
+
+
+def false_lost(raw) -> list[dict]:
+    """Lost declarations of a trial whose worker had not died: every one of them in a fleet
+    nobody kills (a worker that exits normally holds no reservation)."""
+    died = {w["index"]: w["end"] for w in raw["workers"] if w["exit"] not in (0, None)}
+    holder = {r["trial"]: r["worker"] for r in raw["runs"]}
+    out = []
+    for rec in raw["lost"]:
+        for trial_id in rec["ids"]:
+            w = holder.get(trial_id)
+            holder_dead = (died.get(w, float("inf")) <= rec["t"]) if w is not None else any(
+                t <= rec["t"] for t in died.values())
+            if not holder_dead:
+                out.append({"trial": trial_id, "t": rec["t"] - raw["launch"], "worker": w})
+    return out
+
+
+def duplicates(raw) -> dict:
+    runs_per_trial = collections.Counter(r["trial"] for r in raw["runs"])
+    completed = [t for t in raw["trials"] if t["status"] == "completed"]
+    params = collections.Counter(tuple(sorted(t["params"].items())) for t in completed)
+    return {"trials_run_more_than_once": sorted(t for t, n in runs_per_trial.items() if n > 1),
+            "params_completed_more_than_once": sum(1 for n in params.values() if n > 1)}
+
+
+def analyse(raw) -> dict:
+    launch = raw["launch"]
+    workers, runs = raw["workers"], raw["runs"]
+    wall = max(w["end"] for w in workers) - launch
+    statuses = collections.Counter(t["status"] for t in raw["trials"])
+    completed = statuses.get("completed", 0)
+    worker_wall = sum(w["end"] - launch for w in workers)
+    in_objective = sum(r["end"] - r["start"] for r in runs)
+    out = {
+        "backend": raw["backend"], "workers": len(workers), "capped": raw["capped"],
+        "max_trials": raw["spec"]["trials"], "sleep_s": raw["spec"]["sleep_s"],
+        "completed": completed, "statuses": dict(statuses), "objective_runs": len(runs),
+        "wall_s": wall, "trials_per_s": completed / wall if wall else None,
+        "utilisation": in_objective / worker_wall if worker_wall else None,
+        "ideal_trials_per_s": len(workers) / raw["spec"]["sleep_s"],
+    }
+    window = steady_window(raw)
+    if window:
+        t0, t1 = window
+        overlap = sum(max(0.0, min(r["end"], t1) - max(r["start"], t0)) for r in runs)
+        alive = sum(max(0.0, min(w["end"], t1) - t0) for w in workers)  # worker time in window
+        out.update(steady_from_s=t0 - launch, steady_to_s=t1 - launch,
+                   steady_trials_per_s=sum(t0 < r["end"] <= t1 for r in runs) / (t1 - t0),
+                   steady_utilisation=overlap / alive if alive else None,
+                   steady_workers_alive_mean=alive / (t1 - t0))
+    else:
+        out.update(steady_from_s=None, steady_to_s=None, steady_trials_per_s=None,
+                   steady_utilisation=None)
+    first = collections.defaultdict(lambda: float("inf"))
+    for r in runs:
+        first[r["worker"]] = min(first[r["worker"]], r["start"])
+    out["first_trial_s"] = _dist([t - launch for t in first.values()])
+    out["died"] = [{"worker": w["index"], "exit": w["exit"], "last_line": w["last_line"]}
+                   for w in workers if w["exit"] != 0]
+    out["duplicates"] = duplicates(raw)
+    out["false_lost"] = false_lost(raw)
+    out["lost_declared"] = sum(len(r["ids"]) for r in raw["lost"])
+    locks = raw["locks"]
+    held = [r for r in locks if "acquired" in r]
+    out["lock"] = {
+        "acquisitions": len(held),
+        "timeouts": sum(1 for r in locks if r.get("error") == "LockAcquisitionTimeout"),
+        "errors": collections.Counter(r["error"] for r in locks if "error" in r),
+        "wait_s": _dist([r["acquired"] - r["request"] for r in held]),
+        "hold_s": _dist([r["released"] - r["acquired"] for r in held]),
+        "hold_by_op_s": {op: _dist([r["released"] - r["acquired"] for r in held
+                                    if r["op"] == op]) for op in ("produce", "observe")},
+        "busy_share": (sum(r["released"] - r["acquired"] for r in held) / wall
+                       if held and wall else None),
+    }
+    if window and held:  # the lock over the steady state: is it the bottleneck?
+        t0, t1 = window
+        busy = sum(max(0.0, min(r["released"], t1) - max(r["acquired"], t0)) for r in held)
+        out["lock"]["steady_busy_share"] = busy / (t1 - t0)
+    cpu = raw["cpu"]
+    startup = cpu["init_only_s"] * len(workers)  # a worker starts like `hunt --init-only`
+    hold_cpu = sum(r["cpu_released"] - r["cpu_acquired"] for r in held)
+    out["cpu"] = dict(cpu, startup_estimate_s=startup, cores_used=cpu["fleet_s"] / wall,
+                      in_lock_holds_s=hold_cpu,
+                      per_trial_s=((cpu["fleet_s"] - startup) / completed if completed else None),
+                      per_trial_outside_lock_s=((cpu["fleet_s"] - startup - hold_cpu) / completed
+                                                if completed else None))
+    if window:  # cores used by the fleet, and by the whole machine, over the steady state
+        inside = [m for m in raw["memory"] if window[0] <= m["t"] <= window[1]]
+        out["cpu"]["steady_fleet_cores"] = _cores(inside, "tree_cpu_s")
+        out["cpu"]["steady_machine_cores"] = _cores(inside, "machine_busy_s")
+    mem = raw["memory"]
+    peak = max(mem, key=lambda m: m["rss_kib"]) if mem else None
+    out["memory"] = {
+        "peak_rss_gib": peak["rss_kib"] / 2**20 if peak else None,
+        "peak_pss_gib": max(m["pss_kib"] for m in mem) / 2**20 if mem else None,
+        "processes_at_peak": peak["processes"] if peak else None,
+        "min_mem_available_gib": min(m["mem_available_kib"] for m in mem) / 2**20 if mem else None,
+    }
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+def _f(v, digits=2):
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _cause(last_line: str) -> str:
+    """The exception class a worker's log ends with (its last line), else that line."""
+    head = last_line.split(":", 1)[0].strip()
+    return head.rsplit(".", 1)[-1] if head and " " not in head else last_line[:60]
+
+
+def render(results: list[dict]) -> str:
+    head = ("| backend | workers | completed | wall s | trials/s | steady trials/s | ideal | "
+            "utilisation | steady util. | died | run twice / params twice | false lost | "
+            "lock wait p50 / p99 / max s | hold p50 / p99 s | lock busy (steady) | "
+            "first trial p50 / max s | CPU s/trial (outside lock) | steady cores fleet / machine"
+            " | peak RSS / PSS GiB |")
+    rows = [head, "|---|" + "---:|" * (head.count("|") - 2)]
+    for a in results:
+        lock, mem, dup = a["lock"], a["memory"], a["duplicates"]
+        causes = collections.Counter(_cause(d["last_line"]) for d in a["died"])
+        died = ", ".join(f"{n} {c}" for c, n in causes.most_common()) or "-"
+        rows.append(
+            f"| {a['backend']} | {a['workers']} | {a['completed']}"
+            f"{' (capped)' if a['capped'] else ''} | {_f(a['wall_s'], 0)} | "
+            f"{_f(a['trials_per_s'])} | {_f(a['steady_trials_per_s'])} | "
+            f"{_f(a['ideal_trials_per_s'], 1)} | {_f(a['utilisation'] * 100, 1)}% | "
+            f"{_f((a['steady_utilisation'] or 0) * 100, 1)}% | {len(a['died'])} ({died}) | "
+            f"{len(dup['trials_run_more_than_once'])} / {dup['params_completed_more_than_once']}"
+            f" | {len(a['false_lost'])} | {_f(lock['wait_s']['p50'])} / "
+            f"{_f(lock['wait_s']['p99'])} / {_f(lock['wait_s']['max'])} | "
+            f"{_f(lock['hold_s']['p50'], 3)} / {_f(lock['hold_s']['p99'], 3)} | "
+            f"{_f((lock['busy_share'] or 0) * 100, 0)}% "
+            f"({_f((lock.get('steady_busy_share') or 0) * 100, 0)}%) | "
+            f"{_f(a['first_trial_s']['p50'], 1)} / {_f(a['first_trial_s']['max'], 1)} | "
+            f"{_f(a['cpu']['per_trial_s'], 3)} ({_f(a['cpu']['per_trial_outside_lock_s'], 3)})"
+            f" | {_f(a['cpu'].get('steady_fleet_cores'))} / "
+            f"{_f(a['cpu'].get('steady_machine_cores'))} | "
+            f"{_f(mem['peak_rss_gib'], 1)} / {_f(mem['peak_pss_gib'], 1)} |")
+    notes = []
+    for a in results:
+        for d in a["died"][:5]:
+            notes.append(f"- {a['backend']} worker {d['worker']} exited {d['exit']}: "
+                         f"`{d['last_line']}`")
+        if len(a["died"]) > 5:
+            notes.append(f"- {a['backend']}: {len(a['died']) - 5} more deaths (see JSON)")
+        if a["lock"]["errors"]:
+            notes.append(f"- {a['backend']} lock errors: {dict(a['lock']['errors'])}")
+    return "\n".join(rows + ([""] + notes if notes else []))
+
+
+def _machine() -> dict:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "loadavg": os.getloadavg()}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "worker":
+        return worker_main(argv[1], argv[2:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--trials", type=int, default=320, help="the experiment's max_trials")
+    parser.add_argument("--sleep", type=float, default=5.0, help="objective seconds")
+    parser.add_argument("--heartbeat", type=int, default=5, help="ORION_HEARTBEAT (s)")
+    parser.add_argument("--cap", type=float, default=600.0, help="wall-clock cap per fleet (s)")
+    parser.add_argument("--stagger", type=float, default=0.0, help="seconds between launches")
+    parser.add_argument("--backends", default="redis,pickleddb")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment variable for the workers (repeatable), "
+                             "e.g. ORION_REDIS_ACCELERATE=1")
+    parser.add_argument("--out", default=str(RESULTS / "fleet_real.json"))
+    parser.add_argument("--workdir", help="keep the fleets' files (logs, records) here "
+                                          "instead of a temporary directory")
+    parser.add_argument("--reanalyse", metavar="JSON",
+                        help="recompute the table from the raw records of an earlier run")
+    args = parser.parse_args(argv)
+    if args.reanalyse:
+        earlier = json.loads(Path(args.reanalyse).read_text())
+        print(render([analyse(raw) for raw in earlier["raw"].values()]))
+        return 0
+    extra_env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--env expects NAME=VALUE, got {item!r}")
+        extra_env[key] = value
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = set(backends) - {"redis", "pickleddb"}
+    if unknown:
+        parser.error(f"unknown backend(s) {sorted(unknown)}: choose from redis, pickleddb")
+    spec = FleetSpec(workers=args.workers, trials=args.trials, sleep_s=args.sleep,
+                     heartbeat_s=args.heartbeat, cap_s=args.cap, stagger_s=args.stagger,
+                     extra_env=extra_env)
+    from orion_track_redis.server import RedisServer
+
+    meta = {"started_utc": datetime.datetime.utcnow().isoformat(timespec="seconds"),
+            "command": "python benchmarks/fleet_real.py " + " ".join(argv),
+            "machine": _machine(), "spec": dataclasses.asdict(spec)}
+    results, raws = [], {}
+    with contextlib.ExitStack() as stack:
+        tmp = (Path(args.workdir) if args.workdir else
+               Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="orion-fleet-real-"))))
+        tmp.mkdir(parents=True, exist_ok=True)
+        with RedisServer(tmp / "redis") as server:
+            server.start()
+            meta["redis_version"] = server.client().info("server")["redis_version"]
+            for backend in backends:
+                location = (f"{server.url}/0?prefix=fleet-{uuid.uuid4().hex[:6]}"
+                            if backend == "redis" else str(tmp / "fleet.pkl"))
+                print(f"fleet {backend}: {spec.workers} workers, max_trials {spec.trials}, "
+                      f"sleep {spec.sleep_s}s", flush=True)
+                raw = run_fleet(spec, backend, location, tmp / f"fleet-{backend}",
+                                redis_pid=server.pid if backend == "redis" else None,
+                                log=lambda m: print(m, flush=True))
+                raws[backend] = raw
+                results.append(analyse(raw))
+    meta["loadavg_end"] = os.getloadavg()
+    table = render(results)
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "results": results, "raw": raws}, indent=1,
+                              default=str))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
