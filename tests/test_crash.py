@@ -57,7 +57,7 @@ def _hunt(config, name, max_trials, tmp_path, heartbeat=3):
     objective = tmp_path / "objective.py"
     if not objective.exists():
         objective.write_text(OBJECTIVE)
-    # --heartbeat: the pacemaker's period (the yaml's worker section does not reach it);
+    # --heartbeat: the hunt's own setting (Oríon 0.2.7's pacemaker beats every 60 s anyway);
     # ORION_HEARTBEAT: fetch_lost_trials reads the *global* worker.heartbeat
     cmd = [ORION, "hunt", "--config", str(config), "-n", name, "--max-trials", str(max_trials),
            "--heartbeat", str(heartbeat), sys.executable, str(objective), "-x~uniform(-5, 5)",
