@@ -19,6 +19,7 @@ round-trip tests run for them and show whether the allow-list covers their state
 """
 from __future__ import annotations
 
+import base64
 import builtins
 import collections
 import copy
@@ -26,14 +27,17 @@ import dataclasses
 import datetime
 import hashlib
 import hmac
+import json
 import logging
 import os
 import pickle
 import shlex
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -43,11 +47,14 @@ from orion.algo.hyperband.hyperband import BudgetTuple
 from orion.client import build_experiment
 from orion.core.utils.exceptions import CompletedExperiment, WaitingForTrials
 from orion.core.worker.trial import Trial
+from orion_track_redis import datapickle, statecodec
 from orion_track_redis.errors import ConfigurationError, UnsafeStateError
 from orion_track_redis.statecodec import (
     MAGIC,
+    MAX_INFLATED,
     SAFE_GLOBALS,
     SECRET_ENV,
+    ZMAGIC,
     _SafeUnpickler,
     dump_state,
     load_state,
@@ -137,12 +144,20 @@ def same_graph(loaded, reference_bytes):
     return pickle.dumps(loaded, 5) == pickle.dumps(pickle.loads(reference_bytes), 5)
 
 
+def stored_pickle(data: bytes) -> bytes:
+    """The pickle inside a framed state, decompressed here with zstandard itself."""
+    body = data[6 + (32 if data[5] == 1 else 0):]
+    return zstandard.ZstdDecompressor().decompress(body) if data[:5] == ZMAGIC else body
+
+
 # -- real algorithm states ------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(ALLOW_LISTED) + sorted(OPTIONAL))
 @pytest.mark.parametrize("secret", [None, SECRET], ids=["unsigned", "signed"])
 def test_real_state_round_trip(name, secret):
     algo, state = real_state(name)
     data = dump_state(state, secret)
+    plain = pickle.dumps(state, 5) if secret else datapickle.dumps(state)
+    assert data[:5] == ZMAGIC and len(data) < len(plain) / 1.5  # even a 12-trial state gains
     loaded = load_state(data, secret)
     assert same_graph(loaded, pickle.dumps(state, 5))
     assert next_params(algo, loaded) == next_params(algo, copy.deepcopy(state))
@@ -202,12 +217,78 @@ def test_raw_pickles_of_every_protocol_load(protocol):
 
 def test_header_and_signature_layout():
     unsigned, signed = dump_state(SAMPLE, None), dump_state(SAMPLE, SECRET)
-    assert unsigned[:6] == MAGIC + b"\x00" and signed[:6] == MAGIC + b"\x01"
+    assert unsigned[:6] == ZMAGIC + b"\x00" and signed[:6] == ZMAGIC + b"\x01"
     assert len(signed) == len(unsigned) + 32
-    assert signed[6 + 32:] == unsigned[6:]
+    assert signed[6 + 32:] == unsigned[6:]  # the same frame: compression is deterministic
+    mac = hmac.new(SECRET, signed[:6] + signed[38:], hashlib.sha256).digest()
+    assert signed[6:38] == mac  # header and compressed body as stored
     assert load_state(signed, SECRET.decode()) is not None  # str secrets work like bytes
-    assert same_graph(load_state(bytearray(signed), SECRET), signed[38:])
-    assert same_graph(load_state(memoryview(unsigned), None), unsigned[6:])
+    assert same_graph(load_state(bytearray(signed), SECRET), stored_pickle(signed))
+    assert same_graph(load_state(memoryview(unsigned), None), stored_pickle(unsigned))
+
+
+@pytest.mark.parametrize("secret", [None, SECRET], ids=["unsigned", "signed"])
+def test_small_or_incompressible_states_stay_uncompressed(secret):
+    for value in ({"n": 1}, {"noise": os.urandom(4 * statecodec.COMPRESS_MIN)}):
+        data = dump_state(value, secret)
+        assert data[:5] == MAGIC, value.keys()
+        assert load_state(data, secret) == value
+
+
+def grown_state(n):
+    """A random search's state after ``n`` trials (driven in one lock hold: fast)."""
+    client = build_experiment(
+        f"grown-{n}", space=REAL_SPACE, algorithm={"random": {"seed": 1}}, max_trials=10 * n,
+        storage={"type": "legacy", "database": {"type": "EphemeralDB"}},
+    )
+    with client._experiment.acquire_algorithm_lock() as algo:
+        for _ in range(n):
+            trials = algo.suggest(1)
+            for trial in trials:
+                trial.status = "completed"
+                trial.results = [Trial.Result(name="obj", type="objective", value=1.0)]
+            algo.observe(trials)
+        return algo.state_dict
+
+
+@pytest.mark.parametrize("secret", [None, SECRET], ids=["unsigned", "signed"])
+def test_a_grown_state_is_stored_several_times_smaller(secret):
+    state = grown_state(300)
+    data = dump_state(state, secret)
+    plain = pickle.dumps(state, 5) if secret else datapickle.dumps(state)
+    assert len(plain) > 100_000 and data[:5] == ZMAGIC
+    assert len(data) * 5 < len(plain), (len(data), len(plain))  # measured: ~8x
+    assert same_graph(load_state(data, secret), pickle.dumps(state, 5))
+
+
+# -- states written before compression (uncompressed OTRS1, tests/data/make_states_otrs1.py) --
+OLD = json.loads((Path(__file__).parent / "data" / "states_otrs1.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(OLD["states"]))
+@pytest.mark.parametrize("form, secret", [
+    ("unsigned", None), ("unsigned", SECRET), ("signed", SECRET), ("signed", None)])
+def test_states_written_before_compression_load(name, form, secret):
+    assert OLD["secret"].encode() == SECRET
+    entry = {k: base64.b64decode(v) for k, v in OLD["states"][name].items()}
+    old = entry[form]
+    assert old[:5] == MAGIC and old[5] in (0, 1, 2)
+    loaded = load_state(old, secret)
+    if old[5] == 2:  # data-only: numpy dtypes are not shared as in a plain pickle, compare data
+        assert datapickle.dumps(loaded) == datapickle.dumps(pickle.loads(entry["reference"]))
+    else:
+        assert same_graph(loaded, entry["reference"])
+    if form == "signed" and secret:  # the old MAC still verifies: a flipped byte is refused
+        with pytest.raises(UnsafeStateError, match="signature does not match"):
+            load_state(old[:-1] + bytes([old[-1] ^ 1]), secret)
+
+
+def test_old_real_state_resumes_the_algorithm():
+    algo, _ = real_state("random")
+    entry = {k: base64.b64decode(v) for k, v in OLD["states"]["random-12"].items()}
+    expected = next_params(algo, pickle.loads(entry["reference"]))
+    for form, secret in (("unsigned", None), ("signed", SECRET)):
+        assert next_params(algo, load_state(entry[form], secret)) == expected
 
 
 def test_empty_secret_is_a_configuration_error():
@@ -229,11 +310,14 @@ _json_like = st.recursive(
 
 
 @settings(max_examples=60, deadline=None)
-@given(_json_like, st.sampled_from([None, SECRET]))
-def test_arbitrary_plain_data_round_trips(value, secret):
-    data = dump_state(value, secret)
-    assert same_graph(load_state(data, secret), data[6 + (32 if secret else 0):])
-    assert same_graph(load_state(data, None), data[6 + (32 if secret else 0):])
+@given(_json_like, st.sampled_from([None, SECRET]), st.booleans())
+def test_arbitrary_plain_data_round_trips(value, secret, padded):
+    state = [value, "trial " * 150] if padded else value  # padded: large enough to compress
+    data = dump_state(state, secret)
+    if padded:
+        assert data[:5] == ZMAGIC
+    assert same_graph(load_state(data, secret), stored_pickle(data))
+    assert same_graph(load_state(data, None), stored_pickle(data))
 
 
 # -- malicious payloads ---------------------------------------------------------------------
@@ -270,7 +354,16 @@ def _forgeries(payload, attacker_secret=b"attacker"):
     unsigned = dump_state(payload, None)
     wrong_sig = dump_state(payload, attacker_secret)
     zero_mac = MAGIC + b"\x01" + b"\x00" * 32 + unsigned[6:]
+    frame = zstandard.ZstdCompressor().compress(raw)
+    attacker_mac = hmac.new(attacker_secret, ZMAGIC + b"\x01" + frame, hashlib.sha256).digest()
     return [
+        ("zstd-unsigned/no-secret", ZMAGIC + b"\x00" + frame, None),
+        ("zstd-data/no-secret", ZMAGIC + b"\x02" + frame, None),
+        ("zstd-signed-by-attacker/no-secret", ZMAGIC + b"\x01" + attacker_mac + frame, None),
+        ("zstd-unsigned/secret", ZMAGIC + b"\x00" + frame, SECRET),
+        ("zstd-data/secret", ZMAGIC + b"\x02" + frame, SECRET),
+        ("zstd-signed-by-attacker/secret", ZMAGIC + b"\x01" + attacker_mac + frame, SECRET),
+        ("zstd-zero-mac/secret", ZMAGIC + b"\x01" + b"\x00" * 32 + frame, SECRET),
         ("legacy-raw/no-secret", raw, None),
         ("unsigned/no-secret", unsigned, None),
         ("signed-by-attacker/no-secret", wrong_sig, None),
@@ -380,6 +473,70 @@ def test_setting_attributes_on_an_allow_listed_class_is_refused():
 def test_copyreg_extension_codes_are_refused():
     with pytest.raises(UnsafeStateError, match="extension codes"):
         load_state(b"\x80\x02\x82\x01.", None)  # EXT1 code 1
+
+
+# -- compressed states: tampering and decompression bombs ---------------------------------------
+def test_tampered_compressed_state_is_refused():
+    _, state = real_state("random")
+    signed, unsigned = dump_state(state, SECRET), dump_state(state, None)
+    assert signed[:5] == unsigned[:5] == ZMAGIC
+    for at in (38, 45, len(signed) // 2, len(signed) - 1):  # frame header, blocks, the end
+        forged = signed[:at] + bytes([signed[at] ^ 0x20]) + signed[at + 1:]
+        with pytest.raises(UnsafeStateError, match="signature does not match"):
+            load_state(forged, SECRET)
+    for at in (6, 13, len(unsigned) // 2, len(unsigned) - 1):
+        forged = unsigned[:at] + bytes([unsigned[at] ^ 0x20]) + unsigned[at + 1:]
+        with pytest.raises(UnsafeStateError):
+            load_state(forged, None)
+
+
+def test_the_signature_covers_the_format_version():
+    """A signed state re-labelled as the other version keeps a valid MAC over its body only."""
+    big, small = dump_state(SAMPLE, SECRET), dump_state({"n": 1}, SECRET)
+    assert big[:5] == ZMAGIC and small[:5] == MAGIC
+    for data, other in ((big, MAGIC), (small, ZMAGIC)):
+        with pytest.raises(UnsafeStateError, match="signature does not match"):
+            load_state(other + data[5:], SECRET)
+
+
+def _frame_declaring(size: int) -> bytes:
+    """A zstd frame whose header declares ``size`` bytes and that holds one raw byte."""
+    descriptor = 0b1110_0000  # 8-byte content size field, single segment
+    block = (1 | 0 << 1 | 1 << 3).to_bytes(3, "little") + b"."  # last block, raw, 1 byte
+    return b"\x28\xb5\x2f\xfd" + bytes([descriptor]) + size.to_bytes(8, "little") + block
+
+
+@pytest.mark.parametrize("flag", [0, 2], ids=["unsigned", "data"])
+def test_a_decompression_bomb_is_refused_before_any_allocation(flag):
+    bomb = ZMAGIC + bytes([flag]) + _frame_declaring(1 << 40)  # 1 TiB
+    assert zstandard.frame_content_size(bomb[6:]) == 1 << 40
+    with pytest.raises(UnsafeStateError, match="declares 1099511627776 bytes.*decompression bomb"):
+        load_state(bomb, None)
+    frame = zstandard.ZstdCompressor(write_content_size=False).compress(b"\x80\x05N." * 100)
+    with pytest.raises(UnsafeStateError, match="does not declare its size"):
+        load_state(ZMAGIC + bytes([flag]) + frame, None)
+
+
+def test_the_decompressed_size_limit_is_enforced(monkeypatch):
+    data = dump_state({"pad": "x" * 5000}, None)
+    monkeypatch.setattr(statecodec, "MAX_INFLATED", len(stored_pickle(data)))
+    assert load_state(data, None) == {"pad": "x" * 5000}  # exactly at the limit
+    monkeypatch.setattr(statecodec, "MAX_INFLATED", len(stored_pickle(data)) - 1)
+    with pytest.raises(UnsafeStateError, match="decompression bomb"):
+        load_state(data, None)
+    assert MAX_INFLATED >= 1 << 30  # the real limit is generous
+
+
+@pytest.mark.parametrize("data, match", [
+    (ZMAGIC + b"\x02" + b"not a zstd frame", "compressed data is corrupt"),
+    (ZMAGIC + b"\x02" + zstandard.ZstdCompressor().compress(pickle.dumps({})) + b"tail",
+     "unused data"),
+    (ZMAGIC + b"\x00" + _frame_declaring(1), "not a valid allow-listed pickle"),  # "."
+    (ZMAGIC, "truncated"),
+])
+def test_corrupt_compressed_state_is_refused(data, match):
+    with pytest.raises(UnsafeStateError, match=match):
+        load_state(data, None)
 
 
 # -- truncated, garbage, wrong types ----------------------------------------------------------
