@@ -42,11 +42,13 @@ OBJECTIVE = """\
 import json, os, random, sys, time
 args = dict(zip(sys.argv[1::2], map(float, sys.argv[2::2])))
 time.sleep(random.uniform(0.5, 1.5))  # pretend to train
-# a test may hold every objective until a time ("hold_until", next to this script): the fleet
-# then outlasts lost-trial detection however fast this machine runs the other trials
-hold = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hold_until")
-if os.path.exists(hold):
-    time.sleep(max(0.0, float(open(hold).read()) - time.time()))
+# a test may slow every later trial down ("pace", next to this script: seconds more): the fleet
+# then outlasts lost-trial detection however fast this machine runs the trials, while each
+# trial stays far below the 15 s after which a live one would be declared lost (Oríon 0.2.7's
+# pacemaker beats only every 60 s)
+pace = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pace")
+if os.path.exists(pace):
+    time.sleep(float(open(pace).read()))
 with open(os.environ["ORION_RESULTS_PATH"], "w") as fh:
     json.dump([{"name": "objective", "type": "objective",
                 "value": (args["-x"] - 2) ** 2 + (args["-y"] + 1) ** 2}], fh)
@@ -93,9 +95,11 @@ def test_killed_workers_trials_come_back(redis_server, tmp_path, heartbeat):
     victims = random.Random(1).sample(workers, 2)  # 25% of the fleet
     for victim in victims:
         os.killpg(victim.pid, signal.SIGKILL)  # the worker and its running objective
-    # the survivors' objectives wait until the dead's trials are lost (15 s) and then some:
-    # their next reserve_trial runs fix_lost_trials, however fast this machine is
-    (tmp_path / "hold_until").write_text(str(time.time() + 20))
+    # the survivors' trials take 3 s more from now on: ~70 trials left for 6 workers outlast the
+    # 15 s after which the dead's trials are lost, so a later reserve_trial finds them (holding
+    # every objective until then, as before, made the survivors' own trials 20 s long: lost
+    # while alive, and their workers died with "Reservation ... has been lost")
+    (tmp_path / "pace").write_text("3")
     for worker in workers:
         worker.wait(timeout=600)
     survivors = [w for w in workers if w not in victims]
