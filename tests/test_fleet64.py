@@ -2,19 +2,17 @@
 this test starts. Invariants on the data: every trial completed exactly once, no worker died,
 no trial was declared lost while its worker was alive.
 
-The fleet is sized to Oríon's algorithm lock, not to Redis. Every trial takes the lock twice
-(produce, observe) and Oríon's hold grows with the trials (O(trials) deep copies); on this
-2-core machine, shared, 64 workers leave the holder little CPU, and holds measured 0.1-0.15 s
-under 80 trials, 0.3-0.5 s at 150-250 (benchmarks/fleet_real.py). A worker that waits more than
-Oríon's fixed 60 s for the lock dies: LockAcquisitionTimeout in observe, or LazyWorkers once a
-suggest that timed out leaves it idle past idle_timeout. Measured here with 64 workers:
-5 s objective, 320 trials: 40-49 of 64 died; 30 s objective, 128 trials: 17-21 died (even with
-staggered launches). So this test runs one round: max_trials 64 (one trial per worker, plus
-Oríon's overshoot while trials are in flight) with a 30 s objective, which fits the 64 produce
-holds, then the 64 observe holds, well inside 60 s; idle_timeout 300 s keeps a worker that
-finished early from counting the others' last trials as idleness. ~3-4 min here, ~2 min of it
-start-up (64 Pythons importing Oríon, ~3.5-4 s of CPU each, on 2 cores). Peak memory ~11-12
-GiB (PSS; the RSS sum is ~24 GiB because each hunt's forked pool process shares its pages).
+Several rounds: 256 trials (4 per worker) with a 5 s objective. This holds thanks to the
+copy-free lock holds (accel.py) and the FIFO lock: before them, Oríon's hold grew to 0.3-0.8 s
+per trial within a few hundred trials and 40-49 of 64 workers died of Oríon's fixed 60 s lock
+timeout (LockAcquisitionTimeout, or LazyWorkers after a suggest that timed out); with them,
+benchmarks/fleet_real.py measured here 64 workers, 320 trials, no death, lock wait max 17.5 s
+(2026-12-04), the 2 cores being the limit. ORION_HEARTBEAT 12: lost after 60 s, which Oríon
+0.2.7's pacemaker (a beat every 60 s whatever the setting) cannot undercut for a trial of a few
+seconds; idle_timeout 300 s keeps a worker that finished early from counting the others' last
+trials as idleness. ~3-4 min here, ~2 min of it start-up (64 Pythons importing Oríon, ~3.5-4 s
+of CPU each, on 2 cores). Peak memory ~11-12 GiB (PSS; the RSS sum is ~24 GiB because each
+hunt's forked pool process shares its pages).
 """
 from __future__ import annotations
 
@@ -33,9 +31,9 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 WORKERS = 64
-TRIALS = 64  # the experiment's max_trials: one round (see the module docstring)
-SLEEP_S = 30.0  # the objective; see the module docstring for why it is not "a few seconds"
-HEARTBEAT_S = 12  # ORION_HEARTBEAT: lost after 60 s without heartbeat, 2x the objective
+TRIALS = 256  # the experiment's max_trials: 4 rounds (see the module docstring)
+SLEEP_S = 5.0  # the objective: "a few seconds", so the fleet is many lock holds deep
+HEARTBEAT_S = 12  # ORION_HEARTBEAT: lost after 60 s without heartbeat (the pacemaker: 60 s)
 IDLE_TIMEOUT_S = 300  # Oríon's default (60 s) counts waiting for the others' trials as idle
 
 

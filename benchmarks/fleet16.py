@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Only the end-to-end fleet section of run.py: 16 `orion hunt` workers, random search, a trivial
+objective, 300 trials, the same cap, this backend (copy-free holds, the default, or
+``--env ORION_REDIS_ACCELERATE=0``) vs Legacy+PickledDB, side by side in one run.
+
+The full ``benchmarks/run.py`` runs this section too, with every other one; this script is for
+measuring the fleet alone in a few minutes. Writes benchmarks/results/fleet16.json.
+
+Usage: python benchmarks/fleet16.py [--workers N] [--trials N] [--env NAME=VALUE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # noqa: E402 - the main benchmark's fleet machinery
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=run.MODES["full"]["fleet_workers"])
+    parser.add_argument("--trials", type=int, default=run.MODES["full"]["fleet_trials"])
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment variable for the workers (repeatable)")
+    parser.add_argument("--out", default=str(run.RESULTS / "fleet16.json"))
+    args = parser.parse_args(argv)
+    os.environ.update(dict(item.split("=", 1) for item in args.env))  # workers inherit it
+    cfg = dict(run.MODES["full"], fleet_workers=args.workers, fleet_trials=args.trials)
+    from orion_track_redis.server import RedisServer
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="orion-redis-fleet16-") as tmp, \
+            RedisServer(Path(tmp) / "redis", binary=run.choose_binary(None)) as server:
+        server.start()
+        run.OUTDIR = Path(args.out).parent
+        run.OUTDIR.mkdir(parents=True, exist_ok=True)
+        fleet = run.section_fleet(cfg, server, Path(tmp))
+    print("\n".join(run._fleet_table({"fleet": fleet})))
+    Path(args.out).write_text(json.dumps({"env": args.env, "fleet": fleet,
+                                          "machine": run._machine()}, indent=1, default=str))
+    print(f"\nwrote {args.out} in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
