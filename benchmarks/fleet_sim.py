@@ -37,7 +37,6 @@ import tempfile
 import threading
 import time
 import uuid
-from bisect import bisect_left
 from collections import defaultdict
 from pathlib import Path
 

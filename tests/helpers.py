@@ -6,6 +6,16 @@ import datetime
 from orion.core.worker.trial import Trial
 
 BASE_TIME = datetime.datetime(2024, 1, 2, 3, 4, 5, 678901)
+# search spaces that every built-in algorithm accepts (with a fidelity, without, reals only)
+FIDELITY_SPACE = {
+    "x": "uniform(0, 1)",
+    "y": "loguniform(1e-3, 1)",
+    "c": "choices(['a', 'b', 3])",
+    "i": "uniform(0, 10, discrete=True)",
+    "f": "fidelity(1, 8, base=2)",
+}
+FLAT_SPACE = {k: v for k, v in FIDELITY_SPACE.items() if k != "f"}
+REAL_SPACE = {"x": "uniform(0, 1)", "y": "loguniform(1e-3, 1)"}
 
 
 def experiment_config(name="exp", version=1, **extra):

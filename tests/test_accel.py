@@ -41,17 +41,9 @@ from orion.storage.base import LockedAlgorithmState
 from orion_track_redis import accel, codec
 from orion_track_redis.lock import LockClient
 from orion_track_redis.statecodec import load_state
+from helpers import FIDELITY_SPACE, FLAT_SPACE, REAL_SPACE
 
 SECRET = "accel-test-secret"  # MOFA's state holds scipy objects: signed states only
-FIDELITY_SPACE = {
-    "x": "uniform(0, 1)",
-    "y": "loguniform(1e-3, 1)",
-    "c": "choices(['a', 'b', 3])",
-    "i": "uniform(0, 10, discrete=True)",
-    "f": "fidelity(1, 8, base=2)",
-}
-FLAT_SPACE = {k: v for k, v in FIDELITY_SPACE.items() if k != "f"}
-REAL_SPACE = {"x": "uniform(0, 1)", "y": "loguniform(1e-3, 1)"}
 # name -> (algorithm config, space, steps)
 ALGORITHMS = {
     "random": ({"random": {"seed": 1}}, FIDELITY_SPACE, 40),

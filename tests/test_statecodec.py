@@ -59,17 +59,9 @@ from orion_track_redis.statecodec import (
     dump_state,
     load_state,
 )
+from helpers import FIDELITY_SPACE, FLAT_SPACE, REAL_SPACE
 
 SECRET = b"shared-secret"
-FIDELITY_SPACE = {
-    "x": "uniform(0, 1)",
-    "y": "loguniform(1e-3, 1)",
-    "c": "choices(['a', 'b', 3])",
-    "i": "uniform(0, 10, discrete=True)",
-    "f": "fidelity(1, 8, base=2)",
-}
-FLAT_SPACE = {k: v for k, v in FIDELITY_SPACE.items() if k != "f"}
-REAL_SPACE = {"x": "uniform(0, 1)", "y": "loguniform(1e-3, 1)"}
 
 ALLOW_LISTED = {
     "random": ({"random": {"seed": 1}}, FIDELITY_SPACE),
