@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from orion.storage.base import LockAcquisitionTimeout
 import yaml
 from orion.core.worker.trial import Trial
 from redis.cluster import key_slot
@@ -164,6 +165,9 @@ def _every_storage_method(storage):
                   **dict(storage._opts.connection))
     with short.acquire_algorithm_lock(uid=exp_id, timeout=5):
         time.sleep(0.5)  # held past TTL/3: the renewal runs
+        with pytest.raises(LockAcquisitionTimeout):  # a waiter that gives up leaves the queue
+            with storage.acquire_algorithm_lock(uid=exp_id, timeout=0.1, retry_interval=0.05):
+                pass
     assert storage.release_algorithm_lock(uid=exp_id)
     assert storage.delete_trials(uid=exp_id, where={"status": "completed"}) == 1
     assert storage.delete_trials(uid=other) == 1
