@@ -49,6 +49,9 @@ import time
 import uuid
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import _fleet_config, _fleet_storage  # noqa: E402 - run.py's fleet set-up
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -234,26 +237,6 @@ def _machine_busy() -> float:
 
 # ------------------------------------------------------------------------------------------------
 # one fleet
-def _config(path: Path, backend: str, location: str) -> Path:
-    if backend == "redis":
-        storage = f"storage:\n  type: redis\n  database:\n    host: \"{location}\"\n"
-    else:
-        storage = ("storage:\n  type: legacy\n  database:\n    type: pickleddb\n"
-                   f"    host: \"{location}\"\n")
-    path.write_text(storage + "experiment:\n  algorithms:\n    random:\n      seed: null\n")
-    return path
-
-
-def open_storage(backend: str, location: str):
-    if backend == "redis":
-        from orion_track_redis import Redis
-
-        return Redis(uri=location)
-    from orion.storage.legacy import Legacy
-
-    return Legacy(database={"type": "pickleddb", "host": location})
-
-
 def _log_lines(path: Path) -> list[str]:
     return [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
 
@@ -316,7 +299,7 @@ def run_fleet(spec: FleetSpec, backend: str, location: str, workdir: Path, *,
     objective.write_text(OBJECTIVE)
     runs = workdir / "runs"
     runs.mkdir()
-    config = _config(workdir / "orion_config.yaml", backend, location)
+    config = _fleet_config(workdir / "orion_config.yaml", backend, location)
     name = f"fleet-{backend}"
     hunt = ["hunt", "--config", str(config), "-n", name, "--exp-max-trials", str(spec.trials)]
     if spec.idle_timeout is not None:
@@ -386,7 +369,7 @@ def run_fleet(spec: FleetSpec, backend: str, location: str, workdir: Path, *,
     fleet_cpu = _children_cpu() - cpu_before - init_cpu  # the workers and their children
     redis_cpu = (_process_cpu(redis_pid) - redis_cpu_before) if redis_pid else None
 
-    storage = open_storage(backend, location)
+    storage = _fleet_storage(backend, location)
     (exp,) = storage.fetch_experiments({"name": name})
     trials = [{"id": t.id, "status": t.status, "params": dict(t.params),
                "objective": t.objective.value if t.objective else None}
