@@ -39,7 +39,6 @@ import json
 import os
 import platform
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import _fleet_config, _fleet_storage  # noqa: E402 - run.py's fleet set-up
+from run import _fleet_config, _fleet_storage, stop_workers  # noqa: E402 - run.py's fleet set-up
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -275,19 +274,6 @@ def _process_cpu(pid: int, children: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _stop(workers, grace_s=20.0):
-    for w in workers:
-        if w.poll() is None:
-            os.killpg(w.pid, signal.SIGINT)
-    deadline = time.monotonic() + grace_s
-    while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for w in workers:
-        if w.poll() is None:
-            os.killpg(w.pid, signal.SIGKILL)
-            w.wait()
-
-
 def run_fleet(spec: FleetSpec, backend: str, location: str, workdir: Path, *,
               redis_pid: int | None = None, on_tick=None, log=print) -> dict:
     """Run one fleet to completion; returns the raw records. The fleet is stopped (SIGINT,
@@ -359,7 +345,7 @@ def run_fleet(spec: FleetSpec, backend: str, location: str, workdir: Path, *,
         if stop:
             capped = stop
             log(f"  {backend}: stopping the fleet ({capped})")
-            _stop(workers)
+            stop_workers(workers)
             now = time.time()
             ended.update({i: now for i in range(len(workers)) if i not in ended})
             break

@@ -35,9 +35,9 @@ from run import (  # noqa: E402 - the shared helpers of the main benchmark
     _legacy,
     _log,
     _machine,
-    _objective,
     _StorageTimer,
     choose_binary,
+    register_completed,
 )
 
 MODES = {
@@ -74,19 +74,11 @@ def _grow(client, n, algo_name):
 def _observe_sampled(client, n, seed):
     """n completed trials at points sampled from the space, observed in one hold: the
     registry a TPE experiment of that size has (its model then fits on all of them)."""
-    import datetime
-
-    from orion.core.worker.trial import Trial
-
     exp = client._experiment
     trials = exp.space.sample(n, seed=seed + 1)
-    now = datetime.datetime.utcnow()
     for trial in trials:
         trial.experiment = exp.id
-        trial.results = [Trial.Result(name="objective", type="objective",
-                                      value=_objective(trial.params))]
-        trial.start_time = trial.end_time = trial.heartbeat = now
-        exp.register_trial(trial, status="completed")
+    register_completed(exp, trials)
     with exp.acquire_algorithm_lock() as algo:
         algo.observe(trials)
     return len(trials)

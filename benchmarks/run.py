@@ -806,6 +806,20 @@ def _fleet_config(path, backend, location):
     return path
 
 
+def stop_workers(workers, grace_s=20.0):
+    """SIGINT every worker's process group still running, SIGKILL what is left after grace_s."""
+    for w in workers:
+        if w.poll() is None:
+            os.killpg(w.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for w in workers:
+        if w.poll() is None:
+            os.killpg(w.pid, signal.SIGKILL)
+            w.wait()
+
+
 def _fleet_storage(backend, location):
     if backend == "redis":
         from orion_track_redis import Redis
@@ -856,16 +870,7 @@ def _run_fleet(cfg, backend, location, tmp, profile_dir=None):
         time.sleep(0.1)
     elapsed = time.monotonic() - start
     if capped:
-        for w in workers:
-            if w.poll() is None:
-                os.killpg(w.pid, signal.SIGINT)
-        deadline = time.monotonic() + 20
-        while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for w in workers:
-            if w.poll() is None:
-                os.killpg(w.pid, signal.SIGKILL)
-                w.wait()
+        stop_workers(workers)
     for log in logs:
         log.close()
     storage = _fleet_storage(backend, location)
@@ -1082,20 +1087,25 @@ def _objective(params):
     return (params["x"] - 2) ** 2 + (params["y"] + 1) ** 2
 
 
+def register_completed(exp, trials):
+    """Give each trial its objective and register it in the experiment as completed."""
+    from orion.core.worker.trial import Trial
+
+    now = datetime.datetime.utcnow()
+    for trial in trials:
+        trial.results = [Trial.Result(name="objective", type="objective",
+                                      value=_objective(trial.params))]
+        trial.start_time = trial.end_time = trial.heartbeat = now
+        exp.register_trial(trial, status="completed")
+
+
 def _fill(client, n):
     """Add n completed trials in ONE lock hold: suggested by the algorithm, registered as
     completed and observed, the state n hunt steps leave (one by one would cost O(n²) copies)."""
-    from orion.core.worker.trial import Trial
-
     exp = client._experiment
     with exp.acquire_algorithm_lock() as algo:
         trials = algo.suggest(n)
-        now = datetime.datetime.utcnow()
-        for trial in trials:
-            trial.results = [Trial.Result(name="objective", type="objective",
-                                          value=_objective(trial.params))]
-            trial.start_time = trial.end_time = trial.heartbeat = now
-            exp.register_trial(trial, status="completed")
+        register_completed(exp, trials)
         algo.observe(trials)
     return len(trials)
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import logging
 import pickle
@@ -44,10 +43,12 @@ from pathlib import Path
 
 import zstandard
 from orion.client import build_experiment
-from orion.core.worker.trial import Trial
 
 from orion_track_redis import Redis, datapickle, statecodec
 from orion_track_redis.server import RedisServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import _objective, register_completed  # noqa: E402 - the main benchmark's trials
 
 SPACE = {"x": "uniform(-5, 5)", "y": "uniform(-5, 5)"}
 FIDELITY_SPACE = {**SPACE, "f": "fidelity(1, 27, base=3)"}
@@ -64,10 +65,6 @@ def algorithms(size: int, window: int) -> dict:
     }
 
 
-def _objective(params) -> float:
-    return (params["x"] - 2) ** 2 + (params["y"] + 1) ** 2
-
-
 def fill(client, n: int) -> tuple[dict, int]:
     """Add up to ``n`` completed trials in ONE lock hold (one by one would cost O(n²) state
     copies); return the state that hold writes and the trials added (ASHA's brackets end)."""
@@ -78,12 +75,7 @@ def fill(client, n: int) -> tuple[dict, int]:
             trials = algo.suggest(min(n - done, 100))
             if not trials:
                 break
-            now = datetime.datetime.utcnow()
-            for trial in trials:
-                trial.results = [Trial.Result(name="objective", type="objective",
-                                              value=_objective(trial.params))]
-                trial.start_time = trial.end_time = trial.heartbeat = now
-                exp.register_trial(trial, status="completed")
+            register_completed(exp, trials)
             algo.observe(trials)
             done += len(trials)
     return algo.state_dict, done
