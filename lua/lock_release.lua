@@ -3,11 +3,13 @@
 -- the head of the waiters' queue (the earliest arrival whose lease is still running).
 -- KEYS[1] lock record hash; KEYS[2] holder key; KEYS[3] queue zset (owner -> ticket);
 -- KEYS[4] leases zset (owner -> lease end, ms);
--- KEYS[5] req:<request id> (a retried release returns the first result, not "not the holder")
+-- KEYS[5] req:<request id> (a retried release returns the first result, not "not the holder");
+-- KEYS[6] backlog list {P:E}:unobserved (batched observation)
 -- ARGV[1] holder token, or "" to force the release (orion db release); ARGV[2] "1" to write
 -- ARGV[3] as the new state, "0" to keep the stored state; ARGV[4] request TTL (s);
 -- ARGV[5] wake key prefix "{P:E}:lock:wake:" (+ the head's owner id, known only here; it
--- shares the tag of KEYS); ARGV[6] wake key TTL in ms
+-- shares the tag of KEYS); ARGV[6] wake key TTL in ms; ARGV[7] how many backlog entries the
+-- new state has observed (removed from the head of KEYS[6] with the state write; "0": none)
 -- Returns: 1 released | 0 not the holder (nothing written) | -1 no lock record
 -- @include lock_queue.lua
 
@@ -18,7 +20,12 @@ if prior then  -- a retry: a write, so a WAIT after this call covers the first a
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'state', ARGV[3]) end
+if ARGV[2] == '1' then
+  redis.call('HSET', KEYS[1], 'state', ARGV[3])
+  -- only the holder removes entries, from the head: what others appended since stays
+  local observed = tonumber(ARGV[7])
+  if observed > 0 then redis.call('LTRIM', KEYS[6], observed, -1) end
+end
 redis.call('DEL', KEYS[2])
 local head = live_head(KEYS[3], KEYS[4], now_ms())
 if head then wake(ARGV[5], head, tonumber(ARGV[6])) end

@@ -38,6 +38,7 @@ from importlib import metadata
 log = logging.getLogger(__name__)
 
 ENV = "ORION_REDIS_ACCELERATE"
+BATCH_ENV = "ORION_REDIS_BATCH_OBSERVE"
 VERIFIED_ORION = ("0.2.7",)
 
 # True only while adopt_state/export_state run a leaf algorithm's own set_state/state_dict:
@@ -46,9 +47,9 @@ _COPY_FREE = contextvars.ContextVar("orion_redis_copy_free", default=False)
 _installed: bool | None = None  # None: not tried yet
 
 
-def env_allows() -> bool:
-    """False when ``ORION_REDIS_ACCELERATE`` says off (0/false/no/off)."""
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+def env_allows(name: str = ENV) -> bool:
+    """False when the variable ``name`` says off (0/false/no/off)."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def install() -> bool:
@@ -64,6 +65,7 @@ def install() -> bool:
         else:
             _patch_experiment()
             _patch_registries()
+            _patch_observation()
             _installed = True
     return _installed
 
@@ -80,7 +82,7 @@ def _patch_experiment():
             with oriones_hold(self, timeout=timeout, retry_interval=retry_interval) as algo:
                 yield algo
             return
-        with _accelerated_hold(self, timeout, retry_interval) as algo:
+        with _accelerated_hold(self, timeout, retry_interval) as (algo, _):
             yield algo
 
     acquire_algorithm_lock.__doc__ = oriones_hold.__doc__
@@ -89,19 +91,33 @@ def _patch_experiment():
 
 
 @contextlib.contextmanager
-def _accelerated_hold(experiment, timeout, retry_interval):
+def _accelerated_hold(experiment, timeout, retry_interval, copy_free=True):
     """Oríon's hold contract (writable check, configuration check, state in and out), with the
-    state adopted and exported without copies."""
+    state adopted and exported without copies (``copy_free``), and the backlog of batched
+    observation observed first, oldest first, one ``observe`` per recorded trial as Oríon's
+    ``Producer.observe`` would have made it. Yields (algorithm, held state)."""
+    adopt, export = (adopt_state, export_state) if copy_free else (_own_set, _own_get)
     experiment._check_if_writable()
     with experiment._storage.acquire_algorithm_lock(
-        experiment=experiment, timeout=timeout, retry_interval=retry_interval
+        experiment=experiment, timeout=timeout, retry_interval=retry_interval, backlog=True
     ) as locked:
         algorithm = experiment.algorithm
         _check_configuration(locked.configuration, algorithm, experiment)
         if locked.state:
-            adopt_state(algorithm, locked.state)
-        yield algorithm
-        locked.set_state(export_state(algorithm))
+            adopt(algorithm, locked.state)
+        for trial in locked.backlog:
+            algorithm.observe([trial])
+        locked.observed = len(locked.backlog)
+        yield algorithm, locked
+        locked.set_state(export(algorithm))
+
+
+def _own_set(algorithm, state):
+    algorithm.set_state(state)
+
+
+def _own_get(algorithm):
+    return algorithm.state_dict
 
 
 def _check_configuration(saved, algorithm, experiment):
@@ -113,6 +129,56 @@ def _check_configuration(saved, algorithm, experiment):
             "Algorithm configuration changed since last experiment execution. "
             "Algorithm cannot be resumed with a different configuration. "
         )
+
+
+# -- batched observation ------------------------------------------------------------------------
+def _patch_observation():
+    """``Producer.observe`` records the trial in the backlog when its storage batches
+    observation; ``ExperimentClient.workon`` observes what is left when the worker is done."""
+    from orion.client.experiment import ExperimentClient
+    from orion.core.worker.producer import Producer
+
+    oriones_observe = Producer.observe
+    oriones_workon = ExperimentClient.workon
+
+    def observe(self, trial):
+        storage = self.experiment._storage
+        if getattr(storage, "batched_observation", False):
+            storage.observe_later(self.experiment, trial)
+        else:
+            oriones_observe(self, trial)
+
+    def workon(self, *args, **kwargs):
+        try:
+            return oriones_workon(self, *args, **kwargs)
+        finally:
+            if getattr(self._experiment._storage, "batched_observation", False):
+                flush_quietly(self._experiment)
+
+    observe.__doc__, workon.__doc__ = oriones_observe.__doc__, oriones_workon.__doc__
+    Producer.observe = observe
+    ExperimentClient.workon = workon
+
+
+def flush(experiment, timeout: float = 60) -> int:
+    """Observe the experiment's backlog in one hold (copy-free where the storage allows it);
+    returns how many trials it observed (no hold at all when the backlog is empty)."""
+    storage = experiment._storage
+    if not storage.backlog_length(experiment):
+        return 0
+    with _accelerated_hold(experiment, timeout, 1,
+                           copy_free=storage.accelerated_holds) as (_, locked):
+        return locked.observed
+
+
+def flush_quietly(experiment) -> None:
+    """``flush`` at the end of a worker's loop: a failure is a warning, not the worker's."""
+    try:
+        flush(experiment)
+    except Exception as exc:  # noqa: BLE001 - the next hold or `orion-redis flush` covers it
+        log.warning("orion-track-redis: could not observe the last completed trials of %s "
+                    "(%s); the next produce of any worker, or `orion-redis flush %s`, will.",
+                    experiment.name, exc, experiment.name)
 
 
 # -- walking the wrapper chain -------------------------------------------------------------------

@@ -52,11 +52,12 @@ def experiment_status(storage, doc: dict) -> dict:
     pipe.get(ek.lock_holder)
     pipe.pttl(ek.lock_holder)
     pipe.zcount(ek.status("completed"), now - 60, now)
-    *counts, (fence, acquired), holder, pttl, per_minute = pipe.execute()
+    pipe.llen(ek.unobserved)
+    *counts, (fence, acquired), holder, pttl, per_minute, unobserved = pipe.execute()
     lost = storage.scripts.lost_trials(keys=[ek.status("reserved")],
                                        args=[orion.core.config.worker.heartbeat * 5])
     row = {"experiment": doc.get("name"), "version": doc.get("version"),
-           **dict(zip(STATUSES, counts)), "lost": len(lost)}
+           **dict(zip(STATUSES, counts)), "lost": len(lost), "unobserved": unobserved}
     if fence is None:
         lock = "none"
     elif holder is None:

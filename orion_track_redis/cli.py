@@ -10,7 +10,7 @@ import json
 import sys
 import time
 
-from . import admin, migrations, transfer
+from . import accel, admin, migrations, transfer
 from .errors import RedisStorageError
 from .storage import Redis
 
@@ -50,8 +50,8 @@ def cmd_info(args) -> int:
 
 # -- status --------------------------------------------------------------------------------------
 STATUS_COLUMNS = ["experiment", "version", "new", "reserved", "suspended", "completed",
-                  "interrupted", "broken", "lost", "lock", "holder", "held_s", "fence",
-                  "completed/min"]
+                  "interrupted", "broken", "lost", "unobserved", "lock", "holder", "held_s",
+                  "fence", "completed/min"]
 
 
 def _status_rows(storage: Redis, name) -> list[dict]:
@@ -95,6 +95,20 @@ def cmd_lock(args) -> int:
     row = admin.experiment_status(storage, exp)
     data = {k: row[k] for k in ("experiment", "version", "lock", "holder", "held_s", "fence")}
     _print(args, data, lambda d: "\n".join(f"{k:10} {v}" for k, v in d.items()))
+    return OK
+
+
+def cmd_flush(args) -> int:
+    """Observe the trials that wait in the experiment's backlog (batched observation)."""
+    from orion.core.io import experiment_builder
+
+    storage = connect(args)
+    exp = _experiment(storage, args)
+    experiment = experiment_builder.load(exp["name"], exp.get("version"), mode="w",
+                                         storage=storage)
+    observed = accel.flush(experiment, timeout=args.timeout)
+    left = storage.backlog_length(uid=exp["_id"])
+    print(f"observed {observed} trial(s); {left} waiting")
     return OK
 
 
@@ -200,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("lock", cmd_lock, "show or release an experiment's algorithm lock")
     p.add_argument("action", choices=["show", "release"])
     target(p)
+    p = add("flush", cmd_flush, "observe the completed trials waiting in an experiment's "
+            "backlog (batched observation)", json_=False)
+    target(p)
+    p.add_argument("--timeout", type=float, default=60,
+                   help="seconds to wait for the algorithm lock (default 60)")
     p = add("lost", cmd_lost, "list lost trials; --requeue makes them interrupted")
     target(p)
     p.add_argument("--requeue", action="store_true")

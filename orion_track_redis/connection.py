@@ -186,11 +186,13 @@ ACL_COMMANDS = (
     # reads and the few writes outside scripts
     "get", "setnx", "incrby", "hsetnx", "hgetall", "hmget", "hexists", "exists", "zrange",
     "zrangebyscore", "zmscore", "zcard", "blpop", "del", "hset", "hdel",
+    # batched observation: the backlog read at each hold
+    "lrange", "llen",
     # update_experiment: optimistic transaction
     "watch", "unwatch", "multi", "exec",
     # inside the Lua scripts
     "hget", "hincrby", "incr", "pexpire", "pttl", "rpush", "set", "time", "zadd", "zrem",
-    "zscore", "zremrangebyrank", "expire", "zrank",
+    "zscore", "zremrangebyrank", "expire", "zrank", "ltrim",
 )
 
 

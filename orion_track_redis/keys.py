@@ -30,6 +30,8 @@ key                             type      content
 ``{P:E}:lock:leases``           zset      waiting owner -> end of its lease (server ms)
 ``{P:E}:lock:wake:<owner>``     list      token pushed to wake that waiter (its turn came);
                                           expires by itself
+``{P:E}:unobserved``            list      trials completed/released but not yet observed by
+                                          the algorithm (batched observation), oldest first
 ==============================  ========  ==================================================
 """
 from __future__ import annotations
@@ -214,6 +216,10 @@ class ExperimentKeys:
 
     def lock_wake(self, owner: str) -> str:
         return self.lock_wake_prefix + owner
+
+    @cached_property
+    def unobserved(self) -> str:
+        return f"{self.tag}:unobserved"
 
     def unescape_trial(self, trial_token: str) -> str:
         """Trial id from the token stored in the indexes."""

@@ -78,6 +78,7 @@ class LockClient:
         pipe.delete(ek.lock_holder)
         pipe.delete(ek.lock_queue)
         pipe.delete(ek.lock_leases)  # the waiters' wake lists expire by themselves
+        pipe.delete(ek.unobserved)  # observations of a state that is gone
         return int(pipe.execute()[0])
 
     def force_release(self, ek: ExperimentKeys, new_state=None) -> int:
@@ -86,9 +87,13 @@ class LockClient:
 
     # -- holding ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def hold(self, ek: ExperimentKeys, timeout: float, retry_interval: float):
+    def hold(self, ek: ExperimentKeys, timeout: float, retry_interval: float,
+             backlog: bool = False):
+        """Hold the lock; yields a :class:`Held` state. ``backlog``: also read the trials
+        waiting to be observed (batched observation); those the holder marks observed
+        (``held.observed``) leave the backlog with the state write, atomically."""
         token, configuration, raw_state = self._acquire(ek, timeout, retry_interval)
-        locked = LockedAlgorithmState(
+        locked = Held(
             state=self._state(raw_state, ek),
             configuration=codec.loads(configuration, ek.lock), locked=True,
         )
@@ -96,6 +101,8 @@ class LockClient:
         renewer.start()
         failed = False
         try:
+            if backlog:
+                locked.backlog = self.backlog(ek)
             yield locked
         except BaseException:
             # like Legacy: keep the state that was read. It is not written back: a copy-free
@@ -105,12 +112,30 @@ class LockClient:
             raise
         finally:
             renewer.stop()
-            if self._release(ek, token, None if failed else locked.state) != 1:
+            if self._release(ek, token, None if failed else locked.state,
+                             0 if failed else locked.observed) != 1:
                 log.warning(
                     "The algorithm lock of experiment %s expired while this worker held it "
                     "(held longer than lock_ttl=%.0fs without renewal?): its algorithm state was "
                     "NOT saved; another worker took over.", ek.exp_token, self.ttl_ms / 1000,
                 )
+
+    # -- batched observation ------------------------------------------------------------------
+    def observe_later(self, ek: ExperimentKeys, trial) -> int:
+        """Append ``trial`` to the experiment's backlog; returns the backlog's length."""
+        with no_gc():
+            raw = dump_state(trial, self.secret)
+        return int(self.scripts.observe_later(
+            keys=[ek.unobserved, ek.request(new_request_id())], args=[raw, REQUEST_TTL]))
+
+    def backlog(self, ek: ExperimentKeys) -> list:
+        """The trials waiting to be observed, oldest first (as ``observe_later`` got them)."""
+        raws = self.client.lrange(ek.unobserved, 0, -1)
+        with no_gc():
+            return [load_state(raw, self.secret) for raw in raws]
+
+    def backlog_length(self, ek: ExperimentKeys) -> int:
+        return int(self.client.llen(ek.unobserved))
 
     def _acquire(self, ek: ExperimentKeys, timeout: float, retry_interval: float):
         """(holder token, configuration, raw state) once this waiter's turn came (FIFO)."""
@@ -155,15 +180,15 @@ class LockClient:
     def renew(self, ek: ExperimentKeys, token: str) -> bool:
         return int(self.scripts.lock_renew(keys=[ek.lock_holder], args=[token, self.ttl_ms])) == 1
 
-    def _release(self, ek: ExperimentKeys, token: str, new_state) -> int:
+    def _release(self, ek: ExperimentKeys, token: str, new_state, observed: int = 0) -> int:
         write = new_state is not None
         with no_gc():
             raw = dump_state(new_state, self.secret) if write else b""
         return int(self.scripts.lock_release(
             keys=[ek.lock, ek.lock_holder, ek.lock_queue, ek.lock_leases,
-                  ek.request(new_request_id())],
+                  ek.request(new_request_id()), ek.unobserved],
             args=[token, "1" if write else "0", raw, REQUEST_TTL, ek.lock_wake_prefix,
-                  WAKE_TTL_MS],
+                  WAKE_TTL_MS, observed],
         ))
 
     def _state(self, raw, ek: ExperimentKeys):
@@ -171,6 +196,17 @@ class LockClient:
             return None
         with no_gc():  # a state is thousands of objects: GC sweeps would only cost
             return load_state(raw, self.secret)
+
+
+class Held(LockedAlgorithmState):
+    """Oríon's locked state plus the backlog of batched observation: ``backlog`` holds the
+    trials read at acquire, ``observed`` how many of them (from the first) the new state has
+    observed."""
+
+    def __init__(self, state, configuration, locked=True):
+        super().__init__(state, configuration, locked)
+        self.backlog: list = []
+        self.observed = 0
 
 
 class _Renewer(threading.Thread):

@@ -35,6 +35,7 @@ NAMES = (
     "lock_renew",
     "lock_release",
     "lock_leave",
+    "observe_later",
 )
 READ_ONLY = ("fetch_docs", "fetch_changes", "lost_trials")  # never followed by WAIT
 

@@ -52,6 +52,11 @@ def _accelerate(opts: Options) -> bool:
     return opts.accelerate and accel.env_allows() and accel.install()
 
 
+def _batch(opts: Options, accelerated: bool) -> bool:
+    """Batched observation: only with the accelerator (its holds observe the backlog)."""
+    return accelerated and opts.batch_observe and accel.env_allows(accel.BATCH_ENV)
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.utcnow()
 
@@ -117,6 +122,7 @@ class Redis(BaseStorageProtocol):
         self._keys = GlobalKeys(self._opts.prefix)
         self._db = RedisDB(self._opts)
         self.accelerated_holds = _accelerate(self._opts)
+        self.batched_observation = _batch(self._opts, self.accelerated_holds)
         if setup:
             with self._guard(), fail_fast(self.client):
                 self._setup()
@@ -134,6 +140,7 @@ class Redis(BaseStorageProtocol):
         self._keys = GlobalKeys(self._opts.prefix)
         self._db = RedisDB(self._opts)
         self.accelerated_holds = _accelerate(self._opts)
+        self.batched_observation = _batch(self._opts, self.accelerated_holds)
 
     @property
     def client(self):
@@ -666,11 +673,25 @@ class Redis(BaseStorageProtocol):
             return self.lock.delete(self._ek(uid))
 
     @contextlib.contextmanager
-    def acquire_algorithm_lock(self, experiment=None, uid=None, timeout=60, retry_interval=1):
-        """Hold the algorithm lock (TTL ``lock_ttl``, renewed while held)."""
+    def acquire_algorithm_lock(self, experiment=None, uid=None, timeout=60, retry_interval=1,
+                               backlog=False):
+        """Hold the algorithm lock (TTL ``lock_ttl``, renewed while held). ``backlog``: the
+        held state also carries the trials waiting to be observed (see ``lock.Held``)."""
         uid = get_uid(experiment, uid)
-        with self._guard(), self.lock.hold(self._ek(uid), timeout, retry_interval) as locked:
+        with self._guard(), self.lock.hold(self._ek(uid), timeout, retry_interval,
+                                           backlog=backlog) as locked:
             yield locked
+
+    # -- batched observation ------------------------------------------------------------------
+    def observe_later(self, experiment, trial) -> int:
+        """Record ``trial`` for the next hold to observe; returns the backlog's length."""
+        with self._guard():
+            return self.lock.observe_later(self._ek(get_uid(experiment)), trial)
+
+    def backlog_length(self, experiment=None, uid=None) -> int:
+        """Trials completed or released but not yet observed by the algorithm."""
+        with self._guard():
+            return self.lock.backlog_length(self._ek(get_uid(experiment, uid)))
 
 
 def _indexed_statuses(where) -> list | None:

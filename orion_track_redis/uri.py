@@ -79,7 +79,8 @@ _CONNECTION_OPTIONS = {
 SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password", "sentinel_ssl")
 RETRY_OPTIONS = ("retries", "retry_backoff")
 _OWN_OPTIONS = {"prefix": str, "lock_ttl": float, "replica_acks": lambda v: _int(v),
-                "replica_ack_timeout": lambda v: _int(v), "accelerate": lambda v: _bool(v)}
+                "replica_ack_timeout": lambda v: _int(v), "accelerate": lambda v: _bool(v),
+                "batch_observe": lambda v: _bool(v)}
 # no replicas to confirm a write: the in-process and embedded servers; Redis Cluster routes each
 # pipelined command by its key, so WAIT (no key) would not reach the node that ran the script
 _NO_REPLICA_ACKS = {"fakeredis": "an in-process server has no replicas",
@@ -125,6 +126,7 @@ class Options:
     replica_acks: int = 0  # replicas that must confirm each write script (WAIT); 0 = no WAIT
     replica_ack_timeout: int = 1000  # milliseconds WAIT blocks for them
     accelerate: bool = True  # copy-free algorithm-lock holds (accel.py) where verified
+    batch_observe: bool = True  # completions observed by the next hold (needs accelerate)
     connection: tuple = ()  # (name, value) pairs of connection options for redis-py
     state_secret: bytes | None = dataclasses.field(default=None, repr=False)
     # Sentinel/Cluster forms only: the host list, the Sentinel service, the data nodes' account

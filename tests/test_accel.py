@@ -37,9 +37,8 @@ from orion.core.utils.exceptions import (
 )
 from orion.core.worker.experiment import Experiment
 from orion.core.worker.trial import Trial
-from orion.storage.base import LockedAlgorithmState
 from orion_track_redis import accel, codec
-from orion_track_redis.lock import LockClient
+from orion_track_redis.lock import Held, LockClient
 from orion_track_redis.statecodec import load_state
 from helpers import FIDELITY_SPACE, FLAT_SPACE, REAL_SPACE
 
@@ -71,16 +70,17 @@ _TIMES = ("submit_time", "start_time", "end_time", "heartbeat")
 class World:
     """One experiment on its own in-process Redis, worked by two clients ("workers")."""
 
-    def __init__(self, name, algorithm, space, accelerate):
+    def __init__(self, name, algorithm, space, accelerate, batch=False):
         self.uri = f"fakeredis://accel-{uuid.uuid4().hex[:8]}"
         storage = {"type": "redis", "uri": self.uri, "accelerate": accelerate,
-                   "state_secret": SECRET}
+                   "batch_observe": batch, "state_secret": SECRET}
         self.workers = [build_experiment(f"accel-{name}", space=space, algorithm=algorithm,
                                          max_trials=200, storage=dict(storage))
                         for _ in range(2)]
         self.accelerate = accelerate
         self.storage = self.workers[0]._experiment._storage
         assert self.storage.accelerated_holds is accelerate
+        assert self.storage.batched_observation is batch
         self.reserved: list[Trial | None] = [None, None]
 
     stepping: World | None = None  # the world running a step (for the oracle's mutants)
@@ -240,11 +240,12 @@ def test_oracle_catches_a_hold_that_writes_back_its_changed_state(monkeypatch):
     assert compare_worlds("random", *ALGORITHMS["random"][:2], 30, refusals=failing) is None
 
     @contextlib.contextmanager
-    def writes_back_on_failure(self, ek, timeout, retry_interval):
-        """LockClient.hold as it was before the accelerator (no renewal: holds are short)."""
+    def writes_back_on_failure(self, ek, timeout, retry_interval, backlog=False):
+        """LockClient.hold as it was before the accelerator (no renewal: holds are short;
+        these worlds do not batch, so their backlog stays empty)."""
         token, configuration, raw_state = self._acquire(ek, timeout, retry_interval)
-        locked = LockedAlgorithmState(state=self._state(raw_state, ek),
-                                      configuration=codec.loads(configuration, ek.lock))
+        locked = Held(state=self._state(raw_state, ek),
+                      configuration=codec.loads(configuration, ek.lock))
         try:
             yield locked
         except BaseException:

@@ -219,3 +219,25 @@ def test_status_watch_refreshes(uri):
         out, _ = proc.communicate()
     assert out.count("watched") >= 2, "the table was redrawn"
     assert "\033[2J" in out
+
+
+def test_status_shows_the_backlog_and_flush_observes_it(capsys, uri):
+    """Batched observation: `status` counts the completed trials not yet observed by the
+    algorithm, `flush` observes them (and the stored state then holds them)."""
+    client = build_experiment("batched", space={"x": "uniform(0, 1)"},
+                              algorithm={"random": {"seed": 1}},
+                              storage={"type": "redis", "uri": uri})
+    for value in (1.0, 2.0):
+        client.observe(client.suggest(), value)
+    (row,) = json.loads(run(capsys, "--uri", uri, "status", "--json")[1])
+    assert row["unobserved"] == 1 and row["completed"] == 2
+    code, out = run(capsys, "--uri", uri, "flush", "batched")
+    assert code == 0 and "observed 1 trial(s); 0 waiting" in out
+    (row,) = json.loads(run(capsys, "--uri", uri, "status", "--json")[1])
+    assert row["unobserved"] == 0
+    exp_id = client._experiment.id
+    state = client._experiment._storage.get_algorithm_lock_info(uid=exp_id).state
+    statuses = [t.status for t in state["algorithm"]["registry"]["_trials"].values()]
+    assert statuses == ["completed", "completed"]
+    code, out = run(capsys, "--uri", uri, "flush", "batched")
+    assert code == 0 and "observed 0 trial(s)" in out

@@ -158,9 +158,13 @@ def _every_storage_method(storage):
     assert storage.count_completed_trials(Exp(exp_id)) == 1
     assert storage.count_broken_trials(Exp(exp_id)) == 0
     storage.initialize_algorithm_lock(exp_id, {"random": {}})
-    with storage.acquire_algorithm_lock(uid=exp_id, timeout=5) as locked:
+    assert storage.observe_later(Exp(exp_id), trial) == 1  # batched observation's backlog
+    with storage.acquire_algorithm_lock(uid=exp_id, timeout=5, backlog=True) as locked:
+        assert [t.id for t in locked.backlog] == [trial.id]
+        locked.observed = 1
         locked.set_state({"n": 1})
     assert storage.get_algorithm_lock_info(uid=exp_id).state == {"n": 1}
+    assert storage.backlog_length(uid=exp_id) == 0
     short = Redis(uri=storage._opts.url, prefix=storage._opts.prefix, lock_ttl=1,
                   **dict(storage._opts.connection))
     with short.acquire_algorithm_lock(uid=exp_id, timeout=5):

@@ -1,0 +1,215 @@
+"""Batched observation (accel.py, lock.py, lua/observe_later.lua) against unmodified Oríon.
+
+With batching, a completion (or a release) records the trial in the experiment's backlog
+instead of taking the algorithm lock; the next hold observes the backlog, oldest first, before
+it suggests. The oracle runs the seeded two-worker schedules of ``test_accel`` in two worlds,
+one batched (with copy-free holds), one running Oríon's own code (no accelerator, no
+batching). After every step both must have seen the same suggestions (or the same refusal)
+and stored the same trials; the algorithm states must be equal whenever the batched world's
+backlog is empty (right after a produce), and after a final flush. The oracle is shown to
+fail when the hold skips the backlog or observes it in the wrong order.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+import warnings
+
+import pytest
+
+from orion.client import build_experiment
+from orion.core.worker.trial import Trial
+from orion_track_redis import accel
+from test_accel import ALGORITHMS, REFUSALS, SECRET, World, schedule
+from helpers import REAL_SPACE
+
+
+def compare_batched(name, algorithm, space, steps, seed=7):
+    """Run a batched world and Oríon's world in lockstep; returns (first difference or None,
+    how many times the states were compared)."""
+    quiet = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            batched = World(name, algorithm, space, accelerate=True, batch=True)
+            plain = World(name, algorithm, space, accelerate=False)
+            try:
+                return _first_difference(name, batched, plain, schedule(seed, steps))
+            finally:
+                batched.close()
+                plain.close()
+    finally:
+        logging.disable(quiet)
+
+
+def _first_difference(name, batched, plain, steps):
+    compared = 0
+    experiment = batched.workers[0]._experiment
+    for number, (worker, action) in enumerate(steps):
+        seen_batched = batched.step(worker, action)
+        seen_plain = plain.step(worker, action)
+        where = f"{name}, step {number} (worker {worker}, {action})"
+        if seen_batched != seen_plain:
+            return f"{where}: batched saw {seen_batched}, Oríon saw {seen_plain}", compared
+        if batched.trials() != plain.trials():
+            return f"{where}: the stored trials differ", compared
+        if batched.storage.backlog_length(experiment) == 0:
+            compared += 1
+            if batched.stored_state() != plain.stored_state():
+                return f"{where}: the stored algorithm states differ", compared
+    accel.flush(experiment)
+    if batched.stored_state() != plain.stored_state():
+        return f"{name}, after the final flush: the stored algorithm states differ", compared
+    return None, compared + 1
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_batched_observation_matches_orion(name):
+    assert accel.install()
+    found, compared = compare_batched(name, *ALGORITHMS[name])
+    assert found is None
+    # the states were really compared, not only at the end
+    assert compared >= min(3, ALGORITHMS[name][2] // 4)
+
+
+def test_oracle_catches_a_hold_that_skips_the_backlog(monkeypatch):
+    """A hold that does not observe the backlog must be reported."""
+    from orion_track_redis.lock import LockClient
+
+    monkeypatch.setattr(LockClient, "backlog", lambda self, ek: [])
+    found, _ = compare_batched("random", *ALGORITHMS["random"][:2], 30)
+    assert found is not None and "differ" in found
+
+
+def test_oracle_catches_observation_out_of_order(monkeypatch):
+    """The backlog is observed oldest first (as Oríon would have, one hold per completion);
+    newest first is a difference the oracle must find."""
+    from orion_track_redis.lock import LockClient
+
+    own = LockClient.backlog
+    monkeypatch.setattr(LockClient, "backlog", lambda self, ek: own(self, ek)[::-1])
+    found, _ = compare_batched("random", *ALGORITHMS["random"][:2], 40)
+    assert found is not None and "differ" in found
+
+
+def _client(storage_extra=None, max_trials=50):
+    storage = {"type": "redis", "uri": f"fakeredis://batch-{uuid.uuid4().hex[:6]}",
+               "state_secret": SECRET, **(storage_extra or {})}
+    return build_experiment(f"batch-{uuid.uuid4().hex[:6]}", space=REAL_SPACE,
+                            algorithm={"random": {"seed": 1}}, max_trials=max_trials,
+                            storage=storage)
+
+
+def _observed(client) -> dict:
+    exp = client._experiment
+    state = exp._storage.get_algorithm_lock_info(uid=exp.id).state
+    return {t.id: t.status for t in state["algorithm"]["registry"]["_trials"].values()}
+
+
+def test_completion_takes_no_lock_and_the_next_produce_observes_it():
+    client = _client()
+    exp, storage = client._experiment, client._experiment._storage
+    assert storage.batched_observation
+    trial = client.suggest()
+    holds = []
+    own = storage.lock.hold
+    storage.lock.hold = lambda *a, **k: holds.append(1) or own(*a, **k)
+    client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
+    assert holds == [] and storage.backlog_length(exp) == 1
+    assert _observed(client)[trial.id] == "new"  # as suggested: not observed yet
+    client.suggest()
+    assert holds == [1] and storage.backlog_length(exp) == 0
+    assert _observed(client)[trial.id] == "completed"
+
+
+def test_a_failed_hold_leaves_the_backlog_and_the_state():
+    client = _client()
+    exp, storage = client._experiment, client._experiment._storage
+    trial = client.suggest()
+    client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
+    before = _observed(client)
+    with pytest.raises(RuntimeError):
+        with exp.acquire_algorithm_lock():
+            raise RuntimeError("inside the hold")
+    assert storage.backlog_length(exp) == 1 and _observed(client) == before
+
+
+def test_entries_recorded_during_a_hold_stay_for_the_next():
+    """The release removes exactly the entries the hold read, from the head: a completion
+    recorded by another worker while the lock was held is still there afterwards."""
+    client = _client()
+    exp, storage = client._experiment, client._experiment._storage
+    first, second = client.suggest(), client.suggest()
+    client.observe(first, [{"name": "obj", "type": "objective", "value": 1.0}])
+    with exp.acquire_algorithm_lock():
+        storage.observe_later(exp, second)  # as another worker would, mid-hold
+    assert storage.backlog_length(exp) == 1
+    assert storage.lock.backlog(storage._ek(exp.id))[0].id == second.id
+    assert _observed(client)[first.id] == "completed"
+
+
+def test_an_expired_holder_removes_nothing():
+    """A holder whose lock expired writes no state, so it must not trim the backlog either."""
+    client = _client()
+    exp, storage = client._experiment, client._experiment._storage
+    trial = client.suggest()
+    client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
+    ek = storage._ek(exp.id)
+    with exp.acquire_algorithm_lock():
+        storage.client.delete(ek.lock_holder)  # the TTL ran out; nobody else took it yet
+    assert storage.backlog_length(exp) == 1
+
+
+def test_a_retried_record_is_not_recorded_twice():
+    client = _client()
+    exp, storage = client._experiment, client._experiment._storage
+    trial = client.suggest()
+    ek = storage._ek(exp.id)
+    raw = b"payload"
+    request = ek.request("retried-request")
+    for _ in range(2):
+        storage.scripts.observe_later(keys=[ek.unobserved, request], args=[raw, 60])
+    assert storage.backlog_length(exp) == 1
+    assert trial is not None
+
+
+def test_backlog_round_trips_the_trial_exactly():
+    client = _client()
+    exp, storage = client._experiment, client._experiment._storage
+    trial = client.suggest()
+    trial.results = [Trial.Result(name="obj", type="objective", value=0.5)]
+    storage.observe_later(exp, trial)
+    (back,) = storage.lock.backlog(storage._ek(exp.id))
+    assert back.to_dict() == trial.to_dict() and back is not trial
+
+
+def test_workon_observes_the_tail():
+    """A worker that ends its loop leaves nothing unobserved."""
+    client = _client(max_trials=12)
+    client.workon(lambda x, y: [{"name": "obj", "type": "objective", "value": x + y}],
+                  max_trials=12)
+    exp = client._experiment
+    assert exp._storage.backlog_length(exp) == 0
+    completed = {t.id for t in client.fetch_trials() if t.status == "completed"}
+    assert len(completed) >= 12
+    observed = {tid for tid, status in _observed(client).items() if status == "completed"}
+    assert observed == completed
+
+
+@pytest.mark.parametrize("switch", ["option", "env", "accelerator off"])
+def test_switched_off_observes_at_once(monkeypatch, switch):
+    extra = {}
+    if switch == "option":
+        extra = {"batch_observe": False}
+    elif switch == "env":
+        monkeypatch.setenv(accel.BATCH_ENV, "0")
+    else:
+        extra = {"accelerate": False}
+    client = _client(extra)
+    exp = client._experiment
+    assert exp._storage.batched_observation is False
+    trial = client.suggest()
+    client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
+    assert exp._storage.backlog_length(exp) == 0
+    assert _observed(client)[trial.id] == "completed"
