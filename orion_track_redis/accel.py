@@ -78,7 +78,15 @@ def _patch_experiment():
 
     @contextlib.contextmanager
     def acquire_algorithm_lock(self, timeout=60, retry_interval=1):
-        if not getattr(self._storage, "accelerated_holds", False):
+        storage = self._storage
+        if not getattr(storage, "accelerated_holds", False):
+            if hasattr(storage, "backlog_length") and storage.backlog_length(self):
+                # our storage with the accelerator off, in a fleet where others batch: observe
+                # their backlog too, with Oríon's own set_state/state_dict
+                with _accelerated_hold(self, timeout, retry_interval,
+                                       copy_free=False) as (algo, _):
+                    yield algo
+                return
             with oriones_hold(self, timeout=timeout, retry_interval=retry_interval) as algo:
                 yield algo
             return

@@ -49,7 +49,9 @@ CHANGES_MAX = CHANGE_LOG_KEEP  # a reader more changes behind reloads everything
 def _accelerate(opts: Options) -> bool:
     """Copy-free lock holds for this storage: on unless switched off (option, env var) or
     Oríon is not a verified version (accel.install logs why)."""
-    return opts.accelerate and accel.env_allows() and accel.install()
+    # installed whatever the switches (on a verified Oríon): a non-accelerated storage of ours
+    # still observes a backlog that batching workers of the same fleet left
+    return accel.install() and opts.accelerate and accel.env_allows()
 
 
 def _batch(opts: Options, accelerated: bool) -> bool:

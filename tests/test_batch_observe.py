@@ -93,12 +93,27 @@ def test_oracle_catches_observation_out_of_order(monkeypatch):
     assert found is not None and "differ" in found
 
 
-def _client(storage_extra=None, max_trials=50):
+_CLIENTS: list = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_pacemakers():
+    """Stop the heartbeat threads of trials a test left reserved (they would keep the test
+    process alive)."""
+    yield
+    while _CLIENTS:
+        for pacemaker in _CLIENTS.pop()._pacemakers.values():
+            pacemaker.stop()
+
+
+def _client(storage_extra=None, max_trials=50, name=None):
     storage = {"type": "redis", "uri": f"fakeredis://batch-{uuid.uuid4().hex[:6]}",
                "state_secret": SECRET, **(storage_extra or {})}
-    return build_experiment(f"batch-{uuid.uuid4().hex[:6]}", space=REAL_SPACE,
-                            algorithm={"random": {"seed": 1}}, max_trials=max_trials,
-                            storage=storage)
+    client = build_experiment(name or f"batch-{uuid.uuid4().hex[:6]}", space=REAL_SPACE,
+                              algorithm={"random": {"seed": 1}}, max_trials=max_trials,
+                              storage=storage)
+    _CLIENTS.append(client)
+    return client
 
 
 def _observed(client) -> dict:
@@ -213,3 +228,19 @@ def test_switched_off_observes_at_once(monkeypatch, switch):
     client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
     assert exp._storage.backlog_length(exp) == 0
     assert _observed(client)[trial.id] == "completed"
+
+
+@pytest.mark.parametrize("other", [{"batch_observe": False}, {"accelerate": False}])
+def test_a_worker_that_does_not_batch_observes_the_backlog_of_those_that_do(other):
+    """A mixed fleet: what a batching worker recorded is observed by the next produce of a
+    worker that does not batch, whether its holds are copy-free or Oríon's own."""
+    batching = _client(max_trials=50)
+    exp = batching._experiment
+    plain = _client({"uri": exp._storage._opts.url, **other}, name=exp.name)
+    assert plain._experiment._storage.batched_observation is False
+    trial = batching.suggest()
+    batching.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
+    assert exp._storage.backlog_length(exp) == 1
+    plain.suggest()
+    assert exp._storage.backlog_length(exp) == 0
+    assert _observed(batching)[trial.id] == "completed"
