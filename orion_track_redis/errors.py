@@ -156,6 +156,6 @@ def _raise_translated(error: Exception, where: str) -> None:
         ) from None
     except (rex.ConnectionError, rex.TimeoutError) as exc:
         raise ConnectionFailed(
-            f"Cannot reach Redis at {where}: {redact(exc)}. Check that the server runs and the "
-            "URI (host, port, TLS, timeouts) is right."
+            f"Cannot reach Redis at {where}: {redact(exc).rstrip('.')}. Check that the server "
+            "runs and the URI (host, port, TLS, timeouts) is right."
         ) from None

@@ -611,6 +611,8 @@ class Redis(BaseStorageProtocol):
 
     def get_trial(self, trial=None, uid=None, experiment_uid=None):
         trial_uid, experiment_uid = get_trial_uid_and_exp(trial, uid, experiment_uid)
+        if not isinstance(trial_uid, str):  # trial ids are strings: Legacy finds nothing
+            return None
         with self._guard():
             docs = self._read_trials(self._ek(experiment_uid), [escape(trial_uid)])
         return self._build(docs)[0] if docs else None

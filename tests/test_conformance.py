@@ -166,6 +166,7 @@ def test_get_trial(storage):
     found = storage.get_trial(uid=trial.id, experiment_uid=exp_id)
     assert found.to_dict() == trial.to_dict()
     assert storage.get_trial(uid="nope", experiment_uid=exp_id) is None
+    assert storage.get_trial(uid=12345, experiment_uid=exp_id) is None  # not an AttributeError
     assert storage.get_trial(trial).id == trial.id
 
 

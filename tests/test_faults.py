@@ -143,6 +143,19 @@ def test_port_speaking_another_protocol():
     assert "pw@" not in str(info.value)
 
 
+def test_refused_connection_message_reads_cleanly():
+    """One sentence per fact: redis-py's own message ends with a period; ours must not double
+    it ("Connection refused.."), and the last line alone must say what to do."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    with pytest.raises(ConnectionFailed) as info:
+        Redis(uri=f"redis://:pw@127.0.0.1:{port}/0")
+    message = str(info.value)
+    assert ".." not in message and "pw" not in message
+    assert "Connection refused" in message and "Check that the server runs" in message
+
+
 def test_silent_server_fails_within_the_timeout():
     port = _serve(lambda listener: time.sleep(3600))  # accepts (backlog) but never answers
     start = time.monotonic()
