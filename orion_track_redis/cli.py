@@ -1,4 +1,4 @@
-"""``orion-redis``: the operator's command (fleet status, locks, lost trials, purge, migration).
+"""orion-redis: the operator's command (fleet status, locks, lost trials, purge, migration).
 
 Exit codes: 0 ok, 1 a problem was found (lost trials, a stale lock, a failed verification),
 2 usage or configuration error. Every read command takes ``--json``.
@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
-from . import accel, admin, migrations, transfer
+from . import __version__, accel, admin, migrations, transfer
 from .errors import RedisStorageError
 from .storage import Redis
 
@@ -31,6 +32,10 @@ def _print(args, data, render):
         print(json.dumps(data, indent=2, default=str))
     else:
         print(render(data))
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -136,6 +141,9 @@ def cmd_purge(args) -> int:
     exp = _experiment(storage, args)
     label = f"{exp['name']}-v{exp.get('version', 1)}"
     if not args.yes:
+        if not sys.stdin.isatty():
+            raise ValueError(f"purge of {label} needs a terminal to confirm it; "
+                             "pass --yes to purge without asking")
         answer = input(f"Delete experiment {label}, its trials and its lock? Type its name: ")
         if answer.strip() != exp["name"]:
             print("aborted")
@@ -148,7 +156,8 @@ def cmd_purge(args) -> int:
 
 # -- migration -----------------------------------------------------------------------------------
 def cmd_copy(args) -> int:
-    source, target = transfer.open_spec(args.source), transfer.open_spec(args.target)
+    source = transfer.open_spec(args.source, source=True)
+    target = transfer.open_spec(args.target)
     report = transfer.copy(source, target, experiment=args.experiment, progress=sys.stderr)
     print(transfer.render_report(report))
     return OK if report["verified"] else PROBLEM
@@ -156,14 +165,16 @@ def cmd_copy(args) -> int:
 
 def cmd_export(args) -> int:
     count = transfer.export_jsonl(connect(args), args.file, experiment=args.experiment)
-    print(f"exported {count['experiments']} experiments, {count['trials']} trials to {args.file}")
+    print(f"exported {_n(count['experiments'], 'experiment')}, {_n(count['trials'], 'trial')} "
+          f"to {args.file}")
     return OK
 
 
 def cmd_import(args) -> int:
     count = transfer.import_jsonl(connect(args), args.file)
-    print(f"imported {count['experiments']} experiments, {count['trials']} trials "
-          f"({count['skipped']} already there)")
+    print(f"imported {_n(count['experiments'], 'experiment')}, {_n(count['trials'], 'trial')}"
+          f" (already there: {_n(count['experiments_skipped'], 'experiment')}, "
+          f"{_n(count['trials_skipped'], 'trial')})")
     return OK
 
 
@@ -190,6 +201,7 @@ def cmd_upgrade(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orion-redis", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"orion-redis {__version__}")
     parser.add_argument("--uri", help="Redis URI (default: Oríon config, ORION_DB_ADDRESS, "
                         "ORION_REDIS_URI, then the embedded server)")
     parser.add_argument("--prefix", help="key prefix (default: the URI's, else orion)")
@@ -203,12 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def target(p):
-        p.add_argument("name")
-        p.add_argument("--version", type=int)
+        p.add_argument("name", help="experiment name")
+        p.add_argument("--version", type=int,
+                       help="experiment version (default: the latest)")
 
     add("info", cmd_info, "server, persistence, eviction policy, schema, counts")
     p = add("status", cmd_status, "trials by status, lost trials and lock of each experiment")
-    p.add_argument("name", nargs="?")
+    p.add_argument("name", nargs="?", help="only this experiment (default: all)")
     p.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS")
     p.add_argument("--check", action="store_true", help="exit 1 on lost trials or stale locks")
     p = add("lock", cmd_lock, "show or release an experiment's algorithm lock")
@@ -221,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for the algorithm lock (default 60)")
     p = add("lost", cmd_lost, "list lost trials; --requeue makes them interrupted")
     target(p)
-    p.add_argument("--requeue", action="store_true")
+    p.add_argument("--requeue", action="store_true",
+                   help="set the lost trials to interrupted, so any worker can take them again")
     p = add("purge", cmd_purge, "delete an experiment, its trials and its lock", json_=False)
     target(p)
     p.add_argument("--yes", action="store_true", help="do not ask")
@@ -246,6 +260,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `orion-redis info | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK
     except (RedisStorageError, LookupError, OSError, ValueError) as exc:
         print(f"orion-redis: {exc}", file=sys.stderr)
         return USAGE

@@ -15,6 +15,7 @@ Export format (one JSON object per line, values encoded by :mod:`codec`, i.e. wi
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 from orion.core.io.database import DuplicateKeyError
@@ -27,14 +28,18 @@ from .statecodec import load_state
 FORMAT, VERSION = "orion-track-redis-export", 1
 
 
-def open_spec(spec: str):
-    """A storage from a SPEC: a Redis URI, ``pickleddb:PATH`` or ``mongodb://...``."""
+def open_spec(spec: str, source: bool = False):
+    """A storage from a SPEC: a Redis URI, ``pickleddb:PATH`` or ``mongodb://...``. A
+    ``source`` PickledDB file must exist (PickledDB would create an empty one)."""
     from .storage import Redis
 
     if spec.startswith("pickleddb:"):
         from orion.storage.legacy import Legacy
 
-        return Legacy(database={"type": "pickleddb", "host": spec[len("pickleddb:"):]})
+        path = spec[len("pickleddb:"):]
+        if source and not os.path.isfile(path):
+            raise LookupError(f"no PickledDB file at {path}: check the path after pickleddb:")
+        return Legacy(database={"type": "pickleddb", "host": path})
     if spec.startswith("mongodb://"):
         from orion.storage.legacy import Legacy
 
@@ -44,8 +49,15 @@ def open_spec(spec: str):
 
 def _experiments(storage, name=None) -> list[dict]:
     docs = storage.fetch_experiments({"name": name} if name else {})
+    if name and not docs:  # a typo must not read as a successful, empty copy
+        raise LookupError(f"no experiment named {name!r} in {_where(storage)}")
     # parents before children, so refers links point at existing experiments
     return sorted(docs, key=lambda d: (d.get("refers", {}) or {}).get("parent_id") is not None)
+
+
+def _where(storage) -> str:
+    opts = getattr(storage, "_opts", None)
+    return opts.redacted if opts is not None else type(storage).__name__
 
 
 def _counts(storage, exp_id) -> dict:
@@ -124,9 +136,10 @@ def render_report(report) -> str:
 
 def export_jsonl(storage, path, experiment=None) -> dict:
     count = {"experiments": 0, "trials": 0}
+    docs = _experiments(storage, experiment)  # before the file: a missing one creates nothing
     with open(path, "w", encoding="utf-8") as out:
         out.write(json.dumps({"format": FORMAT, "version": VERSION}) + "\n")
-        for doc in _experiments(storage, experiment):
+        for doc in docs:
             out.write(codec.dumps({"kind": "experiment", "doc": doc}) + "\n")
             info = storage.get_algorithm_lock_info(uid=doc["_id"])
             if info is not None:
@@ -146,7 +159,7 @@ def _pickled(state):
 
 
 def import_jsonl(storage, path) -> dict:
-    count = {"experiments": 0, "trials": 0, "skipped": 0}
+    count = {"experiments": 0, "trials": 0, "experiments_skipped": 0, "trials_skipped": 0}
     with open(path, encoding="utf-8") as lines:
         header = json.loads(next(lines, "{}") or "{}")
         if header.get("format") != FORMAT or header.get("version", 0) > VERSION:
@@ -165,7 +178,7 @@ def _import_record(storage, record, count):
             storage.create_experiment(dict(record["doc"]))
             count["experiments"] += 1
         except DuplicateKeyError:
-            count["skipped"] += 1
+            count["experiments_skipped"] += 1
     elif kind == "lock":
         exp_id = record["experiment"]
         if storage.get_algorithm_lock_info(uid=exp_id) is None:
@@ -180,6 +193,6 @@ def _import_record(storage, record, count):
             storage.register_trial(Trial(**record["doc"]))
             count["trials"] += 1
         except DuplicateKeyError:
-            count["skipped"] += 1
+            count["trials_skipped"] += 1
     else:
         raise ValueError(f"unknown record kind {kind!r} in export file")

@@ -241,3 +241,49 @@ def test_status_shows_the_backlog_and_flush_observes_it(capsys, uri):
     assert statuses == ["completed", "completed"]
     code, out = run(capsys, "--uri", uri, "flush", "batched")
     assert code == 0 and "observed 0 trial(s)" in out
+
+
+def test_missing_sources_are_errors_that_create_nothing(capsys, uri, tmp_path):
+    """A mistyped PickledDB path or experiment name is exit 2 with a clear message, and
+    nothing is created (PickledDB would create the file, export an empty one)."""
+    missing = tmp_path / "no-such.pkl"
+    code = main(["copy", "--from", f"pickleddb:{missing}", "--to", uri])
+    err = capsys.readouterr().err
+    assert code == 2 and "no PickledDB file" in err and not missing.exists()
+    assert not (tmp_path / "no-such.pkl.lock").exists()
+    create_experiment(Redis(uri=uri), name="present")
+    out_file = tmp_path / "out.jsonl"
+    assert main(["--uri", uri, "export", str(out_file), "--experiment", "nosuch"]) == 2
+    assert "no experiment named 'nosuch'" in capsys.readouterr().err and not out_file.exists()
+    target = tmp_path / "target.pkl"
+    assert main(["copy", "--from", uri, "--to", f"pickleddb:{target}",
+                 "--experiment", "nosuch"]) == 2
+    assert "no experiment named 'nosuch'" in capsys.readouterr().err
+
+
+def test_counts_read_as_english(capsys, uri, tmp_path):
+    storage = Redis(uri=uri)
+    exp_id = create_experiment(storage, name="single")
+    storage.register_trial(make_trial(exp_id))
+    out_file = tmp_path / "one.jsonl"
+    code, out = run(capsys, "--uri", uri, "export", str(out_file))
+    assert code == 0 and "exported 1 experiment, 1 trial to" in out
+    code, out = run(capsys, "--uri", uri, "import", str(out_file))
+    assert code == 0 and "imported 0 experiments, 0 trials (already there: 1 experiment, " \
+        "1 trial)" in out
+
+
+def test_cli_behaves_in_pipes_and_without_a_terminal(uri):
+    """`info | head` ends quietly, `purge` without --yes and without a terminal is a usage
+    error (not an EOFError), `--version` answers."""
+    cli = [sys.executable, "-m", "orion_track_redis.cli", "--uri", uri]
+    create_experiment(Redis(uri=uri), name="kept")
+    piped = subprocess.run(" ".join(f"'{a}'" for a in cli) + " status --watch 0.01 | head -1",
+                           shell=True, capture_output=True, text=True, timeout=60)
+    assert "Broken pipe" not in piped.stderr and "Traceback" not in piped.stderr
+    purge = subprocess.run([*cli, "purge", "kept"], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=60)
+    assert purge.returncode == 2 and "--yes" in purge.stderr and "EOFError" not in purge.stderr
+    assert Redis(uri=uri).fetch_experiments({"name": "kept"})
+    version = subprocess.run([*cli, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("orion-redis ")
