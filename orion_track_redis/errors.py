@@ -129,6 +129,11 @@ def _raise_translated(error: Exception, where: str) -> None:
                 f"orion-track-redis needs {'.'.join(map(str, MIN_VERSION))} or newer. Upgrade "
                 "the server."
             ) from None
+        if "DB index is out of range" in msg:
+            raise ConfigurationError(
+                f"Redis at {where} has no such database ({msg}). Use a database number the "
+                "server has (0 to its `databases` setting minus 1; 16 by default): /0 in the URI."
+            ) from None
         if msg.startswith("NOAUTH"):
             raise ConnectionFailed(
                 f"Redis at {where} requires a password. "

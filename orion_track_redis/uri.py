@@ -33,6 +33,7 @@ default to ports 26379 and 6379; the Cluster form takes no ``db`` (Cluster has o
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import logging
 import os
@@ -179,11 +180,29 @@ def _split_options(query_items, extra: dict) -> tuple[dict, dict]:
         elif name in _CONNECTION_OPTIONS:
             conn[name] = _convert(name, value, _CONNECTION_OPTIONS)
         else:
-            accepted = ", ".join(sorted(_OWN_OPTIONS) + sorted(_CONNECTION_OPTIONS))
+            known = sorted(_OWN_OPTIONS) + sorted(_CONNECTION_OPTIONS)
+            near = difflib.get_close_matches(str(name), known, n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
             raise ConfigurationError(
-                f"unknown option {name!r}. Accepted options: {accepted}."
+                f"unknown option {name!r}.{hint} Accepted options: {', '.join(known)}."
             )
     return own, conn
+
+
+def _validate_path_db(path: str, conn: dict, chosen: str) -> None:
+    """``/N`` selects database N: anything else there, or a second db option, is a mistake
+    that redis-py would silently resolve to some database."""
+    text = path[1:] if path.startswith("/") else path
+    if not text:
+        return
+    if not text.isdigit():
+        raise ConfigurationError(
+            f"Redis URI {redact(chosen)!r}: the path must be a database number (/0, /1, ...), "
+            f"not {'/' + text!r}. Accepted forms: {ACCEPTED_FORMS}.")
+    if "db" in conn:
+        raise ConfigurationError(
+            f"Redis URI {redact(chosen)!r} gives the database twice (path /{text} and "
+            f"db={conn['db']}): keep one of them.")
 
 
 def _validate_own(own: dict) -> None:
@@ -272,6 +291,8 @@ def resolve(uri=None, database=None, options: dict | None = None) -> Options:
             f"Redis URI {redact(chosen)!r} has no socket path: use unix:///path/to/redis.sock."
         )
     own, conn = _split_options(parse_qsl(parts.query, keep_blank_values=True), options)
+    if scheme in ("redis", "rediss"):
+        _validate_path_db(parts.path, conn, chosen)
     _validate_own(own)
     _validate_conn(conn)
     _validate_acks(own, conn, scheme)

@@ -46,11 +46,23 @@ def test_options_from_query_and_keywords():
     ("redis://h?socket_timeout=1", "socket_timeout=1.0 is too short"),
     ("redis://h?socket_connect_timeout=-1", "must be a positive number"),
     ("redis://h?ssl_check_hostname=maybe", "not a boolean"),
+    ("redis://h?lock_tll=5", "unknown option 'lock_tll'. Did you mean 'lock_ttl'?"),
+    ("redis://h/zero", "the path must be a database number (/0, /1, ...), not '/zero'"),
+    ("redis://h/0/1", "the path must be a database number (/0, /1, ...), not '/0/1'"),
+    ("redis://h/2?db=3", "gives the database twice (path /2 and db=3)"),
+    ("rediss://h/x", "the path must be a database number"),
 ])
 def test_bad_configuration_is_explained(uri, fragment):
     with pytest.raises(ConfigurationError, match=fragment.replace("{", r"\{").replace("}", r"\}")
-                       .replace("?", r"\?").replace("(", r"\(")):
+                       .replace("?", r"\?").replace("(", r"\(").replace(")", r"\)")
+                       .replace(".", r"\.")):
         resolve(uri)
+
+
+def test_a_database_the_server_lacks_is_explained(redis_server):
+    with pytest.raises(ConfigurationError, match="has no such database") as info:
+        Redis(uri=f"{redis_server.url}/99")
+    assert "Traceback" not in str(info.value) and "/0 in the URI" in str(info.value)
 
 
 def test_tls_option_needs_rediss():
