@@ -376,8 +376,13 @@ class Redis(BaseStorageProtocol):
         ))
 
     def set_trial_status(self, trial, status, heartbeat=None, was=None):
-        """Compare-and-set the status (``was`` defaults to ``trial.status``)."""
-        if not isinstance(heartbeat, datetime.datetime):
+        """Compare-and-set the status (``was`` defaults to ``trial.status``). An explicit
+        heartbeat datetime is stored and scored as given (as ``register_trial`` does: a caller
+        may age a trial); anything else means now, on the server's clock."""
+        score = "now"
+        if isinstance(heartbeat, datetime.datetime):
+            score = repr(_epoch(heartbeat))
+        else:
             heartbeat = _now()  # Oríon sometimes passes an int here
         was = was or trial.status
         validate_status(status)
@@ -386,7 +391,7 @@ class Redis(BaseStorageProtocol):
         trial_id = trial.id
         with self._guard():
             fields = ["status", codec.dumps(status), "heartbeat", codec.dumps(heartbeat)], ()
-            rc = self._patch(ek, trial_id, was, fields, new_status=status, score="now")
+            rc = self._patch(ek, trial_id, was, fields, new_status=status, score=score)
         if rc != 1:
             raise FailedUpdate(
                 f"trial {trial_id} is not {was!r} in storage" if rc == 0 else

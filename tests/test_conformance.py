@@ -242,6 +242,20 @@ def test_fetch_lost_trials(storage, heartbeat):
     assert storage.fetch_lost_trials(Exp(exp_id)) == []
 
 
+def test_an_explicit_old_heartbeat_makes_a_trial_lost(storage, heartbeat):
+    """set_trial_status(heartbeat=<old datetime>) ages the trial, as Oríon's EVC lost-trial
+    tests expect (Legacy compares the stored heartbeat)."""
+    heartbeat(1)
+    exp_id = create_experiment(storage)
+    trial = storage.register_trial(make_trial(exp_id, x=1.0, status="new"))
+    old = datetime.datetime.utcnow() - datetime.timedelta(seconds=60)
+    storage.set_trial_status(trial, "reserved", heartbeat=old, was="new")
+    assert [t.id for t in storage.fetch_lost_trials(Exp(exp_id))] == [trial.id]
+    storage.set_trial_status(trial, "reserved", heartbeat=datetime.datetime.utcnow(),
+                             was="reserved")
+    assert storage.fetch_lost_trials(Exp(exp_id)) == []
+
+
 def test_status_fetches_and_counts(storage):
     exp_id = create_experiment(storage)
     for i, status in enumerate(["new", "reserved", "suspended", "completed", "interrupted",
