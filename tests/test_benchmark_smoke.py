@@ -121,12 +121,16 @@ def test_lock_hold_anatomy(smoke):
     an = res["lock_hold_anatomy"]
     sizes = res["meta"]["config"]["anatomy_sizes"]
     rows = {(r["backend"], r["trials"]): r for r in an["rows"]}
-    backends = ("redis", "redis-orion-hold", "ephemeraldb", "pickleddb")
+    backends = ("redis", "redis-unbatched", "redis-orion-hold", "ephemeraldb", "pickleddb")
     assert set(rows) == {(b, n) for b in backends for n in sizes}
-    assert an["pool_size"] == 1 and an["holds_per_trial"] == 2
-    for row in rows.values():
+    assert an["pool_size"] == 1
+    for (backend, _), row in rows.items():
         assert row["samples"] == res["meta"]["config"]["anatomy_samples"]
-        for part in ("produce", "observe", "per_trial"):
+        if backend == "redis":  # batched observation: the observe takes no hold
+            assert row["observe"] == {"hold_ms": 0, "storage_ms": 0, "orion_ms": 0}
+            assert row["per_trial"] == row["produce"]
+        for part in ("produce", "per_trial") if backend == "redis" else \
+                ("produce", "observe", "per_trial"):
             p = row[part]
             assert all(_number(p[k]) for k in ("hold_ms", "storage_ms", "orion_ms")), row
             # storage time is a part of the hold, Oríon's the rest
@@ -162,10 +166,12 @@ def test_hold_anatomy_script(tmp_path):
     res = json.loads(out.read_text())
     rows = {(r["algorithm"], r["backend"], r["trials"]): r for r in res["rows"]}
     assert set(rows) == {(a, b, n) for a in ("random", "tpe")
-                         for b in ("accelerated", "orion-path", "ephemeraldb") for n in (10, 20)}
+                         for b in ("batched", "accelerated", "orion-path", "ephemeraldb")
+                         for n in (10, 20)}
     for row in rows.values():
         p = row["per_trial"]
         assert all(_number(p[k]) for k in ("hold_ms", "storage_ms", "orion_ms")), row
         assert 0 < p["storage_ms"] < p["hold_ms"]
         assert row["ceiling_trials_per_s"] == pytest.approx(1000 / p["hold_ms"])
     assert "| random | 20 |" in proc.stdout and "accelerated / Oríon's path" in proc.stdout
+    assert "batched / Oríon's path" in proc.stdout
