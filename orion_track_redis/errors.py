@@ -11,6 +11,8 @@ import re
 
 import redis.exceptions as rex
 
+from .redaction import redact
+
 
 class RedisStorageError(Exception):
     """Base class of every error raised by orion-track-redis itself."""
@@ -34,23 +36,6 @@ class UnsafeStateError(RedisStorageError):
 
 class EmbeddedServerError(RedisStorageError):
     """The embedded redis-server could not be found or started."""
-
-
-# The password runs up to the *last* "@" before the query (?), a fragment, white space or a quote:
-# an unescaped "@" or "/" inside a password must not leave its tail visible. Multi-host URIs
-# (redis+sentinel://u:pw@h1:1,h2:2/svc) have one userinfo too. Over-redacting is fine.
-_PASSWORD_IN_URL = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s'\"]*):(?P<pw>[^?#\s'\"]*)@", re.I)
-# password-like query options (sentinel_password=...) and keyword reprs (password='...')
-_PASSWORD_OPTION = re.compile(
-    r"(?P<name>\b[a-z_]*password)(?P<sep>=|': '|=')(?P<pw>[^&\s'\"]*)", re.I)
-
-
-def redact(text: str) -> str:
-    """Replace the password of every URL found in ``text`` by ``***``, and the value of every
-    ``...password=`` option."""
-    text = _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
-    return _PASSWORD_OPTION.sub(lambda m: f"{m['name']}{m['sep']}***", text)
 
 
 def _denied_in_script(msg: str) -> str:

@@ -96,6 +96,10 @@ def test_wheel_contents(wheel):
 
     wheel_lua = {n for n in names if n.startswith(f"{PACKAGE}/lua/") and not n.endswith("/")}
     assert wheel_lua == set(arcnames)
+    # the start-up hook that redacts every log line lands in site-packages itself
+    with zipfile.ZipFile(wheel) as zf:
+        assert zf.read("orion_track_redis_redact.pth").decode().strip() == \
+            f"import {PACKAGE}.redaction"
 
     modules = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / PACKAGE).rglob("*.py")
                      if "__pycache__" not in p.parts)
