@@ -797,12 +797,17 @@ with open(os.environ["ORION_RESULTS_PATH"], "w") as fh:
 
 
 def _fleet_config(path, backend, location):
+    """The fleet's config file. The experiment gets a shared working_dir: without one, each
+    Oríon 0.2.7 worker runs trials in a temporary directory that it deletes when it stops, and
+    a trial runs under the directory of the worker that produced it, so a worker that stops
+    first breaks the trials other workers are still running there."""
     if backend == "redis":
         storage = f"storage:\n  type: redis\n  database:\n    host: \"{location}\"\n"
     else:
         storage = ("storage:\n  type: legacy\n  database:\n    type: pickleddb\n"
                    f"    host: \"{location}\"\n")
-    path.write_text(storage + "experiment:\n  algorithms:\n    random:\n      seed: null\n")
+    path.write_text(storage + f"experiment:\n  working_dir: \"{path.parent / 'trials'}\"\n"
+                    "  algorithms:\n    random:\n      seed: null\n")
     return path
 
 

@@ -386,7 +386,8 @@ def test_accelerated_fleet_completes_and_observes_every_trial_once(redis_server,
     uri = f"{redis_server.url}/0?prefix={prefix}"
     config = tmp_path / "orion_config.yaml"
     config.write_text(f'storage:\n  type: redis\n  database:\n    host: "{uri}"\n'
-                      "experiment:\n  algorithms:\n    random:\n      seed: null\n")
+                      f"experiment:\n  working_dir: \"{tmp_path / 'trials'}\"\n"
+                      "  algorithms:\n    random:\n      seed: null\n")
     cmd = [str(Path(sys.executable).with_name("orion")), "hunt", "--config", str(config),
            "-n", "accel-fleet", "--max-trials", "40", sys.executable,
            str(examples / "objective.py"), "-x~uniform(-5, 5)", "-y~uniform(-5, 5)"]

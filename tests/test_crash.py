@@ -25,7 +25,8 @@ def _config(tmp_path, uri, heartbeat) -> Path:
     path.write_text(
         "storage:\n  type: redis\n  database:\n"
         f"    host: \"{uri}\"\n"
-        "experiment:\n  algorithms:\n    random:\n      seed: null\n"
+        f"experiment:\n  working_dir: \"{tmp_path / 'trials'}\"\n"
+        "  algorithms:\n    random:\n      seed: null\n"
         f"worker:\n  heartbeat: {heartbeat}\n  idle_timeout: 120\n"
     )
     return path

@@ -29,6 +29,7 @@ def _config(tmp_path, uri) -> Path:
         "  database:\n"
         f"    host: \"{uri}\"\n"
         "experiment:\n"
+        f"  working_dir: \"{tmp_path / 'trials'}\"\n"
         "  algorithms:\n"
         "    random:\n"
         "      seed: null\n"

@@ -293,7 +293,8 @@ def _hunt_config(tmp_path, uri) -> Path:
     path = tmp_path / "orion_config.yaml"
     path.write_text(yaml.safe_dump({
         "storage": {"type": "redis", "database": {"host": uri}},
-        "experiment": {"algorithms": {"random": {"seed": None}}},
+        "experiment": {"algorithms": {"random": {"seed": None}},
+                       "working_dir": str(path.parent / "trials")},
         # a trial whose completion a failover lost is re-run after 5 x heartbeat
         "worker": {"heartbeat": 3},
     }))
