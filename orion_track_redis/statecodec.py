@@ -108,9 +108,10 @@ _ZSTD_LEVEL = 3
 _ZSTD_WINDOW_LOG = 27  # zstd shrinks it to the state's size; 27 is what any decoder accepts
 
 _FIX = (
-    f"Configure the same `state_secret` (or env var {SECRET_ENV}) on every worker so states "
-    "are signed, or, if a built-in Oríon algorithm wrote this state, report the missing global "
-    "to orion-track-redis."
+    f"To allow it, set the same secret on every worker (environment variable {SECRET_ENV}, or "
+    "`state_secret` in the storage config): states are then signed and may hold any class. "
+    "MOFA and plugin algorithms (skopt, nevergrad, Ax, HEBO, DEHB, BOHB, PB2) need it; if a "
+    "built-in Oríon algorithm wrote this state, report the missing global to orion-track-redis."
 )
 
 # numpy entry points that find_class replaces by a guarded method of the unpickler.

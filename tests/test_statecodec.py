@@ -179,7 +179,9 @@ def test_mofa_state_needs_the_secret():
     for data, secret in ((signed, None), (dump_state(state, None), SECRET)):
         with pytest.raises(UnsafeStateError, match="not on the allow-list") as err:
             load_state(data, secret)
-        assert SECRET_ENV in str(err.value)
+        # the message names the refused class and the exact way to allow it
+        assert SECRET_ENV in str(err.value) and "To allow it" in str(err.value)
+        assert "references the global '" in str(err.value) and "MOFA" in str(err.value)
 
 
 # -- protocols and data types ------------------------------------------------------------------
