@@ -12,6 +12,8 @@ tag object:
 ``{"$tuple": [...]}``     tuple (lists stay lists)
 ``{"$bytes": b64}``       bytes
 ``{"$map": [[k, v]...]}`` dict with any non-str key
+``{"$path": text}``        ``pathlib`` path (read back as ``pathlib.Path``; an experiment
+                          given its working_dir as a Path stores one in every trial)
 ``{"$esc": [k, v]}``      a real dict whose only key happens to look like a tag
 ========================  ==========================================
 
@@ -22,10 +24,11 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import json
+import pathlib
 
 from .errors import CorruptData
 
-_TAGS = ("$dt", "$date", "$td", "$tuple", "$bytes", "$map", "$esc")
+_TAGS = ("$dt", "$date", "$td", "$tuple", "$bytes", "$map", "$esc", "$path")
 _SIMPLE = (str, int, float, bool, type(None))
 
 
@@ -53,6 +56,8 @@ def _enc(obj):
         return {"$td": [obj.days, obj.seconds, obj.microseconds]}
     if isinstance(obj, (bytes, bytearray)):
         return {"$bytes": base64.b64encode(bytes(obj)).decode("ascii")}
+    if isinstance(obj, pathlib.PurePath):
+        return {"$path": str(obj)}
     if hasattr(obj, "tolist"):  # numpy arrays and scalars
         return _enc(obj.tolist())
     raise TypeError(f"cannot store a value of type {type(obj).__name__}: {obj!r:.80}")
@@ -84,6 +89,8 @@ def _dec_tag(obj: dict):
         return _dt.timedelta(days=val[0], seconds=val[1], microseconds=val[2])
     if tag == "$bytes":
         return base64.b64decode(val)
+    if tag == "$path":
+        return pathlib.Path(val)
     return obj
 
 

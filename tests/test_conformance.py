@@ -170,6 +170,20 @@ def test_get_trial(storage):
     assert storage.get_trial(trial).id == trial.id
 
 
+def test_a_path_valued_field_round_trips(storage):
+    """An experiment whose working_dir is a pathlib.Path stores it in every trial's
+    exp_working_dir (Oríon's client and worker tests do): stored as Legacy stores it."""
+    import pathlib
+
+    exp_id = create_experiment(storage)
+    trial = storage.register_trial(make_trial(exp_id, exp_working_dir=pathlib.Path("/tmp/w")))
+    found = storage.get_trial(uid=trial.id, experiment_uid=exp_id)
+    assert found.exp_working_dir == pathlib.Path("/tmp/w")
+    assert found.working_dir == trial.working_dir
+    (fetched,) = storage.fetch_trials(uid=exp_id)
+    assert fetched.exp_working_dir == pathlib.Path("/tmp/w")
+
+
 def test_reserve_trial_until_none(storage):
     exp_id = create_experiment(storage)
     for x in range(5):
