@@ -23,6 +23,8 @@ def info(storage) -> dict:
     schema = client.get(storage._keys.schema)
     data = {
         "uri": storage._opts.redacted,
+        "scope": "embedded, this host only" if storage._opts.scheme == "embedded"
+        else "shared (every worker given this URI)",
         "prefix": storage._opts.prefix,
         "redis_version": facts.get("redis_version"),
         "mode": facts.get("redis_mode", "standalone"),

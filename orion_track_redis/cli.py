@@ -18,13 +18,35 @@ from .storage import Redis
 OK, PROBLEM, USAGE = 0, 1, 2
 
 
-def connect(args, setup=True) -> Redis:
-    """Same resolution as the storage: --uri, else Oríon's config/env, else embedded."""
+class NoServer(LookupError):
+    """Nothing configured and the embedded server of this host is not running."""
+
+
+def connect(args, setup=True, start=False) -> Redis:
+    """Same resolution as the storage: --uri, else Oríon's config/env, else embedded. The
+    embedded server is started only for a command that stores (``start``): reading a server
+    that does not run would start an empty one."""
     import orion.core
 
+    from . import embedded
+    from .uri import resolve
+
     options = {"prefix": args.prefix} if args.prefix else {}
-    return Redis(uri=args.uri, database=orion.core.config.storage.database.to_dict(),
-                 setup=setup, **options)
+    database = orion.core.config.storage.database.to_dict()
+    opts = resolve(args.uri, database, dict(options))
+    data_dir = opts.url.split("://", 1)[1] or None
+    if opts.scheme == "embedded" and not start and not embedded.is_running(data_dir):
+        raise NoServer(
+            f"no Redis URI is configured ({opts.source}) and the embedded redis-server of this "
+            f"host is not running (data dir {embedded.data_dir_path(data_dir)}); this command "
+            "does not start it. Give --uri redis://..., configure Oríon's storage "
+            "(storage.database.host), or start the embedded server with a hunt.")
+    return Redis(uri=args.uri, database=database, setup=setup, **options)
+
+
+def _embedded_note(storage: Redis) -> str:
+    return ("embedded redis-server (this host only): " + storage._opts.redacted + "\n"
+            if storage._opts.scheme == "embedded" else "")
 
 
 def _print(args, data, render):
@@ -48,7 +70,12 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 # -- info ----------------------------------------------------------------------------------------
 def cmd_info(args) -> int:
-    data = admin.info(connect(args))
+    try:
+        storage = connect(args)
+    except NoServer as exc:
+        print(exc)
+        return OK
+    data = admin.info(storage)
     _print(args, data, lambda d: "\n".join(f"{k:18} {v}" for k, v in d.items()))
     return PROBLEM if data.get("warnings") else OK
 
@@ -65,12 +92,18 @@ def _status_rows(storage: Redis, name) -> list[dict]:
 
 
 def cmd_status(args) -> int:
-    storage = connect(args)
+    try:
+        storage = connect(args)
+    except NoServer as exc:
+        print(exc)
+        return OK
+    note = _embedded_note(storage)
     while True:
         rows = _status_rows(storage, args.name)
         if args.watch:
             print("\033[2J\033[H", end="")  # clear the screen for the live table
-        _print(args, rows, lambda r: _table(r, STATUS_COLUMNS) if r else "no experiment")
+        _print(args, rows, lambda r: note + (_table(r, STATUS_COLUMNS) if r
+                                             else "no experiment"))
         if not args.watch:
             break
         time.sleep(args.watch)
@@ -171,7 +204,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    count = transfer.import_jsonl(connect(args), args.file)
+    count = transfer.import_jsonl(connect(args, start=True), args.file)
     print(f"imported {_n(count['experiments'], 'experiment')}, {_n(count['trials'], 'trial')}"
           f" (already there: {_n(count['experiments_skipped'], 'experiment')}, "
           f"{_n(count['trials_skipped'], 'trial')})")
@@ -189,7 +222,7 @@ class _Exp:
 
 # -- upgrade -------------------------------------------------------------------------------------
 def cmd_upgrade(args) -> int:
-    storage = connect(args, setup=False)  # setup refuses an older schema
+    storage = connect(args, setup=False, start=True)  # setup refuses an older schema
     with storage._guard():
         report = migrations.upgrade(storage.client, storage._keys)
     _print(args, report, lambda r: (

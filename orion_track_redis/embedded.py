@@ -165,6 +165,11 @@ def _locked(data_dir: Path, timeout: float = LOCK_TIMEOUT):
         os.close(fd)  # releases the lock
 
 
+def is_running(data_dir: str | os.PathLike | None = None) -> bool:
+    """Whether the embedded server of ``data_dir`` answers (starts nothing, creates nothing)."""
+    return _probe(socket_path(data_dir_path(data_dir))) == "up"
+
+
 def embedded_uri(data_dir: str | os.PathLike | None = None) -> str:
     """``unix:///.../redis.sock`` of the shared embedded server of ``data_dir``, started if needed."""
     ddir = data_dir_path(data_dir)

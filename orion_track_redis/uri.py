@@ -45,6 +45,8 @@ from .keys import validate_prefix
 log = logging.getLogger(__name__)
 
 ENV_URI = "ORION_REDIS_URI"
+# set on a fleet: no URI configured is an error instead of this host's own embedded server
+ENV_REQUIRE_URI = "ORION_REDIS_REQUIRE_URI"
 ENV_SECRET = "ORION_REDIS_STATE_SECRET"
 SENTINEL, CLUSTER = "redis+sentinel", "redis+cluster"
 SCHEMES = ("redis", "rediss", "unix", "fakeredis", "embedded", SENTINEL, CLUSTER)
@@ -162,6 +164,27 @@ def pick_uri(uri, database) -> tuple[str | None, str]:
     return None, "embedded default"
 
 
+_warned_embedded = False
+
+
+def _implicit_embedded() -> None:
+    """No URI anywhere: refuse when the fleet said so, else say loudly (once per process) that
+    this host's own server is used, so other hosts do not share the experiment."""
+    global _warned_embedded
+    if os.environ.get(ENV_REQUIRE_URI, "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ConfigurationError(
+            f"no Redis URI is configured and {ENV_REQUIRE_URI} forbids the embedded default: "
+            "set storage.database.host to redis://... in the Oríon config (with storage type "
+            f"redis), or {ENV_URI}=redis://... in the environment.")
+    if not _warned_embedded:
+        _warned_embedded = True
+        log.warning(
+            "orion-track-redis: no Redis URI configured: using the embedded redis-server of THIS "
+            "HOST ONLY; workers on other hosts will not share these experiments. For a fleet, "
+            "set storage.database.host (or %s) to redis://..., and %s=1 to make a missing URI "
+            "an error.", ENV_URI, ENV_REQUIRE_URI)
+
+
 def _convert(name: str, value, table: dict):
     try:
         return table[name](value)
@@ -261,6 +284,7 @@ def resolve(uri=None, database=None, options: dict | None = None) -> Options:
         secret = secret.encode()
     chosen, source = pick_uri(uri, database)
     if chosen is None:
+        _implicit_embedded()
         chosen = "embedded://"
     if not isinstance(chosen, str):
         raise ConfigurationError(

@@ -319,3 +319,44 @@ def test_no_children_left_running(tmp_path, monkeypatch):
     assert pid in server._LIVE
     server._kill_leftovers()  # what atexit does for servers nobody stopped
     assert not srv.running and not server._LIVE
+
+
+# --- the implicit default: loud, forbiddable, never started by a read -------------------------
+def test_implicit_embedded_default_is_loud_and_can_be_forbidden(monkeypatch, caplog):
+    """No URI anywhere: one WARNING naming the consequence and the fix; with
+    ORION_REDIS_REQUIRE_URI=1 a ConfigurationError instead (a fleet must not split silently)."""
+    from orion_track_redis import ConfigurationError, uri
+
+    monkeypatch.delenv(uri.ENV_URI, raising=False)
+    monkeypatch.setattr(uri, "_warned_embedded", False)
+    with caplog.at_level(logging.WARNING, logger="orion_track_redis.uri"):
+        assert uri.resolve(None, {"host": ""}).scheme == "embedded"
+        uri.resolve(None, None)  # once per process
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "THIS HOST ONLY" in warnings[0]
+    assert uri.ENV_REQUIRE_URI in warnings[0] and "storage.database.host" in warnings[0]
+    assert uri.resolve("embedded://").scheme == "embedded"  # explicit: no objection
+    monkeypatch.setenv(uri.ENV_REQUIRE_URI, "1")
+    with pytest.raises(ConfigurationError, match="forbids the embedded default"):
+        uri.resolve(None, {"host": ""})
+    assert uri.resolve("embedded://").scheme == "embedded"
+
+
+def test_cli_reads_never_start_the_embedded_server(emb_dir, monkeypatch, capsys):
+    """`orion-redis info`/`status` with nothing configured say that no server runs instead of
+    starting an empty one; once one runs, they show it as this host's only."""
+    from orion_track_redis import uri
+    from orion_track_redis.cli import main
+
+    monkeypatch.setenv(embedded.ENV_DIR, str(emb_dir))
+    monkeypatch.delenv(uri.ENV_URI, raising=False)
+    for command in (["info"], ["status"]):
+        assert main(command) == 0
+        assert "embedded redis-server of this host is not running" in capsys.readouterr().out
+    assert main(["lock", "show", "x"]) == 2
+    assert not embedded.is_running(emb_dir) and not (emb_dir / embedded.PID_NAME).exists()
+    embedded_uri(emb_dir)  # a hunt would start it
+    assert main(["info", "--json"]) == 0
+    assert '"scope": "embedded, this host only"' in capsys.readouterr().out
+    assert main(["status"]) == 0
+    assert "embedded redis-server (this host only)" in capsys.readouterr().out
