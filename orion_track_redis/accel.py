@@ -26,6 +26,13 @@ What stays exactly as in Oríon:
 It is on by default on the verified Oríon version, off with the storage option
 ``accelerate=false`` or ``ORION_REDIS_ACCELERATE=0``, and off (one log line) on any other Oríon.
 ``tests/test_accel.py`` is the differential oracle against unmodified Oríon.
+
+Batched observation (on with the accelerator; ``batch_observe=false`` or
+``ORION_REDIS_BATCH_OBSERVE=0`` turn it off): ``Producer.observe`` records the trial in the
+experiment's backlog instead of taking the lock, and every hold of this backend observes the
+backlog, oldest first, before its caller runs; the release removes what it observed together
+with the state write (lock.py). ``workon`` observes the tail when a worker is done.
+``tests/test_batch_observe.py`` is its oracle against unmodified Oríon.
 """
 from __future__ import annotations
 
@@ -83,14 +90,14 @@ def _patch_experiment():
             if hasattr(storage, "backlog_length") and storage.backlog_length(self):
                 # our storage with the accelerator off, in a fleet where others batch: observe
                 # their backlog too, with Oríon's own set_state/state_dict
-                with _accelerated_hold(self, timeout, retry_interval,
+                with _backend_hold(self, timeout, retry_interval,
                                        copy_free=False) as (algo, _):
                     yield algo
                 return
             with oriones_hold(self, timeout=timeout, retry_interval=retry_interval) as algo:
                 yield algo
             return
-        with _accelerated_hold(self, timeout, retry_interval) as (algo, _):
+        with _backend_hold(self, timeout, retry_interval) as (algo, _):
             yield algo
 
     acquire_algorithm_lock.__doc__ = oriones_hold.__doc__
@@ -99,7 +106,7 @@ def _patch_experiment():
 
 
 @contextlib.contextmanager
-def _accelerated_hold(experiment, timeout, retry_interval, copy_free=True):
+def _backend_hold(experiment, timeout, retry_interval, copy_free=True):
     """Oríon's hold contract (writable check, configuration check, state in and out), with the
     state adopted and exported without copies (``copy_free``), and the backlog of batched
     observation observed first, oldest first, one ``observe`` per recorded trial as Oríon's
@@ -157,11 +164,14 @@ def _patch_observation():
             oriones_observe(self, trial)
 
     def workon(self, *args, **kwargs):
+        # after success or an error, not after Ctrl-C: the next produce or a flush covers it
         try:
-            return oriones_workon(self, *args, **kwargs)
-        finally:
-            if getattr(self._experiment._storage, "batched_observation", False):
-                flush_quietly(self._experiment)
+            result = oriones_workon(self, *args, **kwargs)
+        except Exception:
+            flush_quietly(self._experiment)
+            raise
+        flush_quietly(self._experiment)
+        return result
 
     observe.__doc__, workon.__doc__ = oriones_observe.__doc__, oriones_workon.__doc__
     Producer.observe = observe
@@ -174,13 +184,16 @@ def flush(experiment, timeout: float = 60) -> int:
     storage = experiment._storage
     if not storage.backlog_length(experiment):
         return 0
-    with _accelerated_hold(experiment, timeout, 1,
+    with _backend_hold(experiment, timeout, 1,
                            copy_free=storage.accelerated_holds) as (_, locked):
         return locked.observed
 
 
 def flush_quietly(experiment) -> None:
-    """``flush`` at the end of a worker's loop: a failure is a warning, not the worker's."""
+    """``flush`` at the end of a worker's loop, for a batching storage: a failure is a
+    warning, not the worker's."""
+    if not getattr(experiment._storage, "batched_observation", False):
+        return
     try:
         flush(experiment)
     except Exception as exc:  # noqa: BLE001 - the next hold or `orion-redis flush` covers it

@@ -196,13 +196,13 @@ def _first_difference(name, fast, plain, steps, refusals):
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
-def test_accelerated_holds_match_orion(name):
+def test_backend_holds_match_orion(name):
     assert accel.install()
     assert compare_worlds(name, *ALGORITHMS[name]) is None
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONAL))
-def test_accelerated_holds_match_orion_optional(name):
+def test_backend_holds_match_orion_optional(name):
     assert compare_worlds(name, *OPTIONAL[name]) is None
 
 
@@ -282,8 +282,8 @@ def test_unaccelerated_storages_and_other_backends_run_orions_code(monkeypatch):
     """accelerate=false, ORION_REDIS_ACCELERATE=0 and Legacy storages never enter the copy-free
     path; the accelerated one does."""
     calls = []
-    real = accel._accelerated_hold
-    monkeypatch.setattr(accel, "_accelerated_hold",
+    real = accel._backend_hold
+    monkeypatch.setattr(accel, "_backend_hold",
                         lambda *a: calls.append(a[0]._storage) or real(*a))
 
     def one_trial(storage):
@@ -317,7 +317,7 @@ def test_off_on_an_unverified_orion(monkeypatch, caplog):
     assert storage.accelerated_holds is False
 
 
-def test_accelerated_hold_copies_nothing_it_need_not(monkeypatch):
+def test_backend_hold_copies_nothing_it_need_not(monkeypatch):
     """The point of it: at 60 trials, a hunt step's holds call deepcopy on whole registries
     with Oríon's path and never with the accelerated one."""
     import copy
