@@ -31,6 +31,7 @@ def connect(args, setup=True, start=False) -> Redis:
     from . import embedded
     from .uri import resolve
 
+    _warn_unselected_backend(orion.core.config.storage.type)
     options = {"prefix": args.prefix} if args.prefix else {}
     database = orion.core.config.storage.database.to_dict()
     opts = resolve(args.uri, database, dict(options))
@@ -42,6 +43,18 @@ def connect(args, setup=True, start=False) -> Redis:
             "does not start it. Give --uri redis://..., configure Oríon's storage "
             "(storage.database.host), or start the embedded server with a hunt.")
     return Redis(uri=args.uri, database=database, setup=setup, **options)
+
+
+def _warn_unselected_backend(storage_type) -> None:
+    """ORION_REDIS_URI names a Redis, but only the storage type selects the backend: a hunt
+    in this environment would silently use PickledDB."""
+    from .uri import ENV_URI
+
+    if os.environ.get(ENV_URI) and str(storage_type).lower() != "redis":
+        print(f"orion-redis: warning: {ENV_URI} is set but Oríon's storage type is "
+              f"{storage_type!r}: `orion hunt` here would NOT use Redis. Set "
+              "ORION_STORAGE_TYPE=redis (or storage: {type: redis} in the Oríon config).",
+              file=sys.stderr)
 
 
 def _embedded_note(storage: Redis) -> str:

@@ -287,3 +287,23 @@ def test_cli_behaves_in_pipes_and_without_a_terminal(uri):
     assert Redis(uri=uri).fetch_experiments({"name": "kept"})
     version = subprocess.run([*cli, "--version"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.startswith("orion-redis ")
+
+
+def test_warns_when_the_uri_is_set_but_the_backend_is_not_selected(uri, monkeypatch, capsys):
+    """ORION_REDIS_URI alone does not select the backend: a hunt would silently use PickledDB.
+    orion-redis says so (and still answers for the URI it was given)."""
+    import orion.core
+
+    monkeypatch.setenv("ORION_REDIS_URI", uri)
+    config = orion.core.config.storage
+    previous = config.type  # Oríon's Configuration: set and restore by hand
+    try:
+        config.type = "legacy"
+        assert main(["status"]) == 0
+        err = capsys.readouterr().err
+        assert "ORION_STORAGE_TYPE=redis" in err and "would NOT use Redis" in err
+        config.type = "redis"
+        assert main(["status"]) == 0
+        assert "would NOT use Redis" not in capsys.readouterr().err
+    finally:
+        config.type = previous
