@@ -38,6 +38,11 @@ class EmbeddedServerError(RedisStorageError):
     """The embedded redis-server could not be found or started."""
 
 
+def _short(exc: Exception) -> str:
+    """redis-py's Sentinel errors embed whole client reprs: keep the message, drop those."""
+    return re.sub(r"<redis\.client\.Redis\(.*\)>", "<sentinel>", str(exc))
+
+
 def _denied_in_script(msg: str) -> str:
     """'the ZADD command' from "Error running script (call to f_<sha1>): @user_script:15: ...":
     the script is found by its SHA1 and the command read on that line of its source."""
@@ -85,7 +90,8 @@ class translate_errors:
         return self
 
     def __exit__(self, kind, exc, tb) -> bool:
-        if isinstance(exc, rex.RedisError):
+        # RedisClusterException is no RedisError (redis-py's own hierarchy)
+        if isinstance(exc, (rex.RedisError, rex.RedisClusterException)):
             _raise_translated(exc, self.where)
         return False  # not ours, or untranslated: propagates unchanged
 
@@ -94,6 +100,14 @@ def _raise_translated(error: Exception, where: str) -> None:
     """Raise our exception for ``error``; return to let the original propagate."""
     try:
         raise error
+    except rex.RedisClusterException as exc:
+        if "Cluster mode is not enabled" in str(exc):
+            raise ConfigurationError(
+                f"{where} is not a Redis Cluster node (cluster mode is not enabled on it): for a "
+                "standalone server use redis://host:port/0; redis+cluster:// is for the nodes of "
+                "a Redis Cluster."
+            ) from None
+        raise ConnectionFailed(f"Redis Cluster at {where}: {redact(exc)}") from None
     except rex.AuthenticationError as exc:
         raise ConnectionFailed(
             f"Redis at {where} rejected the credentials ({redact(exc)}). "
@@ -144,7 +158,18 @@ def _raise_translated(error: Exception, where: str) -> None:
             f"{where} does not speak the Redis protocol ({redact(exc)[:120]}). Check the host "
             "and port (is it another service?) and the scheme (rediss:// for TLS)."
         ) from None
-    except (rex.ConnectionError, rex.TimeoutError) as exc:
+    except rex.ConnectionError as exc:
+        if "unknown command 'SENTINEL'" in str(exc):  # MasterNotFoundError from every sentinel
+            raise ConfigurationError(
+                f"{where} names a server that is not a Sentinel (it does not know the SENTINEL "
+                "command): for a standalone server use redis://host:port/0; redis+sentinel:// "
+                "takes the sentinels' addresses (port 26379 by default) and the service name."
+            ) from None
+        raise ConnectionFailed(
+            f"Cannot reach Redis at {where}: {redact(_short(exc)).rstrip('.')}. Check that the "
+            "server runs and the URI (host, port, TLS, timeouts) is right."
+        ) from None
+    except rex.TimeoutError as exc:
         raise ConnectionFailed(
             f"Cannot reach Redis at {where}: {redact(exc).rstrip('.')}. Check that the server "
             "runs and the URI (host, port, TLS, timeouts) is right."

@@ -135,3 +135,21 @@ def test_newer_schema_is_refused():
     storage.client.set(storage._keys.schema, 99)
     with pytest.raises(RedisStorageError, match="schema version 99"):
         Redis(uri="fakeredis://schema?prefix=sch")
+
+
+@pytest.mark.parametrize("scheme, says", [
+    ("redis+cluster://127.0.0.1:{port}", "is not a Redis Cluster node"),
+    ("redis+sentinel://127.0.0.1:{port}/mymaster", "is not a Sentinel"),
+])
+def test_a_topology_scheme_on_a_plain_server_is_explained(redis_server, scheme, says, capsys):
+    """redis+cluster:// or redis+sentinel:// pointed at a standalone server: a clear
+    ConfigurationError naming the scheme that fits (exit 2 from orion-redis), not a raw
+    RedisClusterException or a Sentinel error carrying whole client reprs."""
+    from orion_track_redis.cli import main
+
+    uri = scheme.format(port=redis_server.port) + "?socket_timeout=2"
+    with pytest.raises(ConfigurationError, match=says) as info:
+        Redis(uri=uri)
+    assert "redis://host:port/0" in str(info.value) and "<redis." not in str(info.value)
+    assert main(["--uri", uri, "info"]) == 2
+    assert says in capsys.readouterr().err
