@@ -200,6 +200,17 @@ def cmd_purge(args) -> int:
     return OK
 
 
+def cmd_stop_embedded(args) -> int:
+    from . import embedded
+
+    where = embedded.data_dir_path(args.data_dir)
+    if embedded.stop_embedded(args.data_dir):
+        print(f"stopped the embedded redis-server of {where} (its data stays there)")
+    else:
+        print(f"no embedded redis-server runs for {where}")
+    return OK
+
+
 # -- migration -----------------------------------------------------------------------------------
 def cmd_copy(args) -> int:
     source = transfer.open_spec(args.source, source=True)
@@ -296,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment")
     p = add("import", cmd_import, "read a file written by export", json_=False)
     p.add_argument("file")
+    p = add("stop-embedded", cmd_stop_embedded, "stop this host's embedded redis-server (the "
+            "implicit default; its data is kept and it restarts on next use)", json_=False)
+    p.add_argument("--data-dir", help="its data directory (default: $ORION_REDIS_EMBEDDED_DIR, "
+                   "else Oríon's user data directory)")
     add("upgrade", cmd_upgrade, "upgrade the stored data to this version's schema (stop the "
         "workers of the older version first)")
     return parser

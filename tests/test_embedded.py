@@ -360,3 +360,15 @@ def test_cli_reads_never_start_the_embedded_server(emb_dir, monkeypatch, capsys)
     assert '"scope": "embedded, this host only"' in capsys.readouterr().out
     assert main(["status"]) == 0
     assert "embedded redis-server (this host only)" in capsys.readouterr().out
+
+
+def test_stop_embedded_command(emb_dir, capsys):
+    from orion_track_redis.cli import main
+
+    embedded_uri(emb_dir)
+    assert embedded.is_running(emb_dir)
+    assert main(["stop-embedded", "--data-dir", str(emb_dir)]) == 0
+    assert "stopped the embedded redis-server" in capsys.readouterr().out
+    assert not embedded.is_running(emb_dir)
+    assert main(["stop-embedded", "--data-dir", str(emb_dir)]) == 0
+    assert "no embedded redis-server runs" in capsys.readouterr().out
