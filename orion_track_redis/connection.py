@@ -159,6 +159,8 @@ def make_client(opts: Options):
                 f"option {name} needs a TLS URI: use rediss:// instead of "
                 f"{url.split('://', 1)[0]}://."
             )
+    if opts.password is not None:  # kept out of the URI (password file, REDISCLI_AUTH)
+        kwargs["password"] = opts.password
     return redis.Redis.from_url(url, **kwargs)
 
 

@@ -48,6 +48,9 @@ ENV_URI = "ORION_REDIS_URI"
 # set on a fleet: no URI configured is an error instead of this host's own embedded server
 ENV_REQUIRE_URI = "ORION_REDIS_REQUIRE_URI"
 ENV_SECRET = "ORION_REDIS_STATE_SECRET"
+# the password kept out of the URI: a file (container secrets' convention), or redis-cli's variable
+ENV_PASSWORD_FILE = "ORION_REDIS_PASSWORD_FILE"
+ENV_CLI_AUTH = "REDISCLI_AUTH"
 SENTINEL, CLUSTER = "redis+sentinel", "redis+cluster"
 SCHEMES = ("redis", "rediss", "unix", "fakeredis", "embedded", SENTINEL, CLUSTER)
 MULTI_HOST = (SENTINEL, CLUSTER)
@@ -83,7 +86,7 @@ SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password", "sentinel_ssl")
 RETRY_OPTIONS = ("retries", "retry_backoff")
 _OWN_OPTIONS = {"prefix": str, "lock_ttl": float, "replica_acks": lambda v: _int(v),
                 "replica_ack_timeout": lambda v: _int(v), "accelerate": lambda v: _bool(v),
-                "batch_observe": lambda v: _bool(v)}
+                "batch_observe": lambda v: _bool(v), "password_file": str}
 # no replicas to confirm a write: the in-process and embedded servers; Redis Cluster routes each
 # pipelined command by its key, so WAIT (no key) would not reach the node that ran the script
 _NO_REPLICA_ACKS = {"fakeredis": "an in-process server has no replicas",
@@ -212,6 +215,27 @@ def _split_options(query_items, extra: dict) -> tuple[dict, dict]:
     return own, conn
 
 
+def _external_password(own: dict, in_uri: bool) -> str | None:
+    """The password when the URI has none: the ``password_file`` option, else the file named by
+    ORION_REDIS_PASSWORD_FILE, else REDISCLI_AUTH. Pops ``password_file`` from ``own``."""
+    path = own.pop("password_file", None) or os.environ.get(ENV_PASSWORD_FILE)
+    if in_uri:
+        return None  # the URI's own password wins
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                password = handle.read().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read the Redis password file {path!r} ({exc.strerror}): check the path "
+                f"and its permissions (option password_file, or {ENV_PASSWORD_FILE})."
+            ) from None
+        if not password:
+            raise ConfigurationError(f"the Redis password file {path!r} is empty.")
+        return password
+    return os.environ.get(ENV_CLI_AUTH) or None
+
+
 def _validate_path_db(path: str, conn: dict, chosen: str) -> None:
     """``/N`` selects database N: anything else there, or a second db option, is a mistake
     that redis-py would silently resolve to some database."""
@@ -315,6 +339,9 @@ def resolve(uri=None, database=None, options: dict | None = None) -> Options:
             f"Redis URI {redact(chosen)!r} has no socket path: use unix:///path/to/redis.sock."
         )
     own, conn = _split_options(parse_qsl(parts.query, keep_blank_values=True), options)
+    password = _external_password(own, parts.password is not None)
+    if scheme in ("embedded", "fakeredis"):
+        password = None  # servers of our own, without a password
     if scheme in ("redis", "rediss"):
         _validate_path_db(parts.path, conn, chosen)
     _validate_own(own)
@@ -334,6 +361,7 @@ def resolve(uri=None, database=None, options: dict | None = None) -> Options:
         source=source,
         connection=tuple(sorted(conn.items())),
         state_secret=secret,
+        password=password,
         **own,
     )
 
@@ -377,6 +405,8 @@ def _resolve_multi_host(chosen: str, scheme: str, source: str, options: dict, se
             f"Redis URI {redact(chosen)!r} has no host. Accepted forms: {ACCEPTED_FORMS}.")
     hosts = tuple(_host_port(item.strip(), scheme, chosen) for item in hostlist.split(","))
     own, conn = _split_options(parse_qsl(query, keep_blank_values=True), options)
+    external = _external_password(own, password is not None)
+    password = password if password is not None else external
     _validate_own(own)
     _validate_conn(conn)
     _validate_acks(own, conn, scheme)

@@ -153,3 +153,34 @@ def test_a_topology_scheme_on_a_plain_server_is_explained(redis_server, scheme, 
     assert "redis://host:port/0" in str(info.value) and "<redis." not in str(info.value)
     assert main(["--uri", uri, "info"]) == 2
     assert says in capsys.readouterr().err
+
+
+def test_password_kept_out_of_the_uri(password_server, tmp_path, monkeypatch, caplog):
+    """A password file (option or ORION_REDIS_PASSWORD_FILE, the container-secrets way) or
+    REDISCLI_AUTH (redis-cli's variable) authenticates; the URI's own password wins; the
+    password shows nowhere; a missing or empty file is a clear error naming the file."""
+    from orion_track_redis import uri as uri_module
+
+    url = password_server.url  # no password in it
+    secret = tmp_path / "redis-password"
+    secret.write_text("right-pw\n")
+    monkeypatch.delenv(uri_module.ENV_CLI_AUTH, raising=False)
+    monkeypatch.delenv(uri_module.ENV_PASSWORD_FILE, raising=False)
+    with caplog.at_level(logging.DEBUG):
+        storage = Redis(uri=f"{url}/0?password_file={secret}")
+        assert storage.fetch_experiments({}) == []
+        assert "right-pw" not in repr(storage._opts) and "right-pw" not in caplog.text
+    monkeypatch.setenv(uri_module.ENV_PASSWORD_FILE, str(secret))
+    assert Redis(uri=url).fetch_experiments({}) == []
+    with pytest.raises(ConnectionFailed, match="credentials"):  # the URI's password wins
+        Redis(uri=url.replace("redis://", "redis://:wrong@"))
+    monkeypatch.delenv(uri_module.ENV_PASSWORD_FILE)
+    monkeypatch.setenv(uri_module.ENV_CLI_AUTH, "right-pw")
+    assert Redis(uri=url).fetch_experiments({}) == []
+    monkeypatch.delenv(uri_module.ENV_CLI_AUTH)
+    with pytest.raises(ConfigurationError, match="cannot read the Redis password file") as info:
+        Redis(uri=f"{url}/0?password_file={tmp_path / 'missing'}")
+    assert "missing" in str(info.value) and "Traceback" not in str(info.value)
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(ConfigurationError, match="is empty"):
+        Redis(uri=url, password_file=str(tmp_path / "empty"))
