@@ -10,7 +10,7 @@ import threading
 
 import redis
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ConnectionFailed
 from .keys import glob_escape
 from .uri import CLUSTER, RETRY_OPTIONS, SENTINEL, SENTINEL_OPTIONS, Options
 
@@ -224,4 +224,26 @@ def fail_fast(client):
         yield
     finally:
         put(saved)
+
+
+def refuse_plain_server_for_tls(opts: Options, timeout: float = 2.0) -> None:
+    """``rediss://`` at a server that answers plain Redis: fail now, not after the socket
+    timeout (a plain server waits for the end of the TLS hello as if it were a command line).
+    One plain ``PING`` on a separate socket: a TLS server answers it with an alert or by
+    closing, a plain one with ``+PONG`` or an auth error."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(opts.url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 6379), timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            reply = sock.recv(64)
+    except OSError:
+        return  # unreachable or not answering: the TLS connection reports it
+    if reply.startswith((b"+PONG", b"-NOAUTH", b"-ERR", b"-WRONGPASS")):
+        raise ConnectionFailed(
+            f"Redis at {opts.redacted} does not speak TLS (it answered a plain PING): use "
+            "redis:// for this server, or enable TLS on it (tls-port)."
+        )
 

@@ -25,7 +25,7 @@ from orion.storage.base import (
 
 from . import accel, codec, migrations, query
 from .trials import build as build_trial, clone as clone_trial, sort_key, to_doc
-from .connection import RedisDB, fail_fast, make_client
+from .connection import RedisDB, fail_fast, make_client, refuse_plain_server_for_tls
 from .errors import CorruptData, translate_errors
 from .gcpause import no_gc
 from .keys import (CHANGE_LOG_KEEP, PENDING, REQUEST_TTL, STATUSES, ExperimentKeys, GlobalKeys,
@@ -126,6 +126,8 @@ class Redis(BaseStorageProtocol):
         self.accelerated_holds = _accelerate(self._opts)
         self.batched_observation = _batch(self._opts, self.accelerated_holds)
         if setup:
+            if self._opts.scheme == "rediss":
+                refuse_plain_server_for_tls(self._opts)
             with self._guard(), fail_fast(self.client):
                 self._setup()
 

@@ -184,3 +184,13 @@ def test_password_kept_out_of_the_uri(password_server, tmp_path, monkeypatch, ca
     (tmp_path / "empty").write_text("")
     with pytest.raises(ConfigurationError, match="is empty"):
         Redis(uri=url, password_file=str(tmp_path / "empty"))
+
+
+def test_tls_uri_at_a_plain_server_fails_fast(redis_server):
+    """rediss:// at a server without TLS: a clear error within seconds, not after the 30 s
+    socket timeout."""
+    start = time.monotonic()
+    with pytest.raises(ConnectionFailed, match="does not speak TLS") as info:
+        Redis(uri=f"rediss://127.0.0.1:{redis_server.port}/0")
+    assert time.monotonic() - start < 8
+    assert "redis://" in str(info.value)
