@@ -116,6 +116,18 @@ def _client(storage_extra=None, max_trials=50, name=None):
     return client
 
 
+def _complete(client, trial) -> None:
+    client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
+
+
+def _with_one_completed():
+    """A batching client, its experiment and storage, and one trial it completed."""
+    client = _client()
+    trial = client.suggest()
+    _complete(client, trial)
+    return client, client._experiment, client._experiment._storage, trial
+
+
 def _observed(client) -> dict:
     exp = client._experiment
     state = exp._storage.get_algorithm_lock_info(uid=exp.id).state
@@ -130,7 +142,7 @@ def test_completion_takes_no_lock_and_the_next_produce_observes_it():
     holds = []
     own = storage.lock.hold
     storage.lock.hold = lambda *a, **k: holds.append(1) or own(*a, **k)
-    client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
+    _complete(client, trial)
     assert holds == [] and storage.backlog_length(exp) == 1
     assert _observed(client)[trial.id] == "new"  # as suggested: not observed yet
     client.suggest()
@@ -139,10 +151,7 @@ def test_completion_takes_no_lock_and_the_next_produce_observes_it():
 
 
 def test_a_failed_hold_leaves_the_backlog_and_the_state():
-    client = _client()
-    exp, storage = client._experiment, client._experiment._storage
-    trial = client.suggest()
-    client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
+    client, exp, storage, _ = _with_one_completed()
     before = _observed(client)
     with pytest.raises(RuntimeError):
         with exp.acquire_algorithm_lock():
@@ -156,7 +165,7 @@ def test_entries_recorded_during_a_hold_stay_for_the_next():
     client = _client()
     exp, storage = client._experiment, client._experiment._storage
     first, second = client.suggest(), client.suggest()
-    client.observe(first, [{"name": "obj", "type": "objective", "value": 1.0}])
+    _complete(client, first)
     with exp.acquire_algorithm_lock():
         storage.observe_later(exp, second)  # as another worker would, mid-hold
     assert storage.backlog_length(exp) == 1
@@ -166,10 +175,7 @@ def test_entries_recorded_during_a_hold_stay_for_the_next():
 
 def test_an_expired_holder_removes_nothing():
     """A holder whose lock expired writes no state, so it must not trim the backlog either."""
-    client = _client()
-    exp, storage = client._experiment, client._experiment._storage
-    trial = client.suggest()
-    client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
+    _, exp, storage, _ = _with_one_completed()
     ek = storage._ek(exp.id)
     with exp.acquire_algorithm_lock():
         storage.client.delete(ek.lock_holder)  # the TTL ran out; nobody else took it yet
@@ -177,16 +183,15 @@ def test_an_expired_holder_removes_nothing():
 
 
 def test_a_retried_record_is_not_recorded_twice():
+    """redis-py retries a call whose reply was lost: the same request id records once."""
     client = _client()
     exp, storage = client._experiment, client._experiment._storage
-    trial = client.suggest()
     ek = storage._ek(exp.id)
-    raw = b"payload"
     request = ek.request("retried-request")
     for _ in range(2):
-        storage.scripts.observe_later(keys=[ek.unobserved, request], args=[raw, 60])
+        assert storage.scripts.observe_later(keys=[ek.unobserved, request],
+                                             args=[b"payload", 60]) == 1
     assert storage.backlog_length(exp) == 1
-    assert trial is not None
 
 
 def test_backlog_round_trips_the_trial_exactly():
@@ -225,7 +230,7 @@ def test_switched_off_observes_at_once(monkeypatch, switch):
     exp = client._experiment
     assert exp._storage.batched_observation is False
     trial = client.suggest()
-    client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
+    _complete(client, trial)
     assert exp._storage.backlog_length(exp) == 0
     assert _observed(client)[trial.id] == "completed"
 
@@ -239,7 +244,7 @@ def test_a_worker_that_does_not_batch_observes_the_backlog_of_those_that_do(othe
     plain = _client({"uri": exp._storage._opts.url, **other}, name=exp.name)
     assert plain._experiment._storage.batched_observation is False
     trial = batching.suggest()
-    batching.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
+    _complete(batching, trial)
     assert exp._storage.backlog_length(exp) == 1
     plain.suggest()
     assert exp._storage.backlog_length(exp) == 0
