@@ -82,11 +82,18 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 
 # -- info ----------------------------------------------------------------------------------------
-def cmd_info(args) -> int:
+def _connect_to_read(args) -> Redis | None:
+    """``connect`` for info/status: None, after saying why, when no server runs to read."""
     try:
-        storage = connect(args)
+        return connect(args)
     except NoServer as exc:
         print(exc)
+        return None
+
+
+def cmd_info(args) -> int:
+    storage = _connect_to_read(args)
+    if storage is None:
         return OK
     data = admin.info(storage)
     _print(args, data, lambda d: "\n".join(f"{k:18} {v}" for k, v in d.items()))
@@ -105,10 +112,8 @@ def _status_rows(storage: Redis, name) -> list[dict]:
 
 
 def cmd_status(args) -> int:
-    try:
-        storage = connect(args)
-    except NoServer as exc:
-        print(exc)
+    storage = _connect_to_read(args)
+    if storage is None:
         return OK
     note = _embedded_note(storage)
     while True:
