@@ -342,9 +342,13 @@ class Redis(BaseStorageProtocol):
 
     @staticmethod
     def _score_of(doc) -> str:
-        """Index score of a new trial: its heartbeat when reserved with one, else server time."""
+        """Index score of a new trial: its heartbeat when reserved with one, its end time when
+        completed with one (a copied or imported trial completed back then, not now: `orion-redis
+        status` counts completions per minute from it), else server time."""
         if doc.get("status") == "reserved" and _epoch(doc.get("heartbeat")) is not None:
             return repr(_epoch(doc["heartbeat"]))
+        if doc.get("status") == "completed" and _epoch(doc.get("end_time")) is not None:
+            return repr(_epoch(doc["end_time"]))
         return "now"
 
     def reserve_trial(self, experiment):

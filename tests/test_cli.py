@@ -307,3 +307,17 @@ def test_warns_when_the_uri_is_set_but_the_backend_is_not_selected(uri, monkeypa
         assert "would NOT use Redis" not in capsys.readouterr().err
     finally:
         config.type = previous
+
+
+def test_completed_per_minute_counts_completions_not_copies(capsys, uri):
+    """Trials copied or imported with an old end time are not 'completed in the last minute'."""
+    storage = Redis(uri=uri)
+    exp_id = create_experiment(storage, name="copied")
+    old = datetime.datetime.utcnow() - datetime.timedelta(hours=1)
+    for i in range(3):
+        storage.register_trial(make_trial(exp_id, x=float(i), status="completed", end_time=old))
+    fresh = storage.register_trial(make_trial(exp_id, x=9.0, status="reserved",
+                                              heartbeat=datetime.datetime.utcnow()))
+    storage.set_trial_status(fresh, "completed", was="reserved")
+    (row,) = json.loads(run(capsys, "--uri", uri, "status", "--json")[1])
+    assert row["completed"] == 4 and row["completed/min"] == 1
