@@ -418,7 +418,9 @@ def free_port_pair(offset: int = 10000) -> int:
     raise EmbeddedServerError("no free pair of loopback ports found for a cluster node")
 
 
-def _wait(predicate, timeout: float, what: str, interval: float = 0.05):
+def _wait(predicate, timeout: float, what: str, interval: float = 0.05, state=None):
+    """Poll ``predicate`` until it returns a truthy value; ``state()`` (optional) says, in the
+    timeout's message, what was still missing."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -429,7 +431,9 @@ def _wait(predicate, timeout: float, what: str, interval: float = 0.05):
         except (redis.RedisError, OSError) as exc:
             last = exc
         time.sleep(interval)
-    raise EmbeddedServerError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})")
+    seen = f"; state: {state()}" if state is not None else ""
+    raise EmbeddedServerError(
+        f"timed out after {timeout:.0f}s waiting for {what} (last error: {last}{seen})")
 
 
 class ClusterDeployment:
@@ -540,35 +544,58 @@ class SentinelDeployment:
                 client.close()
         raise EmbeddedServerError("no sentinel answered")
 
+    def _sentinel_view(self, sentinel: RedisServer) -> dict:
+        client = sentinel.client(socket_timeout=2)
+        try:
+            master = client.execute_command("SENTINEL", "MASTER", self.service)
+        finally:
+            client.close()
+        info = dict(zip(master[::2], master[1::2])) if isinstance(master, list) else master
+        return {(k.decode() if isinstance(k, bytes) else k):
+                (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
+
+    def _link_status(self, replica: RedisServer) -> str:
+        client = replica.client(socket_timeout=2)
+        try:
+            return client.info("replication").get("master_link_status", "none")
+        finally:
+            client.close()
+
     def _ready(self) -> bool:
         # every sentinel sees the replicas and the other sentinels (needed for a failover)
         for sentinel in self.sentinels:
-            client = sentinel.client(socket_timeout=2)
-            try:
-                master = client.execute_command("SENTINEL", "MASTER", self.service)
-                info = dict(zip(master[::2], master[1::2])) if isinstance(master, list) else master
-                info = {(k.decode() if isinstance(k, bytes) else k):
-                        (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
-                if int(info.get("num-slaves", 0)) < len(self.replicas):
-                    return False
-                if int(info.get("num-other-sentinels", 0)) < len(self.sentinels) - 1:
-                    return False
-            finally:
-                client.close()
-        for replica in self.replicas:
-            client = replica.client(socket_timeout=2)
-            try:
-                if client.info("replication").get("master_link_status") != "up":
-                    return False
-            finally:
-                client.close()
-        return True
+            view = self._sentinel_view(sentinel)
+            if int(view.get("num-slaves", 0)) < len(self.replicas):
+                return False
+            if int(view.get("num-other-sentinels", 0)) < len(self.sentinels) - 1:
+                return False
+        return all(self._link_status(r) == "up" for r in self.replicas)
 
-    def start(self, timeout: float = 30.0) -> SentinelDeployment:
+    def _state(self) -> str:
+        """What each sentinel and replica sees, for the message of a start that timed out."""
+        parts = []
+        for i, sentinel in enumerate(self.sentinels):
+            try:
+                view = self._sentinel_view(sentinel)
+                parts.append(f"sentinel-{i}: {view.get('ip')}:{view.get('port')} "
+                             f"flags={view.get('flags')} slaves={view.get('num-slaves')} "
+                             f"other-sentinels={view.get('num-other-sentinels')}")
+            except (redis.RedisError, OSError) as exc:
+                parts.append(f"sentinel-{i}: {exc}")
+        for i, replica in enumerate(self.replicas):
+            try:
+                parts.append(f"replica-{i}: link {self._link_status(replica)}")
+            except (redis.RedisError, OSError) as exc:
+                parts.append(f"replica-{i}: {exc}")
+        return "; ".join(parts)
+
+    def start(self, timeout: float = 60.0) -> SentinelDeployment:
+        # Sentinel learns replicas from the primary's INFO (every 10 s) and other sentinels
+        # from hello messages (every 2 s): 60 s leaves room for a loaded 2-core machine.
         for server in [self.primary, *self.replicas, *self.sentinels]:
             server.start()
         _wait(self._ready, timeout, "sentinels to discover the replicas and each other",
-              interval=0.2)
+              interval=0.2, state=self._state)
         return self
 
     def _all_agree(self, address: tuple[str, int]) -> bool:
