@@ -6,259 +6,15 @@ Exit codes: 0 ok, 1 a problem was found (lost trials, a stale lock, a failed ver
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
+import tempfile
 
-from . import __version__, accel, admin, migrations, transfer
-from .errors import RedisStorageError
-from .storage import Redis
+from . import __version__
 
+# This module imports neither Oríon nor the storage: importing Oríon reads its global
+# configuration files, and a file Oríon refuses must get a clear answer (_import_orion).
 OK, PROBLEM, USAGE = 0, 1, 2
-
-
-class NoServer(LookupError):
-    """Nothing configured and the embedded server of this host is not running."""
-
-
-def connect(args, setup=True, start=False) -> Redis:
-    """Same resolution as the storage: --uri, else Oríon's config/env, else embedded. The
-    embedded server is started only for a command that stores (``start``): reading a server
-    that does not run would start an empty one."""
-    import orion.core
-
-    from . import embedded
-    from .uri import resolve
-
-    _warn_unselected_backend(orion.core.config.storage.type)
-    options = {"prefix": args.prefix} if args.prefix else {}
-    database = orion.core.config.storage.database.to_dict()
-    opts = resolve(args.uri, database, dict(options))
-    data_dir = opts.url.split("://", 1)[1] or None
-    if opts.scheme == "embedded" and not start and not embedded.is_running(data_dir):
-        raise NoServer(
-            f"no Redis URI is configured ({opts.source}) and the embedded redis-server of this "
-            f"host is not running (data dir {embedded.data_dir_path(data_dir)}); this command "
-            "does not start it. Give --uri redis://..., configure Oríon's storage "
-            "(storage.database.host), or start the embedded server with a hunt.")
-    return Redis(uri=args.uri, database=database, setup=setup, **options)
-
-
-def _warn_unselected_backend(storage_type) -> None:
-    """ORION_REDIS_URI names a Redis, but only the storage type selects the backend: a hunt
-    in this environment would silently use PickledDB."""
-    from .uri import ENV_URI
-
-    if os.environ.get(ENV_URI) and str(storage_type).lower() != "redis":
-        print(f"orion-redis: warning: {ENV_URI} is set but Oríon's storage type is "
-              f"{storage_type!r}: `orion hunt` here would NOT use Redis. Set "
-              "ORION_STORAGE_TYPE=redis (or storage: {type: redis} in the Oríon config).",
-              file=sys.stderr)
-
-
-def _embedded_note(storage: Redis) -> str:
-    return ("embedded redis-server (this host only): " + storage._opts.redacted + "\n"
-            if storage._opts.scheme == "embedded" else "")
-
-
-def _print(args, data, render):
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, default=str))
-    else:
-        print(render(data))
-
-
-def _n(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def _table(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns),
-             "  ".join("-" * widths[c] for c in columns)]
-    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines)
-
-
-# -- info ----------------------------------------------------------------------------------------
-def _connect_to_read(args) -> Redis | None:
-    """``connect`` for info/status: None, after saying why, when no server runs to read."""
-    try:
-        return connect(args)
-    except NoServer as exc:
-        print(exc)
-        return None
-
-
-def cmd_info(args) -> int:
-    storage = _connect_to_read(args)
-    if storage is None:
-        return OK
-    data = admin.info(storage)
-    _print(args, data, lambda d: "\n".join(f"{k:18} {v}" for k, v in d.items()))
-    return PROBLEM if data.get("warnings") else OK
-
-
-# -- status --------------------------------------------------------------------------------------
-STATUS_COLUMNS = ["experiment", "version", "new", "reserved", "suspended", "completed",
-                  "interrupted", "broken", "lost", "unobserved", "lock", "holder", "held_s",
-                  "fence", "completed/min"]
-
-
-def _status_rows(storage: Redis, name) -> list[dict]:
-    return [admin.experiment_status(storage, doc) for doc in storage.fetch_experiments(
-        {"name": name} if name else {}, {"name": 1, "version": 1})]
-
-
-def cmd_status(args) -> int:
-    storage = _connect_to_read(args)
-    if storage is None:
-        return OK
-    note = _embedded_note(storage)
-    while True:
-        rows = _status_rows(storage, args.name)
-        if args.watch:
-            print("\033[2J\033[H", end="")  # clear the screen for the live table
-        _print(args, rows, lambda r: note + (_table(r, STATUS_COLUMNS) if r
-                                             else "no experiment"))
-        if not args.watch:
-            break
-        time.sleep(args.watch)
-    if args.check and any(r["lost"] or r["lock"] == "stale" for r in rows):
-        return PROBLEM
-    return OK
-
-
-# -- lock, lost, purge ---------------------------------------------------------------------------
-def _experiment(storage: Redis, args) -> dict:
-    docs = storage.fetch_experiments({"name": args.name})
-    if args.version is not None:
-        docs = [d for d in docs if d.get("version") == args.version]
-    if not docs:
-        raise LookupError(f"no experiment named {args.name!r}"
-                          + (f" with version {args.version}" if args.version else ""))
-    return max(docs, key=lambda d: d.get("version", 1))
-
-
-def cmd_lock(args) -> int:
-    storage = connect(args)
-    exp = _experiment(storage, args)
-    if args.action == "release":
-        done = storage.release_algorithm_lock(uid=exp["_id"])
-        print("released" if done else "no lock record")
-        return OK if done else PROBLEM
-    row = admin.experiment_status(storage, exp)
-    data = {k: row[k] for k in ("experiment", "version", "lock", "holder", "held_s", "fence")}
-    _print(args, data, lambda d: "\n".join(f"{k:10} {v}" for k, v in d.items()))
-    return OK
-
-
-def cmd_flush(args) -> int:
-    """Observe the trials that wait in the experiment's backlog (batched observation)."""
-    from orion.core.io import experiment_builder
-
-    storage = connect(args)
-    exp = _experiment(storage, args)
-    experiment = experiment_builder.load(exp["name"], exp.get("version"), mode="w",
-                                         storage=storage)
-    observed = accel.flush(experiment, timeout=args.timeout)
-    left = storage.backlog_length(uid=exp["_id"])
-    print(f"observed {observed} trial(s); {left} waiting")
-    return OK
-
-
-def cmd_lost(args) -> int:
-    storage = connect(args)
-    exp = _experiment(storage, args)
-    lost = storage.fetch_lost_trials(_Exp(exp["_id"]))
-    rows = [{"id": t.id, "heartbeat": str(t.heartbeat), "params": t.params} for t in lost]
-    requeued = 0
-    if args.requeue:
-        for trial in lost:
-            try:
-                storage.set_trial_status(trial, "interrupted", was="reserved")
-                requeued += 1
-            except Exception:  # the worker came back meanwhile: leave it alone
-                pass
-    _print(args, {"lost": rows, "requeued": requeued},
-           lambda d: (_table(d["lost"], ["id", "heartbeat", "params"]) if d["lost"]
-                      else "no lost trial") + (f"\nrequeued {requeued}" if args.requeue else ""))
-    return PROBLEM if lost and not args.requeue else OK
-
-
-def cmd_purge(args) -> int:
-    storage = connect(args)
-    exp = _experiment(storage, args)
-    label = f"{exp['name']}-v{exp.get('version', 1)}"
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise ValueError(f"purge of {label} needs a terminal to confirm it; "
-                             "pass --yes to purge without asking")
-        answer = input(f"Delete experiment {label}, its trials and its lock? Type its name: ")
-        if answer.strip() != exp["name"]:
-            print("aborted")
-            return PROBLEM
-    counts = admin.purge(storage, exp["_id"])
-    print(f"purged {label}: {counts['trials']} trials, {counts['lock']} lock, "
-          f"{counts['experiment']} experiment")
-    return OK
-
-
-def cmd_stop_embedded(args) -> int:
-    from . import embedded
-
-    where = embedded.data_dir_path(args.data_dir)
-    if embedded.stop_embedded(args.data_dir):
-        print(f"stopped the embedded redis-server of {where} (its data stays there)")
-    else:
-        print(f"no embedded redis-server runs for {where}")
-    return OK
-
-
-# -- migration -----------------------------------------------------------------------------------
-def cmd_copy(args) -> int:
-    source = transfer.open_spec(args.source, source=True)
-    target = transfer.open_spec(args.target)
-    report = transfer.copy(source, target, experiment=args.experiment, progress=sys.stderr)
-    print(transfer.render_report(report))
-    return OK if report["verified"] else PROBLEM
-
-
-def cmd_export(args) -> int:
-    count = transfer.export_jsonl(connect(args), args.file, experiment=args.experiment)
-    print(f"exported {_n(count['experiments'], 'experiment')}, {_n(count['trials'], 'trial')} "
-          f"to {args.file}")
-    return OK
-
-
-def cmd_import(args) -> int:
-    count = transfer.import_jsonl(connect(args, start=True), args.file)
-    print(f"imported {_n(count['experiments'], 'experiment')}, {_n(count['trials'], 'trial')}"
-          f" (already there: {_n(count['experiments_skipped'], 'experiment')}, "
-          f"{_n(count['trials_skipped'], 'trial')})")
-    return OK
-
-
-class _Exp:
-    def __init__(self, exp_id):
-        self._id = exp_id
-
-    @property
-    def id(self):
-        return self._id
-
-
-# -- upgrade -------------------------------------------------------------------------------------
-def cmd_upgrade(args) -> int:
-    storage = connect(args, setup=False, start=True)  # setup refuses an older schema
-    with storage._guard():
-        report = migrations.upgrade(storage.client, storage._keys)
-    _print(args, report, lambda r: (
-        f"schema {r['from']} -> {r['to']}: {r['trials_rewritten']} trials rewritten, "
-        f"{r['log_entries_trimmed']} change-log entries trimmed" if r["from"] != r["to"]
-        else f"schema {r['to']}: already up to date"))
-    return OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name, func, help_, json_=True):
         p = sub.add_parser(name, help=help_)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func)  # the name of a commands.cmd_* function
         if json_:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
@@ -281,51 +37,105 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--version", type=int,
                        help="experiment version (default: the latest)")
 
-    add("info", cmd_info, "server, persistence, eviction policy, schema, counts")
-    p = add("status", cmd_status, "trials by status, lost trials and lock of each experiment")
+    add("info", "info", "server, persistence, eviction policy, schema, counts")
+    p = add("status", "status", "trials by status, lost trials and lock of each experiment")
     p.add_argument("name", nargs="?", help="only this experiment (default: all)")
     p.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS")
     p.add_argument("--check", action="store_true", help="exit 1 on lost trials or stale locks")
-    p = add("lock", cmd_lock, "show or release an experiment's algorithm lock")
+    p = add("lock", "lock", "show or release an experiment's algorithm lock")
     p.add_argument("action", choices=["show", "release"])
     target(p)
-    p = add("flush", cmd_flush, "observe the completed trials waiting in an experiment's "
+    p = add("flush", "flush", "observe the completed trials waiting in an experiment's "
             "backlog (batched observation)", json_=False)
     target(p)
     p.add_argument("--timeout", type=float, default=60,
                    help="seconds to wait for the algorithm lock (default 60)")
-    p = add("lost", cmd_lost, "list lost trials; --requeue makes them interrupted")
+    p = add("lost", "lost", "list lost trials; --requeue makes them interrupted")
     target(p)
     p.add_argument("--requeue", action="store_true",
                    help="set the lost trials to interrupted, so any worker can take them again")
-    p = add("purge", cmd_purge, "delete an experiment, its trials and its lock", json_=False)
+    p = add("purge", "purge", "delete an experiment, its trials and its lock", json_=False)
     target(p)
     p.add_argument("--yes", action="store_true", help="do not ask")
-    p = add("copy", cmd_copy, "copy experiments between storages", json_=False)
+    p = add("copy", "copy", "copy experiments between storages", json_=False)
     p.add_argument("--from", dest="source", required=True,
                    help="redis URI, pickleddb:PATH or mongodb://...")
     p.add_argument("--to", dest="target", required=True)
     p.add_argument("--experiment", help="only this experiment name")
-    p = add("export", cmd_export, "write experiments and trials to a JSON-lines file",
+    p = add("export", "export", "write experiments and trials to a JSON-lines file",
             json_=False)
     p.add_argument("file")
     p.add_argument("--experiment")
-    p = add("import", cmd_import, "read a file written by export", json_=False)
+    p = add("import", "import", "read a file written by export", json_=False)
     p.add_argument("file")
-    p = add("stop-embedded", cmd_stop_embedded, "stop this host's embedded redis-server (the "
+    p = add("stop-embedded", "stop_embedded", "stop this host's embedded redis-server (the "
             "implicit default; its data is kept and it restarts on next use)", json_=False)
     p.add_argument("--data-dir", help="its data directory (default: $ORION_REDIS_EMBEDDED_DIR, "
                    "else Oríon's user data directory)")
-    add("upgrade", cmd_upgrade, "upgrade the stored data to this version's schema (stop the "
+    add("upgrade", "upgrade", "upgrade the stored data to this version's schema (stop the "
         "workers of the older version first)")
     return parser
+
+
+class _OrionConfigError(Exception):
+    pass
+
+
+def _config_files() -> list[str]:
+    """Oríon's global configuration files that exist (the paths orion.core reads at import)."""
+    from appdirs import AppDirs
+
+    dirs = AppDirs("orion.core")
+    candidates = [os.path.join(d, "orion_config.yaml")
+                  for d in (dirs.site_config_dir, dirs.user_config_dir)]
+    return [path for path in candidates if os.path.exists(path)]
+
+
+def _import_orion(uri_given: bool) -> None:
+    """Import Oríon, whose import reads its global configuration files. A file it refuses (a
+    ``uri:`` key under ``storage``, an unknown option) makes every ``orion`` command fail with
+    a traceback; here it is one clear message, and with ``--uri`` (this command needs nothing
+    else of that file) the command goes on without the global files."""
+    try:
+        import orion.core  # noqa: F401
+        return
+    except Exception as exc:  # orion.core.io.config.ConfigurationError, not importable here
+        if type(exc).__name__ != "ConfigurationError":
+            raise
+        problem = (f"Oríon refuses its global configuration ({', '.join(_config_files())}): "
+                   f"{exc} `orion hunt` and every `orion` command fail the same way until it "
+                   "is fixed (the Redis URI goes in storage.database.host, not storage.uri; "
+                   "see the README).")
+    if not uri_given:
+        raise _OrionConfigError(problem + " Or give orion-redis --uri to go on without it.")
+    print(f"orion-redis: warning: {problem} Going on with --uri, without those files.",
+          file=sys.stderr)
+    saved = {k: os.environ.get(k) for k in ("XDG_CONFIG_HOME", "XDG_CONFIG_DIRS")}
+    with tempfile.TemporaryDirectory() as empty:
+        os.environ["XDG_CONFIG_HOME"] = os.environ["XDG_CONFIG_DIRS"] = empty
+        try:
+            import orion.core  # noqa: F401,F811 - Oríon's config paths follow these variables
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        _import_orion(uri_given=bool(args.uri))
+    except _OrionConfigError as exc:
+        print(f"orion-redis: {exc}", file=sys.stderr)
+        return USAGE
+    from . import commands
+    from .errors import RedisStorageError
+
+    try:
+        return getattr(commands, f"cmd_{args.func}")(args)
     except BrokenPipeError:  # `orion-redis info | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return OK

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -321,3 +322,24 @@ def test_completed_per_minute_counts_completions_not_copies(capsys, uri):
     storage.set_trial_status(fresh, "completed", was="reserved")
     (row,) = json.loads(run(capsys, "--uri", uri, "status", "--json")[1])
     assert row["completed"] == 4 and row["completed/min"] == 1
+
+
+def test_a_global_config_orion_refuses_is_one_clear_line(uri, tmp_path):
+    """A ``uri:`` key under ``storage`` in the global Oríon config makes Oríon's import raise
+    (every `orion` command shows a traceback): orion-redis says so in one line and, with
+    --uri, still answers."""
+    (tmp_path / "orion.core").mkdir()
+    (tmp_path / "orion.core" / "orion_config.yaml").write_text(
+        "storage:\n  type: redis\n  uri: redis://127.0.0.1:1/0\n")
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
+    cli = [sys.executable, "-m", "orion_track_redis"]
+    given = subprocess.run([*cli, "--uri", uri, "status"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert given.returncode == 0, given.stderr
+    assert "no experiment" in given.stdout
+    assert "Traceback" not in given.stderr and "orion_config.yaml" in given.stderr
+    missing = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode == 2
+    assert "Traceback" not in missing.stderr
+    assert "'uri'" in missing.stderr and "storage.database.host" in missing.stderr

@@ -1,0 +1,260 @@
+"""What each ``orion-redis`` command does (cli.py parses the command line and calls these).
+
+Each ``cmd_*`` takes the parsed arguments and returns an exit code: 0 ok, 1 a problem was
+found (lost trials, a stale lock, a failed verification); 2 (usage or configuration error) is
+cli.py's answer to the exceptions these raise.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from . import accel, admin, migrations, transfer
+from .storage import Redis
+
+OK, PROBLEM, USAGE = 0, 1, 2
+
+
+class NoServer(LookupError):
+    """Nothing configured and the embedded server of this host is not running."""
+
+
+def connect(args, setup=True, start=False) -> Redis:
+    """Same resolution as the storage: --uri, else Oríon's config/env, else embedded. The
+    embedded server is started only for a command that stores (``start``): reading a server
+    that does not run would start an empty one."""
+    import orion.core
+
+    from . import embedded
+    from .uri import resolve
+
+    _warn_unselected_backend(orion.core.config.storage.type)
+    options = {"prefix": args.prefix} if args.prefix else {}
+    database = orion.core.config.storage.database.to_dict()
+    opts = resolve(args.uri, database, dict(options))
+    data_dir = opts.url.split("://", 1)[1] or None
+    if opts.scheme == "embedded" and not start and not embedded.is_running(data_dir):
+        raise NoServer(
+            f"no Redis URI is configured ({opts.source}) and the embedded redis-server of this "
+            f"host is not running (data dir {embedded.data_dir_path(data_dir)}); this command "
+            "does not start it. Give --uri redis://..., configure Oríon's storage "
+            "(storage.database.host), or start the embedded server with a hunt.")
+    return Redis(uri=args.uri, database=database, setup=setup, **options)
+
+
+def _warn_unselected_backend(storage_type) -> None:
+    """ORION_REDIS_URI names a Redis, but only the storage type selects the backend: a hunt
+    in this environment would silently use PickledDB."""
+    from .uri import ENV_URI
+
+    if os.environ.get(ENV_URI) and str(storage_type).lower() != "redis":
+        print(f"orion-redis: warning: {ENV_URI} is set but Oríon's storage type is "
+              f"{storage_type!r}: `orion hunt` here would NOT use Redis. Set "
+              "ORION_STORAGE_TYPE=redis (or storage: {type: redis} in the Oríon config).",
+              file=sys.stderr)
+
+
+def _embedded_note(storage: Redis) -> str:
+    return ("embedded redis-server (this host only): " + storage._opts.redacted + "\n"
+            if storage._opts.scheme == "embedded" else "")
+
+
+def _print(args, data, render):
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(render(data))
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns),
+             "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+# -- info ----------------------------------------------------------------------------------------
+def _connect_to_read(args) -> Redis | None:
+    """``connect`` for info/status: None, after saying why, when no server runs to read."""
+    try:
+        return connect(args)
+    except NoServer as exc:
+        print(exc)
+        return None
+
+
+def cmd_info(args) -> int:
+    storage = _connect_to_read(args)
+    if storage is None:
+        return OK
+    data = admin.info(storage)
+    _print(args, data, lambda d: "\n".join(f"{k:18} {v}" for k, v in d.items()))
+    return PROBLEM if data.get("warnings") else OK
+
+
+# -- status --------------------------------------------------------------------------------------
+STATUS_COLUMNS = ["experiment", "version", "new", "reserved", "suspended", "completed",
+                  "interrupted", "broken", "lost", "unobserved", "lock", "holder", "held_s",
+                  "fence", "completed/min"]
+
+
+def _status_rows(storage: Redis, name) -> list[dict]:
+    return [admin.experiment_status(storage, doc) for doc in storage.fetch_experiments(
+        {"name": name} if name else {}, {"name": 1, "version": 1})]
+
+
+def cmd_status(args) -> int:
+    storage = _connect_to_read(args)
+    if storage is None:
+        return OK
+    note = _embedded_note(storage)
+    while True:
+        rows = _status_rows(storage, args.name)
+        if args.watch:
+            print("\033[2J\033[H", end="")  # clear the screen for the live table
+        _print(args, rows, lambda r: note + (_table(r, STATUS_COLUMNS) if r
+                                             else "no experiment"))
+        if not args.watch:
+            break
+        time.sleep(args.watch)
+    if args.check and any(r["lost"] or r["lock"] == "stale" for r in rows):
+        return PROBLEM
+    return OK
+
+
+# -- lock, lost, purge ---------------------------------------------------------------------------
+def _experiment(storage: Redis, args) -> dict:
+    docs = storage.fetch_experiments({"name": args.name})
+    if args.version is not None:
+        docs = [d for d in docs if d.get("version") == args.version]
+    if not docs:
+        raise LookupError(f"no experiment named {args.name!r}"
+                          + (f" with version {args.version}" if args.version else ""))
+    return max(docs, key=lambda d: d.get("version", 1))
+
+
+def cmd_lock(args) -> int:
+    storage = connect(args)
+    exp = _experiment(storage, args)
+    if args.action == "release":
+        done = storage.release_algorithm_lock(uid=exp["_id"])
+        print("released" if done else "no lock record")
+        return OK if done else PROBLEM
+    row = admin.experiment_status(storage, exp)
+    data = {k: row[k] for k in ("experiment", "version", "lock", "holder", "held_s", "fence")}
+    _print(args, data, lambda d: "\n".join(f"{k:10} {v}" for k, v in d.items()))
+    return OK
+
+
+def cmd_flush(args) -> int:
+    """Observe the trials that wait in the experiment's backlog (batched observation)."""
+    from orion.core.io import experiment_builder
+
+    storage = connect(args)
+    exp = _experiment(storage, args)
+    experiment = experiment_builder.load(exp["name"], exp.get("version"), mode="w",
+                                         storage=storage)
+    observed = accel.flush(experiment, timeout=args.timeout)
+    left = storage.backlog_length(uid=exp["_id"])
+    print(f"observed {observed} trial(s); {left} waiting")
+    return OK
+
+
+def cmd_lost(args) -> int:
+    storage = connect(args)
+    exp = _experiment(storage, args)
+    lost = storage.fetch_lost_trials(_Exp(exp["_id"]))
+    rows = [{"id": t.id, "heartbeat": str(t.heartbeat), "params": t.params} for t in lost]
+    requeued = 0
+    if args.requeue:
+        for trial in lost:
+            try:
+                storage.set_trial_status(trial, "interrupted", was="reserved")
+                requeued += 1
+            except Exception:  # the worker came back meanwhile: leave it alone
+                pass
+    _print(args, {"lost": rows, "requeued": requeued},
+           lambda d: (_table(d["lost"], ["id", "heartbeat", "params"]) if d["lost"]
+                      else "no lost trial") + (f"\nrequeued {requeued}" if args.requeue else ""))
+    return PROBLEM if lost and not args.requeue else OK
+
+
+def cmd_purge(args) -> int:
+    storage = connect(args)
+    exp = _experiment(storage, args)
+    label = f"{exp['name']}-v{exp.get('version', 1)}"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ValueError(f"purge of {label} needs a terminal to confirm it; "
+                             "pass --yes to purge without asking")
+        answer = input(f"Delete experiment {label}, its trials and its lock? Type its name: ")
+        if answer.strip() != exp["name"]:
+            print("aborted")
+            return PROBLEM
+    counts = admin.purge(storage, exp["_id"])
+    print(f"purged {label}: {counts['trials']} trials, {counts['lock']} lock, "
+          f"{counts['experiment']} experiment")
+    return OK
+
+
+def cmd_stop_embedded(args) -> int:
+    from . import embedded
+
+    where = embedded.data_dir_path(args.data_dir)
+    if embedded.stop_embedded(args.data_dir):
+        print(f"stopped the embedded redis-server of {where} (its data stays there)")
+    else:
+        print(f"no embedded redis-server runs for {where}")
+    return OK
+
+
+# -- migration -----------------------------------------------------------------------------------
+def cmd_copy(args) -> int:
+    source = transfer.open_spec(args.source, source=True)
+    target = transfer.open_spec(args.target)
+    report = transfer.copy(source, target, experiment=args.experiment, progress=sys.stderr)
+    print(transfer.render_report(report))
+    return OK if report["verified"] else PROBLEM
+
+
+def cmd_export(args) -> int:
+    count = transfer.export_jsonl(connect(args), args.file, experiment=args.experiment)
+    print(f"exported {_n(count['experiments'], 'experiment')}, {_n(count['trials'], 'trial')} "
+          f"to {args.file}")
+    return OK
+
+
+def cmd_import(args) -> int:
+    count = transfer.import_jsonl(connect(args, start=True), args.file)
+    print(f"imported {_n(count['experiments'], 'experiment')}, {_n(count['trials'], 'trial')}"
+          f" (already there: {_n(count['experiments_skipped'], 'experiment')}, "
+          f"{_n(count['trials_skipped'], 'trial')})")
+    return OK
+
+
+class _Exp:
+    def __init__(self, exp_id):
+        self._id = exp_id
+
+    @property
+    def id(self):
+        return self._id
+
+
+# -- upgrade -------------------------------------------------------------------------------------
+def cmd_upgrade(args) -> int:
+    storage = connect(args, setup=False, start=True)  # setup refuses an older schema
+    with storage._guard():
+        report = migrations.upgrade(storage.client, storage._keys)
+    _print(args, report, lambda r: (
+        f"schema {r['from']} -> {r['to']}: {r['trials_rewritten']} trials rewritten, "
+        f"{r['log_entries_trimmed']} change-log entries trimmed" if r["from"] != r["to"]
+        else f"schema {r['to']}: already up to date"))
+    return OK
