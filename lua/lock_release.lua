@@ -4,13 +4,16 @@
 -- KEYS[1] lock record hash; KEYS[2] holder key; KEYS[3] queue zset (owner -> ticket);
 -- KEYS[4] leases zset (owner -> lease end, ms);
 -- KEYS[5] req:<request id> (a retried release returns the first result, not "not the holder");
--- KEYS[6] backlog list {P:E}:unobserved (batched observation)
+-- KEYS[6] backlog list {P:E}:unobserved (batched observation);
+-- KEYS[7] hold durations list {P:E}:holds (newest first, capped; read by orion-redis metrics)
 -- ARGV[1] holder token, or "" to force the release (orion db release); ARGV[2] "1" to write
 -- ARGV[3] as the new state, "0" to keep the stored state; ARGV[4] request TTL (s);
 -- ARGV[5] wake key prefix "{P:E}:lock:wake:" (+ the head's owner id, known only here; it
 -- shares the tag of KEYS); ARGV[6] wake key TTL in ms; ARGV[7] how many backlog entries the
--- new state has observed (removed from the head of KEYS[6] with the state write; "0": none)
--- Returns: 1 released | 0 not the holder (nothing written) | -1 no lock record
+-- new state has observed (removed from the head of KEYS[6] with the state write; "0": none);
+-- ARGV[8] the hold's duration in ms, measured by the holder (pushed on KEYS[7], trimmed to
+-- ARGV[9] entries, for a holder's release, also one whose lock expired); "" or absent: none
+-- Returns: 1 released | 0 not the holder (no state written) | -1 no lock record
 -- @include lock_queue.lua
 
 local prior = redis.call('GET', KEYS[5])
@@ -19,6 +22,11 @@ if prior then  -- a retry: a write, so a WAIT after this call covers the first a
   return tonumber(prior)
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if ARGV[1] ~= '' and ARGV[8] and ARGV[8] ~= '' then
+  -- also a hold whose lock expired meanwhile: those are the ones an operator looks for
+  redis.call('LPUSH', KEYS[7], ARGV[8])
+  redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[9]) - 1)
+end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'state', ARGV[3])

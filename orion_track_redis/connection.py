@@ -195,6 +195,8 @@ ACL_COMMANDS = (
     # inside the Lua scripts
     "hget", "hincrby", "incr", "pexpire", "pttl", "rpush", "set", "time", "zadd", "zrem",
     "zscore", "zremrangebyrank", "expire", "zrank", "ltrim",
+    # lock_release: the hold durations read by orion-redis metrics
+    "lpush",
 )
 
 

@@ -32,6 +32,8 @@ key                             type      content
                                           expires by itself
 ``{P:E}:unobserved``            list      trials completed/released but not yet observed by
                                           the algorithm (batched observation), oldest first
+``{P:E}:holds``                 list      durations (ms) of the last HOLDS_KEEP algorithm-lock
+                                          holds, newest first (``orion-redis metrics``)
 ==============================  ========  ==================================================
 """
 from __future__ import annotations
@@ -51,6 +53,9 @@ REQUEST_TTL = 120
 # Entries the change log keeps: a reader more changes behind reloads everything anyway
 # (storage.CHANGES_MAX), so older entries only cost memory.
 CHANGE_LOG_KEEP = 1000
+
+# Hold durations the lock record keeps for ``orion-redis metrics`` (its p50/p99): ~6 KB.
+HOLDS_KEEP = 1000
 
 STATUSES = ("new", "reserved", "suspended", "completed", "interrupted", "broken")
 PENDING = ("new", "suspended", "interrupted")
@@ -220,6 +225,10 @@ class ExperimentKeys:
     @cached_property
     def unobserved(self) -> str:
         return f"{self.tag}:unobserved"
+
+    @cached_property
+    def holds(self) -> str:
+        return f"{self.tag}:holds"
 
     def unescape_trial(self, trial_token: str) -> str:
         """Trial id from the token stored in the indexes."""

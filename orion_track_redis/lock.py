@@ -29,7 +29,7 @@ from orion.storage.base import LockAcquisitionTimeout, LockedAlgorithmState
 
 from . import codec
 from .gcpause import no_gc
-from .keys import REQUEST_TTL, ExperimentKeys, new_request_id
+from .keys import HOLDS_KEEP, REQUEST_TTL, ExperimentKeys, new_request_id
 from .statecodec import dump_state, load_state
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class LockClient:
         pipe.delete(ek.lock_queue)
         pipe.delete(ek.lock_leases)  # the waiters' wake lists expire by themselves
         pipe.delete(ek.unobserved)  # observations of a state that is gone
+        pipe.delete(ek.holds)  # hold durations of a lock that is gone
         return int(pipe.execute()[0])
 
     def force_release(self, ek: ExperimentKeys, new_state=None) -> int:
@@ -93,6 +94,7 @@ class LockClient:
         waiting to be observed (batched observation); those the holder marks observed
         (``held.observed``) leave the backlog with the state write, atomically."""
         token, configuration, raw_state = self._acquire(ek, timeout, retry_interval)
+        start = time.monotonic()
         locked = Held(
             state=self._state(raw_state, ek),
             configuration=codec.loads(configuration, ek.lock), locked=True,
@@ -113,7 +115,8 @@ class LockClient:
         finally:
             renewer.stop()
             if self._release(ek, token, None if failed else locked.state,
-                             0 if failed else locked.observed) != 1:
+                             0 if failed else locked.observed,
+                             held_since=start) != 1:
                 log.warning(
                     "The algorithm lock of experiment %s expired while this worker held it "
                     "(held longer than lock_ttl=%.0fs without renewal?): its algorithm state was "
@@ -180,15 +183,21 @@ class LockClient:
     def renew(self, ek: ExperimentKeys, token: str) -> bool:
         return int(self.scripts.lock_renew(keys=[ek.lock_holder], args=[token, self.ttl_ms])) == 1
 
-    def _release(self, ek: ExperimentKeys, token: str, new_state, observed: int = 0) -> int:
+    def _release(self, ek: ExperimentKeys, token: str, new_state, observed: int = 0,
+                 held_since: float | None = None) -> int:
+        """``held_since``: monotonic time the hold began; its duration up to this release
+        (state encoding included) goes to ``{P:E}:holds`` (capped list) for ``orion-redis
+        metrics``. None records nothing (a forced release)."""
         write = new_state is not None
         with no_gc():
             raw = dump_state(new_state, self.secret) if write else b""
+        held_ms = None if held_since is None else (time.monotonic() - held_since) * 1000
         return int(self.scripts.lock_release(
             keys=[ek.lock, ek.lock_holder, ek.lock_queue, ek.lock_leases,
-                  ek.request(new_request_id()), ek.unobserved],
+                  ek.request(new_request_id()), ek.unobserved, ek.holds],
             args=[token, "1" if write else "0", raw, REQUEST_TTL, ek.lock_wake_prefix,
-                  WAKE_TTL_MS, observed],
+                  WAKE_TTL_MS, observed, "" if held_ms is None else f"{held_ms:.1f}",
+                  HOLDS_KEEP],
         ))
 
     def _state(self, raw, ek: ExperimentKeys):
