@@ -7,7 +7,9 @@ whose message names the problem and the fix. None of these is a ``ValueError`` s
 """
 from __future__ import annotations
 
+import os
 import re
+import sys
 
 import redis.exceptions as rex
 
@@ -36,6 +38,30 @@ class UnsafeStateError(RedisStorageError):
 
 class EmbeddedServerError(RedisStorageError):
     """The embedded redis-server could not be found or started."""
+
+
+ENV_TRACEBACK = "ORION_REDIS_TRACEBACK"
+
+
+def install_cli_excepthook() -> None:
+    """In an ``orion`` command (``orion hunt``, ``orion status``...), end on one line for an
+    error of ours instead of Oríon's traceback through its builder and our boundary: our
+    message already names the problem and the fix. Other exceptions, other programs (the
+    Python API) and ``ORION_REDIS_TRACEBACK=1`` keep Python's traceback."""
+    if os.path.basename(sys.argv[0] if sys.argv else "") != "orion":
+        return
+    if getattr(sys.excepthook, "_orion_track_redis", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if not issubclass(kind, RedisStorageError) or os.environ.get(ENV_TRACEBACK):
+            return previous(kind, value, tb)
+        print(f"orion: {kind.__name__}: {value}\n({ENV_TRACEBACK}=1 shows the traceback)",
+              file=sys.stderr)
+
+    hook._orion_track_redis = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def _short(exc: Exception) -> str:

@@ -26,7 +26,7 @@ from orion.storage.base import (
 from . import accel, codec, migrations, query
 from .trials import build as build_trial, clone as clone_trial, sort_key, to_doc
 from .connection import RedisDB, fail_fast, make_client, refuse_plain_server_for_tls
-from .errors import CorruptData, translate_errors
+from .errors import CorruptData, install_cli_excepthook, translate_errors
 from .gcpause import no_gc
 from .keys import (CHANGE_LOG_KEEP, PENDING, REQUEST_TTL, STATUSES, ExperimentKeys, GlobalKeys,
                    escape, new_request_id, token)
@@ -114,6 +114,7 @@ class Redis(BaseStorageProtocol):
     """
 
     def __init__(self, uri=None, database=None, setup=True, **options):
+        install_cli_excepthook()  # before anything here can raise
         self._opts: Options = resolve(uri, database, options)
         log.info("orion-track-redis: using %s (from %s, prefix %s)",
                  self._opts.redacted, self._opts.source, self._opts.prefix)

@@ -156,6 +156,36 @@ def test_refused_connection_message_reads_cleanly():
     assert "Connection refused" in message and "Check that the server runs" in message
 
 
+@pytest.mark.slow
+def test_orion_commands_end_on_our_message_not_a_traceback(tmp_path):
+    """`orion hunt`/`orion status` at a server that is not there: one line saying what and
+    what to do (Oríon prints a traceback through its builder for anything a storage raises);
+    ORION_REDIS_TRACEBACK=1 brings the traceback back."""
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "ORION_STORAGE_TYPE": "redis",
+           "ORION_DB_ADDRESS": f"redis://:pw@127.0.0.1:{port}/0"}
+    orion = [os.path.join(os.path.dirname(sys.executable), "orion")]
+    hunt = [*orion, "hunt", "-n", "gone", "--exp-max-trials", "1", sys.executable, "-c", "0",
+            "-x~uniform(0,1)"]
+    for command in (hunt, [*orion, "status"]):
+        done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 1
+        assert "Traceback" not in done.stderr and "pw" not in done.stderr
+        last = done.stderr.strip().splitlines()[-2]
+        assert last.startswith("orion: ConnectionFailed: Cannot reach Redis at redis://")
+        assert f"127.0.0.1:{port}/0" in last and "Check that the server runs" in last
+    env["ORION_REDIS_TRACEBACK"] = "1"
+    done = subprocess.run(hunt, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert "Traceback" in done.stderr and "ConnectionFailed" in done.stderr
+
+
 def test_silent_server_fails_within_the_timeout():
     port = _serve(lambda listener: time.sleep(3600))  # accepts (backlog) but never answers
     start = time.monotonic()
