@@ -41,8 +41,13 @@ def info(storage) -> dict:
     return data
 
 
-def experiment_status(storage, doc: dict) -> dict:
-    """Counts by status, lost trials, lock state and recent completion rate of one experiment."""
+def experiment_status(storage, doc: dict, details: bool = False) -> dict:
+    """Counts by status, lost trials, lock state and recent completion rate of one experiment.
+
+    ``details`` (``orion-redis metrics``) adds, read in the same round trip: ``waiters`` (lock
+    waiters whose lease still runs), ``holder_age_s`` (seconds since the holder took the lock, None when
+    free), ``hold_ms`` (the recorded hold durations, newest first, ``{P:E}:holds``) and
+    ``last_completed_age_s`` (seconds since the latest completion, None before the first)."""
     import orion.core
 
     ek = storage._ek(doc["_id"])
@@ -55,7 +60,12 @@ def experiment_status(storage, doc: dict) -> dict:
     pipe.pttl(ek.lock_holder)
     pipe.zcount(ek.status("completed"), now - 60, now)
     pipe.llen(ek.unobserved)
-    *counts, (fence, acquired), holder, pttl, per_minute, unobserved = pipe.execute()
+    if details:
+        pipe.zcount(ek.lock_leases, f"({now * 1000:.0f}", "+inf")  # waiters whose lease runs
+        pipe.lrange(ek.holds, 0, -1)
+        pipe.zrange(ek.status("completed"), -1, -1, withscores=True)
+    replies = pipe.execute()
+    *counts, (fence, acquired), holder, pttl, per_minute, unobserved = replies[:len(STATUSES) + 5]
     lost = storage.scripts.lost_trials(keys=[ek.status("reserved")],
                                        args=[orion.core.config.worker.heartbeat * 5])
     row = {"experiment": doc.get("name"), "version": doc.get("version"),
@@ -66,13 +76,22 @@ def experiment_status(storage, doc: dict) -> dict:
         lock = "free"
     else:
         lock = "held" if pttl > 0 else "stale"  # a holder without TTL never frees itself
+    held_s = now - float(acquired) if holder and acquired else None
     row.update({
         "lock": lock,
         "holder": holder.decode() if holder else "",
-        "held_s": round(now - float(acquired), 1) if holder and acquired else "",
+        "held_s": round(held_s, 1) if held_s is not None else "",
         "fence": int(fence) if fence is not None else "",
         "completed/min": per_minute,
     })
+    if details:
+        waiters, holds, last = replies[len(STATUSES) + 5:]
+        row.update({
+            "waiters": waiters,
+            "holder_age_s": held_s,
+            "hold_ms": [float(h) for h in holds],
+            "last_completed_age_s": max(now - last[0][1], 0.0) if last else None,
+        })
     return row
 
 

@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
             "implicit default; its data is kept and it restarts on next use)", json_=False)
     p.add_argument("--data-dir", help="its data directory (default: $ORION_REDIS_EMBEDDED_DIR, "
                    "else Oríon's user data directory)")
+    p = add("metrics", "metrics", "Prometheus metrics of every experiment (trials by status, "
+            "lost trials, lock, hold durations, completions), read from the indexes",
+            json_=False)
+    p.add_argument("--listen", default="127.0.0.1:9464", metavar="HOST:PORT",
+                   help="address of the /metrics endpoint (default 127.0.0.1:9464; port 0: any)")
+    p.add_argument("--once", action="store_true", help="print one scrape and exit")
     add("upgrade", "upgrade", "upgrade the stored data to this version's schema (stop the "
         "workers of the older version first)")
     return parser

@@ -248,6 +248,26 @@ class _Exp:
         return self._id
 
 
+# -- metrics -------------------------------------------------------------------------------------
+def cmd_metrics(args) -> int:
+    """Prometheus' text format (metrics.py): one scrape with --once, else an HTTP endpoint."""
+    from . import metrics
+
+    try:
+        metrics.require_client()
+    except ImportError as exc:
+        print(f"orion-redis: {exc}", file=sys.stderr)
+        return USAGE
+    metrics.parse_listen(args.listen)  # a bad --listen fails before connecting
+    storage = connect(args)
+    if args.once:
+        print(metrics.render(storage), end="")
+        return OK
+    metrics.serve(storage, args.listen, ready=lambda host, port: print(
+        f"serving Prometheus metrics on http://{host}:{port}/metrics", flush=True))
+    return OK
+
+
 # -- upgrade -------------------------------------------------------------------------------------
 def cmd_upgrade(args) -> int:
     storage = connect(args, setup=False, start=True)  # setup refuses an older schema
