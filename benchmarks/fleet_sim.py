@@ -94,7 +94,7 @@ class SimWorker:
     def fetch_trials(self):
         """fetch_trials' Redis side: the changes since this worker's revision (no Trial built)."""
         from orion_track_redis.keys import CHANGE_LOG_KEEP
-        from orion_track_redis.storage import _chunks, _is_cluster, _score_pairs
+        from orion_track_redis.cache import chunks as _chunks, is_cluster as _is_cluster, score_pairs as _score_pairs
 
         ek, storage = self.ek, self.storage
         if self.rev is not None:

@@ -24,26 +24,21 @@ from orion.storage.base import (
 )
 
 from . import accel, codec, migrations, query
-from .trials import build as build_trial, clone as clone_trial, sort_key, to_doc
+from .cache import TrialReader, indexed
+from .trials import clone as clone_trial, to_doc
 from .connection import RedisDB, fail_fast, make_client, refuse_plain_server_for_tls
-from .errors import CorruptData, install_cli_excepthook, translate_errors
+from .errors import install_cli_excepthook, translate_errors
 from .gcpause import no_gc
 from .keys import (CHANGE_LOG_KEEP, PENDING, REQUEST_TTL, STATUSES, ExperimentKeys, GlobalKeys,
                    escape, new_request_id, token)
 from .lock import LockClient
-from .scripts import Scripts, run_streamed
+from .scripts import Scripts
 from .serverchecks import check_server, server_info
 from .uri import Options, resolve
 
 log = logging.getLogger(__name__)
 
 DELETE_BATCH = 500
-# trials per fetch_docs call: bounds how long one call blocks Redis (3 ms). Larger chunks cost
-# Redis more per trial (its Lua heap grows: 10k trials take 95 ms of Redis time in chunks of
-# 1,000, 82 ms in chunks of 300), smaller ones add a call's overhead each.
-FETCH_CHUNK = 300
-STREAM_CHUNK_MIN = 150  # the smallest chunk of a streamed read (and its last one)
-CHANGES_MAX = CHANGE_LOG_KEEP  # a reader more changes behind reloads everything
 
 
 def _accelerate(opts: Options) -> bool:
@@ -118,14 +113,7 @@ class Redis(BaseStorageProtocol):
         self._opts: Options = resolve(uri, database, options)
         log.info("orion-track-redis: using %s (from %s, prefix %s)",
                  self._opts.redacted, self._opts.source, self._opts.prefix)
-        self._client = None
-        self._pid = None
-        self._cache = {}
-        self._eks = {}
-        self._keys = GlobalKeys(self._opts.prefix)
-        self._db = RedisDB(self._opts)
-        self.accelerated_holds = _accelerate(self._opts)
-        self.batched_observation = _batch(self._opts, self.accelerated_holds)
+        self._start(self._opts)
         if setup:
             if self._opts.scheme == "rediss":
                 refuse_plain_server_for_tls(self._opts)
@@ -137,15 +125,20 @@ class Redis(BaseStorageProtocol):
         return {"opts": self._opts}
 
     def __setstate__(self, state):
-        self._opts = state["opts"]
+        self._start(state["opts"])
+
+    def _start(self, opts: Options) -> None:
+        """Everything but the connection, which is made on first use (and again after fork)."""
+        self._opts = opts
         self._client = None
         self._pid = None
-        self._cache = {}
-        self._eks = {}
-        self._keys = GlobalKeys(self._opts.prefix)
-        self._db = RedisDB(self._opts)
-        self.accelerated_holds = _accelerate(self._opts)
-        self.batched_observation = _batch(self._opts, self.accelerated_holds)
+        self._reads = TrialReader(lambda: self.client, lambda: self.scripts,
+                                  fake=opts.scheme == "fakeredis")
+        self._eks: dict = {}
+        self._keys = GlobalKeys(opts.prefix)
+        self._db = RedisDB(opts)
+        self.accelerated_holds = _accelerate(opts)
+        self.batched_observation = _batch(opts, self.accelerated_holds)
 
     @property
     def client(self):
@@ -366,7 +359,7 @@ class Redis(BaseStorageProtocol):
         if len(reply) < 3:
             return None
         it = iter(reply[1:])
-        return self._trial(dict(zip(it, it)), ek.trial_prefix + reply[0].decode())
+        return self._reads.trial(dict(zip(it, it)), ek.trial_prefix + reply[0].decode())
 
     def _patch(self, ek, trial_id, expected, fields, new_status=None, score="") -> int:
         """One update_trial.lua call: 1 updated, 0 status differs, -1 no such trial.
@@ -430,7 +423,7 @@ class Redis(BaseStorageProtocol):
         # like Legacy, the trial's own id and experiment replace those of ``where``
         where = {k: v for k, v in (where or {}).items() if k not in ("id", "experiment")}
         with self._guard():
-            docs = self._read_trials(ek, [escape(trial_uid)])
+            docs = self._reads.read(ek, [escape(trial_uid)])
             if not docs or not query.matches(docs[0], where):
                 return 0
             return self._apply_update(ek, docs[0], kwargs)
@@ -441,7 +434,7 @@ class Redis(BaseStorageProtocol):
         ek = self._ek(uid)
         with self._guard():
             return sum(self._apply_update(ek, doc, kwargs)
-                       for doc in self._matching_docs(ek, where))
+                       for doc in self._reads.matching(ek, where))
 
     def _apply_update(self, ek, doc, changes) -> int:
         new_status = changes.get("status")
@@ -464,7 +457,7 @@ class Redis(BaseStorageProtocol):
         ek = self._ek(uid)
         with self._guard():
             if where:
-                tokens = [escape(d["id"]) for d in self._matching_docs(ek, where)]
+                tokens = [escape(d["id"]) for d in self._reads.matching(ek, where)]
             else:
                 tokens = [t.decode() for t in self.client.zrange(ek.all, 0, -1)]
             deleted = 0
@@ -477,134 +470,7 @@ class Redis(BaseStorageProtocol):
                 ))
         return deleted
 
-    # -- trials: reads ------------------------------------------------------------------------
-    def _trial(self, fields: dict, key: str) -> Trial:
-        doc = codec.decode_trial_fields(fields, key)
-        try:
-            return build_trial(doc)
-        except (TypeError, AttributeError, ValueError) as exc:
-            raise CorruptData(f"{key} does not hold an Oríon trial ({exc}). Remove the key or "
-                              "use another prefix.") from None
-
-    def _read_trials(self, ek: ExperimentKeys, tokens, then=None, meanwhile=None) -> list:
-        """Documents of the existing trials among ``tokens`` (one script call per chunk),
-        mapped chunk by chunk through ``then(docs) -> list`` if given. ``meanwhile()`` runs
-        once the calls are sent, while Redis works on the first one (again if streaming fails
-        and the plain path takes over: keep it idempotent)."""
-        then = then or (lambda docs: docs)
-        chunks = _chunks(tokens)
-        # Redis Cluster (topologies): redis-py refuses EVALSHA inside a cluster pipeline, so
-        # the chunks go one call each there (all in the experiment's slot, one node anyway).
-        cluster = _is_cluster(self.client)
-        if len(chunks) > 1 and not cluster and self._opts.scheme != "fakeredis":
-            streamed = self._streamed_docs(ek, chunks, then, meanwhile)
-            if streamed is not None:
-                return streamed
-        if meanwhile is not None:
-            meanwhile()
-        pipe = None if cluster else self.client.pipeline(transaction=False)
-        replies = [self.scripts.fetch_docs(keys=[ek.trial_prefix + t for t in chunk], client=pipe)
-                   for chunk in chunks]
-        if pipe is not None:
-            replies = pipe.execute() if tokens else []
-        return then(self._decode_docs(ek, replies, tokens))
-
-    def _streamed_docs(self, ek: ExperimentKeys, chunks, then, meanwhile) -> list | None:
-        """The chunks' documents, each chunk parsed (and passed to ``then``) while Redis
-        assembles the next: a cold 10k-trial fetch spends about as long in Redis as here, and
-        the two overlap on 2 cores. None: streaming failed, take the plain path."""
-        parsed = run_streamed(
-            self.client, self.scripts.fetch_docs,
-            [[ek.trial_prefix + t for t in chunk] for chunk in chunks],
-            lambda i, reply: then(self._decode_docs(ek, [reply], chunks[i])), meanwhile)
-        return None if parsed is None else [item for items in parsed for item in items]
-
-    def _decode_docs(self, ek: ExperimentKeys, texts, tokens) -> list[dict]:
-        """Parse the JSON objects that fetch_docs/fetch_changes joined, in one json call."""
-        texts = [t for t in texts if t]
-        if not texts:
-            return []
-        try:
-            with no_gc():
-                return [codec.restore_id(doc)
-                        for doc in codec.loads(b"[" + b",".join(texts) + b"]", ek.all)]
-        except CorruptData:  # find and name the culprit
-            for trial_token in tokens:
-                key = ek.trial_prefix + trial_token
-                codec.decode_trial_fields(self.client.hgetall(key), key)
-            raise
-
-    def _all_docs(self, ek: ExperimentKeys) -> "_ExperimentCache":
-        """Every trial of the experiment, refreshed from what changed since the last call.
-
-        Every trial write bumps ``rev`` and records the trial in ``changed`` with that rev, so a
-        repeated fetch reads only the trials written since (deleted ones leave a tombstone), in
-        one fetch_changes.lua call.
-        """
-        cache = self._cache.get(ek.exp_token)
-        if cache is not None:
-            reply = self.scripts.fetch_changes(keys=[ek.rev, ek.changed, ek.all, ek.floor],
-                                               args=[cache.rev, ek.trial_prefix, CHANGES_MAX])
-            rev = int(reply[0])
-            if len(reply) == 1:
-                return cache
-            count = int(reply[1])
-            if count >= 0:
-                tokens = [t.decode() for t in reply[2:2 + count]]
-                orders = {t: float(o) if o else None
-                          for t, o in zip(tokens, reply[2 + count:2 + 2 * count])}
-                cache.update(tokens, _built(self._decode_docs(ek, [reply[-1]], tokens)), rev,
-                             orders)
-                return cache
-            # too many changes, or the counter went back: reload everything
-        with no_gc():  # every object made here lives on: GC passes would only cost
-            pipe = self.client.pipeline(transaction=True)
-            pipe.get(ek.rev)
-            # raw: redis-py's own WITHSCORES parsing re-formats every score (RESP3 -> RESP2
-            # shape), 150 ms for 10k trials
-            pipe.execute_command("ZRANGE", ek.all, 0, -1, "WITHSCORES")
-            raw_rev, pairs = pipe.execute()
-            pairs = _score_pairs(pairs)
-            tokens = [t.decode() for t, _ in pairs]
-            orders = {}
-            cache = self._cache[ek.exp_token] = _ExperimentCache()
-            built = self._read_trials(
-                ek, tokens, then=_built,
-                meanwhile=lambda: orders.update(zip(tokens, map(float, (s for _, s in pairs)))))
-            cache.update(tokens, built, int(raw_rev or 0), orders)
-        return cache
-
-    def _tokens_for(self, ek: ExperimentKeys, where: dict | None) -> list[str]:
-        """Candidate trial tokens for ``where``, from the status indexes when it allows."""
-        if isinstance((where or {}).get("id"), str):
-            return [escape(where["id"])]
-        statuses = _indexed_statuses(where)
-        if statuses is None:
-            return [t.decode() for t in self.client.zrange(ek.all, 0, -1)]
-        pipe = self.client.pipeline(transaction=False)
-        for s in statuses:
-            pipe.zrange(ek.status(s), 0, -1)
-        return [t.decode() for batch in pipe.execute() for t in batch]
-
-    def _matching_docs(self, ek: ExperimentKeys, where: dict | None) -> list[dict]:
-        where = {k: v for k, v in (where or {}).items() if k != "experiment"} if where else None
-        docs = self._read_trials(ek, self._tokens_for(ek, where))
-        return [d for d in docs if query.matches(d, where)]
-
-    def _build(self, docs) -> list[Trial]:
-        with no_gc():
-            return self._build_trials(docs)
-
-    def _build_trials(self, docs) -> list[Trial]:
-        built = []
-        for doc in docs:
-            try:
-                built.append(build_trial(doc))
-            except (TypeError, AttributeError, ValueError) as exc:
-                raise _not_a_trial(doc, exc) from None
-        built.sort(key=sort_key)
-        return built
-
+    # -- trials: reads (cache.py) -----------------------------------------------------------
     def fetch_trials(self, experiment=None, uid=None, where=None):
         """All trials of an experiment matching ``where``, sorted by submit_time."""
         uid = get_uid(experiment, uid)
@@ -612,9 +478,9 @@ class Redis(BaseStorageProtocol):
         # like Legacy, the experiment of ``where`` is replaced by ``uid``
         where = {k: v for k, v in (where or {}).items() if k != "experiment"}
         with self._guard():
-            if _indexed(where):
-                return self._build(self._matching_docs(ek, where))
-            cache = self._all_docs(ek)
+            if indexed(where):
+                return self._reads.build(self._reads.matching(ek, where))
+            cache = self._reads.all(ek)
         with no_gc():
             if not where:
                 return [clone_trial(trial) for trial in cache.ordered()]
@@ -626,8 +492,8 @@ class Redis(BaseStorageProtocol):
         if not isinstance(trial_uid, str):  # trial ids are strings: Legacy finds nothing
             return None
         with self._guard():
-            docs = self._read_trials(self._ek(experiment_uid), [escape(trial_uid)])
-        return self._build(docs)[0] if docs else None
+            docs = self._reads.read(self._ek(experiment_uid), [escape(trial_uid)])
+        return self._reads.build(docs)[0] if docs else None
 
     def retrieve_result(self, trial, *args, **kwargs):
         """Results already sit on the trial object (as with Legacy)."""
@@ -639,13 +505,13 @@ class Redis(BaseStorageProtocol):
         threshold = orion.core.config.worker.heartbeat * 5
         with self._guard():
             tokens = self.scripts.lost_trials(keys=[ek.status("reserved")], args=[threshold])
-            docs = self._read_trials(ek, [t.decode() for t in tokens])
-        return self._build([d for d in docs if d.get("status") == "reserved"])
+            docs = self._reads.read(ek, [t.decode() for t in tokens])
+        return self._reads.build([d for d in docs if d.get("status") == "reserved"])
 
     def _by_statuses(self, experiment, statuses) -> list[Trial]:
         ek = self._ek(get_uid(experiment))
         with self._guard():
-            return self._build(self._matching_docs(ek, {"status": {"$in": list(statuses)}}))
+            return self._reads.build(self._reads.matching(ek, {"status": {"$in": list(statuses)}}))
 
     def fetch_pending_trials(self, experiment):
         return self._by_statuses(experiment, PENDING)
@@ -708,125 +574,6 @@ class Redis(BaseStorageProtocol):
         """Trials completed or released but not yet observed by the algorithm."""
         with self._guard():
             return self.lock.backlog_length(self._ek(get_uid(experiment, uid)))
-
-
-def _indexed_statuses(where) -> list | None:
-    """The statuses a ``where`` restricts to, when a status index can answer it."""
-    status = (where or {}).get("status")
-    if isinstance(status, str):
-        return [status]
-    if isinstance(status, dict) and set(status) == {"$in"} and \
-            all(isinstance(s, str) for s in status["$in"]):
-        return list(dict.fromkeys(status["$in"]))  # a repeated status must not read twice
-    return None
-
-
-def _indexed(where) -> bool:
-    return isinstance((where or {}).get("id"), str) or _indexed_statuses(where) is not None
-
-
-class _ExperimentCache:
-    """Trial objects of one experiment, as of revision ``rev`` (callers get clones).
-
-    ``order`` holds each trial's registration rank (its score in ``{P:E}:all``): trials with
-    equal submit_time keep the order an uncached read (and Legacy) gives them. Documents are
-    rebuilt from the trials only when a ``where`` query needs them: keeping the fetched ones
-    would double the objects a cold fetch leaves for the garbage collector (+15% of its time)
-    and the memory of the cache."""
-
-    __slots__ = ("rev", "trials", "ids", "order", "_docs", "_ordered")
-
-    def __init__(self):
-        self.rev = -1
-        self.trials: dict[str, Trial] = {}
-        self.ids: dict[str, str] = {}  # token -> the trial's stored id, for its document
-        self.order: dict[str, float] = {}
-        self._docs: dict[str, dict] = {}
-        self._ordered = None
-
-    def update(self, tokens, built, rev, orders):
-        """``built``: (token, id, trial) of the existing trials among ``tokens`` (_built)."""
-        with no_gc():
-            self._update(tokens, built, rev, orders)
-
-    def _update(self, tokens, built, rev, orders):
-        self.order.update((t, o) for t, o in orders.items() if o is not None)
-        for trial_token in tokens:  # changed or deleted: forget, then re-add what still exists
-            self.trials.pop(trial_token, None)
-            self.ids.pop(trial_token, None)
-            self._docs.pop(trial_token, None)
-        for trial_token, trial_id, trial in built:
-            self.trials[trial_token] = trial
-            self.ids[trial_token] = trial_id
-        for trial_token in tokens:
-            if trial_token not in self.trials:
-                self.order.pop(trial_token, None)
-        self.rev = rev
-        self._ordered = None
-
-    def _sorted(self) -> tuple[list, list]:
-        """(tokens, trials) by submit_time, ties in registration order."""
-        if self._ordered is None:
-            order, trials = self.order.get, self.trials
-            tokens = sorted(trials, key=lambda t: order(t, 0.0))
-            tokens.sort(key=lambda t: sort_key(trials[t]))  # stable: ties keep registration
-            self._ordered = (tokens, [trials[t] for t in tokens])
-        return self._ordered
-
-    def ordered(self) -> list:
-        return self._sorted()[1]
-
-    def ordered_pairs(self):
-        """(trial, document) in order; documents built once, on demand."""
-        docs, ids = self._docs, self.ids
-        for trial_token, trial in zip(*self._sorted()):
-            doc = docs.get(trial_token)
-            if doc is None:
-                doc = docs[trial_token] = to_doc(trial, ids[trial_token])
-            yield trial, doc
-
-
-def _chunks(tokens: list) -> list[list]:
-    """Chunks of at most FETCH_CHUNK tokens, at least 4 from 600 tokens on (so a streamed
-    read overlaps Redis and this process), the last one small: it is the only one parsed
-    after Redis is done."""
-    size = max(STREAM_CHUNK_MIN, min(FETCH_CHUNK, -(-len(tokens) // 4)))
-    if len(tokens) <= size:
-        return [tokens] if tokens else []
-    body = len(tokens) - STREAM_CHUNK_MIN
-    return ([tokens[i:min(i + size, body)] for i in range(0, body, size)]
-            + [tokens[body:]])
-
-
-def _built(docs) -> list:
-    """(token, id, Trial) for each document (what the cache keeps)."""
-    out = []
-    for doc in docs:
-        try:
-            trial_id = doc["id"]
-            out.append((escape(trial_id), trial_id, build_trial(doc)))
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise _not_a_trial(doc, exc) from None
-    return out
-
-
-def _not_a_trial(doc: dict, exc: Exception) -> CorruptData:
-    return CorruptData(f"a trial of experiment {doc.get('experiment')!r} is not an Oríon trial "
-                       f"({exc}).")
-
-
-def _score_pairs(reply) -> list:
-    """(member, score) pairs of a raw ZRANGE WITHSCORES reply: RESP3 nests them, RESP2 is flat."""
-    if reply and isinstance(reply[0], list):
-        return reply
-    return list(zip(reply[::2], reply[1::2]))
-
-
-def _is_cluster(client) -> bool:
-    """Whether ``client`` is a ``redis.cluster.RedisCluster`` (redis+cluster:// URIs)."""
-    from redis.cluster import RedisCluster
-
-    return isinstance(client, RedisCluster)
 
 
 def _apply_set(doc: dict, changes: dict) -> dict:

@@ -145,17 +145,17 @@ def big(redis_server):
 
 def _streams(monkeypatch) -> list:
     """Record the replies-were-streamed outcomes of storage.run_streamed."""
-    import orion_track_redis.storage as storage_module
+    import orion_track_redis.cache as cache_module
 
     outcomes = []
-    real = storage_module.run_streamed
+    real = cache_module.run_streamed
 
     def spy(*args, **kwargs):
         result = real(*args, **kwargs)
         outcomes.append(result is not None)
         return result
 
-    monkeypatch.setattr(storage_module, "run_streamed", spy)
+    monkeypatch.setattr(cache_module, "run_streamed", spy)
     return outcomes
 
 
@@ -164,9 +164,9 @@ def test_streamed_fetch_equals_the_plain_path(big, monkeypatch):
     outcomes = _streams(monkeypatch)
     streamed = [t.to_dict() for t in Redis(uri=server.url, prefix=prefix).fetch_trials(uid=exp_id)]
     assert outcomes == [True]
-    import orion_track_redis.storage as storage_module
+    import orion_track_redis.cache as cache_module
 
-    monkeypatch.setattr(storage_module, "run_streamed", lambda *a, **k: None)  # plain path
+    monkeypatch.setattr(cache_module, "run_streamed", lambda *a, **k: None)  # plain path
     plain = [t.to_dict() for t in Redis(uri=server.url, prefix=prefix).fetch_trials(uid=exp_id)]
     assert len(streamed) == 2500 and streamed == plain
     assert [t["params"][0]["value"] for t in streamed[:3]] == [0.0, 7.0, 14.0]  # by submit_time
@@ -191,7 +191,7 @@ def test_streamed_fetch_with_any_number_of_calls_in_flight(big, monkeypatch, win
 
     monkeypatch.setattr(scripts_module, "_stream_once", counting)
     got = [t.to_dict() for t in Redis(uri=server.url, prefix=prefix).fetch_trials(uid=exp_id)]
-    from orion_track_redis.storage import _chunks
+    from orion_track_redis.cache import chunks as _chunks
 
     assert outcomes == [True]
     assert sent == [len(_chunks(list(range(2500))))] == [9]  # > windows 1 and 2, < 100
@@ -260,7 +260,7 @@ def test_streamed_fetch_falls_back_when_the_connection_drops(big, monkeypatch):
 
 @pytest.mark.parametrize("n", [0, 1, 149, 150, 151, 599, 600, 601, 1000, 4321, 10_000, 100_000])
 def test_fetch_chunks_cover_every_token_once_with_a_small_last_chunk(n):
-    from orion_track_redis.storage import FETCH_CHUNK, STREAM_CHUNK_MIN, _chunks
+    from orion_track_redis.cache import FETCH_CHUNK, STREAM_CHUNK_MIN, chunks as _chunks
 
     tokens = [f"t{i}" for i in range(n)]
     chunks = _chunks(tokens)

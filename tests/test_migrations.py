@@ -143,7 +143,7 @@ def test_change_log_is_trimmed_and_old_readers_reload(monkeypatch):
     exp_id = create_experiment(writer)
     writer.register_trial(make_trial(exp_id, x=0.0))
     assert len(reader.fetch_trials(uid=exp_id)) == 1
-    cache = reader._cache[reader._ek(exp_id).exp_token]
+    cache = reader._reads.caches[reader._ek(exp_id).exp_token]
     for i in range(1, 30):
         writer.register_trial(make_trial(exp_id, x=float(i), seconds=i))
     ek = writer._ek(exp_id)
@@ -151,12 +151,12 @@ def test_change_log_is_trimmed_and_old_readers_reload(monkeypatch):
     floor = int(writer.client.get(ek.floor))
     assert floor > cache.rev  # the reader is older than the trimmed part of the log
     fetched = reader.fetch_trials(uid=exp_id)
-    assert reader._cache[ek.exp_token] is not cache  # it reloaded everything
+    assert reader._reads.caches[ek.exp_token] is not cache  # it reloaded everything
     assert [t.to_dict() for t in fetched] == [
         t.to_dict() for t in Redis(uri="fakeredis://trim?prefix=trim").fetch_trials(uid=exp_id)]
     assert len(fetched) == 30
     # a reader within the kept part of the log refreshes incrementally
-    cache = reader._cache[ek.exp_token]
+    cache = reader._reads.caches[ek.exp_token]
     writer.register_trial(make_trial(exp_id, x=99.0, seconds=99))
     assert len(reader.fetch_trials(uid=exp_id)) == 31
-    assert reader._cache[ek.exp_token] is cache
+    assert reader._reads.caches[ek.exp_token] is cache

@@ -49,7 +49,7 @@ def _write(storage, token: str, pairs: list) -> str:
 def _fetched(storage, keys: list) -> list[dict]:
     ek = storage._ek(1)
     reply = storage.scripts.fetch_docs(keys=keys)
-    return storage._decode_docs(ek, [reply], [k[len(ek.trial_prefix):] for k in keys])
+    return storage._reads._decode_docs(ek, [reply], [k[len(ek.trial_prefix):] for k in keys])
 
 
 def _reference(storage, key: str) -> dict:
