@@ -171,6 +171,14 @@ def _raise_translated(error: Exception, where: str) -> None:
                 f"script ({redact(msg)}). Grant the user the commands and key pattern listed "
                 "in the README (ACL section)."
             ) from None
+        if isinstance(exc, rex.OutOfMemoryError):
+            # refused at the script's first write (Redis lets a script that wrote finish), so
+            # the call changed nothing; redis-py does not retry it
+            raise ConnectionFailed(
+                f"Redis at {where} is full: it refused a write (used memory > maxmemory, "
+                "policy noeviction); the call changed nothing. Raise maxmemory (CONFIG SET "
+                "maxmemory) or free memory on the server, then run this worker again."
+            ) from None
         if "WRONGTYPE" in msg:
             raise CorruptData(
                 f"a key under this prefix on {where} holds a value of a foreign type ({msg}). "

@@ -98,6 +98,25 @@ def wait_completed(env, n, timeout=180):
 
 
 # ------------------------------------------------------------------------------------------------
+def test_a_write_refused_by_a_full_server_is_one_clear_error(server):
+    """Found by the full-server scenario: OOM reached the worker as redis-py's raw
+    OutOfMemoryError naming a script SHA1. It must say the server is full and what to do."""
+    from helpers import create_experiment, make_trial
+    from orion_track_redis.errors import ConnectionFailed
+
+    storage = Redis(uri=f"{server.url}/0?prefix=oom-{uuid.uuid4().hex[:6]}")
+    exp = create_experiment(storage)
+    client = server.client()
+    client.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(ConnectionFailed, match="is full.*maxmemory") as caught:
+            storage.register_trial(make_trial(exp, x=3.0))
+    finally:
+        client.config_set("maxmemory", 0)
+    assert "user_script" not in str(caught.value) and "\n" not in str(caught.value)
+    assert storage.fetch_trials(uid=exp) == [], "the refused write changed nothing"
+
+
 def test_stall_shorter_and_longer_than_socket_timeout(fleet_env):
     """SIGSTOP redis-server for 1 s (< socket_timeout 2 s), later for 7 s (> socket_timeout and
     > lock_ttl), then SIGCONT: the workers ride both on their retries."""
@@ -120,3 +139,26 @@ def test_stall_shorter_and_longer_than_socket_timeout(fleet_env):
     assert not problems, "\n".join(problems)
     assert all(r is not None for _, r in stalls), f"lock stuck after a stall: {stalls}"
     assert all(o["exit"] == 0 for o in env.fleet.outcomes()), summary(env)
+
+
+def test_full_server_mid_hunt(fleet_env):
+    """maxmemory lowered under the running hunt (noeviction): writes fail with OOM for 6 s,
+    then it is raised again."""
+    env, name, max_trials = fleet_env, "full", 30
+    start(env, name, max_trials, workers=3, sleep_s=0.5)
+    eid = exp_id(env)
+    wait_completed(env, 8)
+    env.client.config_set("maxmemory-policy", "noeviction")
+    used = env.client.info("memory")["used_memory"]
+    env.client.config_set("maxmemory", max(1, used // 2))
+    time.sleep(6)
+    env.client.config_set("maxmemory", 0)
+    cleared = time.time()
+    recovery = nemesis.lock_recovery_s(env.client, Redis(uri=env.direct_uri), eid, cleared,
+                                       LOCK_TTL)
+    finished = env.fleet.wait(240)
+    problems = check(env, name, max_trials, finished)
+    print(summary(env), "\nlock recovered after", recovery)
+    for o in env.fleet.outcomes():
+        print("----", o["index"], o["exit"], "\n", o["log"][-3000:])
+    assert not problems, "\n".join(problems)
