@@ -478,14 +478,21 @@ def _objective(doc) -> float | None:
     return None
 
 
-# "SomeError: what happened" (Oríon's and ours end a failed hunt with that line)
-CLEAR_ERROR = re.compile(r"^(?:[\w.]+\.)?[A-Z]\w*(?:Error|Exception|Failed|Timeout|Workers|"
+# "SomeError: what happened" (Oríon's and ours end a failed hunt with that line; ours as
+# "orion: ConnectionFailed: ..." then a hint line on how to see the traceback)
+CLEAR_ERROR = re.compile(r"^(?:orion: )?(?:[\w.]+\.)?[A-Z]\w*(?:Error|Exception|Failed|Timeout|Workers|"
                          r"Experiment|Update|Interrupt): (?P<msg>.{12,})$")
 
 
+TRACEBACK_HINT = re.compile(r"^\(ORION_REDIS_TRACEBACK=1 ")
+
+
 def last_line(log: str) -> str:
-    lines = [line for line in log.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
+    """The error line a stopped worker ended with (our traceback hint after it skipped)."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    if lines and TRACEBACK_HINT.match(lines[-1]):
+        lines.pop()
+    return lines[-1] if lines else ""
 
 
 def data_violations(snap: dict) -> list[str]:
