@@ -10,10 +10,16 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 
 import redis.exceptions as rex
 
 from .redaction import redact
+
+# This module imports nothing of the package but redaction (stdlib only): every other module
+# stands on it. What a message needs from above (a script's source) is passed in.
+
+MIN_VERSION = (6, 2)  # the oldest Redis served (checked by serverchecks, named in messages)
 
 
 class RedisStorageError(Exception):
@@ -69,32 +75,6 @@ def _short(exc: Exception) -> str:
     return re.sub(r"<redis\.client\.Redis\(.*\)>", "<sentinel>", str(exc))
 
 
-def _denied_in_script(msg: str) -> str:
-    """'the ZADD command' from "Error running script (call to f_<sha1>): @user_script:15: ...":
-    the script is found by its SHA1 and the command read on that line of its source."""
-    import hashlib
-
-    # Redis words it "call to f_<sha1> ... @user_script:N" or "script: <sha1>, on @user_script:N"
-    match = re.search(r"(?:f_|script: )([0-9a-f]{40}).*?@user_script:(\d+)", msg)
-    if not match:
-        return "a command or key"
-    from . import scripts
-
-    for name in scripts.NAMES:
-        source = scripts.source(name)
-        if hashlib.sha1(source.encode()).hexdigest() == match[1]:
-            lines = source.splitlines()
-            line = lines[int(match[2]) - 1] if int(match[2]) <= len(lines) else ""
-            commands = re.findall(r"redis\.call\('(\w+)'", line)
-            path, number = scripts.origin(name, int(match[2]))  # the line in its file
-            if "access" in msg:
-                return f"a key of script {path} (line {number})"
-            if commands:
-                return f"the {'/'.join(commands)} command (script {path}, line {number})"
-            return f"a command of script {path} (line {number})"
-    return "a command or key"
-
-
 def _scrub(msg: str) -> str:
     """Redis echoes the arguments of an unknown command (HELLO 3 AUTH user password...)."""
     return redact(re.sub(r"with args beginning with:.*", "with args beginning with: (hidden)",
@@ -104,13 +84,15 @@ def _scrub(msg: str) -> str:
 class translate_errors:
     """``with translate_errors(where):`` turns redis-py exceptions into our own, with a message
     that says what to do. ``where`` names the endpoint (already redacted) so the user knows
-    which server failed. A class, not a generator context manager: it wraps every storage call
-    and costs a third as much."""
+    which server failed; ``name_denial(msg)`` (scripts.name_denial) names what an ACL denial
+    inside a Lua script hit. A class, not a generator context manager: it wraps every storage
+    call and costs a third as much."""
 
-    __slots__ = ("where",)
+    __slots__ = ("where", "name_denial")
 
-    def __init__(self, where: str):
+    def __init__(self, where: str, name_denial: Callable[[str], str] | None = None):
         self.where = where
+        self.name_denial = name_denial
 
     def __enter__(self):
         return self
@@ -118,11 +100,12 @@ class translate_errors:
     def __exit__(self, kind, exc, tb) -> bool:
         # RedisClusterException is no RedisError (redis-py's own hierarchy)
         if isinstance(exc, (rex.RedisError, rex.RedisClusterException)):
-            _raise_translated(exc, self.where)
+            _raise_translated(exc, self.where, self.name_denial)
         return False  # not ours, or untranslated: propagates unchanged
 
 
-def _raise_translated(error: Exception, where: str) -> None:
+def _raise_translated(error: Exception, where: str,
+                      name_denial: Callable[[str], str] | None = None) -> None:
     """Raise our exception for ``error``; return to let the original propagate."""
     try:
         raise error
@@ -147,8 +130,6 @@ def _raise_translated(error: Exception, where: str) -> None:
     except rex.ResponseError as exc:
         msg = _scrub(str(exc))
         if "unknown command" in msg and "HELLO" in msg:
-            from .serverchecks import MIN_VERSION
-
             raise ConnectionFailed(
                 f"Redis at {where} is older than 6.0 (it does not know the HELLO command); "
                 f"orion-track-redis needs {'.'.join(map(str, MIN_VERSION))} or newer. Upgrade "
@@ -166,8 +147,9 @@ def _raise_translated(error: Exception, where: str) -> None:
             ) from None
         if "can't run this command" in msg or "no permissions to access" in msg:
             # an ACL denial inside a Lua script: Redis names neither the command nor the key
+            denied = name_denial or (lambda _: "a command or key")
             raise ConnectionFailed(
-                f"Redis at {where} denied {_denied_in_script(msg)} to this ACL user inside a "
+                f"Redis at {where} denied {denied(msg)} to this ACL user inside a "
                 f"script ({redact(msg)}). Grant the user the commands and key pattern listed "
                 "in the README (ACL section)."
             ) from None

@@ -13,6 +13,7 @@ replicas too, and survives an unplanned failover to one of them.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from pathlib import Path
 
@@ -87,6 +88,29 @@ def origin(name: str, line: int) -> tuple[str, int]:
             return path, first + line - start
         start += count
     return f"{name}.lua", line
+
+
+def name_denial(msg: str) -> str:
+    """What an ACL denial inside a script hit, for errors.translate_errors: 'the ZADD
+    command' from "Error running script (call to f_<sha1>): @user_script:15: ...". The script
+    is found by its SHA1 and the command read on that line of its source."""
+    # Redis words it "call to f_<sha1> ... @user_script:N" or "script: <sha1>, on @user_script:N"
+    match = re.search(r"(?:f_|script: )([0-9a-f]{40}).*?@user_script:(\d+)", msg)
+    if not match:
+        return "a command or key"
+    for name in NAMES:
+        text = source(name)
+        if hashlib.sha1(text.encode()).hexdigest() == match[1]:
+            lines = text.splitlines()
+            line = lines[int(match[2]) - 1] if int(match[2]) <= len(lines) else ""
+            commands = re.findall(r"redis\.call\('(\w+)'", line)
+            path, number = origin(name, int(match[2]))  # the line in its file
+            if "access" in msg:
+                return f"a key of script {path} (line {number})"
+            if commands:
+                return f"the {'/'.join(commands)} command (script {path}, line {number})"
+            return f"a command of script {path} (line {number})"
+    return "a command or key"
 
 
 class Scripts:

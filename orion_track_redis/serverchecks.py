@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 
-from .errors import RedisStorageError
+from .errors import MIN_VERSION, RedisStorageError
 
 log = logging.getLogger(__name__)
-MIN_VERSION = (6, 2)
 
 
 def _version(text: str) -> tuple[int, ...]:

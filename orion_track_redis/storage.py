@@ -32,7 +32,7 @@ from .gcpause import no_gc
 from .keys import (CHANGE_LOG_KEEP, PENDING, REQUEST_TTL, STATUSES, ExperimentKeys, GlobalKeys,
                    escape, new_request_id, token)
 from .lock import LockClient
-from .scripts import Scripts
+from .scripts import Scripts, name_denial
 from .serverchecks import check_server, server_info
 from .uri import Options, resolve
 
@@ -163,7 +163,7 @@ class Redis(BaseStorageProtocol):
         return self._lock
 
     def _guard(self):
-        return translate_errors(self._opts.redacted)
+        return translate_errors(self._opts.redacted, name_denial)
 
     def _setup(self):
         if self._opts.scheme != "fakeredis":  # fakeredis has no INFO

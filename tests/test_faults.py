@@ -222,9 +222,9 @@ def test_acl_denial_in_a_script_names_the_command(template):
     import hashlib
 
     from orion_track_redis import scripts
-    from orion_track_redis.errors import _denied_in_script
+    from orion_track_redis.scripts import name_denial
 
     source = scripts.source("register_trial")
     line = next(n for n, text in enumerate(source.splitlines(), 1) if "'ZADD'" in text)
     msg = template.format(sha=hashlib.sha1(source.encode()).hexdigest(), line=line)
-    assert _denied_in_script(msg) == f"the ZADD command (script register_trial.lua, line {line})"
+    assert name_denial(msg) == f"the ZADD command (script register_trial.lua, line {line})"
