@@ -240,3 +240,29 @@ def restore_id(doc: dict) -> dict:
     if "_id" not in doc and "id" in doc:
         doc["_id"] = doc["id"]
     return doc
+
+
+def epoch(moment) -> float | None:
+    """Naive-UTC datetime -> epoch seconds (a score comparable with the server's TIME)."""
+    if not isinstance(moment, _dt.datetime):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=_dt.timezone.utc)
+    return moment.timestamp()
+
+
+_FIELD_OK: set = set()  # field names already validated (Oríon uses a dozen)
+
+
+def checked(doc: dict) -> dict:
+    """``doc`` once its field names are known to be storable (fetch_docs.lua writes them into
+    JSON unescaped, and '#' marks list elements)."""
+    for key in doc:
+        if key not in _FIELD_OK:
+            if not isinstance(key, str) or not key or any(c in key for c in '"\\#') \
+                    or not key.isprintable():
+                raise ValueError(f"field name {key!r} cannot be stored: use a printable string "
+                                 "without quotes, backslashes or '#'")
+            if len(_FIELD_OK) < 1000:
+                _FIELD_OK.add(key)
+    return doc

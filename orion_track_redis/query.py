@@ -32,3 +32,23 @@ def project(doc: dict, selection: dict | None) -> dict:
     if not selection:
         return doc
     return EphemeralDocument(doc).select(dict(selection))
+
+
+def apply_set(doc: dict, changes: dict) -> dict:
+    """Mongo ``$set``: top-level keys replace whole values; dotted keys set nested ones."""
+    new = dict(doc)
+    for key, value in changes.items():
+        if "." not in key:
+            new[key] = value
+            continue
+        head, *path = key.split(".")
+        node = new[head] = _copy_dict(new.get(head))
+        for part in path[:-1]:
+            node[part] = _copy_dict(node.get(part))
+            node = node[part]
+        node[path[-1]] = value
+    return new
+
+
+def _copy_dict(value) -> dict:
+    return dict(value) if isinstance(value, dict) else {}

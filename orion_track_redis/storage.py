@@ -25,12 +25,13 @@ from orion.storage.base import (
 
 from . import accel, codec, migrations, query
 from .cache import TrialReader, indexed
+from .experiments import ExperimentStore
 from .trials import clone as clone_trial, to_doc
 from .connection import RedisDB, fail_fast, make_client, refuse_plain_server_for_tls
 from .errors import install_cli_excepthook, translate_errors
 from .gcpause import no_gc
 from .keys import (CHANGE_LOG_KEEP, PENDING, REQUEST_TTL, STATUSES, ExperimentKeys, GlobalKeys,
-                   escape, new_request_id, token)
+                   escape, new_request_id)
 from .lock import LockClient
 from .scripts import Scripts, name_denial
 from .serverchecks import check_server, server_info
@@ -56,40 +57,6 @@ def _batch(opts: Options, accelerated: bool) -> bool:
 
 def _now() -> datetime.datetime:
     return datetime.datetime.utcnow()
-
-
-def _epoch(moment) -> float | None:
-    """Naive-UTC datetime -> epoch seconds (a score comparable with the server's TIME)."""
-    if not isinstance(moment, datetime.datetime):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.timestamp()
-
-
-_FIELD_OK: set = set()  # field names already validated (Oríon uses a dozen)
-
-
-def _checked(doc: dict) -> dict:
-    """``doc`` once its field names are known to be storable (fetch_docs.lua writes them into
-    JSON unescaped, and '#' marks list elements)."""
-    for key in doc:
-        if key not in _FIELD_OK:
-            if not isinstance(key, str) or not key or any(c in key for c in '"\\#') \
-                    or not key.isprintable():
-                raise ValueError(f"field name {key!r} cannot be stored: use a printable string "
-                                 "without quotes, backslashes or '#'")
-            if len(_FIELD_OK) < 1000:
-                _FIELD_OK.add(key)
-    return doc
-
-
-def _flat_pairs(doc: dict) -> list:
-    """Field/value pairs of an experiment document (one JSON value per field)."""
-    out = []
-    for key, value in _checked(doc).items():
-        out += [key, codec.dumps(value)]
-    return out
 
 
 class Redis(BaseStorageProtocol):
@@ -132,10 +99,12 @@ class Redis(BaseStorageProtocol):
         self._opts = opts
         self._client = None
         self._pid = None
+        self._keys = GlobalKeys(opts.prefix)
+        self._eks: dict = {}
+        self._experiments = ExperimentStore(lambda: self.client, lambda: self.scripts,
+                                            self._keys)
         self._reads = TrialReader(lambda: self.client, lambda: self.scripts,
                                   fake=opts.scheme == "fakeredis")
-        self._eks: dict = {}
-        self._keys = GlobalKeys(opts.prefix)
         self._db = RedisDB(opts)
         self.accelerated_holds = _accelerate(opts)
         self.batched_observation = _batch(opts, self.accelerated_holds)
@@ -187,129 +156,41 @@ class Redis(BaseStorageProtocol):
         except TypeError:  # an unhashable id
             return self._keys.experiment(exp_id)
 
-    # -- benchmarks ---------------------------------------------------------------------------
+    # -- benchmarks and experiments (experiments.py) -------------------------------------------
     def create_benchmark(self, config):
         """Insert a benchmark, unique on its name."""
         with self._guard():
-            if "_id" not in config:
-                config["_id"] = self.client.incr(self._keys.benchmarks + ":seq")
-            if not self.client.hsetnx(self._keys.benchmarks, codec.dumps(config.get("name")),
-                                      codec.dumps(config)):
-                raise DuplicateKeyError(f"Duplicate key error: benchmark name={config.get('name')}")
+            self._experiments.create_benchmark(config)
         return 1
 
     def fetch_benchmark(self, query_, selection=None):
         with self._guard():
-            raw = self.client.hgetall(self._keys.benchmarks)
-        docs = [codec.loads(v, self._keys.benchmarks) for v in raw.values()]
-        docs.sort(key=lambda d: (str(type(d.get("_id"))), d.get("_id")))
-        return [query.project(d, selection) for d in docs if query.matches(d, query_)]
+            return self._experiments.fetch_benchmarks(query_, selection)
 
-    # -- experiments --------------------------------------------------------------------------
     def create_experiment(self, config, algo_locked=0, algo_state=None, algo_heartbeat=None):
         """Insert an experiment (unique name+version and _id) and initialise its lock."""
         with self._guard():
-            generated = "_id" not in config
-            while True:
-                if generated:
-                    config["_id"] = self.client.incr(self._keys.exp_seq)
-                rc = self._insert_experiment(config)
-                if rc == 1:
-                    break
-                if rc == -1:
-                    raise DuplicateKeyError(
-                        "Duplicate key error: index=name_1_version_1 "
-                        f"value=({config.get('name')!r}, {config.get('version')!r})")
-                if not generated:
-                    raise DuplicateKeyError(f"Duplicate key error: index=_id_ value={config['_id']!r}")
+            self._experiments.create(config)
             self.lock.initialize(self._ek(config["_id"]), config.get("algorithm", {}),
                                  state=algo_state, locked=bool(algo_locked))
         return 1
 
-    def _insert_experiment(self, config) -> int:
-        exp_token = token(config["_id"])
-        return int(self.scripts.create_experiment(
-            keys=[self._keys.exp_names, self._keys.exps, self._keys.exp(exp_token)],
-            args=[codec.dumps([config.get("name"), config.get("version")]), exp_token,
-                  *_flat_pairs(config)],
-        ))
-
-    def _experiment_tokens(self) -> list[str]:
-        return [t.decode() for t in self.client.zrange(self._keys.exps, 0, -1)]
-
-    def _read_experiments(self, tokens) -> list[dict]:
-        pipe = self.client.pipeline(transaction=False)
-        for exp_token in tokens:
-            pipe.hgetall(self._keys.exp(exp_token))
-        docs = []
-        for exp_token, fields in zip(tokens, pipe.execute()):
-            if fields:
-                docs.append(codec.decode_fields(fields, self._keys.exp(exp_token)))
-        return docs
-
     def fetch_experiments(self, query_, selection=None):
         """Experiments matching a Mongo-style query, in creation order."""
-        query_ = query_ or {}
         with self._guard():
-            if type(query_.get("_id")) in (int, str):  # exact key lookup
-                docs = self._read_experiments([token(query_["_id"])])
-            elif "_id" in query_ and query_["_id"] is None:
-                return []
-            else:
-                docs = self._read_experiments(self._experiment_tokens())
-        out = []
-        for doc in docs:
-            if query.matches(doc, query_):
-                selected = query.project(doc, selection)
-                if (selection or {}).get("_id", 1):  # _id unless explicitly excluded
-                    selected["_id"] = doc["_id"]
-                out.append(selected)
-        return out
+            return self._experiments.fetch(query_, selection)
 
     def update_experiment(self, experiment=None, uid=None, where=None, **kwargs):
         """Top-level set of fields (nested dicts replaced whole); returns the count updated."""
         uid = get_uid(experiment, uid)
-        kwargs.pop("_id", None)  # _id is immutable, and Oríon passes it back unchanged
-        key = self._keys.exp(token(uid))
         with self._guard():
-            return self.client.transaction(
-                lambda pipe: self._update_experiment(pipe, key, where, kwargs), key,
-                value_from_callable=True)
-
-    def _update_experiment(self, pipe, key, where, changes) -> int:
-        fields = pipe.hgetall(key)
-        if not fields:
-            pipe.multi()
-            return 0
-        doc = codec.decode_fields(fields, key)
-        if not query.matches(doc, where):
-            pipe.multi()
-            return 0
-        old_name = codec.dumps([doc.get("name"), doc.get("version")])
-        new = _apply_set(doc, changes)
-        new_name = codec.dumps([new.get("name"), new.get("version")])
-        if new_name != old_name and pipe.hexists(self._keys.exp_names, new_name):
-            raise DuplicateKeyError(f"Duplicate key error: index=name_1_version_1 value={new_name}")
-        touched = {k: new[k] for k in {k.split(".")[0] for k in changes}}
-        pipe.multi()
-        if touched:
-            pipe.hset(key, mapping=codec.encode_fields(touched))
-        if new_name != old_name:
-            pipe.hdel(self._keys.exp_names, old_name)
-            pipe.hset(self._keys.exp_names, new_name, token(doc["_id"]))
-        return 1
+            return self._experiments.update(uid, where, kwargs)
 
     def delete_experiment(self, experiment=None, uid=None):
         """Delete the experiment document (not its trials nor its lock, like Legacy)."""
         uid = get_uid(experiment, uid)
-        exp_token = token(uid)
-        key = self._keys.exp(exp_token)
         with self._guard():
-            name, version = self.client.hmget(key, "name", "version")
-            name_field = codec.dumps([codec.loads(name, key) if name else None,
-                                      codec.loads(version, key) if version else None])
-            return int(self.scripts.delete_experiment(
-                keys=[self._keys.exp_names, self._keys.exps, key], args=[name_field, exp_token]))
+            return self._experiments.delete(uid)
 
     # -- trials: writes -----------------------------------------------------------------------
     def register_trial(self, trial):
@@ -321,7 +202,7 @@ class Redis(BaseStorageProtocol):
         validate_status(doc["status"])
         trial_token = escape(trial_id)
         with self._guard():
-            pairs, _ = codec.encode_trial(_checked(doc))
+            pairs, _ = codec.encode_trial(codec.checked(doc))
             rc = int(self.scripts.register_trial(
                 keys=[ek.trial_prefix + trial_token, ek.all, ek.status(doc["status"]), ek.rev,
                       ek.changed, ek.request(new_request_id()), ek.floor],
@@ -339,10 +220,10 @@ class Redis(BaseStorageProtocol):
         """Index score of a new trial: its heartbeat when reserved with one, its end time when
         completed with one (a copied or imported trial completed back then, not now: `orion-redis
         status` counts completions per minute from it), else server time."""
-        if doc.get("status") == "reserved" and _epoch(doc.get("heartbeat")) is not None:
-            return repr(_epoch(doc["heartbeat"]))
-        if doc.get("status") == "completed" and _epoch(doc.get("end_time")) is not None:
-            return repr(_epoch(doc["end_time"]))
+        if doc.get("status") == "reserved" and codec.epoch(doc.get("heartbeat")) is not None:
+            return repr(codec.epoch(doc["heartbeat"]))
+        if doc.get("status") == "completed" and codec.epoch(doc.get("end_time")) is not None:
+            return repr(codec.epoch(doc["end_time"]))
         return "now"
 
     def reserve_trial(self, experiment):
@@ -365,7 +246,9 @@ class Redis(BaseStorageProtocol):
         """One update_trial.lua call: 1 updated, 0 status differs, -1 no such trial.
         ``fields``: a document, or ready (pairs, trims) for our own fixed fields."""
         trial_token = escape(trial_id)
-        pairs, trims = fields if type(fields) is tuple else codec.encode_trial(_checked(fields))
+        if type(fields) is not tuple:
+            fields = codec.encode_trial(codec.checked(fields))
+        pairs, trims = fields
         return int(self.scripts.update_trial(
             keys=[ek.trial_prefix + trial_token, ek.status(expected),
                   ek.status(new_status or expected),
@@ -381,7 +264,7 @@ class Redis(BaseStorageProtocol):
         may age a trial); anything else means now, on the server's clock."""
         score = "now"
         if isinstance(heartbeat, datetime.datetime):
-            score = repr(_epoch(heartbeat))
+            score = repr(codec.epoch(heartbeat))
         else:
             heartbeat = _now()  # Oríon sometimes passes an int here
         was = was or trial.status
@@ -444,11 +327,11 @@ class Redis(BaseStorageProtocol):
                              "never reserve nor count the trial)")
         if new_status is not None:
             validate_status(new_status)
-        new = _apply_set(doc, changes)
+        new = query.apply_set(doc, changes)
         touched = {k: new[k] for k in {k.split(".")[0] for k in changes}}
         score = ""
-        if "heartbeat" in changes and _epoch(changes["heartbeat"]) is not None:
-            score = repr(_epoch(changes["heartbeat"]))  # lets tests age a reserved trial
+        if "heartbeat" in changes and codec.epoch(changes["heartbeat"]) is not None:
+            score = repr(codec.epoch(changes["heartbeat"]))  # lets tests age a reserved trial
         return max(0, self._patch(ek, doc["id"], doc["status"], touched, new_status, score))
 
     def delete_trials(self, experiment=None, uid=None, where=None):
@@ -576,21 +459,4 @@ class Redis(BaseStorageProtocol):
             return self.lock.backlog_length(self._ek(get_uid(experiment, uid)))
 
 
-def _apply_set(doc: dict, changes: dict) -> dict:
-    """Mongo ``$set``: top-level keys replace whole values; dotted keys set nested ones."""
-    new = dict(doc)
-    for key, value in changes.items():
-        if "." not in key:
-            new[key] = value
-            continue
-        head, *path = key.split(".")
-        node = new[head] = _copy_dict(new.get(head))
-        for part in path[:-1]:
-            node[part] = _copy_dict(node.get(part))
-            node = node[part]
-        node[path[-1]] = value
-    return new
 
-
-def _copy_dict(value) -> dict:
-    return dict(value) if isinstance(value, dict) else {}
