@@ -48,8 +48,12 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import _fleet_config, _fleet_storage, stop_workers  # noqa: E402 - run.py's fleet set-up
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `benchmarks`
+from benchmarks.sections.fleet import (  # noqa: E402 - run.py's fleet set-up
+    _fleet_config,
+    _fleet_storage,
+    stop_workers,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

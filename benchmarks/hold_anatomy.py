@@ -27,18 +27,20 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import (  # noqa: E402 - the shared helpers of the main benchmark
-    ANATOMY_SPACE,
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `benchmarks`
+from benchmarks.common import (  # noqa: E402 - the shared helpers of the main benchmark
     RESULTS,
-    _fill,
-    _hold_stats,
-    _hunt_step,
     _legacy,
     _log,
     _machine,
-    _StorageTimer,
     choose_binary,
+)
+from benchmarks.sections.anatomy import (  # noqa: E402 - run.py's lock-hold anatomy
+    ANATOMY_SPACE,
+    _fill,
+    _hold_stats,
+    _hunt_step,
+    _StorageTimer,
     register_completed,
 )
 

@@ -47,8 +47,11 @@ from orion.client import build_experiment
 from orion_track_redis import Redis, datapickle, statecodec
 from orion_track_redis.server import RedisServer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import _objective, register_completed  # noqa: E402 - the main benchmark's trials
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `benchmarks`
+from benchmarks.sections.anatomy import (  # noqa: E402 - the main benchmark's trials
+    _objective,
+    register_completed,
+)
 
 SPACE = {"x": "uniform(-5, 5)", "y": "uniform(-5, 5)"}
 FIDELITY_SPACE = {**SPACE, "f": "fidelity(1, 27, base=3)"}
