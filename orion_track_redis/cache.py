@@ -12,7 +12,8 @@ from .errors import CorruptData
 from .gcpause import no_gc
 from .keys import CHANGE_LOG_KEEP, ExperimentKeys, escape
 from .scripts import run_streamed
-from .trials import build as build_trial, sort_key, to_doc
+from .trials import build as build_trial
+from .trials import sort_key, to_doc
 
 # trials per fetch_docs call: bounds how long one call blocks Redis (3 ms). Larger chunks cost
 # Redis more per trial (its Lua heap grows: 10k trials take 95 ms of Redis time in chunks of

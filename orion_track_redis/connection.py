@@ -4,7 +4,6 @@ process (it rebuilds it after a fork or unpickling)."""
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import threading
 

@@ -32,7 +32,6 @@ import io
 import pickle
 
 import numpy as np
-
 from orion.core.worker.trial import Trial
 
 PROTOCOL = 5

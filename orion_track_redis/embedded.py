@@ -281,7 +281,8 @@ def stop_embedded(data_dir: str | os.PathLike | None = None, timeout: float = 10
         try:
             client.shutdown(nosave=True)  # save is off anyway; AOF is flushed regardless
         except redis.RedisError as exc:
-            raise EmbeddedServerError(f"SHUTDOWN of the embedded redis-server at {sock} failed: {exc}")
+            raise EmbeddedServerError(
+                f"SHUTDOWN of the embedded redis-server at {sock} failed: {exc}") from None
         finally:
             client.close()
         # Hold the lock until it is gone, so a concurrent embedded_uri() cannot see a half-dead one.

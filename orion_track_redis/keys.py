@@ -146,7 +146,7 @@ class GlobalKeys:
     def exp(self, exp_token: str) -> str:
         return f"{self.tag}:exp:{exp_token}"
 
-    def experiment(self, exp_id) -> "ExperimentKeys":
+    def experiment(self, exp_id) -> ExperimentKeys:
         return ExperimentKeys(self.prefix, token(exp_id))
 
 

@@ -41,7 +41,7 @@ NAMES = (
 READ_ONLY = ("fetch_docs", "fetch_changes", "lost_trials")  # never followed by WAIT
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lua_dir() -> Path:
     here = Path(__file__).resolve().parent
     for candidate in (here / "lua", here.parent / "lua"):
@@ -56,13 +56,13 @@ def lua_dir() -> Path:
 _INCLUDE = re.compile(r"^-- @include (\S+)$", re.M)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def source(name: str) -> str:
     """The text sent to Redis: ``lua/<name>.lua`` with its includes pasted in."""
     return "".join(text for _, _, text in _parts(name))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parts(name: str) -> tuple:
     """(file, first line in that file, text) of each stretch of ``source(name)``."""
     text = (lua_dir() / f"{name}.lua").read_text(encoding="utf-8")

@@ -470,7 +470,7 @@ class ClusterDeployment:
             for i, client in enumerate(clients[:count]):
                 first, last = i * self.SLOTS // count, (i + 1) * self.SLOTS // count
                 client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last))
-            for node, client in zip(self.nodes[1:], clients[1:]):
+            for node in self.nodes[1:]:
                 clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
             total = len(self.nodes)
             _wait(lambda: all(b"cluster_known_nodes:%d" % total in c.execute_command(

@@ -86,10 +86,12 @@ import numpy as np
 import zstandard
 
 try:  # numpy >= 2
-    from numpy._core.multiarray import _reconstruct, scalar as _scalar
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.multiarray import scalar as _scalar
     from numpy._core.numeric import _frombuffer
 except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct, scalar as _scalar
+    from numpy.core.multiarray import _reconstruct
+    from numpy.core.multiarray import scalar as _scalar
     from numpy.core.numeric import _frombuffer
 
 from . import datapickle

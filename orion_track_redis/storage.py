@@ -25,16 +25,25 @@ from orion.storage.base import (
 
 from . import accel, codec, migrations, query
 from .cache import TrialReader, indexed
-from .experiments import ExperimentStore
-from .trials import clone as clone_trial, to_doc
 from .connection import RedisDB, fail_fast, make_client, refuse_plain_server_for_tls
 from .errors import install_cli_excepthook, translate_errors
+from .experiments import ExperimentStore
 from .gcpause import no_gc
-from .keys import (CHANGE_LOG_KEEP, PENDING, REQUEST_TTL, STATUSES, ExperimentKeys, GlobalKeys,
-                   escape, new_request_id)
+from .keys import (
+    CHANGE_LOG_KEEP,
+    PENDING,
+    REQUEST_TTL,
+    STATUSES,
+    ExperimentKeys,
+    GlobalKeys,
+    escape,
+    new_request_id,
+)
 from .lock import LockClient
 from .scripts import Scripts, name_denial
 from .serverchecks import check_server, server_info
+from .trials import clone as clone_trial
+from .trials import to_doc
 from .uri import Options, resolve
 
 log = logging.getLogger(__name__)
