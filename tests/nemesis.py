@@ -71,6 +71,13 @@ os.unlink(mark)
 
 # ------------------------------------------------------------------------------------------------
 # faults on the path to Redis
+class _Link:
+    """One proxied connection; ``held``: it swallowed data while blackholed."""
+
+    def __init__(self, client, upstream):
+        self.socks, self.held = (client, upstream), False
+
+
 class FaultProxy:
     """Loopback TCP proxy to ``127.0.0.1:target_port`` whose link can be degraded or cut."""
 
@@ -110,7 +117,7 @@ class FaultProxy:
         self.mode = "clean"
         if was == "blackhole":
             with self._links_lock:
-                stale = [link for link in self._links if link[2]["held"]]
+                stale = [link for link in self._links if link.held]
             for link in stale:
                 self._close(link)
 
@@ -138,7 +145,7 @@ class FaultProxy:
             except OSError:
                 client.close()  # Redis is down: the worker sees a refused connection
                 continue
-            link = (client, upstream, {"held": False})
+            link = _Link(client, upstream)
             with self._links_lock:
                 self._links.add(link)
             for src, dst in ((client, upstream), (upstream, client)):
@@ -160,7 +167,7 @@ class FaultProxy:
         try:
             while data := src.recv(65536):
                 if self.mode == "blackhole":
-                    link[2]["held"] = True
+                    link.held = True
                     self.stats["held"] += 1
                     continue  # swallowed: the other side waits for its socket_timeout
                 if self.mode == "lossy":
@@ -176,7 +183,7 @@ class FaultProxy:
     def _close(self, link):
         with self._links_lock:
             self._links.discard(link)
-        for sock in link[:2]:
+        for sock in link.socks:
             try:  # shutdown first: it wakes the other pump's blocked recv
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:

@@ -34,35 +34,42 @@ def server(tmp_path):
         yield srv
 
 
+class Scenario:
+    """One scenario's server, prefix, proxies, fleet and watcher; ``close()`` stops them all
+    (the server is resumed if a test left it stopped)."""
+
+    def __init__(self, server, tmp_path, host="127.0.0.1"):
+        self.prefix = f"nem-{uuid.uuid4().hex[:6]}"
+        self.server, self.tmp = server, tmp_path
+        self.direct_uri = nemesis.worker_uri(server.port, self.prefix)  # loopback, no fault
+        self.worker_uri = nemesis.worker_uri(server.port, self.prefix, host=host)
+        self.client = server.client(socket_timeout=5)
+        self.proxies, self.fleet, self.watcher = [], None, None
+
+    def close(self):
+        if self.server.running:
+            os.kill(self.server.pid, signal.SIGCONT)  # never leave it stopped
+        if self.fleet:
+            self.fleet.stop()
+        if self.watcher:
+            self.watcher.stop()
+        for proxy in self.proxies:
+            proxy.close()
+
+
 @pytest.fixture
 def fleet_env(tmp_path, server):
-    """A fleet, a watcher and clean-up, on a fresh prefix; yields a small namespace."""
-    prefix = f"nem-{uuid.uuid4().hex[:6]}"
-
-    class Env:
-        pass
-
-    env = Env()
-    env.prefix, env.server, env.tmp = prefix, server, tmp_path
-    env.direct_uri = nemesis.worker_uri(server.port, prefix)
-    env.client = server.client(socket_timeout=5)
-    env.proxies, env.fleet, env.watcher = [], None, None
+    env = Scenario(server, tmp_path)
     yield env
-    if env.fleet:
-        env.fleet.stop()
-    if env.watcher:
-        env.watcher.stop()
-    for proxy in env.proxies:
-        proxy.close()
-    os.kill(server.pid, signal.SIGCONT)  # never leave it stopped
+    env.close()
 
 
-def start(env, name, max_trials, workers, uris=None, **fleet_kw):
+def start(env, name, max_trials, workers, uri=None, wrap=None, **fleet_kw):
     env.fleet = nemesis.Fleet(env.tmp / "fleet", name, max_trials, **fleet_kw)
     env.watcher = nemesis.Watcher(env.direct_uri, name)
     env.watcher.start()
-    for i in range(workers):
-        env.fleet.launch(uris[i] if uris else env.direct_uri)
+    for _ in range(workers):
+        env.fleet.launch(uri or env.worker_uri, wrap=wrap)
     return env.fleet
 
 
@@ -177,3 +184,130 @@ def test_full_server_mid_hunt(fleet_env):
     assert recovery is not None, "the lock stayed held after the server had room again"
     assert all("is full" in line for line in stopped), stopped
     assert env.watcher.completed() > full_completions
+
+
+def test_partitioned_worker_trial_requeued_and_late_push_refused(fleet_env):
+    """Worker 0 reaches Redis through a proxy that goes silent (a partition) while its trial
+    runs, for longer than the lost-trial threshold (5 x ORION_HEARTBEAT 2 s = 10 s): another
+    worker requeues and completes that trial; once reconnected, worker 0's result push is
+    refused (FailedUpdate) and it stops saying its reservation was lost."""
+    # 40 trials of 1 s on 2 workers: the fleet still runs well after the trial is lost
+    env, name, max_trials = fleet_env, "partition", 40
+    proxy = nemesis.FaultProxy(env.server.port)
+    env.proxies.append(proxy)
+    # retries=10 (~50 s of retrying): the cut worker is still retrying when the link comes back
+    cut_uri = nemesis.worker_uri(proxy.port, env.prefix, retries=10)
+    env.fleet = fleet = nemesis.Fleet(env.tmp / "fleet", name, max_trials, sleep_s=1.0,
+                                      heartbeat_s=2)
+    env.watcher = nemesis.Watcher(env.direct_uri, name)
+    env.watcher.start()
+    cut_worker = fleet.launch(cut_uri, sleep_s=4.0)  # its trials run long enough to be cut in
+    for _ in range(2):
+        fleet.launch(env.direct_uri)
+    wait_completed(env, 3)
+    env.watcher.wait_for(lambda: fleet.running_trial(0), 60, "worker 0 running a trial")
+    trial = fleet.running_trial(0)
+    proxy.blackhole()
+    cut_at = time.time()
+    cut_worker.excused = True
+    env.watcher.wait_for(lambda: trial in env.watcher.first_seen, 90,
+                         f"trial {trial} completed by another worker")
+    proxy.heal()
+    healed_after = time.time() - cut_at
+    finished = fleet.wait(240)
+    problems = check(env, name, max_trials, finished)
+    log = cut_worker.log.read_text(errors="replace")
+    print(summary(env), f"\npartition {healed_after:.1f}s; proxy {dict(proxy.stats)}")
+    assert not problems, "\n".join(problems)
+    runs = [r for r in fleet.read_runs() if r["trial"] == trial]
+    assert [r["worker"] for r in runs][0] == 0 and len(runs) == 2, runs
+    assert f"Reservation for trial {trial} has been lost" in nemesis.last_line(log)
+    assert f"FailedUpdate: trial {trial} is not reserved in storage" in log, log[-3000:]
+
+
+# ------------------------------------------------------------------------------------------------
+# slow and lossy network: a netns with tc netem where the kernel allows it, else our proxy
+NETNS_REFUSED = nemesis.netns_refusal()
+CLEAN_S, FAULT_S = 10.0, 15.0  # the two throughput windows
+
+
+def run_network_scenario(env, name, uri, fault, clear, wrap=None) -> dict:
+    """3 workers of 1 s trials: a clean window, a faulted one, then the fault cleared; returns
+    the throughputs and the lock's recovery (the invariants are asserted here)."""
+    max_trials = 70
+    start(env, name, max_trials, workers=3, uri=uri, wrap=wrap, sleep_s=1.0)
+    eid = exp_id(env)
+    wait_completed(env, 3)
+    t0 = time.time()
+    time.sleep(CLEAN_S)
+    fault()
+    time.sleep(FAULT_S)
+    clear()
+    cleared = time.time()
+    recovery = nemesis.lock_recovery_s(env.client, Redis(uri=env.direct_uri), eid, cleared,
+                                       LOCK_TTL)
+    finished = env.fleet.wait(300)
+    problems = check(env, name, max_trials, finished)
+    result = {"clean_per_s": env.watcher.throughput(t0, t0 + CLEAN_S),
+              "faulted_per_s": env.watcher.throughput(t0 + CLEAN_S, cleared),
+              "lock_recovery_s": recovery}
+    print(summary(env), f"\n{name}: {result}")
+    assert not problems, "\n".join(problems)
+    assert recovery is not None, "the lock stayed held after the network came back"
+    assert all(o["exit"] == 0 for o in env.fleet.outcomes()), summary(env)
+    assert result["faulted_per_s"] > 0, "the fleet made progress under the fault"
+    return result
+
+
+def test_slow_lossy_network_through_proxy(fleet_env):
+    """The fallback path (and the one that always runs): every worker through one FaultProxy,
+    50 ms ± 20 ms per segment, 5 % of segments held one retransmission timeout or more, 0.2 %
+    of them resetting their connection."""
+    proxy = nemesis.FaultProxy(fleet_env.server.port, seed=17)
+    fleet_env.proxies.append(proxy)
+    uri = nemesis.worker_uri(proxy.port, fleet_env.prefix)
+    result = run_network_scenario(fleet_env, "lossy-proxy", uri, proxy.lossy, proxy.heal)
+    assert proxy.stats["cut"] > 0 and proxy.stats["relayed"] > 0, dict(proxy.stats)
+    print("proxy", dict(proxy.stats), result)
+
+
+@pytest.mark.skipif(NETNS_REFUSED is not None, reason=f"netns/netem refused: {NETNS_REFUSED}")
+def test_slow_lossy_network_through_netns(tmp_path):
+    """Workers in a namespace of the test's own, Redis reached over its veth with tc netem
+    (delay 50 ms ± 20 ms, loss 5 %) on the namespace's side."""
+    with nemesis.Netns() as ns, RedisServer(
+            tmp_path / "redis", appendfsync="always",
+            # the veth address too (the test's own); protected mode refuses non-loopback peers
+            extra_args=["--bind", "127.0.0.1", ns.host_ip, "--protected-mode", "no"]) as srv:
+        srv.start()
+        env = Scenario(srv, tmp_path, host=ns.host_ip)
+        try:
+            run_network_scenario(env, "lossy-netns", env.worker_uri, ns.netem, ns.clear,
+                                 wrap=ns.wrap)
+        finally:
+            env.close()
+
+
+def test_netns_plumbing_is_removed_even_on_failure(tmp_path):
+    """The netns path's set-up where this kernel allows it: a client in the namespace reaches
+    Redis over the veth, and the namespace and both veth ends are gone after a failure."""
+    import subprocess
+
+    made = []
+    try:
+        with pytest.raises(RuntimeError, match="the test body failed"):
+            with nemesis.Netns() as ns, RedisServer(tmp_path / "redis", extra_args=[
+                    "--bind", "127.0.0.1", ns.host_ip, "--protected-mode", "no"]) as srv:
+                made.append(ns)
+                srv.start()
+                out = subprocess.run(ns.wrap(["redis-cli", "-h", ns.host_ip, "-p",
+                                              str(srv.port), "ping"]),
+                                     capture_output=True, text=True, timeout=10).stdout
+                assert out.strip() == "PONG", out
+                raise RuntimeError("the test body failed")
+    except nemesis.NetnsUnavailable as exc:
+        pytest.skip(f"ip netns refused: {exc}")
+    (ns,) = made
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert ns.name not in names and ns.host_if not in links and ns.ns_if not in links
