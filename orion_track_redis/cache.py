@@ -133,7 +133,7 @@ class TrialReader:
 
     def _tokens_for(self, ek: ExperimentKeys, where: dict | None) -> list[str]:
         """Candidate trial tokens for ``where``, from the status indexes when it allows."""
-        if isinstance((where or {}).get("id"), str):
+        if where and isinstance(where.get("id"), str):
             return [escape(where["id"])]
         statuses = _indexed_statuses(where)
         if statuses is None:

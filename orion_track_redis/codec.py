@@ -25,6 +25,7 @@ import base64
 import datetime as _dt
 import json
 import pathlib
+from typing import NoReturn
 
 from .errors import CorruptData
 
@@ -123,7 +124,7 @@ _DECODER = json.JSONDecoder(object_hook=_dec_tag)
 _FIELD_PREFIX: dict = {}  # hash field name -> its JSON key text, memoised (a handful of names)
 
 
-def _raise_corrupt(where: str, exc: Exception):
+def _raise_corrupt(where: str, exc: Exception) -> NoReturn:
     raise CorruptData(
         f"{where} is not a document written by orion-track-redis ({exc}). Another program "
         "may write under the same prefix: use a different `prefix` option or remove the key."
@@ -216,7 +217,8 @@ def _element_json(raw: bytes) -> bytes:
 
 def decode_trial_fields(fields: dict, where: str) -> dict:
     """Inverse of :func:`encode_trial` for one HGETALL reply (bytes or str)."""
-    plain, lists = {}, {}
+    plain: dict = {}
+    lists: dict = {}
     for key, value in fields.items():
         key = key.decode() if isinstance(key, bytes) else key
         value = value if isinstance(value, bytes) else value.encode()

@@ -178,6 +178,7 @@ class _Unpickler(pickle.Unpickler):
 
 def loads(body: bytes):
     """Load what :func:`dumps` wrote; any other global or an extension code is refused."""
-    if copyreg._extension_registry or copyreg._extension_cache:  # they bypass find_class
+    # copyreg extension codes bypass find_class
+    if copyreg._extension_registry or copyreg._extension_cache:  # type: ignore[attr-defined]
         raise pickle.UnpicklingError("copyreg extension codes are registered in this process")
     return _Unpickler(io.BytesIO(body)).load()

@@ -97,11 +97,11 @@ class translate_errors:
     def __enter__(self):
         return self
 
-    def __exit__(self, kind, exc, tb) -> bool:
+    def __exit__(self, kind, exc, tb) -> None:
         # RedisClusterException is no RedisError (redis-py's own hierarchy)
         if isinstance(exc, (rex.RedisError, rex.RedisClusterException)):
             _raise_translated(exc, self.where, self.name_denial)
-        return False  # not ours, or untranslated: propagates unchanged
+        # not ours, or untranslated: propagates unchanged
 
 
 def _raise_translated(error: Exception, where: str,

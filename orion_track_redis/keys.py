@@ -41,7 +41,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from . import codec
@@ -157,9 +157,8 @@ class ExperimentKeys:
 
     prefix: str
     exp_token: str
-
-    def __post_init__(self):
-        object.__setattr__(self, "_statuses", {})
+    _statuses: dict[str, str] = field(default_factory=dict, init=False, repr=False,
+                                      compare=False)
 
     @cached_property
     def tag(self) -> str:

@@ -27,7 +27,7 @@ _SECRET_OPTION = re.compile(
 _HINTS = ("://", "password", "secret", "PASSWORD", "SECRET", "Password", "Secret")
 
 
-def redact(text: str) -> str:
+def redact(text: object) -> str:
     """Replace the password of every URL found in ``text`` by ``***``, and the value of every
     password or secret option."""
     text = _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))

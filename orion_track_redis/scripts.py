@@ -16,6 +16,7 @@ import functools
 import hashlib
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError, RedisError
 
@@ -118,6 +119,9 @@ class Scripts:
 
     ``replica_acks`` > 0 wraps the write scripts in :class:`_Acked`; 0 keeps redis-py's plain
     ``Script`` objects (one EVALSHA per call)."""
+
+    if TYPE_CHECKING:  # one attribute per name of NAMES, set in __init__
+        def __getattr__(self, name: str) -> Any: ...
 
     def __init__(self, client, replica_acks: int = 0, ack_timeout_ms: int = 1000,
                  where: str = "Redis"):

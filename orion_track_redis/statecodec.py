@@ -88,11 +88,11 @@ import zstandard
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct
     from numpy._core.multiarray import scalar as _scalar
-    from numpy._core.numeric import _frombuffer
+    from numpy._core.numeric import _frombuffer  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct
-    from numpy.core.multiarray import scalar as _scalar
-    from numpy.core.numeric import _frombuffer
+    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    from numpy.core.multiarray import scalar as _scalar  # type: ignore[no-redef]
+    from numpy.core.numeric import _frombuffer  # type: ignore[no-redef]
 
 from . import datapickle
 from .errors import ConfigurationError, UnsafeStateError
@@ -371,14 +371,14 @@ class _SafeUnpickler(pickle._Unpickler):
             )
         pickle._Unpickler.load_build(self)
 
-    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.BUILD[0]] = _load_build  # type: ignore[assignment]
 
     def _refuse_extension(self):
         # copyreg extension codes resolve through a process-wide cache, not find_class
         raise UnsafeStateError("refused the algorithm state: it uses copyreg extension codes")
 
     for _opcode in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
-        dispatch[_opcode[0]] = _refuse_extension
+        dispatch[_opcode[0]] = _refuse_extension  # type: ignore[assignment]
     del _opcode
 
     # -- numpy hooks ----------------------------------------------------------------------------

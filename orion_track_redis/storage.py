@@ -107,7 +107,7 @@ class Redis(BaseStorageProtocol):
         """Everything but the connection, which is made on first use (and again after fork)."""
         self._opts = opts
         self._client = None
-        self._pid = None
+        self._pid: int | None = None
         self._keys = GlobalKeys(opts.prefix)
         self._eks: dict = {}
         self._experiments = ExperimentStore(lambda: self.client, lambda: self.scripts,

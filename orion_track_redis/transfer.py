@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from typing import Any
 
 from orion.core.io.database import DuplicateKeyError
 from orion.core.worker.trial import Trial
@@ -103,7 +104,7 @@ def _copy_experiment(source, target, doc) -> tuple[int, int]:
 def copy(source, target, experiment=None, progress=None) -> dict:
     """Copy experiments, trials and algorithm states; verify counts per status on both sides."""
     docs = _experiments(source, experiment)
-    report = {"experiments": [], "verified": True}
+    report: dict[str, Any] = {"experiments": [], "verified": True}
     for i, doc in enumerate(docs, 1):
         copied, skipped = _copy_experiment(source, target, doc)
         before, after = _counts(source, doc["_id"]), _counts(target, doc["_id"])
