@@ -372,6 +372,17 @@ class Fleet:
                 pass
             w.proc.wait()
 
+    def relaunch_stopped(self, uri_of) -> list[str]:
+        """Start a new worker in the slot of each one that stopped on an error (what a job
+        scheduler does; ``uri_of(index)`` is the slot's URI); returns their last lines."""
+        lines = []
+        for worker in list(self.workers):
+            if worker.proc.poll() not in (None, 0) and not worker.killed and not worker.excused:
+                worker.excused = True  # its reserved trial comes back through lost detection
+                lines.append(last_line(worker.log.read_text(errors="replace")))
+                self.launch(uri_of(worker.index), index=worker.index)
+        return lines
+
     def read_runs(self) -> list[dict]:
         out = []
         for path in sorted(self.runs.glob("runs-*.jsonl")):
@@ -572,3 +583,166 @@ def acknowledged_lost(first_seen: dict, snap: dict) -> list[str]:
     return [f"acknowledged completion of {t} lost (now "
             f"{docs[t].get('status') if t in docs else 'gone'})"
             for t in first_seen if docs.get(t, {}).get("status") != "completed"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the randomised nemesis (tests/test_nemesis.py runs it short, benchmarks/nemesis.py long)
+FAULTS = ("stall", "lossy", "full", "kill", "partition")
+
+
+def make_schedule(seed: int, duration_s: float, workers: int) -> list[dict]:
+    """The faults of one run, fixed by ``seed`` (replay with NEMESIS_SEED): each at a time
+    (s after the fleet is busy), for some seconds, on one worker where it applies."""
+    rng = random.Random(seed)
+    events, at = [], rng.uniform(1, 3)
+    while at < duration_s:
+        fault = rng.choice(FAULTS)
+        seconds = {"stall": rng.choice((rng.uniform(0.5, 1.5), rng.uniform(3, 7))),
+                   "lossy": rng.uniform(4, 8), "full": rng.uniform(2, 5),
+                   "kill": rng.uniform(1, 3), "partition": rng.uniform(5, 20)}[fault]
+        events.append({"at": round(at, 1), "fault": fault, "seconds": round(seconds, 1),
+                       "worker": rng.randrange(workers)})
+        at += seconds + rng.uniform(1, 4)
+    return events
+
+
+def run_nemesis(workdir: Path, seed: int, duration_s: float = 45, workers: int = 4,
+                max_trials: int = 90, sleep_s: float = 1.0, log=print) -> dict:
+    """A fleet under ``make_schedule(seed)``, every fault cleared at the end; returns the
+    schedule, what the fleet did and the invariant violations (empty: none)."""
+    from orion_track_redis.server import RedisServer
+
+    schedule = make_schedule(seed, duration_s, workers)
+    log(f"NEMESIS_SEED={seed}: {len(schedule)} faults over {duration_s:.0f}s")
+    with RedisServer(workdir / "redis", appendfsync="always") as server:
+        server.start()
+        nemesis = _Nemesis(server, workdir, workers, max_trials, sleep_s, seed, log)
+        try:
+            return nemesis.run(schedule)
+        finally:
+            nemesis.close()
+
+
+class _Nemesis:
+    """The state of one randomised run (see ``run_nemesis``)."""
+
+    def __init__(self, server, workdir, workers, max_trials, sleep_s, seed, log):
+        self.server, self.max_trials, self.log = server, max_trials, log
+        self.prefix = f"nem-{uuid.uuid4().hex[:6]}"
+        self.direct_uri = worker_uri(server.port, self.prefix)
+        self.client = server.client(socket_timeout=5)
+        self.proxies = [FaultProxy(server.port, seed=seed * 100 + i) for i in range(workers)]
+        self.fleet = Fleet(workdir / "fleet", "nemesis", max_trials, sleep_s=sleep_s,
+                           heartbeat_s=3)  # a killed or cut worker's trial is lost after 15 s
+        self.watcher = Watcher(self.direct_uri, "nemesis")
+        self.recoveries: list[tuple[str, float | None]] = []
+        self.stopped_lines: list[str] = []
+
+    def uri_of(self, index: int) -> str:
+        return worker_uri(self.proxies[index].port, self.prefix)
+
+    def done(self) -> bool:
+        return self.watcher.completed() >= self.max_trials
+
+    def run(self, schedule) -> dict:
+        self.watcher.start()
+        for i in range(len(self.proxies)):
+            self.fleet.launch(self.uri_of(i))
+        self.watcher.wait_for(lambda: self.watcher.completed() >= 3, 180, "3 completions")
+        t0 = time.time()
+        applied = []
+        for event in schedule:
+            time.sleep(max(0.0, t0 + event["at"] - time.time()))
+            if self.done():
+                break
+            start = time.time()
+            self.apply(event)
+            cleared = time.time()
+            self.recoveries.append((event["fault"], lock_recovery_s(
+                self.client, self.watcher.storage, self.watcher.exp_id, cleared,
+                LOCK_RECOVERY_LIMIT_S)))
+            self.stopped_lines += self.fleet.relaunch_stopped(self.uri_of)
+            applied.append(dict(event, started_s=round(start - t0, 1)))
+            self.log(f"  {start - t0:6.1f}s {event['fault']:<9} {event['seconds']:4.1f}s "
+                     f"worker {event['worker']}: {self.watcher.completed()} completed")
+        faults_end = time.time()
+        finished = self.fleet.wait(300, on_tick=lambda: self.stopped_lines.extend(
+            self.fleet.relaunch_stopped(self.uri_of)))
+        return self.verdict(applied, t0, faults_end, finished)
+
+    def apply(self, event):
+        fault, seconds, index = event["fault"], event["seconds"], event["worker"]
+        if fault == "stall":
+            os.kill(self.server.pid, signal.SIGSTOP)
+            try:
+                time.sleep(seconds)
+            finally:
+                os.kill(self.server.pid, signal.SIGCONT)
+        elif fault == "lossy":
+            for proxy in self.proxies:
+                proxy.lossy()
+            time.sleep(seconds)
+            for proxy in self.proxies:
+                proxy.heal()
+        elif fault == "full":
+            self.client.config_set("maxmemory", 1)
+            try:
+                time.sleep(seconds)
+            finally:
+                self.client.config_set("maxmemory", 0)
+        elif fault == "kill":
+            victims = [w for w in self.fleet.alive() if w.index == index]
+            for victim in victims:
+                self.fleet.kill(victim)
+            time.sleep(seconds)
+            if victims:
+                self.fleet.launch(self.uri_of(index), index=index)
+        elif fault == "partition":
+            for worker in self.fleet.alive():
+                if worker.index == index:
+                    worker.excused = True  # its trial may be declared lost and rerun
+            self.proxies[index].blackhole()
+            time.sleep(seconds)
+            self.proxies[index].heal()
+
+    def verdict(self, applied, t0, faults_end, finished) -> dict:
+        self.watcher.stop()
+        self.watcher.sample()
+        exp_id = self.watcher.exp_id
+        snap = snapshot(self.client, self.watcher.storage, exp_id)
+        problems = violations(snap, self.fleet.read_runs(), self.fleet.outcomes(),
+                              self.max_trials)
+        problems += acknowledged_lost(self.watcher.first_seen, snap)
+        problems += [f"lock not free or held anew within {LOCK_RECOVERY_LIMIT_S}s after a "
+                     f"{fault}" for fault, s in self.recoveries if s is None]
+        if not finished:
+            problems.append("the fleet did not finish in time")
+        outcomes = self.fleet.outcomes()
+        return {"schedule": applied, "problems": problems,
+                "completed": sum(d.get("status") == "completed" for d in snap["docs"].values()),
+                "faulted_per_s": self.watcher.throughput(t0, faults_end),
+                "workers_started": len(outcomes),
+                "killed": sum(o["killed"] for o in outcomes),
+                "stopped_with_error": [o["index"] for o in outcomes
+                                       if o["exit"] not in (0, None) and not o["killed"]],
+                "stopped_lines": sorted({_shape(line) for line in self.stopped_lines}),
+                "reruns": sum(n - 1 for n in collections.Counter(
+                    r["trial"] for r in self.fleet.read_runs()).values() if n > 1),
+                "lock_recovery_max_s": max((s for _, s in self.recoveries if s is not None),
+                                           default=None)}
+
+    def close(self):
+        if self.server.running:
+            os.kill(self.server.pid, signal.SIGCONT)
+        self.fleet.stop()
+        self.watcher.stop()
+        for proxy in self.proxies:
+            proxy.close()
+
+
+LOCK_RECOVERY_LIMIT_S = 5  # the workers' lock_ttl (worker_uri)
+
+
+def _shape(line: str) -> str:
+    """An error line without its ids, ports and numbers (to group them)."""
+    return re.sub(r"[0-9a-f]{32}|\d+", "N", line)[:160]

@@ -124,6 +124,61 @@ def test_a_write_refused_by_a_full_server_is_one_clear_error(server):
     assert storage.fetch_trials(uid=exp) == [], "the refused write changed nothing"
 
 
+def _stored_state(server):
+    """A small healthy end state in a real Redis: 2 trials completed (results naming their
+    run), 2 new; with the runs and worker outcomes that match it."""
+    from helpers import create_experiment, make_trial
+
+    storage = Redis(uri=f"{server.url}/0?prefix=chk-{uuid.uuid4().hex[:6]}")
+    exp = create_experiment(storage)
+    runs, trials = [], []
+    for i, x in enumerate((1.0, 2.0, 3.0, 4.0)):
+        done = i < 2
+        results = [{"name": "objective", "type": "objective", "value": x * 10},
+                   {"name": "run", "type": "statistic", "value": 100 + i}] if done else []
+        trial = storage.register_trial(make_trial(exp, x=x, status="completed" if done else
+                                                  "new", results=results))
+        trials.append(trial)
+        if done:
+            runs.append({"trial": trial.id, "worker": i, "nonce": 100 + i, "value": x * 10})
+    outcomes = [{"index": i, "exit": 0, "killed": False, "excused": False, "log": "done\n"}
+                for i in range(2)]
+    return storage, exp, trials, runs, outcomes
+
+
+def test_the_checks_catch_a_broken_state(server):
+    """The oracle, broken on purpose on a real Redis: a healthy state passes, and each kind of
+    damage (half-written trial, index entry without document and the reverse, a trial run and
+    completed twice, a result no run produced, a worker ending without a clear line, a lock
+    left held, an acknowledged completion gone) is reported."""
+    storage, exp, trials, runs, outcomes = _stored_state(server)
+    client = server.client()
+    ek = storage._ek(exp)
+    assert nemesis.violations(nemesis.snapshot(client, storage, exp), runs, outcomes, 2) == []
+
+    client.delete(ek.trial(trials[2].id))  # an index entry without its document
+    client.zrem(ek.status("new"), trials[3].id)  # a document missing from its status index
+    client.hset(ek.trial(trials[1].id), "end_time", "{not json")  # half written
+    runs[0]["nonce"] = 999  # the stored result is from no run of the trial
+    runs.append(dict(runs[0], worker=1))  # a second run of a trial, by a live worker
+    outcomes[1].update(exit=1, log="Traceback (most recent call last):\n  File \"x\", line 1\n")
+    client.set(ek.lock_holder, "7:owner")
+    snap = nemesis.snapshot(client, storage, exp)
+    problems = "\n".join(nemesis.violations(snap, runs, outcomes, 2)
+                         + nemesis.acknowledged_lost({trials[1].id: 0.0}, snap))
+    expected = [f"index 'all' names trial {trials[2].id} which has no document",
+                f"trial {trials[3].id} is 'new' but in status indexes []",
+                f"trial {trials[1].id}: undecodable",
+                f"trial {trials[0].id} ran 2 times",
+                f"trial {trials[0].id}: stored result",
+                "worker 1 exited 1 without one clear error line",
+                "the algorithm lock is still held",
+                f"acknowledged completion of {trials[1].id} lost",
+                "1 trials completed < max_trials 2"]
+    for message in expected:
+        assert message in problems, f"not reported: {message}\n{problems}"
+
+
 def test_stall_shorter_and_longer_than_socket_timeout(fleet_env):
     """SIGSTOP redis-server for 1 s (< socket_timeout 2 s), later for 7 s (> socket_timeout and
     > lock_ttl), then SIGCONT: the workers ride both on their retries."""
@@ -148,16 +203,8 @@ def test_stall_shorter_and_longer_than_socket_timeout(fleet_env):
     assert all(o["exit"] == 0 for o in env.fleet.outcomes()), summary(env)
 
 
-def relaunch_stopped(env, uri=None) -> list[str]:
-    """Start a new worker in the slot of each one that stopped on an error (what a job
-    scheduler does); returns the stopped workers' last lines."""
-    lines = []
-    for worker in list(env.fleet.workers):
-        if worker.proc.poll() not in (None, 0) and not worker.killed and not worker.excused:
-            worker.excused = True  # its reserved trial comes back through lost-trial detection
-            lines.append(nemesis.last_line(worker.log.read_text(errors="replace")))
-            env.fleet.launch(uri or env.direct_uri, index=worker.index)
-    return lines
+def relaunch_stopped(env) -> list[str]:
+    return env.fleet.relaunch_stopped(lambda index: env.worker_uri)
 
 
 def test_full_server_mid_hunt(fleet_env):
@@ -261,12 +308,13 @@ def run_network_scenario(env, name, uri, fault, clear, wrap=None) -> dict:
 
 def test_slow_lossy_network_through_proxy(fleet_env):
     """The fallback path (and the one that always runs): every worker through one FaultProxy,
-    50 ms ± 20 ms per segment, 5 % of segments held one retransmission timeout or more, 0.2 %
+    50 ms ± 20 ms per segment, 5 % of segments held one retransmission timeout or more, 1 %
     of them resetting their connection."""
     proxy = nemesis.FaultProxy(fleet_env.server.port, seed=17)
     fleet_env.proxies.append(proxy)
     uri = nemesis.worker_uri(proxy.port, fleet_env.prefix)
-    result = run_network_scenario(fleet_env, "lossy-proxy", uri, proxy.lossy, proxy.heal)
+    result = run_network_scenario(fleet_env, "lossy-proxy", uri,
+                                  lambda: proxy.lossy(p_cut=0.01), proxy.heal)
     assert proxy.stats["cut"] > 0 and proxy.stats["relayed"] > 0, dict(proxy.stats)
     print("proxy", dict(proxy.stats), result)
 
@@ -311,3 +359,15 @@ def test_netns_plumbing_is_removed_even_on_failure(tmp_path):
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert ns.name not in names and ns.host_if not in links and ns.ns_if not in links
+
+
+# ------------------------------------------------------------------------------------------------
+def test_randomised_nemesis(tmp_path):
+    """A seeded mix of the faults above and SIGKILLs of workers over ~45 s of a 4-worker hunt
+    (benchmarks/nemesis.py runs it for minutes). The seed is printed; NEMESIS_SEED replays."""
+    seed = int(os.environ.get("NEMESIS_SEED") or random.randrange(1_000_000))
+    print(f"\nNEMESIS_SEED={seed}")
+    result = nemesis.run_nemesis(tmp_path, seed, duration_s=45)
+    print({k: v for k, v in result.items() if k != "schedule"})
+    assert result["schedule"], "faults were injected"
+    assert not result["problems"], f"NEMESIS_SEED={seed}:\n" + "\n".join(result["problems"])
