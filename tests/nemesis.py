@@ -159,6 +159,7 @@ class FaultProxy:
             while self.rng.random() < self.p_retransmit:  # each retransmission lost again doubles
                 pause += rto
                 rto *= 2
+                self.stats["retransmitted"] += 1
             cut = self.rng.random() < self.p_cut
         time.sleep(pause)
         return not cut
@@ -511,6 +512,20 @@ def last_line(log: str) -> str:
     if lines and TRACEBACK_HINT.match(lines[-1]):
         lines.pop()
     return lines[-1] if lines else ""
+
+
+NOISE = ("Code changed between execution", "algorithms is deprecated", "profet")
+
+
+def notable_lines(log: str) -> list[str]:
+    """What a worker told its user beyond Oríon's usual noise: warnings and errors, with ids
+    and numbers blanked so that equal messages group."""
+    out = []
+    for line in log.splitlines():
+        if ("WARNING" in line or "ERROR" in line or line.startswith("orion: ")) and not any(
+                n in line for n in NOISE):
+            out.append(re.sub(r"[0-9a-f]{32}|\d+", "N", line.split("::")[-1])[:200])
+    return out
 
 
 def data_violations(snap: dict) -> list[str]:
