@@ -514,7 +514,8 @@ def last_line(log: str) -> str:
     return lines[-1] if lines else ""
 
 
-NOISE = ("Code changed between execution", "algorithms is deprecated", "profet")
+NOISE = ("Code changed between execution", "algorithms is deprecated", "profet",
+         "_ERROR_MSG")
 
 
 def notable_lines(log: str) -> list[str]:
