@@ -192,7 +192,7 @@ def test_dashboard_shows_the_hunt_stored_on_redis(redis_server, tmp_path):
             options = webdriver.ChromeOptions()
             options.binary_location = chromium
             for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                        "--window-size=1400,1000", "--disable-background-networking",
+                        "--window-size=1400,1180", "--disable-background-networking",
                         f"--user-data-dir={tmp_path / 'chromium'}",
                         f"--proxy-server=http://127.0.0.1:{proxy.port}",
                         "--proxy-bypass-list=<-loopback>"):  # loopback through the proxy too
