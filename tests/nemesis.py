@@ -247,19 +247,27 @@ class Netns:
             f"{jitter_ms}ms", "loss", f"{loss_pct}%", ns=self.name)
         self.netem_on = True
 
+    def slow(self, rate_kbit=64):
+        """Where netem is refused: a token-bucket rate limit on the namespace's side (tbf), a
+        slow link at the kernel level (queueing delay, no loss)."""
+        verb = "change" if self.netem_on else "add"
+        _ip("tc", "qdisc", verb, "dev", self.ns_if, "root", "tbf", "rate", f"{rate_kbit}kbit",
+            "burst", "4kb", "latency", "2s", ns=self.name)
+        self.netem_on = True
+
     def clear(self):
         if self.netem_on:
             _ip("tc", "qdisc", "del", "dev", self.ns_if, "root", ns=self.name, check=False)
             self.netem_on = False
 
 
-def netns_refusal() -> str | None:
-    """Why the netns path cannot run here (None: it can): root, ip, a namespace, netem."""
+def netns_refusal(fault: str = "netem") -> str | None:
+    """Why the netns path with ``fault`` (netem or slow) cannot run here (None: it can)."""
     if os.geteuid() != 0:
         return "network namespaces need root"
     try:
         with Netns() as ns:
-            ns.netem()
+            getattr(ns, fault)()
             ns.clear()
     except NetnsUnavailable as exc:
         return str(exc)
