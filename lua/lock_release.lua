@@ -2,10 +2,9 @@
 -- still holds (a holder whose TTL expired cannot overwrite its successor's state), and wake
 -- the head of the waiters' queue (the earliest arrival whose lease is still running).
 -- KEYS[1] lock record hash; KEYS[2] holder key; KEYS[3] queue zset (owner -> ticket);
--- KEYS[4] leases zset (owner -> lease end, ms);
--- KEYS[5] req:<request id> (a retried release returns the first result, not "not the holder");
--- KEYS[6] backlog list {P:E}:unobserved (batched observation);
--- KEYS[7] hold durations list {P:E}:holds (newest first, capped; read by orion-redis metrics)
+-- KEYS[4] leases zset (owner -> lease end, ms); KEYS[5] req:<request id> (a retried release
+-- returns the first result, not "not the holder"); KEYS[6] backlog list {P:E}:unobserved
+-- (batched observation); KEYS[7] hold durations list {P:E}:holds (newest first, capped)
 -- ARGV[1] holder token, or "" to force the release (orion db release); ARGV[2] "1" to write
 -- ARGV[3] as the new state, "0" to keep the stored state; ARGV[4] request TTL (s);
 -- ARGV[5] wake key prefix "{P:E}:lock:wake:" (+ the head's owner id, known only here; it
