@@ -18,7 +18,8 @@ said otherwise:
   ``orion_redis_lock_holds_recorded``: over the last recorded holds;
 - ``orion_redis_completions_per_minute`` (completions in the last 60 s of server time),
   ``orion_redis_last_completion_age_seconds`` (absent before the first completion);
-- without experiment labels: ``orion_redis_up``, ``orion_redis_experiments``,
+- without experiment labels: ``orion_redis_up`` (0 at once when Redis cannot be read: a
+  scrape never retries), ``orion_redis_experiments``,
   ``orion_redis_lock_ttl_seconds`` (the exporter's ``lock_ttl``: give it the fleet's),
   ``orion_redis_scrape_duration_seconds``.
 """
@@ -29,6 +30,7 @@ import threading
 import time
 
 from . import admin
+from .connection import fail_fast
 from .errors import RedisStorageError
 from .keys import STATUSES
 
@@ -77,7 +79,9 @@ class FleetCollector:
         start = time.perf_counter()
         up = GaugeMetricFamily("orion_redis_up", "1 if the last scrape read the storage",
                                labels=["prefix"])
-        with self._lock:
+        with self._lock, fail_fast(self.storage.client):
+            # no retries: Prometheus scrapes again anyway, and a scrape that waited out the
+            # retry budget of a worker (~10 s) would hit its scrape timeout instead of up=0
             try:
                 rows = snapshot(self.storage)
             except RedisStorageError as exc:

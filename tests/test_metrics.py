@@ -161,6 +161,25 @@ def test_bad_listen_address_is_a_usage_error(uri, capsys):
     assert "HOST:PORT" in capsys.readouterr().err
 
 
+def test_redis_down_is_up_0_at_once(tmp_path):
+    """A scrape does not wait out the workers' retry budget (~10 s, past Prometheus' scrape
+    timeout): Redis unreachable is orion_redis_up 0 at once, with no experiment series."""
+    from orion_track_redis import metrics
+    from orion_track_redis.server import RedisServer
+
+    with RedisServer(tmp_path) as server:
+        server.start()
+        storage = Redis(uri=f"{server.url}/0?prefix=down")
+        create_experiment(storage, name="gone")
+        assert value(parse(metrics.render(storage)), "orion_redis_up") == 1
+        server.stop()
+        start = time.monotonic()
+        samples = parse(metrics.render(storage))
+        elapsed = time.monotonic() - start
+    assert value(samples, "orion_redis_up") == 0 and elapsed < 3, elapsed
+    assert not any(name == "orion_redis_trials" for name, _ in samples)
+
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
