@@ -66,9 +66,10 @@ def _hunt(config, name, max_trials, tmp_path, heartbeat=3):
            "--heartbeat", str(heartbeat), sys.executable, str(objective), "-x~uniform(-5, 5)",
            "-y~uniform(-5, 5)"]
     env = dict(os.environ, ORION_REDIS_URI="", ORION_HEARTBEAT=str(heartbeat))
-    log = open(tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log", "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            cwd=tmp_path, start_new_session=True)
+    # the worker writes through its own copy of the descriptor: ours closes at once
+    with open(tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log", "w") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=tmp_path, start_new_session=True)
 
 
 def test_killed_workers_trials_come_back(redis_server, tmp_path, heartbeat):
