@@ -1,12 +1,25 @@
-"""The package's plan, checked (issue 15): imports point down the layers, with no circle even
-through imports made inside functions; errors.py, the ground floor, stands on nothing of the
-package but redaction.py (stdlib only)."""
+"""The package's plan, checked (issue 15): imports point down the layers (README, "Design":
+the same table), with no circle even through imports made inside functions; errors.py, the
+ground floor, stands on nothing of the package but redaction.py (stdlib only)."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "orion_track_redis"
+
+# A module may import from its own layer or below, never from above. A new module must be
+# given its layer here (and in the README's table).
+LAYERS = {
+    "redaction": 0,
+    "errors": 1, "gcpause": 1, "datapickle": 1, "query": 1, "trials": 1,
+    "codec": 2, "statecodec": 2, "keys": 2, "uri": 2, "server": 2,
+    "embedded": 3, "connection": 3, "scripts": 3, "serverchecks": 3, "migrations": 3,
+    "lock": 4, "cache": 4, "experiments": 4, "accel": 4,
+    "storage": 5,
+    "admin": 6, "transfer": 6, "metrics": 6,
+    "commands": 7, "cli": 7, "__main__": 7, "__init__": 7,
+}
 
 
 def imports_of(path: Path, modules: set[str]) -> set[str]:
@@ -59,6 +72,23 @@ def test_the_circle_check_finds_a_circle():
     assert cycle_in(graph) is None
     graph["errors"].add("scripts")  # what errors.py did before issue 15
     assert cycle_in(graph) == ["errors", "scripts", "errors"]
+
+
+def upward_imports(graph: dict[str, set[str]], layers: dict[str, int]) -> list[str]:
+    return sorted(f"{module} (layer {layers[module]}) imports {dep} (layer {layers[dep]})"
+                  for module, deps in graph.items() for dep in deps
+                  if layers[dep] > layers[module])
+
+
+def test_every_module_has_a_layer_and_imports_point_down():
+    graph = package_graph()
+    assert set(graph) - set(LAYERS) == set(), "give the new module a layer in LAYERS"
+    assert upward_imports(graph, LAYERS) == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    graph = {"errors": {"redaction", "storage"}, "storage": {"errors"}, "redaction": set()}
+    assert upward_imports(graph, LAYERS) == ["errors (layer 1) imports storage (layer 5)"]
 
 
 def test_the_ground_floor_stands_on_nothing():
