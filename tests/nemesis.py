@@ -211,9 +211,10 @@ class Netns:
     def __init__(self):
         tag = uuid.uuid4().hex[:6]
         self.name, self.host_if, self.ns_if = f"nem-{tag}", f"nh{tag}", f"nn{tag}"
-        subnet = random.Random(tag).randrange(0, 63) * 4
-        self.host_ip, self.ns_ip = f"10.250.{subnet // 256 + 17}.{subnet % 256 + 1}", None
-        self.ns_ip = self.host_ip.rsplit(".", 1)[0] + f".{subnet % 256 + 2}"
+        rng = random.Random(tag)  # a /30 of 10.250.0.0/16: two runs at once do not collide
+        net = f"10.250.{rng.randrange(256)}"
+        base = rng.randrange(64) * 4
+        self.host_ip, self.ns_ip = f"{net}.{base + 1}", f"{net}.{base + 2}"
         self.netem_on = False
 
     def __enter__(self) -> Netns:
@@ -292,6 +293,7 @@ class Worker:
     log: Path
     killed: bool = False  # SIGKILLed by the nemesis: no exit line expected
     excused: bool = False  # killed or cut off: its trial may have been rerun elsewhere
+    replaced: bool = False  # stopped on an error and a new worker took its slot
 
 
 class Fleet:
@@ -386,8 +388,9 @@ class Fleet:
         scheduler does; ``uri_of(index)`` is the slot's URI); returns their last lines."""
         lines = []
         for worker in list(self.workers):
-            if worker.proc.poll() not in (None, 0) and not worker.killed and not worker.excused:
-                worker.excused = True  # its reserved trial comes back through lost detection
+            if worker.proc.poll() not in (None, 0) and not worker.killed and not worker.replaced:
+                # its reserved trial comes back through lost detection, and may be rerun
+                worker.excused = worker.replaced = True
                 lines.append(last_line(worker.log.read_text(errors="replace")))
                 self.launch(uri_of(worker.index), index=worker.index)
         return lines
