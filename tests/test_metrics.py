@@ -241,7 +241,8 @@ def _start_exporter(uri):
     match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", line)
     if not match:
         proc.kill()
-        raise AssertionError(f"exporter did not start: {line}{proc.stderr.read()}")
+        out, err = proc.communicate()
+        raise AssertionError(f"exporter did not start: {line}{out}{err}")
     return proc, f"http://127.0.0.1:{match[1]}/metrics"
 
 
@@ -330,9 +331,10 @@ def test_scraped_over_http_during_a_live_hunt(redis_server, tmp_path):
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
-                worker.wait()
+            if worker.stdout is not None and not worker.stdout.closed:
+                worker.communicate()
         exporter.terminate()
-        exporter.wait(timeout=30)
+        exporter.communicate(timeout=30)  # also closes its pipes
     assert scrapes >= 5 and live >= 3, (scrapes, live)
     assert acquisitions == sorted(acquisitions) and acquisitions[-1] > 0
     print(f"\n{scrapes} scrapes during the hunt, read time median "
