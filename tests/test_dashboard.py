@@ -59,13 +59,14 @@ def _browser() -> tuple[str, str]:
 
 
 class Proxy:
-    """Forward HTTP proxy: ``routes`` maps the host:port the browser asks for to a loopback
-    port; anything else gets 502. ``requests`` logs (host:port, path, status)."""
+    """Forward HTTP proxy: ``routes`` maps the host:port the browser asks for to the
+    (host, port) to forward to; anything else gets 502. ``requests`` logs (host:port, path,
+    status)."""
 
     HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
            "te", "trailer", "content-length"}
 
-    def __init__(self, routes: dict[str, int]):
+    def __init__(self, routes: dict[str, tuple[str, int]]):
         self.routes, self.requests = routes, []
         proxy = self
 
@@ -79,10 +80,10 @@ class Proxy:
                 url = urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                port = proxy.routes.get(url.netloc)
+                target = proxy.routes.get(url.netloc)
                 status, headers, data = 502, [], b""
-                if port is not None:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                if target is not None:
+                    conn = http.client.HTTPConnection(*target, timeout=120)
                     conn.request(self.command, url.path + (f"?{url.query}" if url.query else ""),
                                  body=body, headers={k: v for k, v in self.headers.items()
                                                      if k.lower() not in proxy.HOP})
@@ -188,7 +189,8 @@ def test_dashboard_shows_the_hunt_stored_on_redis(redis_server, tmp_path):
         assert "<div id=\"root\">" in _wait_http(f"http://{front_origin}/", front).decode(), (
             "orion frontend does not serve the dashboard (falcon >= 4? see pyproject.toml)")
 
-        with Proxy({DASHBOARD_API: api_port, front_origin: front_port}) as proxy:
+        with Proxy({DASHBOARD_API: ("127.0.0.1", api_port),
+                    front_origin: ("localhost", front_port)}) as proxy:
             options = webdriver.ChromeOptions()
             options.binary_location = chromium
             for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
