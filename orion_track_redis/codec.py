@@ -244,6 +244,11 @@ def restore_id(doc: dict) -> dict:
     return doc
 
 
+def utcnow() -> _dt.datetime:
+    """Naive UTC now, as Oríon stores its datetimes."""
+    return _dt.datetime.utcnow()
+
+
 def epoch(moment) -> float | None:
     """Naive-UTC datetime -> epoch seconds (a score comparable with the server's TIME)."""
     if not isinstance(moment, _dt.datetime):

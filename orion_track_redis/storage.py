@@ -30,14 +30,11 @@ from .errors import install_cli_excepthook, translate_errors
 from .experiments import ExperimentStore
 from .gcpause import no_gc
 from .keys import (
-    CHANGE_LOG_KEEP,
     PENDING,
-    REQUEST_TTL,
     STATUSES,
     ExperimentKeys,
     GlobalKeys,
     escape,
-    new_request_id,
 )
 from .lock import LockClient
 from .scripts import Scripts, name_denial
@@ -45,10 +42,9 @@ from .serverchecks import check_server, server_info
 from .trials import clone as clone_trial
 from .trials import to_doc
 from .uri import Options, resolve
+from .writes import TrialWriter
 
 log = logging.getLogger(__name__)
-
-DELETE_BATCH = 500
 
 
 def _accelerate(opts: Options) -> bool:
@@ -62,10 +58,6 @@ def _accelerate(opts: Options) -> bool:
 def _batch(opts: Options, accelerated: bool) -> bool:
     """Batched observation: only with the accelerator (its holds observe the backlog)."""
     return accelerated and opts.batch_observe and accel.env_allows(accel.BATCH_ENV)
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.utcnow()
 
 
 class Redis(BaseStorageProtocol):
@@ -112,6 +104,7 @@ class Redis(BaseStorageProtocol):
         self._eks: dict = {}
         self._experiments = ExperimentStore(lambda: self.client, lambda: self.scripts,
                                             self._keys)
+        self._writes = TrialWriter(lambda: self.client, lambda: self.scripts)
         self._reads = TrialReader(lambda: self.client, lambda: self.scripts,
                                   fake=opts.scheme == "fakeredis")
         self._db = RedisDB(opts)
@@ -201,22 +194,15 @@ class Redis(BaseStorageProtocol):
         with self._guard():
             return self._experiments.delete(uid)
 
-    # -- trials: writes -----------------------------------------------------------------------
+    # -- trials: writes (writes.py) -----------------------------------------------------------
     def register_trial(self, trial):
         """Insert a new trial; ``DuplicateKeyError`` if (experiment, id) exists."""
         trial_id = trial.id  # hashes the params: once per call
         doc = to_doc(trial, trial_id)
         doc.setdefault("_id", trial_id)  # a truthy, unique _id, kept as id_override
-        ek = self._ek(doc["experiment"])
         validate_status(doc["status"])
-        trial_token = escape(trial_id)
         with self._guard():
-            pairs, _ = codec.encode_trial(codec.checked(doc))
-            rc = int(self.scripts.register_trial(
-                keys=[ek.trial_prefix + trial_token, ek.all, ek.status(doc["status"]), ek.rev,
-                      ek.changed, ek.request(new_request_id()), ek.floor],
-                args=[trial_token, self._score_of(doc), REQUEST_TTL, CHANGE_LOG_KEEP, *pairs],
-            ))
+            rc = self._writes.register(self._ek(doc["experiment"]), doc, escape(trial_id))
         if rc == -1:
             raise DuplicateKeyError(
                 f"Duplicate key error: index=experiment_1_id_1 value=({doc['experiment']!r}, "
@@ -224,48 +210,15 @@ class Redis(BaseStorageProtocol):
         trial.id_override = doc["_id"]
         return trial
 
-    @staticmethod
-    def _score_of(doc) -> str:
-        """Index score of a new trial: its heartbeat when reserved with one, its end time when
-        completed with one (a copied or imported trial completed back then, not now: `orion-redis
-        status` counts completions per minute from it), else server time."""
-        if doc.get("status") == "reserved" and codec.epoch(doc.get("heartbeat")) is not None:
-            return repr(codec.epoch(doc["heartbeat"]))
-        if doc.get("status") == "completed" and codec.epoch(doc.get("end_time")) is not None:
-            return repr(codec.epoch(doc["end_time"]))
-        return "now"
-
     def reserve_trial(self, experiment):
         """Reserve one pending trial (new, suspended or interrupted) or return None."""
         ek = self._ek(get_uid(experiment))
-        request = new_request_id()  # a retried EVALSHA carries it again: same trial back
         with self._guard():
-            reply = self.scripts.reserve_trial(
-                keys=[*(ek.status(s) for s in PENDING), ek.status("reserved"),
-                      ek.request(request), ek.rev, ek.changed],
-                args=[ek.trial_prefix, codec.dumps("reserved"), codec.dumps(_now()),
-                      REQUEST_TTL],
-            )
+            reply = self._writes.reserve(ek)
         if len(reply) < 3:
             return None
         it = iter(reply[1:])
         return self._reads.trial(dict(zip(it, it)), ek.trial_prefix + reply[0].decode())
-
-    def _patch(self, ek, trial_id, expected, fields, new_status=None, score="") -> int:
-        """One update_trial.lua call: 1 updated, 0 status differs, -1 no such trial.
-        ``fields``: a document, or ready (pairs, trims) for our own fixed fields."""
-        trial_token = escape(trial_id)
-        if type(fields) is not tuple:
-            fields = codec.encode_trial(codec.checked(fields))
-        pairs, trims = fields
-        return int(self.scripts.update_trial(
-            keys=[ek.trial_prefix + trial_token, ek.status(expected),
-                  ek.status(new_status or expected),
-                  ek.rev, ek.changed, ek.request(new_request_id())],
-            args=[trial_token, codec.dumps(expected),
-                  codec.dumps(new_status) if new_status else "", score, REQUEST_TTL,
-                  ";".join(trims), *pairs],
-        ))
 
     def set_trial_status(self, trial, status, heartbeat=None, was=None):
         """Compare-and-set the status (``was`` defaults to ``trial.status``). An explicit
@@ -275,7 +228,7 @@ class Redis(BaseStorageProtocol):
         if isinstance(heartbeat, datetime.datetime):
             score = repr(codec.epoch(heartbeat))
         else:
-            heartbeat = _now()  # Oríon sometimes passes an int here
+            heartbeat = codec.utcnow()  # Oríon sometimes passes an int here
         was = was or trial.status
         validate_status(status)
         validate_status(was)
@@ -283,7 +236,7 @@ class Redis(BaseStorageProtocol):
         trial_id = trial.id
         with self._guard():
             fields = ["status", codec.dumps(status), "heartbeat", codec.dumps(heartbeat)], ()
-            rc = self._patch(ek, trial_id, was, fields, new_status=status, score=score)
+            rc = self._writes.patch(ek, trial_id, was, fields, new_status=status, score=score)
         if rc != 1:
             raise FailedUpdate(
                 f"trial {trial_id} is not {was!r} in storage" if rc == 0 else
@@ -294,8 +247,8 @@ class Redis(BaseStorageProtocol):
         """Refresh the heartbeat of a reserved trial; 0 (stop the pacemaker) otherwise."""
         ek = self._ek(trial.experiment)
         with self._guard():
-            fields = ["heartbeat", codec.dumps(_now())], ()
-            return max(0, self._patch(ek, trial.id, "reserved", fields, score="now"))
+            fields = ["heartbeat", codec.dumps(codec.utcnow())], ()
+            return max(0, self._writes.patch(ek, trial.id, "reserved", fields, score="now"))
 
     def push_trial_results(self, trial):
         """Write the whole trial, only while it is reserved; ``FailedUpdate`` otherwise."""
@@ -303,7 +256,7 @@ class Redis(BaseStorageProtocol):
         doc = to_doc(trial, trial_id)
         ek = self._ek(trial.experiment)
         with self._guard():
-            rc = self._patch(ek, trial_id, "reserved", doc, new_status=doc.get("status"))
+            rc = self._writes.patch(ek, trial_id, "reserved", doc, new_status=doc.get("status"))
         if rc != 1:
             raise FailedUpdate(f"trial {trial_id} is not reserved in storage")
         return rc
@@ -318,49 +271,22 @@ class Redis(BaseStorageProtocol):
             docs = self._reads.read(ek, [escape(trial_uid)])
             if not docs or not query.matches(docs[0], where):
                 return 0
-            return self._apply_update(ek, docs[0], kwargs)
+            return self._writes.apply_update(ek, docs[0], kwargs)
 
     def update_trials(self, experiment=None, uid=None, where=None, **kwargs):
         """Set fields of every trial matching ``where``; returns the count updated."""
-        uid = get_uid(experiment, uid)
-        ek = self._ek(uid)
+        ek = self._ek(get_uid(experiment, uid))
         with self._guard():
-            return sum(self._apply_update(ek, doc, kwargs)
+            return sum(self._writes.apply_update(ek, doc, kwargs)
                        for doc in self._reads.matching(ek, where))
-
-    def _apply_update(self, ek, doc, changes) -> int:
-        new_status = changes.get("status")
-        if "status" in changes and new_status is None:
-            raise ValueError("status None cannot be stored: give one of "
-                             f"{Trial.allowed_stati} (Legacy would store None and then "
-                             "never reserve nor count the trial)")
-        if new_status is not None:
-            validate_status(new_status)
-        new = query.apply_set(doc, changes)
-        touched = {k: new[k] for k in {k.split(".")[0] for k in changes}}
-        score = ""
-        if "heartbeat" in changes and codec.epoch(changes["heartbeat"]) is not None:
-            score = repr(codec.epoch(changes["heartbeat"]))  # lets tests age a reserved trial
-        return max(0, self._patch(ek, doc["id"], doc["status"], touched, new_status, score))
 
     def delete_trials(self, experiment=None, uid=None, where=None):
         """Delete the trials matching ``where``; returns the count deleted."""
-        uid = get_uid(experiment, uid)
-        ek = self._ek(uid)
+        ek = self._ek(get_uid(experiment, uid))
         with self._guard():
-            if where:
-                tokens = [escape(d["id"]) for d in self._reads.matching(ek, where)]
-            else:
-                tokens = [t.decode() for t in self.client.zrange(ek.all, 0, -1)]
-            deleted = 0
-            for start in range(0, len(tokens), DELETE_BATCH):
-                batch = tokens[start:start + DELETE_BATCH]
-                deleted += int(self.scripts.delete_trials(
-                    keys=[ek.all, *(ek.status(s) for s in STATUSES), ek.rev, ek.changed,
-                          *(ek.trial_prefix + t for t in batch)],
-                    args=batch,
-                ))
-        return deleted
+            tokens = [escape(d["id"]) for d in self._reads.matching(ek, where)] if where \
+                else None
+            return self._writes.delete(ek, tokens)
 
     # -- trials: reads (cache.py) -----------------------------------------------------------
     def fetch_trials(self, experiment=None, uid=None, where=None):

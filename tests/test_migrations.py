@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from helpers import Exp, create_experiment, make_trial
-from orion_track_redis import Redis, migrations, storage as storage_module
+from orion_track_redis import Redis, migrations, writes as writes_module
 from orion_track_redis.cli import main
 from orion_track_redis.errors import RedisStorageError
 from orion_track_redis.keys import GlobalKeys
@@ -137,7 +137,7 @@ def test_fresh_prefix_gets_the_current_schema(redis_server):
 
 
 def test_change_log_is_trimmed_and_old_readers_reload(monkeypatch):
-    monkeypatch.setattr(storage_module, "CHANGE_LOG_KEEP", 8)
+    monkeypatch.setattr(writes_module, "CHANGE_LOG_KEEP", 8)
     writer = Redis(uri="fakeredis://trim?prefix=trim")
     reader = Redis(uri="fakeredis://trim?prefix=trim")
     exp_id = create_experiment(writer)

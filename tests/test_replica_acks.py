@@ -429,13 +429,13 @@ def test_a_retried_write_writes_so_its_wait_covers_the_first_attempt(monkeypatch
     must still write (EXPIRE of that key), or a WAIT on the new connection would return at
     once without covering the first attempt's writes."""
     from orion_track_redis import keys as keys_module
-    from orion_track_redis import storage as storage_module
+    from orion_track_redis import writes as writes_module
 
     storage = Redis(uri=f"fakeredis://retry-{uuid.uuid4().hex[:6]}")
     exp_id = create_experiment(storage)
     ek = storage._ek(exp_id)
     ids = iter(["reg", "reg", "res", "res", "hb", "hb"])  # each call, then its retry
-    monkeypatch.setattr(storage_module, "new_request_id", lambda: next(ids))
+    monkeypatch.setattr(writes_module, "new_request_id", lambda: next(ids))
 
     def first_then_retry(call, request):
         first = call()

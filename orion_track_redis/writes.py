@@ -1,0 +1,108 @@
+"""The write path of trials: one Lua script call per state change (register, reserve, the
+compare-and-set of ``update_trial.lua``, delete), with the request ids that make a retried
+call idempotent. ``storage.Redis`` validates, raises Oríon's exceptions and calls these inside
+its error boundary."""
+from __future__ import annotations
+
+from orion.core.worker.trial import Trial, validate_status
+
+from . import codec, query
+from .keys import (
+    CHANGE_LOG_KEEP,
+    PENDING,
+    REQUEST_TTL,
+    STATUSES,
+    ExperimentKeys,
+    escape,
+    new_request_id,
+)
+
+DELETE_BATCH = 500  # trials per delete_trials.lua call: bounds how long one call blocks Redis
+
+
+def score_of(doc: dict) -> str:
+    """Index score of a new trial: its heartbeat when reserved with one, its end time when
+    completed with one (a copied or imported trial completed back then, not now: `orion-redis
+    status` counts completions per minute from it), else server time."""
+    if doc.get("status") == "reserved" and codec.epoch(doc.get("heartbeat")) is not None:
+        return repr(codec.epoch(doc["heartbeat"]))
+    if doc.get("status") == "completed" and codec.epoch(doc.get("end_time")) is not None:
+        return repr(codec.epoch(doc["end_time"]))
+    return "now"
+
+
+class TrialWriter:
+    """Trial writes through ``client()``/``scripts()`` (the storage's lazy, fork-aware
+    accessors)."""
+
+    def __init__(self, client, scripts):
+        self._client = client
+        self._scripts = scripts
+
+    def register(self, ek: ExperimentKeys, doc: dict, trial_token: str) -> int:
+        """1 registered, -1 a trial with this id exists."""
+        pairs, _ = codec.encode_trial(codec.checked(doc))
+        return int(self._scripts().register_trial(
+            keys=[ek.trial_prefix + trial_token, ek.all, ek.status(doc["status"]), ek.rev,
+                  ek.changed, ek.request(new_request_id()), ek.floor],
+            args=[trial_token, score_of(doc), REQUEST_TTL, CHANGE_LOG_KEEP, *pairs],
+        ))
+
+    def reserve(self, ek: ExperimentKeys) -> list:
+        """reserve_trial.lua's reply: [token, field, value, ...] of the reserved trial, or
+        shorter when no trial is pending."""
+        request = new_request_id()  # a retried EVALSHA carries it again: same trial back
+        return self._scripts().reserve_trial(
+            keys=[*(ek.status(s) for s in PENDING), ek.status("reserved"),
+                  ek.request(request), ek.rev, ek.changed],
+            args=[ek.trial_prefix, codec.dumps("reserved"), codec.dumps(codec.utcnow()),
+                  REQUEST_TTL],
+        )
+
+    def patch(self, ek: ExperimentKeys, trial_id, expected: str, fields, new_status=None,
+              score: str = "") -> int:
+        """One update_trial.lua call: 1 updated, 0 status differs, -1 no such trial.
+        ``fields``: a document, or ready (pairs, trims) for our own fixed fields."""
+        trial_token = escape(trial_id)
+        if type(fields) is not tuple:
+            fields = codec.encode_trial(codec.checked(fields))
+        pairs, trims = fields
+        return int(self._scripts().update_trial(
+            keys=[ek.trial_prefix + trial_token, ek.status(expected),
+                  ek.status(new_status or expected),
+                  ek.rev, ek.changed, ek.request(new_request_id())],
+            args=[trial_token, codec.dumps(expected),
+                  codec.dumps(new_status) if new_status else "", score, REQUEST_TTL,
+                  ";".join(trims), *pairs],
+        ))
+
+    def apply_update(self, ek: ExperimentKeys, doc: dict, changes: dict) -> int:
+        """Mongo ``$set`` of ``changes`` on a stored trial, if its status did not change
+        meanwhile; 1 or 0."""
+        new_status = changes.get("status")
+        if "status" in changes and new_status is None:
+            raise ValueError("status None cannot be stored: give one of "
+                             f"{Trial.allowed_stati} (Legacy would store None and then "
+                             "never reserve nor count the trial)")
+        if new_status is not None:
+            validate_status(new_status)
+        new = query.apply_set(doc, changes)
+        touched = {k: new[k] for k in {k.split(".")[0] for k in changes}}
+        score = ""
+        if "heartbeat" in changes and codec.epoch(changes["heartbeat"]) is not None:
+            score = repr(codec.epoch(changes["heartbeat"]))  # lets tests age a reserved trial
+        return max(0, self.patch(ek, doc["id"], doc["status"], touched, new_status, score))
+
+    def delete(self, ek: ExperimentKeys, tokens: list[str] | None) -> int:
+        """Delete these trials (None: every trial of the experiment); the count deleted."""
+        if tokens is None:
+            tokens = [t.decode() for t in self._client().zrange(ek.all, 0, -1)]
+        deleted = 0
+        for start in range(0, len(tokens), DELETE_BATCH):
+            batch = tokens[start:start + DELETE_BATCH]
+            deleted += int(self._scripts().delete_trials(
+                keys=[ek.all, *(ek.status(s) for s in STATUSES), ek.rev, ek.changed,
+                      *(ek.trial_prefix + t for t in batch)],
+                args=batch,
+            ))
+        return deleted
