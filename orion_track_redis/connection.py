@@ -11,7 +11,7 @@ import redis
 
 from .errors import ConfigurationError, ConnectionFailed
 from .keys import glob_escape
-from .uri import CLUSTER, RETRY_OPTIONS, SENTINEL, SENTINEL_OPTIONS, Options
+from .options import CLUSTER, RETRY_OPTIONS, SENTINEL, SENTINEL_OPTIONS, Options
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,8 @@ from .scripts import Scripts, name_denial
 from .serverchecks import check_server, server_info
 from .trials import clone as clone_trial
 from .trials import to_doc
-from .uri import Options, resolve
+from .options import Options
+from .uri import resolve
 from .writes import TrialWriter
 
 log = logging.getLogger(__name__)

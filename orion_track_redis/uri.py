@@ -32,15 +32,21 @@ default to ports 26379 and 6379; the Cluster form takes no ``db`` (Cluster has o
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import functools
 import logging
 import os
 from urllib.parse import parse_qsl, urlsplit
 
 from .errors import ConfigurationError, redact
-from .keys import validate_prefix
+from .options import (
+    CLUSTER,
+    SENTINEL,
+    SENTINEL_OPTIONS,
+    Options,
+    split_options,
+    validate_acks,
+    validate_conn,
+    validate_own,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +57,6 @@ ENV_SECRET = "ORION_REDIS_STATE_SECRET"
 # the password kept out of the URI: a file (container secrets' convention), or redis-cli's variable
 ENV_PASSWORD_FILE = "ORION_REDIS_PASSWORD_FILE"
 ENV_CLI_AUTH = "REDISCLI_AUTH"
-SENTINEL, CLUSTER = "redis+sentinel", "redis+cluster"
 SCHEMES = ("redis", "rediss", "unix", "fakeredis", "embedded", SENTINEL, CLUSTER)
 MULTI_HOST = (SENTINEL, CLUSTER)
 DEFAULT_PORTS = {SENTINEL: 26379, CLUSTER: 6379}
@@ -61,92 +66,6 @@ ACCEPTED_FORMS = (
     "redis+cluster://[user:password@]host1[:port1][,host2[:port2]...][?options], "
     "unix:///path/to/redis.sock[?db=N], fakeredis://[name], embedded://[/data/dir]"
 )
-
-# option -> converter; the connection options go to redis-py, ours stay here
-_CONNECTION_OPTIONS = {
-    "socket_timeout": float,
-    "socket_connect_timeout": float,
-    "health_check_interval": float,
-    "client_name": str,
-    "db": int,
-    "ssl_ca_certs": str,
-    "ssl_certfile": str,
-    "ssl_keyfile": str,
-    "ssl_cert_reqs": str,
-    "ssl_check_hostname": lambda v: _bool(v),
-    "ssl": lambda v: _bool(v),  # TLS on the Sentinel/Cluster forms (rediss:// otherwise)
-    "retries": int,
-    "retry_backoff": float,
-    "sentinel_username": str,
-    "sentinel_password": str,
-    "sentinel_ssl": lambda v: _bool(v),
-}
-# options that connection.py consumes itself instead of passing them to redis-py as they are
-SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password", "sentinel_ssl")
-RETRY_OPTIONS = ("retries", "retry_backoff")
-_OWN_OPTIONS = {"prefix": str, "lock_ttl": float, "replica_acks": lambda v: _int(v),
-                "replica_ack_timeout": lambda v: _int(v), "accelerate": lambda v: _bool(v),
-                "batch_observe": lambda v: _bool(v), "password_file": str}
-# no replicas to confirm a write: the in-process and embedded servers; Redis Cluster routes each
-# pipelined command by its key, so WAIT (no key) would not reach the node that ran the script
-_NO_REPLICA_ACKS = {"fakeredis": "an in-process server has no replicas",
-                    "embedded": "the embedded server has no replicas",
-                    CLUSTER: "a Cluster pipeline cannot send WAIT to the node of the script's "
-                             "key"}
-# redis-py 8's from_url() retries nothing by default; every write script is retry-safe
-# (request ids), so ride out a restart or failover: 6 retries, back-off 0.25 s doubling to 10 s
-# (about 16 s in all), then a clear ConnectionFailed.
-_DEFAULTS = {"socket_timeout": 30.0, "socket_connect_timeout": 10.0, "retries": 6,
-             "retry_backoff": 0.25}
-
-
-def _bool(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{value!r} is not a boolean (use true or false)")
-
-
-def _int(value) -> int:
-    """A whole number, strictly: 1.5, True or "2.0" are mistakes, not 1, 1 and 2."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    raise ValueError(f"{value!r} is not a whole number")
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """Everything needed to (re)connect: picklable, so the storage survives cloudpickle."""
-
-    scheme: str
-    url: str  # connection URL without our own options; may hold a password: never log it
-    source: str  # which configuration source won, for the log line
-    prefix: str = "orion"
-    lock_ttl: float = 30.0
-    replica_acks: int = 0  # replicas that must confirm each write script (WAIT); 0 = no WAIT
-    replica_ack_timeout: int = 1000  # milliseconds WAIT blocks for them
-    accelerate: bool = True  # copy-free algorithm-lock holds (accel.py) where verified
-    batch_observe: bool = True  # completions observed by the next hold (needs accelerate)
-    connection: tuple = ()  # (name, value) pairs of connection options for redis-py
-    state_secret: bytes | None = dataclasses.field(default=None, repr=False)
-    # Sentinel/Cluster forms only: the host list, the Sentinel service, the data nodes' account
-    hosts: tuple = ()  # ((host, port), ...)
-    service: str = ""
-    username: str | None = None
-    password: str | None = dataclasses.field(default=None, repr=False)
-
-    @functools.cached_property  # read by every storage call (error messages name the endpoint)
-    def redacted(self) -> str:
-        return redact(self.url)
-
-    def __repr__(self) -> str:  # never show the password
-        return f"Options(url={self.redacted!r}, prefix={self.prefix!r}, source={self.source!r})"
 
 
 def _scheme_of(text) -> str | None:
@@ -188,33 +107,6 @@ def _implicit_embedded() -> None:
             "an error.", ENV_URI, ENV_REQUIRE_URI)
 
 
-def _convert(name: str, value, table: dict):
-    try:
-        return table[name](value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(
-            f"option {name}={value!r} is invalid: {exc}. Fix its value in the URI or config."
-        ) from None
-
-
-def _split_options(query_items, extra: dict) -> tuple[dict, dict]:
-    """Separate our options from the connection ones; reject unknown names."""
-    own, conn = {}, dict(_DEFAULTS)
-    for name, value in list(query_items) + list(extra.items()):
-        if name in _OWN_OPTIONS:
-            own[name] = _convert(name, value, _OWN_OPTIONS)
-        elif name in _CONNECTION_OPTIONS:
-            conn[name] = _convert(name, value, _CONNECTION_OPTIONS)
-        else:
-            known = sorted(_OWN_OPTIONS) + sorted(_CONNECTION_OPTIONS)
-            near = difflib.get_close_matches(str(name), known, n=1)
-            hint = f" Did you mean {near[0]!r}?" if near else ""
-            raise ConfigurationError(
-                f"unknown option {name!r}.{hint} Accepted options: {', '.join(known)}."
-            )
-    return own, conn
-
-
 def _external_password(own: dict, in_uri: bool) -> str | None:
     """The password when the URI has none: the ``password_file`` option, else the file named by
     ORION_REDIS_PASSWORD_FILE, else REDISCLI_AUTH. Pops ``password_file`` from ``own``."""
@@ -250,54 +142,6 @@ def _validate_path_db(path: str, conn: dict, chosen: str) -> None:
         raise ConfigurationError(
             f"Redis URI {redact(chosen)!r} gives the database twice (path /{text} and "
             f"db={conn['db']}): keep one of them.")
-
-
-def _validate_own(own: dict) -> None:
-    if "prefix" in own:
-        validate_prefix(own["prefix"])
-    ttl = own.get("lock_ttl")
-    if ttl is not None and not 1 <= ttl <= 86400:
-        raise ConfigurationError(
-            f"lock_ttl={ttl} is out of range: give the algorithm-lock TTL in seconds, "
-            "between 1 and 86400 (default 30)."
-        )
-
-
-def _validate_acks(own: dict, conn: dict, scheme: str) -> None:
-    acks, timeout = own.get("replica_acks", 0), own.get("replica_ack_timeout", 1000)
-    if acks < 0:
-        raise ConfigurationError(
-            f"replica_acks={acks} is out of range: give how many replicas must confirm each "
-            "write, 0 (no confirmation, the default) or more.")
-    if timeout <= 0:
-        raise ConfigurationError(
-            f"replica_ack_timeout={timeout} is out of range: give the milliseconds a write "
-            "waits for its replica confirmations, more than 0 (default 1000).")
-    # WAIT blocks the reply: a socket that times out first would retry the call instead
-    socket_ms = conn.get("socket_timeout", _DEFAULTS["socket_timeout"]) * 1000
-    if acks and timeout > socket_ms - 1000:
-        raise ConfigurationError(
-            f"replica_ack_timeout={timeout} ms is too long for socket_timeout="
-            f"{socket_ms / 1000:g} s: make it at least 1 s shorter than socket_timeout.")
-    if acks and scheme in _NO_REPLICA_ACKS:
-        raise ConfigurationError(
-            f"replica_acks is not supported with {scheme}:// ({_NO_REPLICA_ACKS[scheme]}): "
-            "remove it, or use a standalone primary with replicas or redis+sentinel://.")
-
-
-def _validate_conn(conn: dict) -> None:
-    for name in ("socket_timeout", "socket_connect_timeout", "health_check_interval"):
-        if name in conn and not conn[name] > 0:
-            raise ConfigurationError(f"{name}={conn[name]} must be a positive number of seconds.")
-    if conn.get("retries", 0) < 0 or conn.get("retry_backoff", 0) < 0:
-        raise ConfigurationError(
-            "retries and retry_backoff must be >= 0 (a count, and the back-off base in seconds).")
-    # BLPOP on the lock's wake-up list blocks up to ~1 s; a shorter read timeout breaks it
-    if conn.get("socket_timeout", 30) < 2:
-        raise ConfigurationError(
-            f"socket_timeout={conn['socket_timeout']} is too short: use at least 2 seconds "
-            "(waiting for the algorithm lock blocks on the server for up to 1 s)."
-        )
 
 
 def resolve(uri=None, database=None, options: dict | None = None) -> Options:
@@ -338,15 +182,15 @@ def resolve(uri=None, database=None, options: dict | None = None) -> Options:
         raise ConfigurationError(
             f"Redis URI {redact(chosen)!r} has no socket path: use unix:///path/to/redis.sock."
         )
-    own, conn = _split_options(parse_qsl(parts.query, keep_blank_values=True), options)
+    own, conn = split_options(parse_qsl(parts.query, keep_blank_values=True), options)
     password = _external_password(own, parts.password is not None)
     if scheme in ("embedded", "fakeredis"):
         password = None  # servers of our own, without a password
     if scheme in ("redis", "rediss"):
         _validate_path_db(parts.path, conn, chosen)
-    _validate_own(own)
-    _validate_conn(conn)
-    _validate_acks(own, conn, scheme)
+    validate_own(own)
+    validate_conn(conn)
+    validate_acks(own, conn, scheme)
     for name in (*SENTINEL_OPTIONS, "ssl"):
         if name in conn:
             raise ConfigurationError(
@@ -364,7 +208,6 @@ def resolve(uri=None, database=None, options: dict | None = None) -> Options:
         password=password,
         **own,
     )
-
 
 
 def _host_port(item: str, scheme: str, chosen: str) -> tuple[str, int]:
@@ -404,12 +247,12 @@ def _resolve_multi_host(chosen: str, scheme: str, source: str, options: dict, se
         raise ConfigurationError(
             f"Redis URI {redact(chosen)!r} has no host. Accepted forms: {ACCEPTED_FORMS}.")
     hosts = tuple(_host_port(item.strip(), scheme, chosen) for item in hostlist.split(","))
-    own, conn = _split_options(parse_qsl(query, keep_blank_values=True), options)
+    own, conn = split_options(parse_qsl(query, keep_blank_values=True), options)
     external = _external_password(own, password is not None)
     password = password if password is not None else external
-    _validate_own(own)
-    _validate_conn(conn)
-    _validate_acks(own, conn, scheme)
+    validate_own(own)
+    validate_conn(conn)
+    validate_acks(own, conn, scheme)
     segments = [seg for seg in path.split("/")] if slash else []
     service = ""
     if scheme == SENTINEL:

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "orion_track_redis"
 LAYERS = {
     "redaction": 0,
     "errors": 1, "gcpause": 1, "datapickle": 1, "query": 1, "trials": 1,
-    "codec": 2, "statecodec": 2, "keys": 2, "uri": 2, "server": 2,
+    "codec": 2, "statecodec": 2, "keys": 2, "options": 2, "uri": 2, "server": 2,
     "embedded": 3, "connection": 3, "scripts": 3, "serverchecks": 3, "migrations": 3,
     "lock": 4, "cache": 4, "writes": 4, "experiments": 4, "accel": 4,
     "storage": 5,
