@@ -4,10 +4,11 @@
 -- call must not record the trial twice)
 -- ARGV[1] the trial, encoded as an algorithm state is (statecodec); ARGV[2] request TTL (s)
 -- Returns: the backlog's length after the call
-local prior = redis.call('GET', KEYS[2])
-if prior then
-  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
-  return tonumber(prior)
+-- EXPIRE first, as update_trial.lua does: a write that Redis' OOM check lets through, after
+-- which Redis lets the script finish; so a full server that stored the completion (its status
+-- change starts the same way) also records it here, instead of the algorithm never seeing it
+if redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2])) == 1 then
+  return tonumber(redis.call('GET', KEYS[2]))
 end
 local length = redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], length, 'EX', tonumber(ARGV[2]))

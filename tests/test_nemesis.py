@@ -130,6 +130,31 @@ def test_a_write_refused_by_a_full_server_is_one_clear_error(server):
     assert storage.fetch_trials(uid=exp) == [], "the refused write changed nothing"
 
 
+def test_a_full_server_that_stores_a_completion_also_records_it_for_observation(server):
+    """Found by the full-server scenario: Redis lets a script finish once it has written, and
+    a status change's first write (EXPIRE of its request id) passes the OOM check, so a full
+    server stored completions but refused their backlog entry (observe_later's first write
+    was RPUSH): the algorithm never observed those trials. Both must go through together."""
+    from helpers import Exp, create_experiment, make_trial
+    from orion.core.worker.trial import Trial
+
+    storage = Redis(uri=f"{server.url}/0?prefix=oomobs-{uuid.uuid4().hex[:6]}")
+    exp = create_experiment(storage)
+    storage.register_trial(make_trial(exp, x=1.0))
+    trial = storage.reserve_trial(Exp(exp))
+    client = server.client()
+    client.config_set("maxmemory", 1)
+    try:
+        trial.results = [Trial.Result(name="loss", type="objective", value=1.0)]
+        storage.push_trial_results(trial)
+        storage.set_trial_status(trial, "completed", was="reserved")
+        storage.observe_later(Exp(exp), trial)
+    finally:
+        client.config_set("maxmemory", 0)
+    assert storage.get_trial(trial).status == "completed"
+    assert storage.backlog_length(uid=exp) == 1, "the stored completion is in the backlog"
+
+
 def _stored_state(server):
     """A small healthy end state in a real Redis: 2 trials completed (results naming their
     run), 2 new; with the runs and worker outcomes that match it."""
