@@ -364,9 +364,11 @@ class Fleet:
     def wait(self, timeout: float, on_tick=None) -> bool:
         """Wait for every worker to exit; False if ``timeout`` passed (the rest are killed)."""
         deadline = time.monotonic() + timeout
-        while self.alive():
+        while True:
             if on_tick:
-                on_tick()
+                on_tick()  # first: it may replace workers that all stopped at once
+            if not self.alive():
+                break
             if time.monotonic() > deadline:
                 for w in self.alive():
                     self.kill(w)
@@ -489,9 +491,30 @@ def snapshot(client: redis.Redis, storage: Redis, exp_id) -> dict:
         except Exception as exc:  # the point: report it, whatever it is
             undecodable[token] = f"{type(exc).__name__}: {exc}"
     indexes = {s: {m.decode() for m in client.zrange(ek.status(s), 0, -1)} for s in STATUSES}
+    info = storage.get_algorithm_lock_info(uid=exp_id)
     return {"docs": docs, "undecodable": undecodable,
             "all": {m.decode() for m in client.zrange(ek.all, 0, -1)}, "indexes": indexes,
-            "lock_holder": client.get(ek.lock_holder)}
+            "lock_holder": client.get(ek.lock_holder),
+            "observed": _completed_in(info.state if info else None),
+            "backlog": storage.backlog_length(uid=exp_id)}
+
+
+def _completed_in(state, found=None) -> set:
+    """Ids of the completed trials an algorithm state holds (its registries, wherever they
+    are in the wrappers' nesting)."""
+    from orion.core.worker.trial import Trial
+
+    found = set() if found is None else found
+    if isinstance(state, Trial):
+        if state.status == "completed":
+            found.add(state.id)
+    elif isinstance(state, dict):
+        for value in state.values():
+            _completed_in(value, found)
+    elif isinstance(state, (list, tuple, set, frozenset)):
+        for value in state:
+            _completed_in(value, found)
+    return found
 
 
 def _stored_nonce(doc) -> float | None:
@@ -601,6 +624,9 @@ def violations(snap: dict, runs: list[dict], outcomes: list[dict], max_trials: i
                        f"{line[:200]!r}")
     if snap["lock_holder"] is not None:
         out.append(f"the algorithm lock is still held after the fleet: {snap['lock_holder']!r}")
+    # every completion reaches the algorithm: workers flush the backlog when they finish
+    out += [f"trial {t} completed but never observed by the algorithm (backlog "
+            f"{snap['backlog']})" for t in sorted(set(completed) - snap["observed"])]
     return out
 
 

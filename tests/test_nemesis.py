@@ -172,6 +172,9 @@ def _stored_state(server):
         trials.append(trial)
         if done:
             runs.append({"trial": trial.id, "worker": i, "nonce": 100 + i, "value": x * 10})
+    storage.initialize_algorithm_lock(exp, {"random": {"seed": 1}})
+    with storage.acquire_algorithm_lock(uid=exp) as held:  # the algorithm observed both
+        held.set_state({"registry": {t.id: t for t in trials[:2]}})
     outcomes = [{"index": i, "exit": 0, "killed": False, "excused": False, "log": "done\n"}
                 for i in range(2)]
     return storage, exp, trials, runs, outcomes
@@ -181,7 +184,8 @@ def test_the_checks_catch_a_broken_state(server):
     """The oracle, broken on purpose on a real Redis: a healthy state passes, and each kind of
     damage (half-written trial, index entry without document and the reverse, a trial run and
     completed twice, a result no run produced, a worker ending without a clear line, a lock
-    left held, an acknowledged completion gone) is reported."""
+    left held, an acknowledged completion gone, a completion the algorithm never observed) is
+    reported."""
     storage, exp, trials, runs, outcomes = _stored_state(server)
     client = server.client()
     ek = storage._ek(exp)
@@ -193,6 +197,8 @@ def test_the_checks_catch_a_broken_state(server):
     runs[0]["nonce"] = 999  # the stored result is from no run of the trial
     runs.append(dict(runs[0], worker=1))  # a second run of a trial, by a live worker
     outcomes[1].update(exit=1, log="Traceback (most recent call last):\n  File \"x\", line 1\n")
+    with storage.acquire_algorithm_lock(uid=exp) as held:  # the algorithm lost trial 0
+        held.set_state({"registry": {}})
     client.set(ek.lock_holder, "7:owner")
     snap = nemesis.snapshot(client, storage, exp)
     problems = "\n".join(nemesis.violations(snap, runs, outcomes, 2)
@@ -205,6 +211,7 @@ def test_the_checks_catch_a_broken_state(server):
                 "worker 1 exited 1 without one clear error line",
                 "the algorithm lock is still held",
                 f"acknowledged completion of {trials[1].id} lost",
+                f"trial {trials[0].id} completed but never observed by the algorithm",
                 "1 trials completed < max_trials 2"]
     for message in expected:
         assert message in problems, f"not reported: {message}\n{problems}"
