@@ -45,9 +45,9 @@ def experiment_status(storage, doc: dict, details: bool = False) -> dict:
     """Counts by status, lost trials, lock state and recent completion rate of one experiment.
 
     ``details`` (``orion-redis metrics``) adds, read in the same round trip: ``waiters`` (lock
-    waiters whose lease still runs), ``holder_age_s`` (seconds since the holder took the lock, None when
-    free), ``hold_ms`` (the recorded hold durations, newest first, ``{P:E}:holds``) and
-    ``last_completed_age_s`` (seconds since the latest completion, None before the first)."""
+    waiters whose lease still runs), ``holder_age_s`` (seconds since the holder took the lock,
+    None when free), ``hold_ms`` (the recorded hold durations, newest first, ``{P:E}:holds``)
+    and ``last_completed_age_s`` (seconds since the latest completion, None before the first)."""
     import orion.core
 
     ek = storage._ek(doc["_id"])

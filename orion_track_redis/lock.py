@@ -12,10 +12,10 @@ through its own list ``{P:E}:lock:wake:<owner>`` (one round trip, no polling del
 polls every ``retry_interval`` (its BLPOP times out), which refreshes its lease in
 ``{P:E}:lock:leases``; a waiter whose lease has lapsed when it reaches the head (SIGKILLed, or
 stalled for longer than the lease) is dropped and loses its place, so a dead waiter delays the
-queue by at most ``lease + retry_interval`` (lease = max(LEASE_POLLS x retry_interval, LEASE_MIN_S): 3 s + 1 s
-with Oríon's retry_interval of 1 s). A waiter that gives up leaves the queue at once. So a
-waiter's wait is the holds of the waiters ahead of it plus one hand-off each: it times out only
-when those exceed its timeout.
+queue by at most ``lease + retry_interval`` (lease = max(LEASE_POLLS x retry_interval,
+LEASE_MIN_S): 3 s + 1 s with Oríon's retry_interval of 1 s). A waiter that gives up leaves
+the queue at once. So a waiter's wait is the holds of the waiters ahead of it plus one hand-off
+each: it times out only when those exceed its timeout.
 """
 from __future__ import annotations
 

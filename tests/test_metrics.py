@@ -14,9 +14,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from helpers import Exp, create_experiment, make_trial
-from orion_track_redis import Redis, lock as lock_module
+
+from orion_track_redis import Redis
+from orion_track_redis import lock as lock_module
 from orion_track_redis.cli import main
 from orion_track_redis.keys import STATUSES
 

@@ -1,9 +1,9 @@
 """`orion plot` on an experiment stored in Redis: the four plot kinds (issue 16, part 2).
 
-HTML always (each kind); PNG, JPEG and PDF (each kind in one of them) where a Chromium is installed for kaleido (plotly's
-image export starts a headless Chrome/Chromium: Debian's ``chromium`` on PATH, or
-``BROWSER_PATH``); without one the image formats skip, saying so. The plotted numbers are
-read back from the HTML and compared with the stored trials.
+HTML always (each kind); PNG, JPEG and PDF (each kind in one of them) where a Chromium is
+installed for kaleido (plotly's image export starts a headless Chrome/Chromium: Debian's
+``chromium`` on PATH, or ``BROWSER_PATH``); without one the image formats skip, saying so.
+The plotted numbers are read back from the HTML and compared with the stored trials.
 """
 from __future__ import annotations
 
