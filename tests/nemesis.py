@@ -37,8 +37,7 @@ from pathlib import Path
 
 import redis
 
-from orion_track_redis import Redis
-from orion_track_redis import codec
+from orion_track_redis import Redis, codec
 from orion_track_redis.keys import STATUSES
 
 ORION = str(Path(sys.executable).with_name("orion"))
@@ -533,8 +532,9 @@ def _objective(doc) -> float | None:
 
 # "SomeError: what happened" (Oríon's and ours end a failed hunt with that line; ours as
 # "orion: ConnectionFailed: ..." then a hint line on how to see the traceback)
-CLEAR_ERROR = re.compile(r"^(?:orion: )?(?:[\w.]+\.)?[A-Z]\w*(?:Error|Exception|Failed|Timeout|Workers|"
-                         r"Experiment|Update|Interrupt): (?P<msg>.{12,})$")
+CLEAR_ERROR = re.compile(r"^(?:orion: )?(?:[\w.]+\.)?[A-Z]\w*"
+                         r"(?:Error|Exception|Failed|Timeout|Workers|Experiment|Update|Interrupt)"
+                         r": (?P<msg>.{12,})$")
 
 
 TRACEBACK_HINT = re.compile(r"^\(ORION_REDIS_TRACEBACK=1 ")

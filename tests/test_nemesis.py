@@ -1,12 +1,12 @@
 """Issue 17: a nemesis over a running fleet. Each scenario runs a real multi-worker `orion hunt`
 against a redis-server of its own, injects one kind of grey failure mid-hunt, and checks the
 same invariants at the end (``nemesis.violations``): the experiment reaches max_trials; every
-trial completed at most once, with the result of one of its runs; no acknowledged completion
-lost; no trial half written (every trial decodes, index entries and documents match); each
-worker finishes or stops with one clear error line; the lock is free (and it was free, or held
-anew, within lock_ttl after the fault cleared).
+trial completed at most once, with the result of one of its runs, and observed by the
+algorithm; no acknowledged completion lost; no trial half written (every trial decodes, index
+entries and documents match); each worker finishes or stops with one clear error line; the
+lock is free (and it was free, or held anew, within lock_ttl after the fault cleared).
 
-Small fleets (3 workers, objectives that sleep) so two shared cores are not the bottleneck;
+Small fleets (3-4 workers, objectives that sleep) so two shared cores are not the bottleneck;
 workers use socket_timeout=2 s and lock_ttl=5 s so faults longer than both fit in seconds.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ import sys
 import time
 import uuid
 
+import nemesis
 import pytest
 
-import nemesis
 from orion_track_redis import Redis
 from orion_track_redis.server import RedisServer
 
@@ -115,6 +115,7 @@ def test_a_write_refused_by_a_full_server_is_one_clear_error(server):
     """Found by the full-server scenario: OOM reached the worker as redis-py's raw
     OutOfMemoryError naming a script SHA1. It must say the server is full and what to do."""
     from helpers import create_experiment, make_trial
+
     from orion_track_redis.errors import ConnectionFailed
 
     storage = Redis(uri=f"{server.url}/0?prefix=oom-{uuid.uuid4().hex[:6]}")
