@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.update(dict(item.split("=", 1) for item in args.env))  # workers inherit it
     cfg = dict(MODES["full"], fleet_workers=args.workers, fleet_trials=args.trials)
-    from orion_track_redis.server import RedisServer
+    from orion_track_redis.testing import RedisServer
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="orion-redis-fleet16-") as tmp, \

@@ -603,7 +603,7 @@ def main(argv=None) -> int:
     spec = FleetSpec(workers=args.workers, trials=args.trials, sleep_s=args.sleep,
                      heartbeat_s=args.heartbeat, cap_s=args.cap, stagger_s=args.stagger,
                      extra_env=extra_env)
-    from orion_track_redis.server import RedisServer
+    from orion_track_redis.testing import RedisServer
 
     meta = {"started_utc": datetime.datetime.utcnow().isoformat(timespec="seconds"),
             "command": "python benchmarks/fleet_real.py " + " ".join(argv),

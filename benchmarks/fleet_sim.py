@@ -564,7 +564,7 @@ def cluster_phase(args, params, standalone_top) -> dict:
     from redis.cluster import key_slot
 
     from orion_track_redis.keys import GlobalKeys
-    from orion_track_redis.server import ClusterDeployment
+    from orion_track_redis.testing import ClusterDeployment
 
     with tempfile.TemporaryDirectory() as tmp, \
             ClusterDeployment(Path(tmp) / "cluster", primaries=3, appendonly=True) as cluster:
@@ -617,7 +617,7 @@ def main(argv=None):
               "state_per_release": seq["state_release_bytes"]["per_release"]}
     import redis
 
-    from orion_track_redis.server import RedisServer
+    from orion_track_redis.testing import RedisServer
 
     started = time.time()
     result = {"meta": {"mode": "smoke" if args.smoke else "full", "argv": sys.argv[1:],

@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(RESULTS / "hold_anatomy.json"))
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    from orion_track_redis.server import RedisServer
+    from orion_track_redis.testing import RedisServer
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="orion-redis-holds-") as tmp, \

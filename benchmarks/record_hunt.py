@@ -29,7 +29,7 @@ from pathlib import Path
 import orion
 
 from orion_track_redis import scripts
-from orion_track_redis.server import RedisServer
+from orion_track_redis.testing import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "data" / "hunt_sequence.json"

@@ -17,7 +17,7 @@ from pathlib import Path
 from orion.core.worker.trial import Trial
 
 from orion_track_redis import Redis
-from orion_track_redis.server import RedisServer
+from orion_track_redis.testing import RedisServer
 
 # Same shape as reserve_trial.lua: read 3 zset heads, move one member, write 3 hash fields.
 BARE = """

@@ -59,7 +59,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     cfg = MODES[mode]
-    from orion_track_redis.server import RedisServer, server_version
+    from orion_track_redis.server import server_version
+    from orion_track_redis.testing import RedisServer
 
     binary = choose_binary(args.redis_server)
     out_path = Path(args.out)

@@ -45,7 +45,7 @@ import zstandard
 from orion.client import build_experiment
 
 from orion_track_redis import Redis, datapickle, statecodec
-from orion_track_redis.server import RedisServer
+from orion_track_redis.testing import RedisServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `benchmarks`
 from benchmarks.sections.anatomy import (  # noqa: E402 - the main benchmark's trials

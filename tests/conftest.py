@@ -15,7 +15,7 @@ import orion.core
 import pytest
 
 from orion_track_redis import Redis
-from orion_track_redis.server import RedisServer
+from orion_track_redis.testing import RedisServer
 
 BACKENDS = ("fakeredis", "redis", "legacy")
 TOPOLOGIES = ("cluster", "sentinel", "tls", "acl")
@@ -39,7 +39,7 @@ def redis_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory):
     """A 3-primary Redis Cluster (no replicas), slots assigned from Python."""
-    from orion_track_redis.server import ClusterDeployment
+    from orion_track_redis.testing import ClusterDeployment
 
     with ClusterDeployment(tmp_path_factory.mktemp("cluster"), primaries=3) as cluster:
         yield cluster
@@ -48,7 +48,7 @@ def redis_cluster(tmp_path_factory):
 @pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory):
     """1 primary + 1 replica + 3 sentinels (service ``mymaster``)."""
-    from orion_track_redis.server import SentinelDeployment
+    from orion_track_redis.testing import SentinelDeployment
 
     with SentinelDeployment(tmp_path_factory.mktemp("sentinel")) as deployment:
         yield deployment
@@ -56,7 +56,7 @@ def redis_sentinel(tmp_path_factory):
 
 def tls_binary():
     """A redis-server built with TLS, or None."""
-    from orion_track_redis.server import redis_server_candidates, tls_capable
+    from orion_track_redis.testing import redis_server_candidates, tls_capable
 
     return next((b for b in redis_server_candidates() if tls_capable(b)), None)
 
@@ -72,7 +72,7 @@ def skip_loudly(reason: str):
 def tls_files(tmp_path_factory):
     import shutil
 
-    from orion_track_redis.server import TLSFiles
+    from orion_track_redis.testing import TLSFiles
 
     if not shutil.which("openssl"):
         skip_loudly("TLS tests need the openssl command to generate certificates")

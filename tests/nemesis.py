@@ -663,7 +663,7 @@ def run_nemesis(workdir: Path, seed: int, duration_s: float = 45, workers: int =
                 max_trials: int = 90, sleep_s: float = 1.0, log=print) -> dict:
     """A fleet under ``make_schedule(seed)``, every fault cleared at the end; returns the
     schedule, what the fleet did and the invariant violations (empty: none)."""
-    from orion_track_redis.server import RedisServer
+    from orion_track_redis.testing import RedisServer
 
     schedule = make_schedule(seed, duration_s, workers)
     log(f"NEMESIS_SEED={seed}: {len(schedule)} faults over {duration_s:.0f}s")

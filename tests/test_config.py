@@ -9,7 +9,7 @@ import pytest
 from orion.storage.base import setup_storage
 
 from orion_track_redis import ConfigurationError, ConnectionFailed, Redis
-from orion_track_redis.server import RedisServer, free_port
+from orion_track_redis.testing import RedisServer, free_port
 from orion_track_redis.uri import resolve
 
 

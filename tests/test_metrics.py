@@ -166,7 +166,7 @@ def test_redis_down_is_up_0_at_once(tmp_path):
     """A scrape does not wait out the workers' retry budget (~10 s, past Prometheus' scrape
     timeout): Redis unreachable is orion_redis_up 0 at once, with no experiment series."""
     from orion_track_redis import metrics
-    from orion_track_redis.server import RedisServer
+    from orion_track_redis.testing import RedisServer
 
     with RedisServer(tmp_path) as server:
         server.start()

@@ -22,7 +22,7 @@ import nemesis
 import pytest
 
 from orion_track_redis import Redis
-from orion_track_redis.server import RedisServer
+from orion_track_redis.testing import RedisServer
 
 pytestmark = pytest.mark.slow
 LOCK_TTL = 5

@@ -13,7 +13,7 @@ from oldredis import VERSIONS, OldRedisUnavailable, binary_version, old_redis_se
 from orion_track_redis import Redis
 from orion_track_redis.cli import main
 from orion_track_redis.errors import RedisStorageError
-from orion_track_redis.server import RedisServer
+from orion_track_redis.testing import RedisServer
 from orion_track_redis.serverchecks import MIN_VERSION
 
 PASSWORD = "s3cret-Pw-42"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orion_track_redis.redaction import redact
-from orion_track_redis.server import RedisServer
+from orion_track_redis.testing import RedisServer
 
 PASSWORD = "s3cr3t-Pw"
 SECRET = "st4te-s3cret"

@@ -23,7 +23,7 @@ from orion.storage.base import setup_storage
 from helpers import Exp, create_experiment, make_trial
 from orion_track_redis import ConfigurationError, ConnectionFailed, Redis
 from orion_track_redis.keys import escape
-from orion_track_redis.server import RedisServer
+from orion_track_redis.testing import RedisServer
 from orion_track_redis.uri import resolve
 
 PASSWORD = "s3cret-of-the-primary"
@@ -291,7 +291,7 @@ def test_a_flushed_script_cache_is_reloaded(pair, clients, sends):
 @pytest.fixture
 def own_sentinel(tmp_path):
     """1 primary, 1 replica, 3 sentinels of this test only (it kills the primary)."""
-    from orion_track_redis.server import SentinelDeployment
+    from orion_track_redis.testing import SentinelDeployment
 
     with SentinelDeployment(tmp_path / "sentinel") as deployment:
         yield deployment

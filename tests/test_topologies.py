@@ -244,7 +244,7 @@ def test_exactly_once_reservation_16_processes_on_cluster(redis_cluster):
 @pytest.fixture
 def own_sentinel(tmp_path):
     """A Sentinel deployment of this test only (a failover must not disturb the others)."""
-    from orion_track_redis.server import SentinelDeployment
+    from orion_track_redis.testing import SentinelDeployment
 
     with SentinelDeployment(tmp_path / "sentinel") as deployment:
         yield deployment
