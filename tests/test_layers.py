@@ -104,6 +104,15 @@ def test_the_runtime_never_imports_the_testing_helpers():
     assert [m for m, deps in graph.items() if "testing" in deps] == []
 
 
+MAX_LINES = 450  # a module past this has grown two concerns: split it (issue 15)
+
+
+def test_no_module_is_a_big_room():
+    big = {p.relative_to(PACKAGE).as_posix(): n for p in PACKAGE.rglob("*.py")
+           if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert big == {}
+
+
 def test_the_ground_floor_stands_on_nothing():
     graph = package_graph()
     assert graph["errors"] == {"redaction"}

@@ -8,18 +8,13 @@ suite starts, public so that users can start the same in theirs (as ``orion.test
 - ``ClusterDeployment(dir, primaries=3)``, ``SentinelDeployment(dir)``: a Redis Cluster; a
   Sentinel-monitored primary with replicas (``.failover()``).
 """
+
 from __future__ import annotations
 
 from .deployments import ClusterDeployment, SentinelDeployment
-from .servers import (
-    RedisServer,
-    TLSFiles,
-    free_port,
-    free_port_pair,
-    redis_server_candidates,
-    short_socket_dir,
-    tls_capable,
-)
+from .ports import free_port, free_port_pair
+from .servers import RedisServer, redis_server_candidates, short_socket_dir
+from .tls import TLSFiles, tls_capable
 
 __all__ = [
     "ClusterDeployment",

@@ -1,6 +1,7 @@
 """Multi-server deployments for tests and benchmarks, on loopback: a Redis Cluster
 (``ClusterDeployment``) and a Sentinel-monitored primary with replicas (``SentinelDeployment``).
 """
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,8 @@ from pathlib import Path
 import redis
 
 from ..errors import EmbeddedServerError
-from .servers import RedisServer, free_port_pair, wait_for
+from .ports import free_port_pair
+from .servers import RedisServer, wait_for
 
 
 class ClusterDeployment:
@@ -18,17 +20,35 @@ class ClusterDeployment:
 
     SLOTS = 16384
 
-    def __init__(self, workdir: str | os.PathLike, primaries: int = 3, replicas: int = 0,
-                 binary: str | None = None, node_timeout_ms: int = 2000, appendonly=True):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        primaries: int = 3,
+        replicas: int = 0,
+        binary: str | None = None,
+        node_timeout_ms: int = 2000,
+        appendonly=True,
+    ):
         self.workdir = Path(workdir).absolute()
         self.nodes: list[RedisServer] = []
         for i in range(primaries * (1 + replicas)):
             node_dir = self.workdir / f"node-{i}"
-            self.nodes.append(RedisServer(
-                node_dir, port=free_port_pair(), appendonly=appendonly, binary=binary,
-                extra_args=["--cluster-enabled", "yes", "--cluster-config-file",
-                            str(node_dir / "nodes.conf"), "--cluster-node-timeout",
-                            str(node_timeout_ms)]))
+            self.nodes.append(
+                RedisServer(
+                    node_dir,
+                    port=free_port_pair(),
+                    appendonly=appendonly,
+                    binary=binary,
+                    extra_args=[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(node_dir / "nodes.conf"),
+                        "--cluster-node-timeout",
+                        str(node_timeout_ms),
+                    ],
+                )
+            )
         self.primaries = self.nodes[:primaries]
 
     @property
@@ -49,15 +69,29 @@ class ClusterDeployment:
             for node in self.nodes[1:]:
                 clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
             total = len(self.nodes)
-            wait_for(lambda: all(b"cluster_known_nodes:%d" % total in c.execute_command(
-                "CLUSTER", "INFO") for c in clients), timeout, "every node to know the others")
+            wait_for(
+                lambda: all(
+                    b"cluster_known_nodes:%d" % total in c.execute_command("CLUSTER", "INFO")
+                    for c in clients
+                ),
+                timeout,
+                "every node to know the others",
+            )
             for j, client in enumerate(clients[count:]):
                 client.execute_command("CLUSTER", "REPLICATE", ids[j % count])
-            wait_for(lambda: all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
-                              for c in clients), timeout, "cluster_state:ok on every node")
+            wait_for(
+                lambda: all(
+                    b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO") for c in clients
+                ),
+                timeout,
+                "cluster_state:ok on every node",
+            )
             # every node must agree on the slot map before clients bootstrap from any of them
-            wait_for(lambda: len({len(c.execute_command("CLUSTER", "SLOTS")) for c in clients}) == 1,
-                  timeout, "a consistent slot map")
+            wait_for(
+                lambda: len({len(c.execute_command("CLUSTER", "SLOTS")) for c in clients}) == 1,
+                timeout,
+                "a consistent slot map",
+            )
         finally:
             for client in clients:
                 client.close()
@@ -73,19 +107,29 @@ class ClusterDeployment:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
+
 class SentinelDeployment:
     """One primary, ``replicas`` replicas and ``sentinels`` sentinels on loopback, monitoring the
     primary as ``service``. Optional ``password`` on the data nodes (sentinels get it too)."""
 
-    def __init__(self, workdir: str | os.PathLike, replicas: int = 1, sentinels: int = 3,
-                 service: str = "mymaster", binary: str | None = None,
-                 down_after_ms: int = 1000, failover_timeout_ms: int = 5000):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        replicas: int = 1,
+        sentinels: int = 3,
+        service: str = "mymaster",
+        binary: str | None = None,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 5000,
+    ):
         self.workdir = Path(workdir).absolute()
         self.service = service
         self.primary = RedisServer(self.workdir / "primary", binary=binary, appendonly=True)
         replica_args = ["--replicaof", "127.0.0.1", str(self.primary.port)]
-        self.replicas = [RedisServer(self.workdir / f"replica-{i}", binary=binary,
-                                     extra_args=replica_args) for i in range(replicas)]
+        self.replicas = [
+            RedisServer(self.workdir / f"replica-{i}", binary=binary, extra_args=replica_args)
+            for i in range(replicas)
+        ]
         self.sentinels = []
         for i in range(sentinels):
             sdir = self.workdir / f"sentinel-{i}"
@@ -96,9 +140,17 @@ class SentinelDeployment:
                 f"{max(1, sentinels // 2 + 1)}\n"
                 f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
                 f"sentinel failover-timeout {service} {failover_timeout_ms}\n"
-                f"sentinel parallel-syncs {service} 1\n")
-            self.sentinels.append(RedisServer(sdir, binary=binary, appendonly=False,
-                                              config_file=conf, extra_args=["--sentinel"]))
+                f"sentinel parallel-syncs {service} 1\n"
+            )
+            self.sentinels.append(
+                RedisServer(
+                    sdir,
+                    binary=binary,
+                    appendonly=False,
+                    config_file=conf,
+                    extra_args=["--sentinel"],
+                )
+            )
 
     @property
     def url(self) -> str:
@@ -111,7 +163,8 @@ class SentinelDeployment:
             client = sentinel.client(socket_timeout=2)
             try:
                 host, port = client.execute_command(
-                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
+                )
                 return host.decode(), int(port)
             except redis.RedisError:
                 continue
@@ -126,8 +179,10 @@ class SentinelDeployment:
         finally:
             client.close()
         info = dict(zip(master[::2], master[1::2])) if isinstance(master, list) else master
-        return {(k.decode() if isinstance(k, bytes) else k):
-                (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
+        return {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in info.items()
+        }
 
     def _link_status(self, replica: RedisServer) -> str:
         client = replica.client(socket_timeout=2)
@@ -152,9 +207,11 @@ class SentinelDeployment:
         for i, sentinel in enumerate(self.sentinels):
             try:
                 view = self._sentinel_view(sentinel)
-                parts.append(f"sentinel-{i}: {view.get('ip')}:{view.get('port')} "
-                             f"flags={view.get('flags')} slaves={view.get('num-slaves')} "
-                             f"other-sentinels={view.get('num-other-sentinels')}")
+                parts.append(
+                    f"sentinel-{i}: {view.get('ip')}:{view.get('port')} "
+                    f"flags={view.get('flags')} slaves={view.get('num-slaves')} "
+                    f"other-sentinels={view.get('num-other-sentinels')}"
+                )
             except (redis.RedisError, OSError) as exc:
                 parts.append(f"sentinel-{i}: {exc}")
         for i, replica in enumerate(self.replicas):
@@ -169,8 +226,13 @@ class SentinelDeployment:
         # from hello messages (every 2 s): 60 s leaves room for a loaded 2-core machine.
         for server in [self.primary, *self.replicas, *self.sentinels]:
             server.start()
-        wait_for(self._ready, timeout, "sentinels to discover the replicas and each other",
-              interval=0.2, state=self._state)
+        wait_for(
+            self._ready,
+            timeout,
+            "sentinels to discover the replicas and each other",
+            interval=0.2,
+            state=self._state,
+        )
         return self
 
     def _all_agree(self, address: tuple[str, int]) -> bool:
@@ -178,7 +240,8 @@ class SentinelDeployment:
             client = sentinel.client(socket_timeout=2)
             try:
                 host, port = client.execute_command(
-                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
+                )
                 if (host.decode(), int(port)) != address:
                     return False
             finally:

