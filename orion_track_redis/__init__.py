@@ -4,6 +4,7 @@ Names are imported on first use: ``orion_track_redis_redact.pth`` imports
 ``orion_track_redis.redaction`` in every Python process of the environment (see that module),
 which must not pull in Oríon or redis-py.
 """
+
 from __future__ import annotations
 
 import importlib

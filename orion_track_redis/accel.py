@@ -34,6 +34,7 @@ backlog, oldest first, before its caller runs; the release removes what it obser
 with the state write (lock.py). ``workon`` observes the tail when a worker is done.
 ``tests/test_batch_observe.py`` is its oracle against unmodified Oríon.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,9 +66,12 @@ def install() -> bool:
     if _installed is None:
         version = metadata.version("orion")
         if version not in VERIFIED_ORION:
-            log.warning("orion-track-redis: hold accelerator off: verified on Oríon %s, this is "
-                        "Oríon %s (algorithm-lock holds run Oríon's own code).",
-                        ", ".join(VERIFIED_ORION), version)
+            log.warning(
+                "orion-track-redis: hold accelerator off: verified on Oríon %s, this is "
+                "Oríon %s (algorithm-lock holds run Oríon's own code).",
+                ", ".join(VERIFIED_ORION),
+                version,
+            )
             _installed = False
         else:
             _patch_experiment()
@@ -90,8 +94,7 @@ def _patch_experiment():
             if hasattr(storage, "backlog_length") and storage.backlog_length(self):
                 # our storage with the accelerator off, in a fleet where others batch: observe
                 # their backlog too, with Oríon's own set_state/state_dict
-                with _backend_hold(self, timeout, retry_interval,
-                                       copy_free=False) as (algo, _):
+                with _backend_hold(self, timeout, retry_interval, copy_free=False) as (algo, _):
                     yield algo
                 return
             with oriones_hold(self, timeout=timeout, retry_interval=retry_interval) as algo:
@@ -184,8 +187,7 @@ def flush(experiment, timeout: float = 60) -> int:
     storage = experiment._storage
     if not storage.backlog_length(experiment):
         return 0
-    with _backend_hold(experiment, timeout, 1,
-                           copy_free=storage.accelerated_holds) as (_, locked):
+    with _backend_hold(experiment, timeout, 1, copy_free=storage.accelerated_holds) as (_, locked):
         return locked.observed
 
 
@@ -197,9 +199,13 @@ def flush_quietly(experiment) -> None:
     try:
         flush(experiment)
     except Exception as exc:  # noqa: BLE001 - the next hold or `orion-redis flush` covers it
-        log.warning("orion-track-redis: could not observe the last completed trials of %s "
-                    "(%s); the next produce of any worker, or `orion-redis flush %s`, will.",
-                    experiment.name, exc, experiment.name)
+        log.warning(
+            "orion-track-redis: could not observe the last completed trials of %s "
+            "(%s); the next produce of any worker, or `orion-redis flush %s`, will.",
+            experiment.name,
+            exc,
+            experiment.name,
+        )
 
 
 # -- walking the wrapper chain -------------------------------------------------------------------
@@ -215,8 +221,11 @@ def _kind(node) -> str:
         return "insist"
     if cls is SpaceTransform:
         return "transform"
-    if (isinstance(node, BaseAlgorithm) and not isinstance(node, AlgoWrapper)
-            and cls.__module__.startswith("orion.algo.")):
+    if (
+        isinstance(node, BaseAlgorithm)
+        and not isinstance(node, AlgoWrapper)
+        and cls.__module__.startswith("orion.algo.")
+    ):
         return "leaf"
     return "other"
 
@@ -247,9 +256,11 @@ def export_state(node) -> dict:
     if kind == "insist":
         return {"algorithm": export_state(node.algorithm)}
     if kind == "transform":
-        return {"registry": {"_trials": node.registry._trials},
-                "algorithm": export_state(node.algorithm),
-                "registry_mapping": {"_mapping": node.registry_mapping._mapping}}
+        return {
+            "registry": {"_trials": node.registry._trials},
+            "algorithm": export_state(node.algorithm),
+            "registry_mapping": {"_mapping": node.registry_mapping._mapping},
+        }
     if kind == "leaf":
         with _copy_free_registries():
             return node.state_dict

@@ -1,5 +1,6 @@
 """Read-mostly views for operators (``orion-redis``): server facts, per-experiment fleet status,
 and purging one experiment. Uses the storage's keys and scripts; never KEYS/SCAN."""
+
 from __future__ import annotations
 
 from .keys import STATUSES
@@ -23,7 +24,8 @@ def info(storage) -> dict:
     schema = client.get(storage._keys.schema)
     data = {
         "uri": storage._opts.redacted,
-        "scope": "embedded, this host only" if storage._opts.scheme == "embedded"
+        "scope": "embedded, this host only"
+        if storage._opts.scheme == "embedded"
         else "shared (every worker given this URI)",
         "prefix": storage._opts.prefix,
         "redis_version": facts.get("redis_version"),
@@ -36,7 +38,8 @@ def info(storage) -> dict:
         "experiments": len(experiments),
         "trials": trials,
         "warnings": check_server(facts, storage._opts.redacted, log_warnings=False)
-        if facts else ["INFO is not allowed for this user: server checks skipped"],
+        if facts
+        else ["INFO is not allowed for this user: server checks skipped"],
     }
     return data
 
@@ -65,11 +68,17 @@ def experiment_status(storage, doc: dict, details: bool = False) -> dict:
         pipe.lrange(ek.holds, 0, -1)
         pipe.zrange(ek.status("completed"), -1, -1, withscores=True)
     replies = pipe.execute()
-    *counts, (fence, acquired), holder, pttl, per_minute, unobserved = replies[:len(STATUSES) + 5]
-    lost = storage.scripts.lost_trials(keys=[ek.status("reserved")],
-                                       args=[orion.core.config.worker.heartbeat * 5])
-    row = {"experiment": doc.get("name"), "version": doc.get("version"),
-           **dict(zip(STATUSES, counts)), "lost": len(lost), "unobserved": unobserved}
+    *counts, (fence, acquired), holder, pttl, per_minute, unobserved = replies[: len(STATUSES) + 5]
+    lost = storage.scripts.lost_trials(
+        keys=[ek.status("reserved")], args=[orion.core.config.worker.heartbeat * 5]
+    )
+    row = {
+        "experiment": doc.get("name"),
+        "version": doc.get("version"),
+        **dict(zip(STATUSES, counts)),
+        "lost": len(lost),
+        "unobserved": unobserved,
+    }
     if fence is None:
         lock = "none"
     elif holder is None:
@@ -77,21 +86,25 @@ def experiment_status(storage, doc: dict, details: bool = False) -> dict:
     else:
         lock = "held" if pttl > 0 else "stale"  # a holder without TTL never frees itself
     held_s = now - float(acquired) if holder and acquired else None
-    row.update({
-        "lock": lock,
-        "holder": holder.decode() if holder else "",
-        "held_s": round(held_s, 1) if held_s is not None else "",
-        "fence": int(fence) if fence is not None else "",
-        "completed/min": per_minute,
-    })
+    row.update(
+        {
+            "lock": lock,
+            "holder": holder.decode() if holder else "",
+            "held_s": round(held_s, 1) if held_s is not None else "",
+            "fence": int(fence) if fence is not None else "",
+            "completed/min": per_minute,
+        }
+    )
     if details:
-        waiters, holds, last = replies[len(STATUSES) + 5:]
-        row.update({
-            "waiters": waiters,
-            "holder_age_s": held_s,
-            "hold_ms": [float(h) for h in holds],
-            "last_completed_age_s": max(now - last[0][1], 0.0) if last else None,
-        })
+        waiters, holds, last = replies[len(STATUSES) + 5 :]
+        row.update(
+            {
+                "waiters": waiters,
+                "holder_age_s": held_s,
+                "hold_ms": [float(h) for h in holds],
+                "last_completed_age_s": max(now - last[0][1], 0.0) if last else None,
+            }
+        )
     return row
 
 

@@ -3,6 +3,7 @@ cache kept up to date from the change log (``fetch_changes``), and Trial buildin
 
 ``storage.Redis`` owns one ``TrialReader``; nothing here writes to Redis.
 """
+
 from __future__ import annotations
 
 from orion.core.worker.trial import Trial
@@ -38,8 +39,9 @@ class TrialReader:
         try:
             return build_trial(doc)
         except (TypeError, AttributeError, ValueError) as exc:
-            raise CorruptData(f"{key} does not hold an Oríon trial ({exc}). Remove the key or "
-                              "use another prefix.") from None
+            raise CorruptData(
+                f"{key} does not hold an Oríon trial ({exc}). Remove the key or use another prefix."
+            ) from None
 
     def read(self, ek: ExperimentKeys, tokens, then=None, meanwhile=None) -> list:
         """Documents of the existing trials among ``tokens`` (one script call per chunk),
@@ -60,8 +62,9 @@ class TrialReader:
             meanwhile()
         pipe = None if cluster else client.pipeline(transaction=False)
         fetch_docs = self._scripts().fetch_docs
-        replies = [fetch_docs(keys=[ek.trial_prefix + t for t in chunk], client=pipe)
-                   for chunk in parts]
+        replies = [
+            fetch_docs(keys=[ek.trial_prefix + t for t in chunk], client=pipe) for chunk in parts
+        ]
         if pipe is not None:
             replies = pipe.execute() if tokens else []
         return then(self._decode_docs(ek, replies, tokens))
@@ -71,9 +74,12 @@ class TrialReader:
         assembles the next: a cold 10k-trial fetch spends about as long in Redis as here, and
         the two overlap on 2 cores. None: streaming failed, take the plain path."""
         parsed = run_streamed(
-            self._client(), self._scripts().fetch_docs,
+            self._client(),
+            self._scripts().fetch_docs,
             [[ek.trial_prefix + t for t in chunk] for chunk in parts],
-            lambda i, reply: then(self._decode_docs(ek, [reply], parts[i])), meanwhile)
+            lambda i, reply: then(self._decode_docs(ek, [reply], parts[i])),
+            meanwhile,
+        )
         return None if parsed is None else [item for items in parsed for item in items]
 
     def _decode_docs(self, ek: ExperimentKeys, texts, tokens) -> list[dict]:
@@ -83,8 +89,10 @@ class TrialReader:
             return []
         try:
             with no_gc():
-                return [codec.restore_id(doc)
-                        for doc in codec.loads(b"[" + b",".join(texts) + b"]", ek.all)]
+                return [
+                    codec.restore_id(doc)
+                    for doc in codec.loads(b"[" + b",".join(texts) + b"]", ek.all)
+                ]
         except CorruptData:  # find and name the culprit
             for trial_token in tokens:
                 key = ek.trial_prefix + trial_token
@@ -100,18 +108,23 @@ class TrialReader:
         """
         cache = self.caches.get(ek.exp_token)
         if cache is not None:
-            reply = self._scripts().fetch_changes(keys=[ek.rev, ek.changed, ek.all, ek.floor],
-                                               args=[cache.rev, ek.trial_prefix, CHANGES_MAX])
+            reply = self._scripts().fetch_changes(
+                keys=[ek.rev, ek.changed, ek.all, ek.floor],
+                args=[cache.rev, ek.trial_prefix, CHANGES_MAX],
+            )
             rev = int(reply[0])
             if len(reply) == 1:
                 return cache
             count = int(reply[1])
             if count >= 0:
-                tokens = [t.decode() for t in reply[2:2 + count]]
-                orders = {t: float(o) if o else None
-                          for t, o in zip(tokens, reply[2 + count:2 + 2 * count])}
-                cache.update(tokens, _built(self._decode_docs(ek, [reply[-1]], tokens)), rev,
-                             orders)
+                tokens = [t.decode() for t in reply[2 : 2 + count]]
+                orders = {
+                    t: float(o) if o else None
+                    for t, o in zip(tokens, reply[2 + count : 2 + 2 * count])
+                }
+                cache.update(
+                    tokens, _built(self._decode_docs(ek, [reply[-1]], tokens)), rev, orders
+                )
                 return cache
             # too many changes, or the counter went back: reload everything
         with no_gc():  # every object made here lives on: GC passes would only cost
@@ -126,8 +139,11 @@ class TrialReader:
             orders = {}
             cache = self.caches[ek.exp_token] = ExperimentCache()
             built = self.read(
-                ek, tokens, then=_built,
-                meanwhile=lambda: orders.update(zip(tokens, map(float, (s for _, s in pairs)))))
+                ek,
+                tokens,
+                then=_built,
+                meanwhile=lambda: orders.update(zip(tokens, map(float, (s for _, s in pairs)))),
+            )
             cache.update(tokens, built, int(raw_rev or 0), orders)
         return cache
 
@@ -168,8 +184,11 @@ def _indexed_statuses(where) -> list | None:
     status = (where or {}).get("status")
     if isinstance(status, str):
         return [status]
-    if isinstance(status, dict) and set(status) == {"$in"} and \
-            all(isinstance(s, str) for s in status["$in"]):
+    if (
+        isinstance(status, dict)
+        and set(status) == {"$in"}
+        and all(isinstance(s, str) for s in status["$in"])
+    ):
         return list(dict.fromkeys(status["$in"]))  # a repeated status must not read twice
     return None
 
@@ -247,8 +266,7 @@ def chunks(tokens: list) -> list[list]:
     if len(tokens) <= size:
         return [tokens] if tokens else []
     body = len(tokens) - STREAM_CHUNK_MIN
-    return ([tokens[i:min(i + size, body)] for i in range(0, body, size)]
-            + [tokens[body:]])
+    return [tokens[i : min(i + size, body)] for i in range(0, body, size)] + [tokens[body:]]
 
 
 def _built(docs) -> list:
@@ -264,8 +282,9 @@ def _built(docs) -> list:
 
 
 def _not_a_trial(doc: dict, exc: Exception) -> CorruptData:
-    return CorruptData(f"a trial of experiment {doc.get('experiment')!r} is not an Oríon trial "
-                       f"({exc}).")
+    return CorruptData(
+        f"a trial of experiment {doc.get('experiment')!r} is not an Oríon trial ({exc})."
+    )
 
 
 def score_pairs(reply) -> list:

@@ -3,6 +3,7 @@
 Exit codes: 0 ok, 1 a problem was found (lost trials, a stale lock, a failed verification),
 2 usage or configuration error. Every read command takes ``--json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,11 @@ OK, PROBLEM, USAGE = 0, 1, 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orion-redis", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"orion-redis {__version__}")
-    parser.add_argument("--uri", help="Redis URI (default: Oríon config, ORION_DB_ADDRESS, "
-                        "ORION_REDIS_URI, then the embedded server)")
+    parser.add_argument(
+        "--uri",
+        help="Redis URI (default: Oríon config, ORION_DB_ADDRESS, "
+        "ORION_REDIS_URI, then the embedded server)",
+    )
     parser.add_argument("--prefix", help="key prefix (default: the URI's, else orion)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -34,8 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def target(p):
         p.add_argument("name", help="experiment name")
-        p.add_argument("--version", type=int,
-                       help="experiment version (default: the latest)")
+        p.add_argument("--version", type=int, help="experiment version (default: the latest)")
 
     add("info", "info", "server, persistence, eviction policy, schema, counts")
     p = add("status", "status", "trials by status, lost trials and lock of each experiment")
@@ -45,41 +48,72 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("lock", "lock", "show or release an experiment's algorithm lock")
     p.add_argument("action", choices=["show", "release"])
     target(p)
-    p = add("flush", "flush", "observe the completed trials waiting in an experiment's "
-            "backlog (batched observation)", json_=False)
+    p = add(
+        "flush",
+        "flush",
+        "observe the completed trials waiting in an experiment's backlog (batched observation)",
+        json_=False,
+    )
     target(p)
-    p.add_argument("--timeout", type=float, default=60,
-                   help="seconds to wait for the algorithm lock (default 60)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60,
+        help="seconds to wait for the algorithm lock (default 60)",
+    )
     p = add("lost", "lost", "list lost trials; --requeue makes them interrupted")
     target(p)
-    p.add_argument("--requeue", action="store_true",
-                   help="set the lost trials to interrupted, so any worker can take them again")
+    p.add_argument(
+        "--requeue",
+        action="store_true",
+        help="set the lost trials to interrupted, so any worker can take them again",
+    )
     p = add("purge", "purge", "delete an experiment, its trials and its lock", json_=False)
     target(p)
     p.add_argument("--yes", action="store_true", help="do not ask")
     p = add("copy", "copy", "copy experiments between storages", json_=False)
-    p.add_argument("--from", dest="source", required=True,
-                   help="redis URI, pickleddb:PATH or mongodb://...")
+    p.add_argument(
+        "--from", dest="source", required=True, help="redis URI, pickleddb:PATH or mongodb://..."
+    )
     p.add_argument("--to", dest="target", required=True)
     p.add_argument("--experiment", help="only this experiment name")
-    p = add("export", "export", "write experiments and trials to a JSON-lines file",
-            json_=False)
+    p = add("export", "export", "write experiments and trials to a JSON-lines file", json_=False)
     p.add_argument("file")
     p.add_argument("--experiment")
     p = add("import", "import", "read a file written by export", json_=False)
     p.add_argument("file")
-    p = add("stop-embedded", "stop_embedded", "stop this host's embedded redis-server (the "
-            "implicit default; its data is kept and it restarts on next use)", json_=False)
-    p.add_argument("--data-dir", help="its data directory (default: $ORION_REDIS_EMBEDDED_DIR, "
-                   "else Oríon's user data directory)")
-    p = add("metrics", "metrics", "Prometheus metrics of every experiment (trials by status, "
-            "lost trials, lock, hold durations, completions), read from the indexes",
-            json_=False)
-    p.add_argument("--listen", default="127.0.0.1:9464", metavar="HOST:PORT",
-                   help="address of the /metrics endpoint (default 127.0.0.1:9464; port 0: any)")
+    p = add(
+        "stop-embedded",
+        "stop_embedded",
+        "stop this host's embedded redis-server (the "
+        "implicit default; its data is kept and it restarts on next use)",
+        json_=False,
+    )
+    p.add_argument(
+        "--data-dir",
+        help="its data directory (default: $ORION_REDIS_EMBEDDED_DIR, "
+        "else Oríon's user data directory)",
+    )
+    p = add(
+        "metrics",
+        "metrics",
+        "Prometheus metrics of every experiment (trials by status, "
+        "lost trials, lock, hold durations, completions), read from the indexes",
+        json_=False,
+    )
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:9464",
+        metavar="HOST:PORT",
+        help="address of the /metrics endpoint (default 127.0.0.1:9464; port 0: any)",
+    )
     p.add_argument("--once", action="store_true", help="print one scrape and exit")
-    add("upgrade", "upgrade", "upgrade the stored data to this version's schema (stop the "
-        "workers of the older version first)")
+    add(
+        "upgrade",
+        "upgrade",
+        "upgrade the stored data to this version's schema (stop the "
+        "workers of the older version first)",
+    )
     return parser
 
 
@@ -92,8 +126,9 @@ def _config_files() -> list[str]:
     from appdirs import AppDirs
 
     dirs = AppDirs("orion.core")
-    candidates = [os.path.join(d, "orion_config.yaml")
-                  for d in (dirs.site_config_dir, dirs.user_config_dir)]
+    candidates = [
+        os.path.join(d, "orion_config.yaml") for d in (dirs.site_config_dir, dirs.user_config_dir)
+    ]
     return [path for path in candidates if os.path.exists(path)]
 
 
@@ -104,18 +139,23 @@ def _import_orion(uri_given: bool) -> None:
     else of that file) the command goes on without the global files."""
     try:
         import orion.core  # noqa: F401
+
         return
     except Exception as exc:  # orion.core.io.config.ConfigurationError, not importable here
         if type(exc).__name__ != "ConfigurationError":
             raise
-        problem = (f"Oríon refuses its global configuration ({', '.join(_config_files())}): "
-                   f"{exc} `orion hunt` and every `orion` command fail the same way until it "
-                   "is fixed (the Redis URI goes in storage.database.host, not storage.uri; "
-                   "see the README).")
+        problem = (
+            f"Oríon refuses its global configuration ({', '.join(_config_files())}): "
+            f"{exc} `orion hunt` and every `orion` command fail the same way until it "
+            "is fixed (the Redis URI goes in storage.database.host, not storage.uri; "
+            "see the README)."
+        )
     if not uri_given:
         raise _OrionConfigError(problem + " Or give orion-redis --uri to go on without it.")
-    print(f"orion-redis: warning: {problem} Going on with --uri, without those files.",
-          file=sys.stderr)
+    print(
+        f"orion-redis: warning: {problem} Going on with --uri, without those files.",
+        file=sys.stderr,
+    )
     saved = {k: os.environ.get(k) for k in ("XDG_CONFIG_HOME", "XDG_CONFIG_DIRS")}
     with tempfile.TemporaryDirectory() as empty:
         os.environ["XDG_CONFIG_HOME"] = os.environ["XDG_CONFIG_DIRS"] = empty

@@ -19,6 +19,7 @@ tag object:
 
 NaN and ±inf use Python's JSON extensions (``NaN``, ``Infinity``), which ``json`` reads back.
 """
+
 from __future__ import annotations
 
 import base64
@@ -43,7 +44,7 @@ def _enc(obj):
     if isinstance(obj, dict):
         if all(type(k) is str for k in obj):
             if len(obj) == 1 and next(iter(obj)) in _TAGS:
-                (key, val), = obj.items()
+                ((key, val),) = obj.items()
                 return {"$esc": [key, _enc(val)]}  # a pair, so the hook never sees the tag
             return {k: _enc(v) for k, v in obj.items()}
         return {"$map": [[_enc(k), _enc(v)] for k, v in obj.items()]}
@@ -77,7 +78,7 @@ def _dec_tag(obj: dict):
         return obj
     if "$dt" in obj:  # the usual tag (4 timestamps per trial): no unpacking
         return _dt.datetime.fromisoformat(obj["$dt"])
-    (tag, val), = obj.items()
+    ((tag, val),) = obj.items()
     if tag == "$tuple":
         return tuple(val)
     if tag == "$esc":
@@ -159,10 +160,12 @@ def decode_fields(fields: dict, where: str) -> dict:
     more, and fetch_trials decodes every trial of an experiment.
     """
     if len(fields) < 2:  # a lone field could look like a type tag to the object hook
-        return {(k.decode() if isinstance(k, bytes) else k): loads(v, where)
-                for k, v in fields.items()}
-    body = b",".join(_field_prefix(k) + (v if isinstance(v, bytes) else v.encode())
-                     for k, v in fields.items())
+        return {
+            (k.decode() if isinstance(k, bytes) else k): loads(v, where) for k, v in fields.items()
+        }
+    body = b",".join(
+        _field_prefix(k) + (v if isinstance(v, bytes) else v.encode()) for k, v in fields.items()
+    )
     try:
         return _DECODER.decode("{" + body.decode() + "}")
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
@@ -182,8 +185,11 @@ _ELEMENT_KEYS = frozenset(("name", "type", "value"))
 
 
 def _oriented(items) -> bool:
-    return (type(items) is list and len(items) > 0
-            and all(type(i) is dict and i.keys() == _ELEMENT_KEYS for i in items))
+    return (
+        type(items) is list
+        and len(items) > 0
+        and all(type(i) is dict and i.keys() == _ELEMENT_KEYS for i in items)
+    )
 
 
 def encode_trial(doc: dict) -> tuple[list[str], list[str]]:
@@ -230,8 +236,9 @@ def decode_trial_fields(fields: dict, where: str) -> dict:
     doc = decode_fields(plain, where) if plain else {}  # a stale whole field is checked too
     try:
         for name, items in lists.items():
-            doc[name] = loads(b"[" + b",".join(_element_json(items[i]) for i in sorted(items))
-                              + b"]", where)
+            doc[name] = loads(
+                b"[" + b",".join(_element_json(items[i]) for i in sorted(items)) + b"]", where
+            )
     except ValueError as exc:
         _raise_corrupt(where, exc)
     return restore_id(doc)
@@ -266,10 +273,16 @@ def checked(doc: dict) -> dict:
     JSON unescaped, and '#' marks list elements)."""
     for key in doc:
         if key not in _FIELD_OK:
-            if not isinstance(key, str) or not key or any(c in key for c in '"\\#') \
-                    or not key.isprintable():
-                raise ValueError(f"field name {key!r} cannot be stored: use a printable string "
-                                 "without quotes, backslashes or '#'")
+            if (
+                not isinstance(key, str)
+                or not key
+                or any(c in key for c in '"\\#')
+                or not key.isprintable()
+            ):
+                raise ValueError(
+                    f"field name {key!r} cannot be stored: use a printable string "
+                    "without quotes, backslashes or '#'"
+                )
             if len(_FIELD_OK) < 1000:
                 _FIELD_OK.add(key)
     return doc

@@ -4,6 +4,7 @@ Each ``cmd_*`` takes the parsed arguments and returns an exit code: 0 ok, 1 a pr
 found (lost trials, a stale lock, a failed verification); 2 (usage or configuration error) is
 cli.py's answer to the exceptions these raise.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,8 @@ def connect(args, setup=True, start=False) -> Redis:
             f"no Redis URI is configured ({opts.source}) and the embedded redis-server of this "
             f"host is not running (data dir {embedded.data_dir_path(data_dir)}); this command "
             "does not start it. Give --uri redis://..., configure Oríon's storage "
-            "(storage.database.host), or start the embedded server with a hunt.")
+            "(storage.database.host), or start the embedded server with a hunt."
+        )
     return Redis(uri=args.uri, database=database, setup=setup, **options)
 
 
@@ -50,15 +52,20 @@ def _warn_unselected_backend(storage_type) -> None:
     from .uri import ENV_URI
 
     if os.environ.get(ENV_URI) and str(storage_type).lower() != "redis":
-        print(f"orion-redis: warning: {ENV_URI} is set but Oríon's storage type is "
-              f"{storage_type!r}: `orion hunt` here would NOT use Redis. Set "
-              "ORION_STORAGE_TYPE=redis (or storage: {type: redis} in the Oríon config).",
-              file=sys.stderr)
+        print(
+            f"orion-redis: warning: {ENV_URI} is set but Oríon's storage type is "
+            f"{storage_type!r}: `orion hunt` here would NOT use Redis. Set "
+            "ORION_STORAGE_TYPE=redis (or storage: {type: redis} in the Oríon config).",
+            file=sys.stderr,
+        )
 
 
 def _embedded_note(storage: Redis) -> str:
-    return ("embedded redis-server (this host only): " + storage._opts.redacted + "\n"
-            if storage._opts.scheme == "embedded" else "")
+    return (
+        "embedded redis-server (this host only): " + storage._opts.redacted + "\n"
+        if storage._opts.scheme == "embedded"
+        else ""
+    )
 
 
 def _print(args, data, render):
@@ -74,8 +81,10 @@ def _n(count: int, noun: str) -> str:
 
 def _table(rows: list[dict], columns: list[str]) -> str:
     widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns),
-             "  ".join("-" * widths[c] for c in columns)]
+    lines = [
+        "  ".join(c.ljust(widths[c]) for c in columns),
+        "  ".join("-" * widths[c] for c in columns),
+    ]
     lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
     return "\n".join(lines)
 
@@ -100,14 +109,32 @@ def cmd_info(args) -> int:
 
 
 # -- status --------------------------------------------------------------------------------------
-STATUS_COLUMNS = ["experiment", "version", "new", "reserved", "suspended", "completed",
-                  "interrupted", "broken", "lost", "unobserved", "lock", "holder", "held_s",
-                  "fence", "completed/min"]
+STATUS_COLUMNS = [
+    "experiment",
+    "version",
+    "new",
+    "reserved",
+    "suspended",
+    "completed",
+    "interrupted",
+    "broken",
+    "lost",
+    "unobserved",
+    "lock",
+    "holder",
+    "held_s",
+    "fence",
+    "completed/min",
+]
 
 
 def _status_rows(storage: Redis, name) -> list[dict]:
-    return [admin.experiment_status(storage, doc) for doc in storage.fetch_experiments(
-        {"name": name} if name else {}, {"name": 1, "version": 1})]
+    return [
+        admin.experiment_status(storage, doc)
+        for doc in storage.fetch_experiments(
+            {"name": name} if name else {}, {"name": 1, "version": 1}
+        )
+    ]
 
 
 def cmd_status(args) -> int:
@@ -119,8 +146,7 @@ def cmd_status(args) -> int:
         rows = _status_rows(storage, args.name)
         if args.watch:
             print("\033[2J\033[H", end="")  # clear the screen for the live table
-        _print(args, rows, lambda r: note + (_table(r, STATUS_COLUMNS) if r
-                                             else "no experiment"))
+        _print(args, rows, lambda r: note + (_table(r, STATUS_COLUMNS) if r else "no experiment"))
         if not args.watch:
             break
         time.sleep(args.watch)
@@ -135,8 +161,10 @@ def _experiment(storage: Redis, args) -> dict:
     if args.version is not None:
         docs = [d for d in docs if d.get("version") == args.version]
     if not docs:
-        raise LookupError(f"no experiment named {args.name!r}"
-                          + (f" with version {args.version}" if args.version else ""))
+        raise LookupError(
+            f"no experiment named {args.name!r}"
+            + (f" with version {args.version}" if args.version else "")
+        )
     return max(docs, key=lambda d: d.get("version", 1))
 
 
@@ -159,8 +187,7 @@ def cmd_flush(args) -> int:
 
     storage = connect(args)
     exp = _experiment(storage, args)
-    experiment = experiment_builder.load(exp["name"], exp.get("version"), mode="w",
-                                         storage=storage)
+    experiment = experiment_builder.load(exp["name"], exp.get("version"), mode="w", storage=storage)
     observed = accel.flush(experiment, timeout=args.timeout)
     left = storage.backlog_length(uid=exp["_id"])
     print(f"observed {observed} trial(s); {left} waiting")
@@ -180,9 +207,14 @@ def cmd_lost(args) -> int:
                 requeued += 1
             except Exception:  # the worker came back meanwhile: leave it alone
                 pass
-    _print(args, {"lost": rows, "requeued": requeued},
-           lambda d: (_table(d["lost"], ["id", "heartbeat", "params"]) if d["lost"]
-                      else "no lost trial") + (f"\nrequeued {requeued}" if args.requeue else ""))
+    _print(
+        args,
+        {"lost": rows, "requeued": requeued},
+        lambda d: (
+            (_table(d["lost"], ["id", "heartbeat", "params"]) if d["lost"] else "no lost trial")
+            + (f"\nrequeued {requeued}" if args.requeue else "")
+        ),
+    )
     return PROBLEM if lost and not args.requeue else OK
 
 
@@ -192,15 +224,19 @@ def cmd_purge(args) -> int:
     label = f"{exp['name']}-v{exp.get('version', 1)}"
     if not args.yes:
         if not sys.stdin.isatty():
-            raise ValueError(f"purge of {label} needs a terminal to confirm it; "
-                             "pass --yes to purge without asking")
+            raise ValueError(
+                f"purge of {label} needs a terminal to confirm it; "
+                "pass --yes to purge without asking"
+            )
         answer = input(f"Delete experiment {label}, its trials and its lock? Type its name: ")
         if answer.strip() != exp["name"]:
             print("aborted")
             return PROBLEM
     counts = admin.purge(storage, exp["_id"])
-    print(f"purged {label}: {counts['trials']} trials, {counts['lock']} lock, "
-          f"{counts['experiment']} experiment")
+    print(
+        f"purged {label}: {counts['trials']} trials, {counts['lock']} lock, "
+        f"{counts['experiment']} experiment"
+    )
     return OK
 
 
@@ -226,16 +262,20 @@ def cmd_copy(args) -> int:
 
 def cmd_export(args) -> int:
     count = transfer.export_jsonl(connect(args), args.file, experiment=args.experiment)
-    print(f"exported {_n(count['experiments'], 'experiment')}, {_n(count['trials'], 'trial')} "
-          f"to {args.file}")
+    print(
+        f"exported {_n(count['experiments'], 'experiment')}, {_n(count['trials'], 'trial')} "
+        f"to {args.file}"
+    )
     return OK
 
 
 def cmd_import(args) -> int:
     count = transfer.import_jsonl(connect(args, start=True), args.file)
-    print(f"imported {_n(count['experiments'], 'experiment')}, {_n(count['trials'], 'trial')}"
-          f" (already there: {_n(count['experiments_skipped'], 'experiment')}, "
-          f"{_n(count['trials_skipped'], 'trial')})")
+    print(
+        f"imported {_n(count['experiments'], 'experiment')}, {_n(count['trials'], 'trial')}"
+        f" (already there: {_n(count['experiments_skipped'], 'experiment')}, "
+        f"{_n(count['trials_skipped'], 'trial')})"
+    )
     return OK
 
 
@@ -263,8 +303,13 @@ def cmd_metrics(args) -> int:
     if args.once:
         print(metrics.render(storage), end="")
         return OK
-    metrics.serve(storage, args.listen, ready=lambda host, port: print(
-        f"serving Prometheus metrics on http://{host}:{port}/metrics", flush=True))
+    metrics.serve(
+        storage,
+        args.listen,
+        ready=lambda host, port: print(
+            f"serving Prometheus metrics on http://{host}:{port}/metrics", flush=True
+        ),
+    )
     return OK
 
 
@@ -273,8 +318,14 @@ def cmd_upgrade(args) -> int:
     storage = connect(args, setup=False, start=True)  # setup refuses an older schema
     with storage._guard():
         report = migrations.upgrade(storage.client, storage._keys)
-    _print(args, report, lambda r: (
-        f"schema {r['from']} -> {r['to']}: {r['trials_rewritten']} trials rewritten, "
-        f"{r['log_entries_trimmed']} change-log entries trimmed" if r["from"] != r["to"]
-        else f"schema {r['to']}: already up to date"))
+    _print(
+        args,
+        report,
+        lambda r: (
+            f"schema {r['from']} -> {r['to']}: {r['trials_rewritten']} trials rewritten, "
+            f"{r['log_entries_trimmed']} change-log entries trimmed"
+            if r["from"] != r["to"]
+            else f"schema {r['to']}: already up to date"
+        ),
+    )
     return OK

@@ -1,6 +1,7 @@
 """Options -> a redis-py client: standalone TCP, TLS, unix socket, fakeredis, embedded, Sentinel
 (``Sentinel(...).master_for``) and Cluster (``RedisCluster``). The storage makes one client per
 process (it rebuilds it after a fork or unpickling)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -50,7 +51,9 @@ def _retry(kwargs: dict) -> None:
 
     retries = kwargs.pop("retries", 3)
     base = kwargs.pop("retry_backoff", 1.0)
-    backoff = ExponentialWithJitterBackoff(base=base, cap=max(10.0, 10 * base)) if base else NoBackoff()
+    backoff = (
+        ExponentialWithJitterBackoff(base=base, cap=max(10.0, 10 * base)) if base else NoBackoff()
+    )
     kwargs["retry"] = Retry(backoff, retries)
 
 
@@ -95,7 +98,8 @@ def _sentinel_connection_classes():
                     self.disconnect()
                     raise redis.ConnectionError(
                         "the Redis primary was demoted to a replica (Sentinel failover); "
-                        "reconnecting to the new primary") from exc
+                        "reconnecting to the new primary"
+                    ) from exc
                 raise
 
     class Connection(_Mixin, SentinelManagedConnection):
@@ -110,8 +114,11 @@ def _sentinel_connection_classes():
 def _sentinel_client(opts: Options, kwargs: dict):
     from redis.sentinel import Sentinel
 
-    sentinel_kwargs = {name: kwargs[name] for name in ("socket_timeout", "socket_connect_timeout")
-                       if name in kwargs}
+    sentinel_kwargs = {
+        name: kwargs[name]
+        for name in ("socket_timeout", "socket_connect_timeout")
+        if name in kwargs
+    }
     if "sentinel_username" in kwargs:
         sentinel_kwargs["username"] = kwargs.pop("sentinel_username")
     if "sentinel_password" in kwargs:
@@ -127,16 +134,18 @@ def _sentinel_client(opts: Options, kwargs: dict):
     sentinel = Sentinel(list(opts.hosts), sentinel_kwargs=sentinel_kwargs)
     # master_for: every connection asks the sentinels for the current primary, and a
     # connection to a demoted primary (READONLY) is dropped and retried on the new one.
-    return sentinel.master_for(opts.service, username=opts.username, password=opts.password,
-                               **kwargs)
+    return sentinel.master_for(
+        opts.service, username=opts.username, password=opts.password, **kwargs
+    )
 
 
 def _cluster_client(opts: Options, kwargs: dict):
     from redis.cluster import ClusterNode, RedisCluster
 
     nodes = [ClusterNode(host, port) for host, port in opts.hosts]
-    return RedisCluster(startup_nodes=nodes, username=opts.username, password=opts.password,
-                        **kwargs)
+    return RedisCluster(
+        startup_nodes=nodes, username=opts.username, password=opts.password, **kwargs
+    )
 
 
 def make_client(opts: Options):
@@ -181,19 +190,53 @@ ACL_COMMANDS = (
     "ping",
     # scripts: EVALSHA, EVAL after NOSCRIPT (redis-py's Script), SCRIPT LOAD, and SCRIPT EXISTS
     # (a pipeline checks its scripts before sending them)
-    "evalsha", "eval", "script|load", "script|exists",
+    "evalsha",
+    "eval",
+    "script|load",
+    "script|exists",
     # replica_acks: WAIT after each write script
     "wait",
     # reads and the few writes outside scripts
-    "get", "setnx", "incrby", "hsetnx", "hgetall", "hmget", "hexists", "exists", "zrange",
-    "zrangebyscore", "zmscore", "zcard", "blpop", "del", "hset", "hdel",
+    "get",
+    "setnx",
+    "incrby",
+    "hsetnx",
+    "hgetall",
+    "hmget",
+    "hexists",
+    "exists",
+    "zrange",
+    "zrangebyscore",
+    "zmscore",
+    "zcard",
+    "blpop",
+    "del",
+    "hset",
+    "hdel",
     # batched observation: the backlog read at each hold
-    "lrange", "llen",
+    "lrange",
+    "llen",
     # update_experiment: optimistic transaction
-    "watch", "unwatch", "multi", "exec",
+    "watch",
+    "unwatch",
+    "multi",
+    "exec",
     # inside the Lua scripts
-    "hget", "hincrby", "incr", "pexpire", "pttl", "rpush", "set", "time", "zadd", "zrem",
-    "zscore", "zremrangebyrank", "expire", "zrank", "ltrim",
+    "hget",
+    "hincrby",
+    "incr",
+    "pexpire",
+    "pttl",
+    "rpush",
+    "set",
+    "time",
+    "zadd",
+    "zrem",
+    "zscore",
+    "zremrangebyrank",
+    "expire",
+    "zrank",
+    "ltrim",
     # lock_release: the hold durations read by orion-redis metrics
     "lpush",
 )
@@ -204,8 +247,13 @@ def acl_rules(prefix: str = "orion") -> list[str]:
     (``{P}*``: global keys; ``{P:*``: per-experiment keys) and :data:`ACL_COMMANDS`.
     A prefix with glob characters (``*?[]\\``) gets them escaped."""
     escaped = glob_escape(prefix)
-    return ["resetkeys", f"~{{{escaped}}}*", f"~{{{escaped}:*", "-@all",
-            *(f"+{cmd}" for cmd in ACL_COMMANDS)]
+    return [
+        "resetkeys",
+        f"~{{{escaped}}}*",
+        f"~{{{escaped}:*",
+        "-@all",
+        *(f"+{cmd}" for cmd in ACL_COMMANDS),
+    ]
 
 
 @contextlib.contextmanager
@@ -247,4 +295,3 @@ def refuse_plain_server_for_tls(opts: Options, timeout: float = 2.0) -> None:
             f"Redis at {opts.redacted} does not speak TLS (it answered a plain PING): use "
             "redis:// for this server, or enable TLS on it (tls-port)."
         )
-

@@ -23,6 +23,7 @@ where BUILD can do no harm, and then the C unpickler is safe:
   is a no-op. Extension codes resolve through copyreg's process-wide cache without
   ``find_class``, so they are refused up front.
 """
+
 from __future__ import annotations
 
 import collections
@@ -113,9 +114,20 @@ NEW, ARRAY, SCALAR = _New(), _Array(), _Scalar()
 
 # types whose own reduce names only themselves and other entries of this table
 _PASS_THROUGH = (
-    set, frozenset, list, dict, tuple, complex, bytearray,
-    collections.defaultdict, collections.OrderedDict,
-    datetime.datetime, datetime.date, datetime.time, datetime.timedelta, datetime.timezone,
+    set,
+    frozenset,
+    list,
+    dict,
+    tuple,
+    complex,
+    bytearray,
+    collections.defaultdict,
+    collections.OrderedDict,
+    datetime.datetime,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    datetime.timezone,
 )
 GLOBALS: dict[tuple[str, str], object] = {
     **{(t.__module__, t.__qualname__): t for t in _PASS_THROUGH},
@@ -144,8 +156,11 @@ class _Pickler(pickle.Pickler):
 
 def _reduce_instance(obj, cls, code):
     reduced = obj.__reduce_ex__(PROTOCOL)
-    if (not isinstance(reduced, tuple) or reduced[0] is not copyreg.__newobj__
-            or reduced[1][0] is not cls):
+    if (
+        not isinstance(reduced, tuple)
+        or reduced[0] is not copyreg.__newobj__
+        or reduced[1][0] is not cls
+    ):
         raise Unsupported(f"{cls.__qualname__} with a custom reduce")
     return (NEW, (code, *reduced[1][1:]), *reduced[2:])
 

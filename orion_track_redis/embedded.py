@@ -10,6 +10,7 @@ AF_UNIX paths are limited to ~104 bytes. When ``<data_dir>/redis.sock`` is longe
 socket lives in ``/tmp/orion-redis-<uid>-<hash of data dir>/redis.sock`` (mode 700) instead; every
 process derives the same path from the data dir.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -156,8 +157,8 @@ def _locked(data_dir: Path, timeout: float = LOCK_TIMEOUT):
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise EmbeddedServerError(
-                        f"Timed out after {timeout:.0f}s waiting for {data_dir / LOCK_NAME}: another "
-                        "process is starting or stopping the embedded redis-server."
+                        f"Timed out after {timeout:.0f}s waiting for {data_dir / LOCK_NAME}: "
+                        "another process is starting or stopping the embedded redis-server."
                     ) from None
                 time.sleep(0.02)
         yield
@@ -171,7 +172,8 @@ def is_running(data_dir: str | os.PathLike | None = None) -> bool:
 
 
 def embedded_uri(data_dir: str | os.PathLike | None = None) -> str:
-    """``unix:///.../redis.sock`` of the shared embedded server of ``data_dir``, started if needed."""
+    """``unix:///.../redis.sock`` of the shared embedded server of ``data_dir``, started if
+    needed."""
     ddir = data_dir_path(data_dir)
     ddir.mkdir(parents=True, exist_ok=True, mode=0o700)
     sock = socket_path(ddir)
@@ -222,22 +224,40 @@ def _start_daemon(ddir: Path, sock: Path) -> None:
     binary = find_redis_server()
     version = ".".join(map(str, server_version(binary)))
     log, pidfile = ddir / LOG_NAME, ddir / PID_NAME
-    logger.info("Starting embedded redis-server %s (v%s): data in %s, socket %s, log %s",
-                binary, version, ddir, sock, log)
+    logger.info(
+        "Starting embedded redis-server %s (v%s): data in %s, socket %s, log %s",
+        binary,
+        version,
+        ddir,
+        sock,
+        log,
+    )
     args = [
         binary,
-        "--port", "0",  # unix socket only: nothing listens on the network
-        "--bind", "127.0.0.1",
-        "--protected-mode", "yes",
-        "--unixsocket", str(sock),
-        "--unixsocketperm", "700",
-        "--dir", str(ddir),
-        "--logfile", str(log),
-        "--pidfile", str(pidfile),
-        "--daemonize", "yes",
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--save", "",
+        "--port",
+        "0",  # unix socket only: nothing listens on the network
+        "--bind",
+        "127.0.0.1",
+        "--protected-mode",
+        "yes",
+        "--unixsocket",
+        str(sock),
+        "--unixsocketperm",
+        "700",
+        "--dir",
+        str(ddir),
+        "--logfile",
+        str(log),
+        "--pidfile",
+        str(pidfile),
+        "--daemonize",
+        "yes",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
     ]
     offset = log.stat().st_size if log.exists() else 0
 
@@ -251,8 +271,14 @@ def _start_daemon(ddir: Path, sock: Path) -> None:
     # start_new_session: the daemon must not receive our terminal's Ctrl-C.
     with open(log, "ab") as out:
         try:
-            rc = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, timeout=START_TIMEOUT).returncode
+            rc = subprocess.run(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                timeout=START_TIMEOUT,
+            ).returncode
         except subprocess.TimeoutExpired:
             raise fail("did not daemonize") from None
     if rc != 0:
@@ -282,10 +308,13 @@ def stop_embedded(data_dir: str | os.PathLike | None = None, timeout: float = 10
             client.shutdown(nosave=True)  # save is off anyway; AOF is flushed regardless
         except redis.RedisError as exc:
             raise EmbeddedServerError(
-                f"SHUTDOWN of the embedded redis-server at {sock} failed: {exc}") from None
+                f"SHUTDOWN of the embedded redis-server at {sock} failed: {exc}"
+            ) from None
         finally:
             client.close()
         # Hold the lock until it is gone, so a concurrent embedded_uri() cannot see a half-dead one.
         if pid is not None and not _wait_gone(pid, timeout):
-            logger.warning("Embedded redis-server pid %d still running %.0fs after SHUTDOWN", pid, timeout)
+            logger.warning(
+                "Embedded redis-server pid %d still running %.0fs after SHUTDOWN", pid, timeout
+            )
         return True

@@ -5,6 +5,7 @@ as-is where Oríon expects them; everything else that goes wrong is a :class:`Re
 whose message names the problem and the fix. None of these is a ``ValueError`` subclass:
 ``orion.storage.base.setup_storage`` swallows ValueErrors raised by a backend's constructor.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,8 +64,10 @@ def install_cli_excepthook() -> None:
     def hook(kind, value, tb):
         if not issubclass(kind, RedisStorageError) or os.environ.get(ENV_TRACEBACK):
             return previous(kind, value, tb)
-        print(f"orion: {kind.__name__}: {value}\n({ENV_TRACEBACK}=1 shows the traceback)",
-              file=sys.stderr)
+        print(
+            f"orion: {kind.__name__}: {value}\n({ENV_TRACEBACK}=1 shows the traceback)",
+            file=sys.stderr,
+        )
 
     hook._orion_track_redis = True  # type: ignore[attr-defined]
     sys.excepthook = hook
@@ -77,8 +80,11 @@ def _short(exc: Exception) -> str:
 
 def _scrub(msg: str) -> str:
     """Redis echoes the arguments of an unknown command (HELLO 3 AUTH user password...)."""
-    return redact(re.sub(r"with args beginning with:.*", "with args beginning with: (hidden)",
-                         msg, flags=re.S))
+    return redact(
+        re.sub(
+            r"with args beginning with:.*", "with args beginning with: (hidden)", msg, flags=re.S
+        )
+    )
 
 
 class translate_errors:
@@ -104,8 +110,9 @@ class translate_errors:
         # not ours, or untranslated: propagates unchanged
 
 
-def _raise_translated(error: Exception, where: str,
-                      name_denial: Callable[[str], str] | None = None) -> None:
+def _raise_translated(
+    error: Exception, where: str, name_denial: Callable[[str], str] | None = None
+) -> None:
     """Raise our exception for ``error``; return to let the original propagate."""
     try:
         raise error

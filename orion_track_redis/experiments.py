@@ -1,6 +1,7 @@
 """Experiment and benchmark documents: one hash per experiment, indexed by creation order
 (``{P}:exps``) and by name+version (``{P}:exp_names``, the uniqueness Oríon relies on);
 benchmarks in one hash by name. ``storage.Redis`` calls these inside its error boundary."""
+
 from __future__ import annotations
 
 from orion.core.io.database import DuplicateKeyError
@@ -36,8 +37,9 @@ class ExperimentStore:
         client = self._client()
         if "_id" not in config:
             config["_id"] = client.incr(self._keys.benchmarks + ":seq")
-        if not client.hsetnx(self._keys.benchmarks, codec.dumps(config.get("name")),
-                             codec.dumps(config)):
+        if not client.hsetnx(
+            self._keys.benchmarks, codec.dumps(config.get("name")), codec.dumps(config)
+        ):
             raise DuplicateKeyError(f"Duplicate key error: benchmark name={config.get('name')}")
 
     def fetch_benchmarks(self, query_, selection=None) -> list[dict]:
@@ -63,11 +65,16 @@ class ExperimentStore:
 
     def _insert(self, config: dict) -> int:
         exp_token = token(config["_id"])
-        return int(self._scripts().create_experiment(
-            keys=[self._keys.exp_names, self._keys.exps, self._keys.exp(exp_token)],
-            args=[codec.dumps([config.get("name"), config.get("version")]), exp_token,
-                  *_flat_pairs(config)],
-        ))
+        return int(
+            self._scripts().create_experiment(
+                keys=[self._keys.exp_names, self._keys.exps, self._keys.exp(exp_token)],
+                args=[
+                    codec.dumps([config.get("name"), config.get("version")]),
+                    exp_token,
+                    *_flat_pairs(config),
+                ],
+            )
+        )
 
     def _tokens(self) -> list[str]:
         return [t.decode() for t in self._client().zrange(self._keys.exps, 0, -1)]
@@ -105,7 +112,8 @@ class ExperimentStore:
         changes.pop("_id", None)  # _id is immutable, and Oríon passes it back unchanged
         key = self._keys.exp(token(uid))
         return self._client().transaction(
-            lambda pipe: self._update(pipe, key, where, changes), key, value_from_callable=True)
+            lambda pipe: self._update(pipe, key, where, changes), key, value_from_callable=True
+        )
 
     def _update(self, pipe, key, where, changes) -> int:
         fields = pipe.hgetall(key)
@@ -135,7 +143,14 @@ class ExperimentStore:
         exp_token = token(uid)
         key = self._keys.exp(exp_token)
         name, version = self._client().hmget(key, "name", "version")
-        name_field = codec.dumps([codec.loads(name, key) if name else None,
-                                  codec.loads(version, key) if version else None])
-        return int(self._scripts().delete_experiment(
-            keys=[self._keys.exp_names, self._keys.exps, key], args=[name_field, exp_token]))
+        name_field = codec.dumps(
+            [
+                codec.loads(name, key) if name else None,
+                codec.loads(version, key) if version else None,
+            ]
+        )
+        return int(
+            self._scripts().delete_experiment(
+                keys=[self._keys.exp_names, self._keys.exps, key], args=[name_field, exp_token]
+            )
+        )

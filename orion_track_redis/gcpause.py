@@ -1,4 +1,5 @@
 """Pause Python's cyclic garbage collector around bulk decoding and encoding."""
+
 from __future__ import annotations
 
 import contextlib

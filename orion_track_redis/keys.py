@@ -36,6 +36,7 @@ key                             type      content
                                           holds, newest first (``orion-redis metrics``)
 ==============================  ========  ==================================================
 """
+
 from __future__ import annotations
 
 import itertools
@@ -157,8 +158,7 @@ class ExperimentKeys:
 
     prefix: str
     exp_token: str
-    _statuses: dict[str, str] = field(default_factory=dict, init=False, repr=False,
-                                      compare=False)
+    _statuses: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @cached_property
     def tag(self) -> str:

@@ -17,6 +17,7 @@ LEASE_MIN_S): 3 s + 1 s with Oríon's retry_interval of 1 s). A waiter that give
 the queue at once. So a waiter's wait is the holds of the waiters ahead of it plus one hand-off
 each: it times out only when those exceed its timeout.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,10 +55,12 @@ class LockClient:
     # -- record -------------------------------------------------------------------------------
     def initialize(self, ek: ExperimentKeys, configuration, state=None, locked=False) -> int:
         raw_state = b"" if state is None else dump_state(state, self.secret)
-        return int(self.scripts.lock_init(
-            keys=[ek.lock, ek.lock_holder],
-            args=[codec.dumps(configuration), raw_state, "1" if locked else "0", self.ttl_ms],
-        ))
+        return int(
+            self.scripts.lock_init(
+                keys=[ek.lock, ek.lock_holder],
+                args=[codec.dumps(configuration), raw_state, "1" if locked else "0", self.ttl_ms],
+            )
+        )
 
     def info(self, ek: ExperimentKeys) -> LockedAlgorithmState | None:
         pipe = self.client.pipeline(transaction=False)
@@ -67,7 +70,8 @@ class LockClient:
         if configuration is None:
             return None
         return LockedAlgorithmState(
-            state=self._state(state, ek), configuration=codec.loads(configuration, ek.lock),
+            state=self._state(state, ek),
+            configuration=codec.loads(configuration, ek.lock),
             locked=int(bool(held)),
         )
 
@@ -88,8 +92,9 @@ class LockClient:
 
     # -- holding ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def hold(self, ek: ExperimentKeys, timeout: float, retry_interval: float,
-             backlog: bool = False):
+    def hold(
+        self, ek: ExperimentKeys, timeout: float, retry_interval: float, backlog: bool = False
+    ):
         """Hold the lock; yields a :class:`Held` state. ``backlog``: also read the trials
         waiting to be observed (batched observation); those the holder marks observed
         (``held.observed``) leave the backlog with the state write, atomically."""
@@ -97,7 +102,8 @@ class LockClient:
         start = time.monotonic()
         locked = Held(
             state=self._state(raw_state, ek),
-            configuration=codec.loads(configuration, ek.lock), locked=True,
+            configuration=codec.loads(configuration, ek.lock),
+            locked=True,
         )
         renewer = _Renewer(self, ek, token)
         renewer.start()
@@ -114,13 +120,22 @@ class LockClient:
             raise
         finally:
             renewer.stop()
-            if self._release(ek, token, None if failed else locked.state,
-                             0 if failed else locked.observed,
-                             held_since=start) != 1:
+            if (
+                self._release(
+                    ek,
+                    token,
+                    None if failed else locked.state,
+                    0 if failed else locked.observed,
+                    held_since=start,
+                )
+                != 1
+            ):
                 log.warning(
                     "The algorithm lock of experiment %s expired while this worker held it "
                     "(held longer than lock_ttl=%.0fs without renewal?): its algorithm state was "
-                    "NOT saved; another worker took over.", ek.exp_token, self.ttl_ms / 1000,
+                    "NOT saved; another worker took over.",
+                    ek.exp_token,
+                    self.ttl_ms / 1000,
                 )
 
     # -- batched observation ------------------------------------------------------------------
@@ -128,8 +143,11 @@ class LockClient:
         """Append ``trial`` to the experiment's backlog; returns the backlog's length."""
         with no_gc():
             raw = dump_state(trial, self.secret)
-        return int(self.scripts.observe_later(
-            keys=[ek.unobserved, ek.request(new_request_id())], args=[raw, REQUEST_TTL]))
+        return int(
+            self.scripts.observe_later(
+                keys=[ek.unobserved, ek.request(new_request_id())], args=[raw, REQUEST_TTL]
+            )
+        )
 
     def backlog(self, ek: ExperimentKeys) -> list:
         """The trials waiting to be observed, oldest first (as ``observe_later`` got them)."""
@@ -150,7 +168,8 @@ class LockClient:
             while True:
                 reply = self.scripts.lock_acquire(
                     keys=[ek.lock, ek.lock_holder, ek.lock_queue, ek.lock_leases],
-                    args=[owner, self.ttl_ms, lease_ms, ek.lock_wake_prefix, WAKE_TTL_MS])
+                    args=[owner, self.ttl_ms, lease_ms, ek.lock_wake_prefix, WAKE_TTL_MS],
+                )
                 code = int(reply[0])
                 if code == 1:
                     return reply[1].decode(), reply[3], reply[4]
@@ -159,7 +178,8 @@ class LockClient:
                     raise LockAcquisitionTimeout(
                         f"could not acquire the algorithm lock of experiment {ek.exp_token} "
                         f"within {timeout}s"
-                        + ("" if code == 0 else " (the experiment has no lock record)"))
+                        + ("" if code == 0 else " (the experiment has no lock record)")
+                    )
                 # Woken when our turn comes; polling every retry_interval keeps the lease. The
                 # head also watches the holder's TTL: a dead holder never releases.
                 wait = min(remaining, poll)
@@ -176,15 +196,22 @@ class LockClient:
         try:
             self.scripts.lock_leave(
                 keys=[ek.lock_queue, ek.lock_leases, ek.lock_holder, ek.lock_wake(owner)],
-                args=[owner, ek.lock_wake_prefix, WAKE_TTL_MS])
+                args=[owner, ek.lock_wake_prefix, WAKE_TTL_MS],
+            )
         except Exception as exc:  # noqa: BLE001 - the original error matters more
             log.debug("could not leave the lock queue of %s: %s", ek.exp_token, exc)
 
     def renew(self, ek: ExperimentKeys, token: str) -> bool:
         return int(self.scripts.lock_renew(keys=[ek.lock_holder], args=[token, self.ttl_ms])) == 1
 
-    def _release(self, ek: ExperimentKeys, token: str, new_state, observed: int = 0,
-                 held_since: float | None = None) -> int:
+    def _release(
+        self,
+        ek: ExperimentKeys,
+        token: str,
+        new_state,
+        observed: int = 0,
+        held_since: float | None = None,
+    ) -> int:
         """``held_since``: monotonic time the hold began; its duration up to this release
         (state encoding included) goes to ``{P:E}:holds`` (capped list) for ``orion-redis
         metrics``. None records nothing (a forced release)."""
@@ -192,13 +219,30 @@ class LockClient:
         with no_gc():
             raw = dump_state(new_state, self.secret) if write else b""
         held_ms = None if held_since is None else (time.monotonic() - held_since) * 1000
-        return int(self.scripts.lock_release(
-            keys=[ek.lock, ek.lock_holder, ek.lock_queue, ek.lock_leases,
-                  ek.request(new_request_id()), ek.unobserved, ek.holds],
-            args=[token, "1" if write else "0", raw, REQUEST_TTL, ek.lock_wake_prefix,
-                  WAKE_TTL_MS, observed, "" if held_ms is None else f"{held_ms:.1f}",
-                  HOLDS_KEEP],
-        ))
+        return int(
+            self.scripts.lock_release(
+                keys=[
+                    ek.lock,
+                    ek.lock_holder,
+                    ek.lock_queue,
+                    ek.lock_leases,
+                    ek.request(new_request_id()),
+                    ek.unobserved,
+                    ek.holds,
+                ],
+                args=[
+                    token,
+                    "1" if write else "0",
+                    raw,
+                    REQUEST_TTL,
+                    ek.lock_wake_prefix,
+                    WAKE_TTL_MS,
+                    observed,
+                    "" if held_ms is None else f"{held_ms:.1f}",
+                    HOLDS_KEEP,
+                ],
+            )
+        )
 
     def _state(self, raw, ek: ExperimentKeys):
         if not raw:
@@ -231,8 +275,10 @@ class _Renewer(threading.Thread):
         while not self._stopped.wait(period):
             try:
                 if not self._lock.renew(self._ek, self._token):
-                    log.warning("Lost the algorithm lock of experiment %s (TTL expired).",
-                                self._ek.exp_token)
+                    log.warning(
+                        "Lost the algorithm lock of experiment %s (TTL expired).",
+                        self._ek.exp_token,
+                    )
                     return
             except Exception as exc:  # keep trying: the TTL leaves room for a few failures
                 log.warning("Could not renew the algorithm lock: %s", exc)

@@ -23,6 +23,7 @@ said otherwise:
   ``orion_redis_lock_ttl_seconds`` (the exporter's ``lock_ttl``: give it the fleet's),
   ``orion_redis_scrape_duration_seconds``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -77,8 +78,9 @@ class FleetCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         start = time.perf_counter()
-        up = GaugeMetricFamily("orion_redis_up", "1 if the last scrape read the storage",
-                               labels=["prefix"])
+        up = GaugeMetricFamily(
+            "orion_redis_up", "1 if the last scrape read the storage", labels=["prefix"]
+        )
         with self._lock, fail_fast(self.storage.client):
             # no retries: Prometheus scrapes again anyway, and a scrape that waited out the
             # retry budget of a worker (~10 s) would hit its scrape timeout instead of up=0
@@ -96,28 +98,43 @@ class FleetCollector:
             return GaugeMetricFamily(name, doc, labels=[*LABELS, *extra])
 
         trials = gauge("orion_redis_trials", "trials by status", ["status"])
-        lost = gauge("orion_redis_lost_trials",
-                     "reserved trials whose heartbeat is older than 5 x worker.heartbeat")
-        unobserved = gauge("orion_redis_unobserved_trials",
-                           "completed/released trials waiting to be observed (batched)")
+        lost = gauge(
+            "orion_redis_lost_trials",
+            "reserved trials whose heartbeat is older than 5 x worker.heartbeat",
+        )
+        unobserved = gauge(
+            "orion_redis_unobserved_trials",
+            "completed/released trials waiting to be observed (batched)",
+        )
         held = gauge("orion_redis_lock_held", "1 while a worker holds the algorithm lock")
-        stale = gauge("orion_redis_lock_stale",
-                      "1 if the lock's holder key has no TTL (it would never free itself)")
-        age = gauge("orion_redis_lock_holder_age_seconds",
-                    "seconds since the current holder took the lock (0 when free)")
+        stale = gauge(
+            "orion_redis_lock_stale",
+            "1 if the lock's holder key has no TTL (it would never free itself)",
+        )
+        age = gauge(
+            "orion_redis_lock_holder_age_seconds",
+            "seconds since the current holder took the lock (0 when free)",
+        )
         waiters = gauge("orion_redis_lock_waiters", "workers waiting for the lock (live lease)")
-        acquisitions = CounterMetricFamily("orion_redis_lock_acquisitions",
-                                           "algorithm-lock acquisitions (the lock's fence)",
-                                           labels=list(LABELS))
-        hold = gauge("orion_redis_lock_hold_seconds",
-                     "algorithm-lock hold durations over the recorded holds (quantile 1: max)",
-                     ["quantile"])
-        recorded = gauge("orion_redis_lock_holds_recorded",
-                         "holds the quantiles are computed over (capped list)")
-        per_minute = gauge("orion_redis_completions_per_minute",
-                           "trials completed in the last 60 s (server time)")
-        last = gauge("orion_redis_last_completion_age_seconds",
-                     "seconds since the latest completion")
+        acquisitions = CounterMetricFamily(
+            "orion_redis_lock_acquisitions",
+            "algorithm-lock acquisitions (the lock's fence)",
+            labels=list(LABELS),
+        )
+        hold = gauge(
+            "orion_redis_lock_hold_seconds",
+            "algorithm-lock hold durations over the recorded holds (quantile 1: max)",
+            ["quantile"],
+        )
+        recorded = gauge(
+            "orion_redis_lock_holds_recorded", "holds the quantiles are computed over (capped list)"
+        )
+        per_minute = gauge(
+            "orion_redis_completions_per_minute", "trials completed in the last 60 s (server time)"
+        )
+        last = gauge(
+            "orion_redis_last_completion_age_seconds", "seconds since the latest completion"
+        )
         for row in rows:
             labels = [self.prefix, str(row["experiment"]), str(row["version"])]
             for status in STATUSES:
@@ -133,14 +150,27 @@ class FleetCollector:
             durations = sorted(row["hold_ms"])
             if durations:
                 for q in QUANTILES:
-                    hold.add_metric([*labels, f"{q:g}"],
-                                    round(quantile(durations, q) / 1000, 7))  # 0.1 ms stored
+                    hold.add_metric(
+                        [*labels, f"{q:g}"], round(quantile(durations, q) / 1000, 7)
+                    )  # 0.1 ms stored
             recorded.add_metric(labels, len(durations))
             per_minute.add_metric(labels, row["completed/min"])
             if row["last_completed_age_s"] is not None:
                 last.add_metric(labels, row["last_completed_age_s"])
-        yield from (trials, lost, unobserved, held, stale, age, waiters, acquisitions, hold,
-                    recorded, per_minute, last)
+        yield from (
+            trials,
+            lost,
+            unobserved,
+            held,
+            stale,
+            age,
+            waiters,
+            acquisitions,
+            hold,
+            recorded,
+            per_minute,
+            last,
+        )
 
         def fleet_gauge(name, doc, value):
             family = GaugeMetricFamily(name, doc, labels=["prefix"])
@@ -148,12 +178,16 @@ class FleetCollector:
             return family
 
         yield fleet_gauge("orion_redis_experiments", "experiments under this prefix", len(rows))
-        yield fleet_gauge("orion_redis_lock_ttl_seconds",
-                          "lock_ttl given to the exporter (alert threshold; use the fleet's)",
-                          self.storage._opts.lock_ttl)
-        yield fleet_gauge("orion_redis_scrape_duration_seconds",
-                          "time this scrape took to read the storage",
-                          time.perf_counter() - start)
+        yield fleet_gauge(
+            "orion_redis_lock_ttl_seconds",
+            "lock_ttl given to the exporter (alert threshold; use the fleet's)",
+            self.storage._opts.lock_ttl,
+        )
+        yield fleet_gauge(
+            "orion_redis_scrape_duration_seconds",
+            "time this scrape took to read the storage",
+            time.perf_counter() - start,
+        )
 
 
 def registry(storage):
@@ -183,8 +217,9 @@ def serve(storage, listen: str, ready=None) -> None:
     once the socket listens (port 0: the one the system chose)."""
     prometheus_client = require_client()
     host, port = parse_listen(listen)
-    server, thread = prometheus_client.start_http_server(port, addr=host,
-                                                         registry=registry(storage))
+    server, thread = prometheus_client.start_http_server(
+        port, addr=host, registry=registry(storage)
+    )
     try:
         if ready is not None:
             ready(host, server.server_address[1])

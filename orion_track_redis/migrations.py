@@ -10,6 +10,7 @@ the new layout, a newer one would write what older workers cannot read. ``orion-
 runs :func:`upgrade` once every worker of the older version has stopped. Each step is
 idempotent: an interrupted upgrade is simply run again.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -57,7 +58,7 @@ def _trim_change_log(client, changed: str) -> int:
     if size <= CHANGE_LOG_KEEP:
         return 0
     cut = size - CHANGE_LOG_KEEP
-    (_, floor), = client.zrange(changed, cut - 1, cut - 1, withscores=True)
+    ((_, floor),) = client.zrange(changed, cut - 1, cut - 1, withscores=True)
     floor_key = changed[: -len(":changed")] + ":floor"
     pipe = client.pipeline(transaction=True)
     pipe.zremrangebyrank(changed, 0, cut - 1)
@@ -76,13 +77,18 @@ def stored_version(client, keys: GlobalKeys) -> int | None:
 
 def upgrade(client, keys: GlobalKeys) -> dict:
     """Bring the data under ``keys.prefix`` to :data:`SCHEMA_VERSION`; returns a report."""
-    report = {"from": stored_version(client, keys), "to": SCHEMA_VERSION,
-              "trials_rewritten": 0, "log_entries_trimmed": 0}
+    report = {
+        "from": stored_version(client, keys),
+        "to": SCHEMA_VERSION,
+        "trials_rewritten": 0,
+        "log_entries_trimmed": 0,
+    }
     lock, owner = f"{keys.tag}:upgrading", uuid.uuid4().hex
     if not client.set(lock, owner, nx=True, ex=UPGRADE_LOCK_S):
         raise RedisStorageError(
             f"another upgrade of prefix {keys.prefix!r} is running (key {lock}); wait for it, "
-            f"or delete that key if its process died (it expires after {UPGRADE_LOCK_S} s).")
+            f"or delete that key if its process died (it expires after {UPGRADE_LOCK_S} s)."
+        )
     try:
         version = report["from"]
         if version is None:  # nothing stored yet
@@ -104,7 +110,8 @@ def newer_schema_error(prefix: str, version: int) -> RedisStorageError:
     return RedisStorageError(
         f"the data under prefix {prefix!r} has schema version {version}, newer than this "
         f"orion-track-redis understands ({SCHEMA_VERSION}). Upgrade orion-track-redis on this "
-        "machine (pip install -U orion-track-redis).")
+        "machine (pip install -U orion-track-redis)."
+    )
 
 
 def older_schema_error(prefix: str, version: int, redacted_uri: str) -> RedisStorageError:
@@ -113,4 +120,5 @@ def older_schema_error(prefix: str, version: int, redacted_uri: str) -> RedisSto
         f"orion-track-redis writes ({SCHEMA_VERSION}). Stop every worker of the older version, "
         f"then run once: orion-redis --uri '{redacted_uri}' --prefix '{prefix}' upgrade "
         "(give the password in the URI; it is not shown here). Nothing is lost meanwhile: "
-        "the older version keeps working on this data until then.")
+        "the older version keeps working on this data until then."
+    )

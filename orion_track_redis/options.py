@@ -1,6 +1,7 @@
 """Options of the storage: the accepted names and their types, their validation, and the
 frozen :class:`Options` a storage connects with (uri.py resolves the URI into one).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,22 +38,34 @@ SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password", "sentinel_ssl")
 
 RETRY_OPTIONS = ("retries", "retry_backoff")
 
-_OWN_OPTIONS = {"prefix": str, "lock_ttl": float, "replica_acks": lambda v: _int(v),
-                "replica_ack_timeout": lambda v: _int(v), "accelerate": lambda v: _bool(v),
-                "batch_observe": lambda v: _bool(v), "password_file": str}
+_OWN_OPTIONS = {
+    "prefix": str,
+    "lock_ttl": float,
+    "replica_acks": lambda v: _int(v),
+    "replica_ack_timeout": lambda v: _int(v),
+    "accelerate": lambda v: _bool(v),
+    "batch_observe": lambda v: _bool(v),
+    "password_file": str,
+}
 
 # no replicas to confirm a write: the in-process and embedded servers; Redis Cluster routes each
 # pipelined command by its key, so WAIT (no key) would not reach the node that ran the script
-_NO_REPLICA_ACKS = {"fakeredis": "an in-process server has no replicas",
-                    "embedded": "the embedded server has no replicas",
-                    CLUSTER: "a Cluster pipeline cannot send WAIT to the node of the script's "
-                             "key"}
+_NO_REPLICA_ACKS = {
+    "fakeredis": "an in-process server has no replicas",
+    "embedded": "the embedded server has no replicas",
+    CLUSTER: "a Cluster pipeline cannot send WAIT to the node of the script's key",
+}
 
 # redis-py 8's from_url() retries nothing by default; every write script is retry-safe
 # (request ids), so ride out a restart or failover: 6 retries, back-off 0.25 s doubling to 10 s
 # (about 16 s in all), then a clear ConnectionFailed.
-DEFAULTS = {"socket_timeout": 30.0, "socket_connect_timeout": 10.0, "retries": 6,
-             "retry_backoff": 0.25}
+DEFAULTS = {
+    "socket_timeout": 30.0,
+    "socket_connect_timeout": 10.0,
+    "retries": 6,
+    "retry_backoff": 0.25,
+}
+
 
 def _bool(value) -> bool:
     if isinstance(value, bool):
@@ -64,6 +77,7 @@ def _bool(value) -> bool:
         return False
     raise ValueError(f"{value!r} is not a boolean (use true or false)")
 
+
 def _int(value) -> int:
     """A whole number, strictly: 1.5, True or "2.0" are mistakes, not 1, 1 and 2."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -71,6 +85,7 @@ def _int(value) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
     raise ValueError(f"{value!r} is not a whole number")
+
 
 @dataclasses.dataclass(frozen=True)
 class Options:
@@ -100,6 +115,7 @@ class Options:
     def __repr__(self) -> str:  # never show the password
         return f"Options(url={self.redacted!r}, prefix={self.prefix!r}, source={self.source!r})"
 
+
 def _convert(name: str, value, table: dict):
     try:
         return table[name](value)
@@ -107,6 +123,7 @@ def _convert(name: str, value, table: dict):
         raise ConfigurationError(
             f"option {name}={value!r} is invalid: {exc}. Fix its value in the URI or config."
         ) from None
+
 
 def split_options(query_items, extra: dict) -> tuple[dict, dict]:
     """Separate our options from the connection ones; reject unknown names."""
@@ -125,6 +142,7 @@ def split_options(query_items, extra: dict) -> tuple[dict, dict]:
             )
     return own, conn
 
+
 def validate_own(own: dict) -> None:
     if "prefix" in own:
         validate_prefix(own["prefix"])
@@ -135,26 +153,32 @@ def validate_own(own: dict) -> None:
             "between 1 and 86400 (default 30)."
         )
 
+
 def validate_acks(own: dict, conn: dict, scheme: str) -> None:
     acks, timeout = own.get("replica_acks", 0), own.get("replica_ack_timeout", 1000)
     if acks < 0:
         raise ConfigurationError(
             f"replica_acks={acks} is out of range: give how many replicas must confirm each "
-            "write, 0 (no confirmation, the default) or more.")
+            "write, 0 (no confirmation, the default) or more."
+        )
     if timeout <= 0:
         raise ConfigurationError(
             f"replica_ack_timeout={timeout} is out of range: give the milliseconds a write "
-            "waits for its replica confirmations, more than 0 (default 1000).")
+            "waits for its replica confirmations, more than 0 (default 1000)."
+        )
     # WAIT blocks the reply: a socket that times out first would retry the call instead
     socket_ms = conn.get("socket_timeout", DEFAULTS["socket_timeout"]) * 1000
     if acks and timeout > socket_ms - 1000:
         raise ConfigurationError(
             f"replica_ack_timeout={timeout} ms is too long for socket_timeout="
-            f"{socket_ms / 1000:g} s: make it at least 1 s shorter than socket_timeout.")
+            f"{socket_ms / 1000:g} s: make it at least 1 s shorter than socket_timeout."
+        )
     if acks and scheme in _NO_REPLICA_ACKS:
         raise ConfigurationError(
             f"replica_acks is not supported with {scheme}:// ({_NO_REPLICA_ACKS[scheme]}): "
-            "remove it, or use a standalone primary with replicas or redis+sentinel://.")
+            "remove it, or use a standalone primary with replicas or redis+sentinel://."
+        )
+
 
 def validate_conn(conn: dict) -> None:
     for name in ("socket_timeout", "socket_connect_timeout", "health_check_interval"):
@@ -162,7 +186,8 @@ def validate_conn(conn: dict) -> None:
             raise ConfigurationError(f"{name}={conn[name]} must be a positive number of seconds.")
     if conn.get("retries", 0) < 0 or conn.get("retry_backoff", 0) < 0:
         raise ConfigurationError(
-            "retries and retry_backoff must be >= 0 (a count, and the back-off base in seconds).")
+            "retries and retry_backoff must be >= 0 (a count, and the back-off base in seconds)."
+        )
     # BLPOP on the lock's wake-up list blocks up to ~1 s; a shorter read timeout breaks it
     if conn.get("socket_timeout", 30) < 2:
         raise ConfigurationError(

@@ -5,6 +5,7 @@ matcher (dotted keys, ``$ne``, ``$in``, ``$gte``, ``$gt``, ``$lte``; an unknown 
 ``ValueError`` as there) instead of re-implementing it. Simple top-level equality queries, the
 common case on Oríon's hot paths, skip the flattening it does.
 """
+
 from __future__ import annotations
 
 from orion.core.io.database.ephemeraldb import EphemeralDocument
@@ -13,9 +14,10 @@ _ATOMS = (str, int, float, bool, type(None))
 
 
 def _is_simple(query: dict) -> bool:
-    return all(isinstance(k, str) and "." not in k and not k.startswith("$")
-               and isinstance(v, _ATOMS)
-               for k, v in query.items())
+    return all(
+        isinstance(k, str) and "." not in k and not k.startswith("$") and isinstance(v, _ATOMS)
+        for k, v in query.items()
+    )
 
 
 def matches(doc: dict, query: dict | None) -> bool:

@@ -9,6 +9,7 @@ the package is installed: it imports this module, which installs the hook. The m
 standard library (the package's ``__init__`` imports nothing eagerly), so the start-up cost is
 a regex compile.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,12 +19,13 @@ import re
 # an unescaped "@" or "/" inside a password must not leave its tail visible. Multi-host URIs
 # (redis+sentinel://u:pw@h1:1,h2:2/svc) have one userinfo too. Over-redacting is fine.
 _PASSWORD_IN_URL = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s'\"]*):(?P<pw>[^?#\s'\"]*)@", re.I)
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s'\"]*):(?P<pw>[^?#\s'\"]*)@", re.I
+)
 # password- and secret-like options (sentinel_password=..., state_secret=...) and their
 # keyword, dict and JSON reprs (password='...', 'password': '...', "state_secret": "...")
 _SECRET_OPTION = re.compile(
-    r"(?P<name>\b[a-z_]*(?:password|secret))(?P<sep>=b?'|': b?'|\": \"|=)(?P<pw>[^&\s'\"]*)",
-    re.I)
+    r"(?P<name>\b[a-z_]*(?:password|secret))(?P<sep>=b?'|': b?'|\": \"|=)(?P<pw>[^&\s'\"]*)", re.I
+)
 _HINTS = ("://", "password", "secret", "PASSWORD", "SECRET", "Password", "Secret")
 
 

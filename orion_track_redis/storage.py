@@ -6,6 +6,7 @@ Oríon's docs are silent; raises Oríon's own exceptions (``DuplicateKeyError``,
 ``submit_time``. Every state change of a trial is one Lua script call (see ``lua/``); reads are
 pipelined. The storage pickles (Oríon cloudpickles it for every trial) and reconnects lazily.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,11 +38,11 @@ from .keys import (
     escape,
 )
 from .lock import LockClient
+from .options import Options
 from .scripts import Scripts, name_denial
 from .serverchecks import check_server, server_info
 from .trials import clone as clone_trial
 from .trials import to_doc
-from .options import Options
 from .uri import resolve
 from .writes import TrialWriter
 
@@ -80,8 +81,12 @@ class Redis(BaseStorageProtocol):
     def __init__(self, uri=None, database=None, setup=True, **options):
         install_cli_excepthook()  # before anything here can raise
         self._opts: Options = resolve(uri, database, options)
-        log.info("orion-track-redis: using %s (from %s, prefix %s)",
-                 self._opts.redacted, self._opts.source, self._opts.prefix)
+        log.info(
+            "orion-track-redis: using %s (from %s, prefix %s)",
+            self._opts.redacted,
+            self._opts.source,
+            self._opts.prefix,
+        )
         self._start(self._opts)
         if setup:
             if self._opts.scheme == "rediss":
@@ -103,11 +108,11 @@ class Redis(BaseStorageProtocol):
         self._pid: int | None = None
         self._keys = GlobalKeys(opts.prefix)
         self._eks: dict = {}
-        self._experiments = ExperimentStore(lambda: self.client, lambda: self.scripts,
-                                            self._keys)
+        self._experiments = ExperimentStore(lambda: self.client, lambda: self.scripts, self._keys)
         self._writes = TrialWriter(lambda: self.client, lambda: self.scripts)
-        self._reads = TrialReader(lambda: self.client, lambda: self.scripts,
-                                  fake=opts.scheme == "fakeredis")
+        self._reads = TrialReader(
+            lambda: self.client, lambda: self.scripts, fake=opts.scheme == "fakeredis"
+        )
         self._db = RedisDB(opts)
         self.accelerated_holds = _accelerate(opts)
         self.batched_observation = _batch(opts, self.accelerated_holds)
@@ -117,10 +122,15 @@ class Redis(BaseStorageProtocol):
         # a forked child must not share its parent's sockets
         if self._client is None or self._pid != os.getpid():
             self._client = make_client(self._opts)
-            self._scripts = Scripts(self._client, self._opts.replica_acks,
-                                    self._opts.replica_ack_timeout, self._opts.redacted)
-            self._lock = LockClient(self._client, self._scripts, self._opts.lock_ttl,
-                                    self._opts.state_secret)
+            self._scripts = Scripts(
+                self._client,
+                self._opts.replica_acks,
+                self._opts.replica_ack_timeout,
+                self._opts.redacted,
+            )
+            self._lock = LockClient(
+                self._client, self._scripts, self._opts.lock_ttl, self._opts.state_secret
+            )
             self._pid = os.getpid()
         return self._client
 
@@ -174,8 +184,12 @@ class Redis(BaseStorageProtocol):
         """Insert an experiment (unique name+version and _id) and initialise its lock."""
         with self._guard():
             self._experiments.create(config)
-            self.lock.initialize(self._ek(config["_id"]), config.get("algorithm", {}),
-                                 state=algo_state, locked=bool(algo_locked))
+            self.lock.initialize(
+                self._ek(config["_id"]),
+                config.get("algorithm", {}),
+                state=algo_state,
+                locked=bool(algo_locked),
+            )
         return 1
 
     def fetch_experiments(self, query_, selection=None):
@@ -207,7 +221,8 @@ class Redis(BaseStorageProtocol):
         if rc == -1:
             raise DuplicateKeyError(
                 f"Duplicate key error: index=experiment_1_id_1 value=({doc['experiment']!r}, "
-                f"{trial_id!r})")
+                f"{trial_id!r})"
+            )
         trial.id_override = doc["_id"]
         return trial
 
@@ -240,8 +255,10 @@ class Redis(BaseStorageProtocol):
             rc = self._writes.patch(ek, trial_id, was, fields, new_status=status, score=score)
         if rc != 1:
             raise FailedUpdate(
-                f"trial {trial_id} is not {was!r} in storage" if rc == 0 else
-                f"trial {trial_id} does not exist in storage")
+                f"trial {trial_id} is not {was!r} in storage"
+                if rc == 0
+                else f"trial {trial_id} does not exist in storage"
+            )
         trial.status = status
 
     def update_heartbeat(self, trial):
@@ -278,15 +295,16 @@ class Redis(BaseStorageProtocol):
         """Set fields of every trial matching ``where``; returns the count updated."""
         ek = self._ek(get_uid(experiment, uid))
         with self._guard():
-            return sum(self._writes.apply_update(ek, doc, kwargs)
-                       for doc in self._reads.matching(ek, where))
+            return sum(
+                self._writes.apply_update(ek, doc, kwargs)
+                for doc in self._reads.matching(ek, where)
+            )
 
     def delete_trials(self, experiment=None, uid=None, where=None):
         """Delete the trials matching ``where``; returns the count deleted."""
         ek = self._ek(get_uid(experiment, uid))
         with self._guard():
-            tokens = [escape(d["id"]) for d in self._reads.matching(ek, where)] if where \
-                else None
+            tokens = [escape(d["id"]) for d in self._reads.matching(ek, where)] if where else None
             return self._writes.delete(ek, tokens)
 
     # -- trials: reads (cache.py) -----------------------------------------------------------
@@ -303,8 +321,11 @@ class Redis(BaseStorageProtocol):
         with no_gc():
             if not where:
                 return [clone_trial(trial) for trial in cache.ordered()]
-            return [clone_trial(trial) for trial, doc in cache.ordered_pairs()
-                    if query.matches(doc, where)]
+            return [
+                clone_trial(trial)
+                for trial, doc in cache.ordered_pairs()
+                if query.matches(doc, where)
+            ]
 
     def get_trial(self, trial=None, uid=None, experiment_uid=None):
         trial_uid, experiment_uid = get_trial_uid_and_exp(trial, uid, experiment_uid)
@@ -374,13 +395,16 @@ class Redis(BaseStorageProtocol):
             return self.lock.delete(self._ek(uid))
 
     @contextlib.contextmanager
-    def acquire_algorithm_lock(self, experiment=None, uid=None, timeout=60, retry_interval=1,
-                               backlog=False):
+    def acquire_algorithm_lock(
+        self, experiment=None, uid=None, timeout=60, retry_interval=1, backlog=False
+    ):
         """Hold the algorithm lock (TTL ``lock_ttl``, renewed while held). ``backlog``: the
         held state also carries the trials waiting to be observed (see ``lock.Held``)."""
         uid = get_uid(experiment, uid)
-        with self._guard(), self.lock.hold(self._ek(uid), timeout, retry_interval,
-                                           backlog=backlog) as locked:
+        with (
+            self._guard(),
+            self.lock.hold(self._ek(uid), timeout, retry_interval, backlog=backlog) as locked,
+        ):
             yield locked
 
     # -- batched observation ------------------------------------------------------------------
@@ -393,6 +417,3 @@ class Redis(BaseStorageProtocol):
         """Trials completed or released but not yet observed by the algorithm."""
         with self._guard():
             return self.lock.backlog_length(self._ek(get_uid(experiment, uid)))
-
-
-

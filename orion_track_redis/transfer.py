@@ -12,6 +12,7 @@ Export format (one JSON object per line, values encoded by :mod:`codec`, i.e. wi
     {"kind": "lock", "experiment": <id>, "configuration": {...}, "state": <pickle bytes|null>}
     {"kind": "trial", "doc": {...}}
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,7 @@ def open_spec(spec: str, source: bool = False):
     if spec.startswith("pickleddb:"):
         from orion.storage.legacy import Legacy
 
-        path = spec[len("pickleddb:"):]
+        path = spec[len("pickleddb:") :]
         if source and not os.path.isfile(path):
             raise LookupError(f"no PickledDB file at {path}: check the path after pickleddb:")
         return Legacy(database={"type": "pickleddb", "host": path})
@@ -110,13 +111,20 @@ def copy(source, target, experiment=None, progress=None) -> dict:
         before, after = _counts(source, doc["_id"]), _counts(target, doc["_id"])
         same = before == after
         report["verified"] &= same
-        report["experiments"].append({"name": doc.get("name"), "version": doc.get("version"),
-                                      "copied": copied, "skipped": skipped, "source": before,
-                                      "target": after, "equal": same})
+        report["experiments"].append(
+            {
+                "name": doc.get("name"),
+                "version": doc.get("version"),
+                "copied": copied,
+                "skipped": skipped,
+                "source": before,
+                "target": after,
+                "equal": same,
+            }
+        )
         if progress is not None:
             bar = "#" * int(30 * i / len(docs))
-            print(f"\r[{bar:30}] {i}/{len(docs)} experiments", end="", file=progress,
-                  flush=True)
+            print(f"\r[{bar:30}] {i}/{len(docs)} experiments", end="", file=progress, flush=True)
     if progress is not None and docs:
         print(file=progress)
     return report
@@ -125,13 +133,18 @@ def copy(source, target, experiment=None, progress=None) -> dict:
 def render_report(report) -> str:
     lines = []
     for e in report["experiments"]:
-        lines.append(f"{e['name']}-v{e['version']}: copied {e['copied']}, already there "
-                     f"{e['skipped']}; {'OK' if e['equal'] else 'MISMATCH'}")
+        lines.append(
+            f"{e['name']}-v{e['version']}: copied {e['copied']}, already there "
+            f"{e['skipped']}; {'OK' if e['equal'] else 'MISMATCH'}"
+        )
         for side in ("source", "target"):
             counts = ", ".join(f"{s} {n}" for s, n in e[side].items() if n)
             lines.append(f"  {side:6}: {counts or 'no trials'}")
-    lines.append("verified: counts per status are equal on both sides" if report["verified"]
-                 else "VERIFICATION FAILED: counts per status differ")
+    lines.append(
+        "verified: counts per status are equal on both sides"
+        if report["verified"]
+        else "VERIFICATION FAILED: counts per status differ"
+    )
     return "\n".join(lines)
 
 
@@ -144,9 +157,17 @@ def export_jsonl(storage, path, experiment=None) -> dict:
             out.write(codec.dumps({"kind": "experiment", "doc": doc}) + "\n")
             info = storage.get_algorithm_lock_info(uid=doc["_id"])
             if info is not None:
-                out.write(codec.dumps({"kind": "lock", "experiment": doc["_id"],
-                                       "configuration": info.configuration,
-                                       "state": _pickled(info.state)}) + "\n")
+                out.write(
+                    codec.dumps(
+                        {
+                            "kind": "lock",
+                            "experiment": doc["_id"],
+                            "configuration": info.configuration,
+                            "state": _pickled(info.state),
+                        }
+                    )
+                    + "\n"
+                )
             for trial in storage.fetch_trials(uid=doc["_id"]):
                 out.write(codec.dumps({"kind": "trial", "doc": trial.to_dict()}) + "\n")
                 count["trials"] += 1
@@ -164,8 +185,10 @@ def import_jsonl(storage, path) -> dict:
     with open(path, encoding="utf-8") as lines:
         header = json.loads(next(lines, "{}") or "{}")
         if header.get("format") != FORMAT or header.get("version", 0) > VERSION:
-            raise ValueError(f"{path} is not an orion-redis export of version <= {VERSION} "
-                             f"(header: {header}); export it again with this version")
+            raise ValueError(
+                f"{path} is not an orion-redis export of version <= {VERSION} "
+                f"(header: {header}); export it again with this version"
+            )
         for number, line in enumerate(lines, 2):
             record = codec.loads(line, f"{path} line {number}")
             _import_record(storage, record, count)

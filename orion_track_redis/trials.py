@@ -6,6 +6,7 @@ has the shape Oríon writes (known keys, valid status and value types) and falls
 ``Trial(**doc)`` for anything else, so odd documents keep Oríon's own behaviour and errors.
 tests/test_trials.py checks that both give identical objects.
 """
+
 from __future__ import annotations
 
 from orion.core.worker.trial import Trial
@@ -16,10 +17,18 @@ _STATI = frozenset(Trial.allowed_stati)
 _PARAM_TYPES = frozenset(_Param.allowed_types) | {None}
 _RESULT_TYPES = frozenset(_Result.allowed_types) | {None}
 # keys Trial.__init__ turns into plain slot assignments (or drops: id)
-_SLOT_KEYS = ("experiment", "worker", "heartbeat", "submit_time", "start_time", "end_time",
-              "parent")
-_KNOWN = frozenset((*_SLOT_KEYS, "_id", "id", "id_override", "status", "exp_working_dir",
-                    "params", "results"))
+_SLOT_KEYS = (
+    "experiment",
+    "worker",
+    "heartbeat",
+    "submit_time",
+    "start_time",
+    "end_time",
+    "parent",
+)
+_KNOWN = frozenset(
+    (*_SLOT_KEYS, "_id", "id", "id_override", "status", "exp_working_dir", "params", "results")
+)
 
 
 def _values(cls, items, types):
@@ -60,10 +69,16 @@ def build(doc: dict) -> Trial:
     trial = _new(Trial)
     get = doc.get
     # one statement per slot, not a setattr loop: 3x faster (fetch_trials builds thousands)
-    trial.experiment, trial.worker, trial.heartbeat = get("experiment"), get("worker"), \
-        get("heartbeat")
-    trial.submit_time, trial.start_time, trial.end_time = get("submit_time"), \
-        get("start_time"), get("end_time")
+    trial.experiment, trial.worker, trial.heartbeat = (
+        get("experiment"),
+        get("worker"),
+        get("heartbeat"),
+    )
+    trial.submit_time, trial.start_time, trial.end_time = (
+        get("submit_time"),
+        get("start_time"),
+        get("end_time"),
+    )
     trial.parent = get("parent")
     trial._id = None
     trial._status = status
@@ -100,10 +115,15 @@ def sort_key(trial):
 def to_doc(trial: Trial, trial_id: str) -> dict:
     """``trial.to_dict()`` given the trial's id: to_dict hashes the params twice to get it."""
     doc = {
-        "experiment": trial.experiment, "id": trial_id, "status": trial._status,
-        "worker": trial.worker, "exp_working_dir": trial._exp_working_dir,
-        "heartbeat": trial.heartbeat, "submit_time": trial.submit_time,
-        "start_time": trial.start_time, "end_time": trial.end_time,
+        "experiment": trial.experiment,
+        "id": trial_id,
+        "status": trial._status,
+        "worker": trial.worker,
+        "exp_working_dir": trial._exp_working_dir,
+        "heartbeat": trial.heartbeat,
+        "submit_time": trial.submit_time,
+        "start_time": trial.start_time,
+        "end_time": trial.end_time,
         "results": [{"name": r.name, "type": r._type, "value": r.value} for r in trial._results],
         "params": [{"name": p.name, "type": p._type, "value": p.value} for p in trial._params],
         "parent": trial.parent,

@@ -18,18 +18,13 @@ Accepted forms::
     fakeredis://[name][?options]        (in-process server, for tests and quick trials)
     embedded://[/data/dir][?options]    (the embedded default, explicitly)
 
-Our options (query string, or keyword arguments of the storage config): ``prefix``,
-``lock_ttl`` (seconds), ``replica_acks`` and ``replica_ack_timeout`` (WAIT after every write
-script: how many replicas must confirm it, within how many milliseconds), ``socket_timeout``, ``socket_connect_timeout``, ``health_check_interval``,
-``client_name``, ``db``, ``retries`` and ``retry_backoff`` (redis-py's retry on connection
-errors and timeouts: count, and base of the exponential back-off in seconds), the TLS options
-``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``ssl_check_hostname``
-(with ``rediss://``, or ``ssl=true`` on the Sentinel/Cluster forms), and the Sentinel options
-``sentinel_username``, ``sentinel_password``, ``sentinel_ssl`` (the sentinels' own credentials
-and TLS; the user/password of the URI are the data nodes'). Sentinel and Cluster host lists
-default to ports 26379 and 6379; the Cluster form takes no ``db`` (Cluster has only db 0). The algorithm-state signing secret comes from the
-``state_secret`` keyword or ``ORION_REDIS_STATE_SECRET``, never from the URI (URIs get logged).
+Options (the query string, or keyword arguments of the storage config) are listed, typed and
+validated in options.py; the README's option table says what each does. The algorithm-state
+signing secret comes from the ``state_secret`` keyword or ``ORION_REDIS_STATE_SECRET``, never
+from the URI (URIs get logged). Sentinel and Cluster host lists default to ports 26379 and
+6379; the Cluster form takes no ``db`` (Cluster has only db 0).
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,7 +57,8 @@ MULTI_HOST = (SENTINEL, CLUSTER)
 DEFAULT_PORTS = {SENTINEL: 26379, CLUSTER: 6379}
 ACCEPTED_FORMS = (
     "redis://[user:password@]host[:port][/db][?options], rediss://... (TLS), "
-    "redis+sentinel://[user:password@]host1[:port1][,host2[:port2]...]/service_name[/db][?options], "
+    "redis+sentinel://[user:password@]host1[:port1][,host2[:port2]...]/service_name[/db]"
+    "[?options], "
     "redis+cluster://[user:password@]host1[:port1][,host2[:port2]...][?options], "
     "unix:///path/to/redis.sock[?db=N], fakeredis://[name], embedded://[/data/dir]"
 )
@@ -97,14 +93,18 @@ def _implicit_embedded() -> None:
         raise ConfigurationError(
             f"no Redis URI is configured and {ENV_REQUIRE_URI} forbids the embedded default: "
             "set storage.database.host to redis://... in the Oríon config (with storage type "
-            f"redis), or {ENV_URI}=redis://... in the environment.")
+            f"redis), or {ENV_URI}=redis://... in the environment."
+        )
     if not _warned_embedded:
         _warned_embedded = True
         log.warning(
             "orion-track-redis: no Redis URI configured: using the embedded redis-server of THIS "
             "HOST ONLY; workers on other hosts will not share these experiments. For a fleet, "
             "set storage.database.host (or %s) to redis://..., and %s=1 to make a missing URI "
-            "an error.", ENV_URI, ENV_REQUIRE_URI)
+            "an error.",
+            ENV_URI,
+            ENV_REQUIRE_URI,
+        )
 
 
 def _external_password(own: dict, in_uri: bool) -> str | None:
@@ -137,11 +137,13 @@ def _validate_path_db(path: str, conn: dict, chosen: str) -> None:
     if not text.isdigit():
         raise ConfigurationError(
             f"Redis URI {redact(chosen)!r}: the path must be a database number (/0, /1, ...), "
-            f"not {'/' + text!r}. Accepted forms: {ACCEPTED_FORMS}.")
+            f"not {'/' + text!r}. Accepted forms: {ACCEPTED_FORMS}."
+        )
     if "db" in conn:
         raise ConfigurationError(
             f"Redis URI {redact(chosen)!r} gives the database twice (path /{text} and "
-            f"db={conn['db']}): keep one of them.")
+            f"db={conn['db']}): keep one of them."
+        )
 
 
 def resolve(uri=None, database=None, options: dict | None = None) -> Options:
@@ -196,7 +198,8 @@ def resolve(uri=None, database=None, options: dict | None = None) -> Options:
             raise ConfigurationError(
                 f"option {name} only applies to {SENTINEL}:// (sentinel_*) or to the "
                 f"{SENTINEL}:// and {CLUSTER}:// forms (ssl); with {scheme}:// "
-                + ("use rediss:// for TLS." if name == "ssl" else "remove it."))
+                + ("use rediss:// for TLS." if name == "ssl" else "remove it.")
+            )
     # urlunsplit drops "//" when there is no host (embedded://, fakeredis://): build it ourselves
     base = f"{scheme}://{parts.netloc}{parts.path}"
     return Options(
@@ -214,7 +217,8 @@ def _host_port(item: str, scheme: str, chosen: str) -> tuple[str, int]:
     """``host``, ``host:port`` or ``[v6]:port`` of a host list."""
     bad = ConfigurationError(
         f"malformed host {item!r} in Redis URI {redact(chosen)!r}: use host[:port] entries "
-        f"separated by commas. Accepted forms: {ACCEPTED_FORMS}.")
+        f"separated by commas. Accepted forms: {ACCEPTED_FORMS}."
+    )
     if item.startswith("["):
         host, _, rest = item[1:].partition("]")
         port_text = rest[1:] if rest.startswith(":") else ("" if not rest else None)
@@ -245,7 +249,8 @@ def _resolve_multi_host(chosen: str, scheme: str, source: str, options: dict, se
         password = unquote(pw_text) if colon else None
     if not hostlist:
         raise ConfigurationError(
-            f"Redis URI {redact(chosen)!r} has no host. Accepted forms: {ACCEPTED_FORMS}.")
+            f"Redis URI {redact(chosen)!r} has no host. Accepted forms: {ACCEPTED_FORMS}."
+        )
     hosts = tuple(_host_port(item.strip(), scheme, chosen) for item in hostlist.split(","))
     own, conn = split_options(parse_qsl(query, keep_blank_values=True), options)
     external = _external_password(own, password is not None)
@@ -260,12 +265,14 @@ def _resolve_multi_host(chosen: str, scheme: str, source: str, options: dict, se
             raise ConfigurationError(
                 f"Redis URI {redact(chosen)!r} names no Sentinel service: use "
                 f"{SENTINEL}://host1:26379,host2:26379/<service_name>[/db]. "
-                f"Accepted forms: {ACCEPTED_FORMS}.")
+                f"Accepted forms: {ACCEPTED_FORMS}."
+            )
         service = unquote(segments[0])
         if len(segments) > 2 or (len(segments) == 2 and segments[1] and not segments[1].isdigit()):
             raise ConfigurationError(
                 f"Redis URI {redact(chosen)!r}: after the service name only a database number "
-                f"may follow (/service_name/0). Accepted forms: {ACCEPTED_FORMS}.")
+                f"may follow (/service_name/0). Accepted forms: {ACCEPTED_FORMS}."
+            )
         if len(segments) == 2 and segments[1]:
             conn["db"] = int(segments[1])
     else:
@@ -273,18 +280,21 @@ def _resolve_multi_host(chosen: str, scheme: str, source: str, options: dict, se
             raise ConfigurationError(
                 f"Redis URI {redact(chosen)!r} has a path, but Redis Cluster has no databases "
                 f"nor services: use {CLUSTER}://host1:port1,host2:port2[?options]. "
-                f"Accepted forms: {ACCEPTED_FORMS}.")
+                f"Accepted forms: {ACCEPTED_FORMS}."
+            )
         if conn.get("db"):
             raise ConfigurationError("Redis Cluster has only database 0: remove the db option.")
         conn.pop("db", None)
         for name in SENTINEL_OPTIONS:
             if name in conn:
                 raise ConfigurationError(
-                    f"option {name} only applies to {SENTINEL}:// URIs, not {CLUSTER}://.")
+                    f"option {name} only applies to {SENTINEL}:// URIs, not {CLUSTER}://."
+                )
     if not conn.get("ssl"):
         for name in [k for k in conn if k.startswith("ssl_")]:
             raise ConfigurationError(
-                f"option {name} needs TLS: add ssl=true to the {scheme}:// URI.")
+                f"option {name} needs TLS: add ssl=true to the {scheme}:// URI."
+            )
     if fragment:
         raise ConfigurationError(f"Redis URI {redact(chosen)!r} has a #fragment: remove it.")
     return Options(

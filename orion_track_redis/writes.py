@@ -2,6 +2,7 @@
 compare-and-set of ``update_trial.lua``, delete), with the request ids that make a retried
 call idempotent. ``storage.Redis`` validates, raises Oríon's exceptions and calls these inside
 its error boundary."""
+
 from __future__ import annotations
 
 from orion.core.worker.trial import Trial, validate_status
@@ -42,48 +43,82 @@ class TrialWriter:
     def register(self, ek: ExperimentKeys, doc: dict, trial_token: str) -> int:
         """1 registered, -1 a trial with this id exists."""
         pairs, _ = codec.encode_trial(codec.checked(doc))
-        return int(self._scripts().register_trial(
-            keys=[ek.trial_prefix + trial_token, ek.all, ek.status(doc["status"]), ek.rev,
-                  ek.changed, ek.request(new_request_id()), ek.floor],
-            args=[trial_token, score_of(doc), REQUEST_TTL, CHANGE_LOG_KEEP, *pairs],
-        ))
+        return int(
+            self._scripts().register_trial(
+                keys=[
+                    ek.trial_prefix + trial_token,
+                    ek.all,
+                    ek.status(doc["status"]),
+                    ek.rev,
+                    ek.changed,
+                    ek.request(new_request_id()),
+                    ek.floor,
+                ],
+                args=[trial_token, score_of(doc), REQUEST_TTL, CHANGE_LOG_KEEP, *pairs],
+            )
+        )
 
     def reserve(self, ek: ExperimentKeys) -> list:
         """reserve_trial.lua's reply: [token, field, value, ...] of the reserved trial, or
         shorter when no trial is pending."""
         request = new_request_id()  # a retried EVALSHA carries it again: same trial back
         return self._scripts().reserve_trial(
-            keys=[*(ek.status(s) for s in PENDING), ek.status("reserved"),
-                  ek.request(request), ek.rev, ek.changed],
-            args=[ek.trial_prefix, codec.dumps("reserved"), codec.dumps(codec.utcnow()),
-                  REQUEST_TTL],
+            keys=[
+                *(ek.status(s) for s in PENDING),
+                ek.status("reserved"),
+                ek.request(request),
+                ek.rev,
+                ek.changed,
+            ],
+            args=[
+                ek.trial_prefix,
+                codec.dumps("reserved"),
+                codec.dumps(codec.utcnow()),
+                REQUEST_TTL,
+            ],
         )
 
-    def patch(self, ek: ExperimentKeys, trial_id, expected: str, fields, new_status=None,
-              score: str = "") -> int:
+    def patch(
+        self, ek: ExperimentKeys, trial_id, expected: str, fields, new_status=None, score: str = ""
+    ) -> int:
         """One update_trial.lua call: 1 updated, 0 status differs, -1 no such trial.
         ``fields``: a document, or ready (pairs, trims) for our own fixed fields."""
         trial_token = escape(trial_id)
         if type(fields) is not tuple:
             fields = codec.encode_trial(codec.checked(fields))
         pairs, trims = fields
-        return int(self._scripts().update_trial(
-            keys=[ek.trial_prefix + trial_token, ek.status(expected),
-                  ek.status(new_status or expected),
-                  ek.rev, ek.changed, ek.request(new_request_id())],
-            args=[trial_token, codec.dumps(expected),
-                  codec.dumps(new_status) if new_status else "", score, REQUEST_TTL,
-                  ";".join(trims), *pairs],
-        ))
+        return int(
+            self._scripts().update_trial(
+                keys=[
+                    ek.trial_prefix + trial_token,
+                    ek.status(expected),
+                    ek.status(new_status or expected),
+                    ek.rev,
+                    ek.changed,
+                    ek.request(new_request_id()),
+                ],
+                args=[
+                    trial_token,
+                    codec.dumps(expected),
+                    codec.dumps(new_status) if new_status else "",
+                    score,
+                    REQUEST_TTL,
+                    ";".join(trims),
+                    *pairs,
+                ],
+            )
+        )
 
     def apply_update(self, ek: ExperimentKeys, doc: dict, changes: dict) -> int:
         """Mongo ``$set`` of ``changes`` on a stored trial, if its status did not change
         meanwhile; 1 or 0."""
         new_status = changes.get("status")
         if "status" in changes and new_status is None:
-            raise ValueError("status None cannot be stored: give one of "
-                             f"{Trial.allowed_stati} (Legacy would store None and then "
-                             "never reserve nor count the trial)")
+            raise ValueError(
+                "status None cannot be stored: give one of "
+                f"{Trial.allowed_stati} (Legacy would store None and then "
+                "never reserve nor count the trial)"
+            )
         if new_status is not None:
             validate_status(new_status)
         new = query.apply_set(doc, changes)
@@ -99,10 +134,17 @@ class TrialWriter:
             tokens = [t.decode() for t in self._client().zrange(ek.all, 0, -1)]
         deleted = 0
         for start in range(0, len(tokens), DELETE_BATCH):
-            batch = tokens[start:start + DELETE_BATCH]
-            deleted += int(self._scripts().delete_trials(
-                keys=[ek.all, *(ek.status(s) for s in STATUSES), ek.rev, ek.changed,
-                      *(ek.trial_prefix + t for t in batch)],
-                args=batch,
-            ))
+            batch = tokens[start : start + DELETE_BATCH]
+            deleted += int(
+                self._scripts().delete_trials(
+                    keys=[
+                        ek.all,
+                        *(ek.status(s) for s in STATUSES),
+                        ek.rev,
+                        ek.changed,
+                        *(ek.trial_prefix + t for t in batch),
+                    ],
+                    args=batch,
+                )
+            )
         return deleted
