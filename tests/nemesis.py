@@ -37,6 +37,7 @@ from pathlib import Path
 
 import redis
 
+from helpers import hunt_config
 from orion_track_redis import Redis, codec
 from orion_track_redis.keys import STATUSES
 
@@ -310,14 +311,10 @@ class Fleet:
         self.workers: list[Worker] = []
 
     def _config(self, index: int, uri: str) -> Path:
-        path = self.workdir / f"orion_config-{index}.yaml"
-        path.write_text(
-            "storage:\n  type: redis\n  database:\n"
-            f"    host: \"{uri}\"\n"
-            f"experiment:\n  working_dir: \"{self.workdir / 'trials'}\"\n"
-            "  algorithms:\n    random:\n      seed: null\n"
-            f"worker:\n  heartbeat: {self.heartbeat_s}\n  idle_timeout: {self.idle_timeout}\n")
-        return path
+        return hunt_config(self.workdir / f"orion_config-{index}.yaml", uri,
+                           self.workdir / "trials",
+                           worker={"heartbeat": self.heartbeat_s,
+                                   "idle_timeout": self.idle_timeout})
 
     def launch(self, uri: str, index: int | None = None, wrap=None, sleep_s=None) -> Worker:
         """Start one worker (index: reuse a dead worker's slot, e.g. after a SIGKILL)."""
@@ -397,10 +394,12 @@ class Fleet:
         return lines
 
     def read_runs(self) -> list[dict]:
+        """Every objective run, in the order they started (the checks read a trial's earlier
+        runners as those before its last run: file order, by worker, is not time order)."""
         out = []
         for path in sorted(self.runs.glob("runs-*.jsonl")):
             out += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return out
+        return sorted(out, key=lambda run: run["start"])
 
     def outcomes(self) -> list[dict]:
         return [{"index": w.index, "exit": w.proc.returncode, "killed": w.killed,
