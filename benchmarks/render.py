@@ -189,6 +189,19 @@ def _pct(v, digits=0):
     return "n/a" if v is None else f"{v:.{digits}%}"
 
 
+def _label(ax, title, xlabel, ylabel, xscale=None, yscale=None, **legend):
+    """Title, axis labels and scales, and a small legend, of one panel of the plot."""
+    if xscale:
+        ax.set_xscale(xscale)
+    if yscale:
+        ax.set_yscale(yscale)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, **legend)
+
+
 def plot(res, path):
     import matplotlib
 
@@ -210,10 +223,7 @@ def plot(res, path):
         ax.bar([i + (j - 1.5) * width for i in range(len(OPS))], vals, width,
                color=colors[backend], label=labels[backend])
     ax.set_xticks(range(len(OPS)), [op.replace("_", "\n", 1) for op in OPS], fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("median latency, 1 process (µs)")
-    ax.set_title("Hot-path latency")
-    ax.legend(fontsize=7)
+    _label(ax, "Hot-path latency", None, "median latency, 1 process (µs)", yscale="log")
     ax = axes[0][1]
     for backend in ("redis", "bare", "pickleddb"):
         for op, style in zip(OPS, ("-", "--", ":", "-.", (0, (1, 3)))):
@@ -222,11 +232,7 @@ def plot(res, path):
             ax.plot(procs, vals, linestyle=style, marker="o", markersize=3,
                     color=colors[backend], label=f"{labels[backend]}" if op == OPS[0] else None)
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("processes")
-    ax.set_ylabel("aggregate calls/s")
-    ax.set_title("Throughput (line style = call)")
-    ax.legend(fontsize=7)
+    _label(ax, "Throughput (line style = call)", "processes", "aggregate calls/s", yscale="log")
     ax = axes[0][2]
     fetch = res["fetch_trials"]["rows"]
     for backend, kind, style in (("redis", "cold", "o-"), ("redis", "repeated, 1% changed", "s-"),
@@ -236,32 +242,22 @@ def plot(res, path):
                      if r["backend"] == backend and r["kind"] == kind)
         if pts:
             ax.plot(*zip(*pts), style, color=colors[backend], label=f"{labels[backend]} {kind}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("trials in the experiment")
-    ax.set_ylabel("fetch_trials median (ms)")
-    ax.set_title("fetch_trials")
-    ax.legend(fontsize=7)
+    _label(ax, "fetch_trials", "trials in the experiment", "fetch_trials median (ms)",
+           xscale="log", yscale="log")
     ax = axes[1][0]
     growth = res["per_call_growth"]["rows"]
     for op in dict.fromkeys(r["op"] for r in growth):
         pts = sorted((r["trials"], r["median_us"]) for r in growth if r["op"] == op)
         ax.plot(*zip(*pts), "o-", label=op)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("trials in the experiment")
-    ax.set_ylabel("median µs per call")
-    ax.set_title("Per-call cost vs experiment size")
-    ax.legend(fontsize=7)
+    _label(ax, "Per-call cost vs experiment size", "trials in the experiment",
+           "median µs per call", xscale="log", yscale="log")
     ax = axes[1][1]
     samples = res["lock_handoff"]["handoff_samples_ms"]
     if samples:
         ax.hist(samples, bins=60, color="tab:red")
     ax.axvline(5.0, color="black", linestyle="--", label="target median 5 ms")
-    ax.set_xlabel("hand-off delay (ms)")
-    ax.set_ylabel("count")
-    ax.set_title(f"Algorithm-lock hand-off, {res['lock_handoff']['procs']} processes")
-    ax.legend(fontsize=7)
+    _label(ax, f"Algorithm-lock hand-off, {res['lock_handoff']['procs']} processes",
+           "hand-off delay (ms)", "count")
     ax = axes[1][2]
     fleet, bound = res["fleet"], res["fleet_bound"]
     ax.bar(["ours", "Legacy+PickledDB"], [fleet["redis"]["first_k_trials_per_s"] or 0,
@@ -269,9 +265,8 @@ def plot(res, path):
            color=[colors["redis"], colors["pickleddb"]])
     ax.axhline(bound["ceiling_trials_per_s"]["ephemeraldb"], color="black", linestyle="--",
                label=f"lock ceiling, zero-I/O storage ({bound['anatomy_trials']} trials)")
-    ax.set_ylabel(f"trials/s over the first {fleet['redis']['first_k']} trials")
-    ax.set_title(f"Fleet of {fleet['redis']['workers']} `orion hunt` workers")
-    ax.legend(fontsize=7, loc="lower right")
+    _label(ax, f"Fleet of {fleet['redis']['workers']} `orion hunt` workers", None,
+           f"trials/s over the first {fleet['redis']['first_k']} trials", loc="lower right")
     cpu = fleet["profile"].get("cpu")
     if cpu:
         ax.text(0.98, 0.95, f"storage = {cpu['storage_share']:.1%} of a worker's CPU",

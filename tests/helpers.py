@@ -58,3 +58,17 @@ class Exp:
     @property
     def id(self):
         return self._id
+
+
+def hunt_config(path, uri: str, working_dir, seed=None, worker: dict | None = None):
+    """Write an `orion hunt --config` file for this backend at ``path`` and return it: the URI
+    as ``database.host`` (Oríon 0.2.7 drops any other key of ``storage`` on this path), random
+    search, and a ``working_dir`` shared by the fleet (without one, a worker that stops deletes
+    the directories of trials other workers still run: they end broken)."""
+    text = (f'storage:\n  type: redis\n  database:\n    host: "{uri}"\n'
+            f'experiment:\n  working_dir: "{working_dir}"\n'
+            f"  algorithms:\n    random:\n      seed: {'null' if seed is None else seed}\n")
+    if worker:
+        text += "worker:\n" + "".join(f"  {key}: {value}\n" for key, value in worker.items())
+    path.write_text(text)
+    return path

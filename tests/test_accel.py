@@ -40,7 +40,7 @@ from orion.core.worker.trial import Trial
 from orion_track_redis import accel, codec
 from orion_track_redis.lock import Held, LockClient
 from orion_track_redis.statecodec import load_state
-from helpers import FIDELITY_SPACE, FLAT_SPACE, REAL_SPACE
+from helpers import FIDELITY_SPACE, FLAT_SPACE, REAL_SPACE, hunt_config
 
 SECRET = "accel-test-secret"  # MOFA's state holds scipy objects: signed states only
 # name -> (algorithm config, space, steps)
@@ -384,10 +384,7 @@ def test_accelerated_fleet_completes_and_observes_every_trial_once(redis_server,
     examples = Path(__file__).resolve().parent.parent / "examples"
     prefix = f"accel-fleet-{uuid.uuid4().hex[:8]}"
     uri = f"{redis_server.url}/0?prefix={prefix}"
-    config = tmp_path / "orion_config.yaml"
-    config.write_text(f'storage:\n  type: redis\n  database:\n    host: "{uri}"\n'
-                      f"experiment:\n  working_dir: \"{tmp_path / 'trials'}\"\n"
-                      "  algorithms:\n    random:\n      seed: null\n")
+    config = hunt_config(tmp_path / "orion_config.yaml", uri, tmp_path / "trials")
     cmd = [str(Path(sys.executable).with_name("orion")), "hunt", "--config", str(config),
            "-n", "accel-fleet", "--max-trials", "40", sys.executable,
            str(examples / "objective.py"), "-x~uniform(-5, 5)", "-y~uniform(-5, 5)"]

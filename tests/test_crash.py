@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import hunt_config
 from orion_track_redis import Redis
 
 pytestmark = pytest.mark.slow
@@ -21,15 +22,8 @@ ORION = str(Path(sys.executable).with_name("orion"))
 
 
 def _config(tmp_path, uri, heartbeat) -> Path:
-    path = tmp_path / "orion_config.yaml"
-    path.write_text(
-        "storage:\n  type: redis\n  database:\n"
-        f"    host: \"{uri}\"\n"
-        f"experiment:\n  working_dir: \"{tmp_path / 'trials'}\"\n"
-        "  algorithms:\n    random:\n      seed: null\n"
-        f"worker:\n  heartbeat: {heartbeat}\n  idle_timeout: 120\n"
-    )
-    return path
+    return hunt_config(tmp_path / "orion_config.yaml", uri, tmp_path / "trials",
+                       worker={"heartbeat": heartbeat, "idle_timeout": 120})
 
 
 class _Exp:

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from helpers import hunt_config
 from orion_track_redis import Redis
 from orion_track_redis.testing import free_port
 
@@ -129,13 +130,7 @@ def _wait_http(url: str, proc, timeout: float = 60) -> bytes:
 
 def _hunt(tmp_path, uri) -> None:
     """Two `orion hunt` workers, 10 trials, on the redis-server of the fixtures."""
-    config = tmp_path / "orion_config.yaml"
-    config.write_text(
-        "storage:\n  type: redis\n  database:\n"
-        f"    host: \"{uri}\"\n"
-        "experiment:\n"
-        f"  working_dir: \"{tmp_path / 'trials'}\"\n"
-        "  algorithms:\n    random:\n      seed: 7\n")
+    config = hunt_config(tmp_path / "orion_config.yaml", uri, tmp_path / "trials", seed=7)
     cmd = [str(BIN / "orion"), "hunt", "--config", str(config), "-n", NAME, "--max-trials",
            "10", sys.executable, str(EXAMPLES / "objective.py"), "-x~uniform(-5, 5)",
            "-y~uniform(-5, 5)"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import hunt_config
 from orion_track_redis import Redis
 from orion_track_redis.cli import main
 
@@ -22,19 +23,7 @@ ORION = str(Path(sys.executable).with_name("orion"))
 
 
 def _config(tmp_path, uri) -> Path:
-    path = tmp_path / "orion_config.yaml"
-    path.write_text(
-        "storage:\n"
-        "  type: redis\n"
-        "  database:\n"
-        f"    host: \"{uri}\"\n"
-        "experiment:\n"
-        f"  working_dir: \"{tmp_path / 'trials'}\"\n"
-        "  algorithms:\n"
-        "    random:\n"
-        "      seed: null\n"
-    )
-    return path
+    return hunt_config(tmp_path / "orion_config.yaml", uri, tmp_path / "trials")
 
 
 def _orion(uri, *args, timeout=300):

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import Exp, create_experiment, make_trial
+from helpers import Exp, create_experiment, hunt_config, make_trial
 
 from orion_track_redis import Redis
 from orion_track_redis import lock as lock_module
@@ -224,14 +224,7 @@ def test_alert_rules_fire_as_documented():
 
 
 def _hunt_config(tmp_path, uri) -> Path:
-    path = tmp_path / "orion_config.yaml"
-    path.write_text(
-        "storage:\n  type: redis\n  database:\n"
-        f"    host: \"{uri}\"\n"
-        "experiment:\n"
-        f"  working_dir: \"{tmp_path / 'trials'}\"\n"
-        "  algorithms:\n    random:\n      seed: null\n")
-    return path
+    return hunt_config(tmp_path / "orion_config.yaml", uri, tmp_path / "trials")
 
 
 def _start_exporter(uri):

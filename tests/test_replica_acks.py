@@ -299,17 +299,7 @@ def own_sentinel(tmp_path):
 
 def _promoted(deployment, old, timeout=45.0):
     """The new primary's address once the sentinels agree on it and it runs as a primary."""
-    def check():
-        new = deployment.master_address()
-        if new == old or not deployment._all_agree(new):
-            return None
-        client = deployment._node(new).client(socket_timeout=2)
-        try:
-            return new if client.info("replication")["role"] == "master" else None
-        finally:
-            client.close()
-
-    return _wait_for(check, timeout, "Sentinel to promote the replica")
+    return deployment.wait_promoted(old, timeout)
 
 
 def _sentinel_uri(deployment, acks):

@@ -251,6 +251,23 @@ class SentinelDeployment:
     def _node(self, address: tuple[str, int]) -> RedisServer:
         return next(s for s in [self.primary, *self.replicas] if s.port == address[1])
 
+    def promoted_from(self, old: tuple[str, int]) -> tuple[str, int] | None:
+        """The new primary's address once every sentinel names one other than ``old`` and it
+        runs as a primary; None until then."""
+        new = self.master_address()
+        if new == old or not self._all_agree(new):
+            return None
+        client = self._node(new).client(socket_timeout=2)
+        try:
+            return new if client.info("replication").get("role") == "master" else None
+        finally:
+            client.close()
+
+    def wait_promoted(self, old: tuple[str, int], timeout: float = 30.0) -> tuple[str, int]:
+        """``promoted_from(old)``, waited for (a failover, planned or not)."""
+        return wait_for(lambda: self.promoted_from(old), timeout,
+                        "the failover to promote a replica", interval=0.1)
+
     def failover(self, timeout: float = 30.0, pause_writes: bool = False) -> tuple[str, int]:
         """``SENTINEL FAILOVER``; returns the new primary's address once a replica is promoted
         and the sentinels agree on it.
@@ -284,18 +301,8 @@ class SentinelDeployment:
         finally:
             client.close()
 
-        def promoted():
-            new = self.master_address()
-            if new == old or not self._all_agree(new):
-                return None
-            c = self._node(new).client(socket_timeout=2)
-            try:
-                return new if c.info("replication").get("role") == "master" else None
-            finally:
-                c.close()
-
         try:
-            new = wait_for(promoted, timeout, "the failover to promote a replica", interval=0.1)
+            new = self.wait_promoted(old, timeout)
             if pause_writes:
                 # demote the old primary now (the sentinels would only do it seconds later):
                 # its paused writers then get READONLY and retry on the new primary
