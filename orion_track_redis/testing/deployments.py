@@ -265,8 +265,12 @@ class SentinelDeployment:
 
     def wait_promoted(self, old: tuple[str, int], timeout: float = 30.0) -> tuple[str, int]:
         """``promoted_from(old)``, waited for (a failover, planned or not)."""
-        return wait_for(lambda: self.promoted_from(old), timeout,
-                        "the failover to promote a replica", interval=0.1)
+        return wait_for(
+            lambda: self.promoted_from(old),
+            timeout,
+            "the failover to promote a replica",
+            interval=0.1,
+        )
 
     def failover(self, timeout: float = 30.0, pause_writes: bool = False) -> tuple[str, int]:
         """``SENTINEL FAILOVER``; returns the new primary's address once a replica is promoted
