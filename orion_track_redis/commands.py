@@ -29,12 +29,13 @@ def connect(args, setup=True, start=False) -> Redis:
     import orion.core
 
     from . import embedded
-    from .uri import resolve
 
     _warn_unselected_backend(orion.core.config.storage.type)
     options = {"prefix": args.prefix} if args.prefix else {}
     database = orion.core.config.storage.database.to_dict()
-    opts = resolve(args.uri, database, dict(options))
+    # resolved once (a password file is read once); nothing connects before the check below
+    storage = Redis(uri=args.uri, database=database, setup=False, **options)
+    opts = storage._opts
     data_dir = opts.url.split("://", 1)[1] or None
     if opts.scheme == "embedded" and not start and not embedded.is_running(data_dir):
         raise NoServer(
@@ -43,7 +44,9 @@ def connect(args, setup=True, start=False) -> Redis:
             "does not start it. Give --uri redis://..., configure Oríon's storage "
             "(storage.database.host), or start the embedded server with a hunt."
         )
-    return Redis(uri=args.uri, database=database, setup=setup, **options)
+    if setup:
+        storage.set_up()
+    return storage
 
 
 def _warn_unselected_backend(storage_type) -> None:

@@ -89,10 +89,7 @@ class Redis(BaseStorageProtocol):
         )
         self._start(self._opts)
         if setup:
-            if self._opts.scheme == "rediss":
-                refuse_plain_server_for_tls(self._opts)
-            with self._guard(), fail_fast(self.client):
-                self._setup()
+            self.set_up()
 
     # -- connection, pickling ----------------------------------------------------------------
     def __getstate__(self):
@@ -146,6 +143,16 @@ class Redis(BaseStorageProtocol):
 
     def _guard(self):
         return translate_errors(self._opts.redacted, name_denial)
+
+    def set_up(self) -> None:
+        """Check the server once, without retries (a wrong host or password fails at once):
+        TLS spoken where asked, version, eviction and persistence, schema version (written on
+        a fresh database). ``Redis(setup=True)`` runs it; a caller that must look at the
+        resolved options first constructs with ``setup=False``, then calls it."""
+        if self._opts.scheme == "rediss":
+            refuse_plain_server_for_tls(self._opts)
+        with self._guard(), fail_fast(self.client):
+            self._setup()
 
     def _setup(self):
         if self._opts.scheme != "fakeredis":  # fakeredis has no INFO
