@@ -32,6 +32,15 @@ key                             type      content
                                           expires by itself
 ``{P:E}:unobserved``            list      trials completed/released but not yet observed by
                                           the algorithm (batched observation), oldest first
+``{P:E}:leases``                zset      reserved T -> end of its reservation lease (server
+                                          seconds), renewed by the holding worker (lease.py)
+``{P:E}:holders``               hash      reserved T -> "<holder id> <JSON: host, pid, Slurm
+                                          job and task, since>" of the worker holding it
+``{P:E}:lease_clock``           hash      last: server time of the last renewal by any
+                                          worker; resumed: end of the last gap without any
+``{P:E}:recoveries``            list      JSON records of trials recovered from a dead
+                                          holder, newest first (the last 100)
+``{P:E}:recovered``             string    count of recovered trials (all time)
 ``{P:E}:holds``                 list      durations (ms) of the last HOLDS_KEEP algorithm-lock
                                           holds, newest first (``orion-redis metrics``)
 ==============================  ========  ==================================================
@@ -224,6 +233,26 @@ class ExperimentKeys:
     @cached_property
     def unobserved(self) -> str:
         return f"{self.tag}:unobserved"
+
+    @cached_property
+    def leases(self) -> str:
+        return f"{self.tag}:leases"
+
+    @cached_property
+    def holders(self) -> str:
+        return f"{self.tag}:holders"
+
+    @cached_property
+    def lease_clock(self) -> str:
+        return f"{self.tag}:lease_clock"
+
+    @cached_property
+    def recoveries(self) -> str:
+        return f"{self.tag}:recoveries"
+
+    @cached_property
+    def recovered(self) -> str:
+        return f"{self.tag}:recovered"
 
     @cached_property
     def holds(self) -> str:

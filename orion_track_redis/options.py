@@ -46,6 +46,9 @@ _OWN_OPTIONS = {
     "accelerate": lambda v: _bool(v),
     "batch_observe": lambda v: _bool(v),
     "password_file": str,
+    "lease": float,
+    "stop_grace": float,
+    "trap_signals": lambda v: _bool(v),
 }
 
 # no replicas to confirm a write: the in-process and embedded servers; Redis Cluster routes each
@@ -100,6 +103,9 @@ class Options:
     replica_ack_timeout: int = 1000  # milliseconds WAIT blocks for them
     accelerate: bool = True  # copy-free algorithm-lock holds (accel.py) where verified
     batch_observe: bool = True  # completions observed by the next hold (needs accelerate)
+    lease: float = 30.0  # seconds a reservation survives its worker's last renewal (lease.py)
+    stop_grace: float = 10.0  # seconds a stopping worker's objective gets before SIGKILL
+    trap_signals: bool = True  # stop cleanly on SIGTERM/SIGUSR1/SIGUSR2 (shutdown.py)
     connection: tuple = ()  # (name, value) pairs of connection options for redis-py
     state_secret: bytes | None = dataclasses.field(default=None, repr=False)
     # Sentinel/Cluster forms only: the host list, the Sentinel service, the data nodes' account
@@ -151,6 +157,19 @@ def validate_own(own: dict) -> None:
         raise ConfigurationError(
             f"lock_ttl={ttl} is out of range: give the algorithm-lock TTL in seconds, "
             "between 1 and 86400 (default 30)."
+        )
+    lease = own.get("lease")
+    if lease is not None and lease != 0 and not 3 <= lease <= 86400:
+        raise ConfigurationError(
+            f"lease={lease} is out of range: give the seconds a reservation survives a dead "
+            "worker, between 3 and 86400 (default 30), or 0 to rely on Oríon's heartbeat alone."
+        )
+    grace = own.get("stop_grace")
+    if grace is not None and not 0 <= grace <= 3600:
+        raise ConfigurationError(
+            f"stop_grace={grace} is out of range: give the seconds a stopping worker's objective "
+            "gets between SIGTERM and SIGKILL, 0 to 3600 (default 10; keep it below Slurm's "
+            "KillWait)."
         )
 
 

@@ -31,6 +31,7 @@ NAMES = (
     "update_trial",
     "delete_trials",
     "lost_trials",
+    "lease_renew",
     "fetch_docs",
     "fetch_changes",
     "lock_init",

@@ -14,7 +14,6 @@ import datetime
 import logging
 import os
 
-import orion.core
 from orion.core.io.database import DuplicateKeyError
 from orion.core.worker.trial import Trial, validate_status
 from orion.storage.base import (
@@ -24,7 +23,7 @@ from orion.storage.base import (
     get_uid,
 )
 
-from . import accel, codec, migrations, query
+from . import accel, codec, lease, migrations, query, shutdown
 from .cache import TrialReader, indexed
 from .connection import RedisDB, fail_fast, make_client, refuse_plain_server_for_tls
 from .errors import install_cli_excepthook, translate_errors
@@ -112,7 +111,13 @@ class Redis(BaseStorageProtocol):
         )
         self._db = RedisDB(opts)
         self.accelerated_holds = _accelerate(opts)
+        shutdown.install()  # a clean stop on SIGTERM for Runner.run on this backend
         self.batched_observation = _batch(opts, self.accelerated_holds)
+
+    @property
+    def stop_options(self) -> Options:
+        """What shutdown.py reads: trap_signals and stop_grace."""
+        return self._opts
 
     @property
     def client(self):
@@ -236,10 +241,12 @@ class Redis(BaseStorageProtocol):
     def reserve_trial(self, experiment):
         """Reserve one pending trial (new, suspended or interrupted) or return None."""
         ek = self._ek(get_uid(experiment))
+        lease_s = self._opts.lease
         with self._guard():
-            reply = self._writes.reserve(ek)
+            reply = self._writes.reserve(ek, lease_s, lease.HOLDER.record())
         if len(reply) < 3:
             return None
+        lease.keeper(self._opts).hold(ek, reply[0].decode())  # renewed, released on SIGTERM
         it = iter(reply[1:])
         return self._reads.trial(dict(zip(it, it)), ek.trial_prefix + reply[0].decode())
 
@@ -347,11 +354,11 @@ class Redis(BaseStorageProtocol):
         return trial
 
     def fetch_lost_trials(self, experiment):
-        """Reserved trials without a heartbeat for 5 x worker.heartbeat, on the server clock."""
+        """Reserved trials without a heartbeat for 5 x worker.heartbeat or whose reservation
+        lease ended (lease.py), on the server clock."""
         ek = self._ek(get_uid(experiment))
-        threshold = orion.core.config.worker.heartbeat * 5
         with self._guard():
-            tokens = self.scripts.lost_trials(keys=[ek.status("reserved")], args=[threshold])
+            tokens = lease.lost_tokens(self.scripts, ek)
             docs = self._reads.read(ek, [t.decode() for t in tokens])
         return self._reads.build([d for d in docs if d.get("status") == "reserved"])
 

@@ -58,9 +58,10 @@ class TrialWriter:
             )
         )
 
-    def reserve(self, ek: ExperimentKeys) -> list:
+    def reserve(self, ek: ExperimentKeys, lease: float, holder: str) -> list:
         """reserve_trial.lua's reply: [token, field, value, ...] of the reserved trial, or
-        shorter when no trial is pending."""
+        shorter when no trial is pending. The trial gets a lease of ``lease`` seconds (0: none)
+        and ``holder`` (lease.Holder.record) as its holder."""
         request = new_request_id()  # a retried EVALSHA carries it again: same trial back
         return self._scripts().reserve_trial(
             keys=[
@@ -69,20 +70,33 @@ class TrialWriter:
                 ek.request(request),
                 ek.rev,
                 ek.changed,
+                ek.leases,
+                ek.holders,
+                ek.lease_clock,
             ],
             args=[
                 ek.trial_prefix,
                 codec.dumps("reserved"),
                 codec.dumps(codec.utcnow()),
                 REQUEST_TTL,
+                lease,
+                holder,
             ],
         )
 
     def patch(
-        self, ek: ExperimentKeys, trial_id, expected: str, fields, new_status=None, score: str = ""
+        self,
+        ek: ExperimentKeys,
+        trial_id,
+        expected: str,
+        fields,
+        new_status=None,
+        score: str = "",
+        holder: str = "",
     ) -> int:
-        """One update_trial.lua call: 1 updated, 0 status differs, -1 no such trial.
-        ``fields``: a document, or ready (pairs, trims) for our own fixed fields."""
+        """One update_trial.lua call: 1 updated, 0 status differs (or ``holder``, when given,
+        does not hold it), -1 no such trial. ``fields``: a document, or ready (pairs, trims)
+        for our own fixed fields."""
         trial_token = escape(trial_id)
         if type(fields) is not tuple:
             fields = codec.encode_trial(codec.checked(fields))
@@ -96,6 +110,10 @@ class TrialWriter:
                     ek.rev,
                     ek.changed,
                     ek.request(new_request_id()),
+                    ek.leases,
+                    ek.holders,
+                    ek.recoveries,
+                    ek.recovered,
                 ],
                 args=[
                     trial_token,
@@ -104,6 +122,7 @@ class TrialWriter:
                     score,
                     REQUEST_TTL,
                     ";".join(trims),
+                    holder,
                     *pairs,
                 ],
             )

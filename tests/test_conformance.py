@@ -401,8 +401,8 @@ def test_reserve_is_retry_safe(redis_storage):
         redis_storage.register_trial(make_trial(exp_id, x=float(x)))
     ek = redis_storage._ek(exp_id)
     keys = [*(ek.status(s) for s in PENDING), ek.status("reserved"), ek.request("r1"), ek.rev,
-            ek.changed]
-    args = [ek.trial_prefix, '"reserved"', '"2024-01-01T00:00:00"', 60]
+            ek.changed, ek.leases, ek.holders, ek.lease_clock]
+    args = [ek.trial_prefix, '"reserved"', '"2024-01-01T00:00:00"', 60, 30, "h1 {}"]
     first = redis_storage.scripts.reserve_trial(keys=keys, args=args)
     again = redis_storage.scripts.reserve_trial(keys=keys, args=args)
     assert first[0] == again[0]

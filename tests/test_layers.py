@@ -16,6 +16,7 @@ LAYERS = {
     "codec": 2, "statecodec": 2, "keys": 2, "options": 2, "uri": 2, "server": 2,
     "embedded": 3, "connection": 3, "scripts": 3, "serverchecks": 3, "migrations": 3,
     "lock": 4, "cache": 4, "writes": 4, "experiments": 4, "accel": 4,
+    "lease": 4, "shutdown": 4,
     "storage": 5,
     "admin": 6, "transfer": 6, "metrics": 6,
     "commands": 7, "cli": 7, "__main__": 7, "__init__": 7,
