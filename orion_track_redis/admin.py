@@ -3,6 +3,9 @@ and purging one experiment. Uses the storage's keys and scripts; never KEYS/SCAN
 
 from __future__ import annotations
 
+import json
+
+from . import lease
 from .keys import STATUSES
 from .serverchecks import check_server, server_info
 
@@ -51,8 +54,6 @@ def experiment_status(storage, doc: dict, details: bool = False) -> dict:
     waiters whose lease still runs), ``holder_age_s`` (seconds since the holder took the lock,
     None when free), ``hold_ms`` (the recorded hold durations, newest first, ``{P:E}:holds``)
     and ``last_completed_age_s`` (seconds since the latest completion, None before the first)."""
-    import orion.core
-
     ek = storage._ek(doc["_id"])
     now = server_time(storage)
     pipe = storage.client.pipeline(transaction=False)
@@ -63,20 +64,21 @@ def experiment_status(storage, doc: dict, details: bool = False) -> dict:
     pipe.pttl(ek.lock_holder)
     pipe.zcount(ek.status("completed"), now - 60, now)
     pipe.llen(ek.unobserved)
+    pipe.get(ek.recovered)
     if details:
         pipe.zcount(ek.lock_leases, f"({now * 1000:.0f}", "+inf")  # waiters whose lease runs
         pipe.lrange(ek.holds, 0, -1)
         pipe.zrange(ek.status("completed"), -1, -1, withscores=True)
     replies = pipe.execute()
-    *counts, (fence, acquired), holder, pttl, per_minute, unobserved = replies[: len(STATUSES) + 5]
-    lost = storage.scripts.lost_trials(
-        keys=[ek.status("reserved")], args=[orion.core.config.worker.heartbeat * 5]
-    )
+    head = replies[: len(STATUSES) + 6]
+    *counts, (fence, acquired), holder, pttl, per_minute, unobserved, recovered = head
+    lost = lease.lost_tokens(storage.scripts, ek)
     row = {
         "experiment": doc.get("name"),
         "version": doc.get("version"),
         **dict(zip(STATUSES, counts)),
         "lost": len(lost),
+        "recovered": int(recovered or 0),
         "unobserved": unobserved,
     }
     if fence is None:
@@ -96,7 +98,7 @@ def experiment_status(storage, doc: dict, details: bool = False) -> dict:
         }
     )
     if details:
-        waiters, holds, last = replies[len(STATUSES) + 5 :]
+        waiters, holds, last = replies[len(STATUSES) + 6 :]
         row.update(
             {
                 "waiters": waiters,
@@ -108,6 +110,50 @@ def experiment_status(storage, doc: dict, details: bool = False) -> dict:
     return row
 
 
+def reservations(storage, exp_id) -> dict:
+    """Who holds what: each reserved trial with its holder (host, pid, Slurm job and task),
+    the seconds its lease still runs (negative: ended) and its heartbeat's age; and the trials
+    recovered from dead holders (count, and the last 100: when, from whom)."""
+    ek = storage._ek(exp_id)
+    now = server_time(storage)
+    pipe = storage.client.pipeline(transaction=False)
+    pipe.zrange(ek.status("reserved"), 0, -1, withscores=True)
+    pipe.hgetall(ek.holders)
+    pipe.zrange(ek.leases, 0, -1, withscores=True)
+    pipe.get(ek.recovered)
+    pipe.lrange(ek.recoveries, 0, -1)
+    reserved, holders, leases, recovered, records = pipe.execute()
+    ends = {token.decode(): end for token, end in leases}
+    holders = {k.decode(): v for k, v in holders.items()}
+    rows = []
+    for token, beat in reserved:
+        trial = token.decode()
+        info = lease.describe(holders.get(trial))
+        end = ends.get(trial)
+        rows.append(
+            {
+                "trial": ek.unescape_trial(trial),
+                "holder": lease.where(info),
+                "job": info.get("job", ""),
+                "task": info.get("task", ""),
+                "lease_left_s": round(end - now, 1) if end is not None else "",
+                "heartbeat_age_s": round(now - beat, 1),
+            }
+        )
+    history = []
+    for raw in records:
+        record = json.loads(raw)
+        history.append(
+            {
+                "trial": ek.unescape_trial(record["trial"]),
+                "holder": lease.where(lease.describe(record.get("holder"))),
+                "recovered_s_ago": round(now - record["at"], 1),
+                "lease_ended_s_before": round(record["at"] - record["lease_end"], 1),
+            }
+        )
+    return {"reserved": rows, "recovered": int(recovered or 0), "recoveries": history}
+
+
 def purge(storage, exp_id) -> dict:
     """Delete the experiment, its trials and its lock, and nothing else.
 
@@ -115,5 +161,7 @@ def purge(storage, exp_id) -> dict:
     learn from them that the trials are gone."""
     trials = storage.delete_trials(uid=exp_id)
     lock = storage.delete_algorithm_lock(uid=exp_id)
+    ek = storage._ek(exp_id)  # the reservation leases' keys (one slot: one DEL)
+    storage.client.delete(ek.leases, ek.holders, ek.lease_clock, ek.recoveries, ek.recovered)
     experiment = storage.delete_experiment(uid=exp_id)
     return {"trials": trials, "lock": lock, "experiment": experiment}

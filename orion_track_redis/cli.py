@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="set the lost trials to interrupted, so any worker can take them again",
     )
+    p = add("holders", "holders", "who holds each reserved trial; trials recovered from the dead")
+    target(p)
     p = add("purge", "purge", "delete an experiment, its trials and its lock", json_=False)
     target(p)
     p.add_argument("--yes", action="store_true", help="do not ask")

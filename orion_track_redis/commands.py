@@ -122,6 +122,7 @@ STATUS_COLUMNS = [
     "interrupted",
     "broken",
     "lost",
+    "recovered",
     "unobserved",
     "lock",
     "holder",
@@ -197,11 +198,41 @@ def cmd_flush(args) -> int:
     return OK
 
 
+HOLDER_COLUMNS = ["trial", "holder", "lease_left_s", "heartbeat_age_s"]
+RECOVERY_COLUMNS = ["trial", "holder", "recovered_s_ago", "lease_ended_s_before"]
+
+
+def cmd_holders(args) -> int:
+    """Who holds each reserved trial (host:pid, Slurm job_task) and what was recovered."""
+    storage = connect(args)
+    exp = _experiment(storage, args)
+    data = admin.reservations(storage, exp["_id"])
+
+    def render(d) -> str:
+        text = _table(d["reserved"], HOLDER_COLUMNS) if d["reserved"] else "no reserved trial"
+        text += f"\n\n{_n(d['recovered'], 'trial')} recovered from dead holders"
+        if d["recoveries"]:
+            text += " (newest first):\n" + _table(d["recoveries"], RECOVERY_COLUMNS)
+        return text
+
+    _print(args, data, render)
+    return OK
+
+
 def cmd_lost(args) -> int:
     storage = connect(args)
     exp = _experiment(storage, args)
     lost = storage.fetch_lost_trials(_Exp(exp["_id"]))
-    rows = [{"id": t.id, "heartbeat": str(t.heartbeat), "params": t.params} for t in lost]
+    holders = {r["trial"]: r["holder"] for r in admin.reservations(storage, exp["_id"])["reserved"]}
+    rows = [
+        {
+            "id": t.id,
+            "holder": holders.get(t.id, ""),
+            "heartbeat": str(t.heartbeat),
+            "params": t.params,
+        }
+        for t in lost
+    ]
     requeued = 0
     if args.requeue:
         for trial in lost:
@@ -214,7 +245,11 @@ def cmd_lost(args) -> int:
         args,
         {"lost": rows, "requeued": requeued},
         lambda d: (
-            (_table(d["lost"], ["id", "heartbeat", "params"]) if d["lost"] else "no lost trial")
+            (
+                _table(d["lost"], ["id", "holder", "heartbeat", "params"])
+                if d["lost"]
+                else "no lost trial"
+            )
             + (f"\nrequeued {requeued}" if args.requeue else "")
         ),
     )

@@ -9,7 +9,9 @@ to the workers. Series (labels ``prefix``, ``experiment``, ``version``), all gau
 said otherwise:
 
 - ``orion_redis_trials{status}``: trials by status;
-- ``orion_redis_lost_trials``: reserved trials without heartbeat for 5 x worker.heartbeat;
+- ``orion_redis_lost_trials``: reserved trials without heartbeat for 5 x worker.heartbeat, or
+  whose reservation lease ended (lease.py);
+- ``orion_redis_recovered_trials_total`` (counter): trials recovered from dead holders;
 - ``orion_redis_unobserved_trials``: the batched-observation backlog;
 - ``orion_redis_lock_held`` (0/1), ``orion_redis_lock_stale`` (0/1: a holder key without TTL),
   ``orion_redis_lock_holder_age_seconds`` (0 when free), ``orion_redis_lock_waiters``;
@@ -100,7 +102,13 @@ class FleetCollector:
         trials = gauge("orion_redis_trials", "trials by status", ["status"])
         lost = gauge(
             "orion_redis_lost_trials",
-            "reserved trials whose heartbeat is older than 5 x worker.heartbeat",
+            "reserved trials whose heartbeat is older than 5 x worker.heartbeat or whose "
+            "reservation lease ended",
+        )
+        recovered = CounterMetricFamily(
+            "orion_redis_recovered_trials",
+            "trials recovered from dead holders (their lease ended)",
+            labels=list(LABELS),
         )
         unobserved = gauge(
             "orion_redis_unobserved_trials",
@@ -140,6 +148,7 @@ class FleetCollector:
             for status in STATUSES:
                 trials.add_metric([*labels, status], row[status])
             lost.add_metric(labels, row["lost"])
+            recovered.add_metric(labels, row["recovered"])
             unobserved.add_metric(labels, row["unobserved"])
             held.add_metric(labels, int(row["lock"] in ("held", "stale")))
             stale.add_metric(labels, int(row["lock"] == "stale"))
@@ -160,6 +169,7 @@ class FleetCollector:
         yield from (
             trials,
             lost,
+            recovered,
             unobserved,
             held,
             stale,

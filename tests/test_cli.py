@@ -343,3 +343,37 @@ def test_a_global_config_orion_refuses_is_one_clear_line(uri, tmp_path):
     assert missing.returncode == 2
     assert "Traceback" not in missing.stderr
     assert "'uri'" in missing.stderr and "storage.database.host" in missing.stderr
+
+
+def test_holders_shows_who_holds_what_and_what_was_recovered(capsys, uri, monkeypatch):
+    """orion-redis holders: the reserved trial's host:pid and Slurm job_task, its lease; then,
+    once its lease ended and another worker requeued it, the recovery; status counts it."""
+    from orion_track_redis import lease
+
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setattr(lease.HOLDER, "_record", None)
+    storage = Redis(uri=uri)
+    exp_id = create_experiment(storage, name="held")
+    storage.register_trial(make_trial(exp_id, x=1.0))
+    trial = storage.reserve_trial(Exp(exp_id))
+    monkeypatch.setattr(lease.HOLDER, "_record", None)
+    code, out = run(capsys, "--uri", uri, "holders", "held")
+    assert code == 0 and trial.id in out and "(Slurm job 77_3)" in out
+    assert "0 trials recovered" in out
+
+    ek = storage._ek(exp_id)
+    seconds, micros = storage.client.time()
+    now = seconds + micros / 1e6
+    storage.client.zadd(ek.leases, {trial.id: now - 3})
+    storage.client.hset(ek.lease_clock, mapping={"resumed": now - 100, "last": now})
+    code, out = run(capsys, "--uri", uri, "lost", "held", "--requeue")
+    assert "(Slurm job 77_3)" in out and "requeued 1" in out
+    code, out = run(capsys, "--uri", uri, "holders", "held", "--json")
+    data = json.loads(out)
+    assert data["reserved"] == [] and data["recovered"] == 1
+    (record,) = data["recoveries"]
+    assert record["trial"] == trial.id and record["holder"].endswith("(Slurm job 77_3)")
+    assert record["lease_ended_s_before"] >= 3
+    code, out = run(capsys, "--uri", uri, "status", "held", "--json")
+    assert json.loads(out)[0]["recovered"] == 1
