@@ -7,8 +7,8 @@ where the signal reaches only the worker, the objective (a grandchild) runs on t
 another worker re-runs the released trial; where it reaches nobody before SIGKILL, the trial
 stays ``reserved``.
 
-Here, for a ``Runner.run`` (``orion hunt``, ``workon``) whose experiment uses this backend,
-SIGTERM, SIGUSR1 and SIGUSR2 make the worker:
+Here, for a ``Runner.run`` (``orion hunt``, ``workon``) whose experiment uses this backend
+(runner.py wraps it), SIGTERM, SIGUSR1 and SIGUSR2 make the worker:
 
 1. stop every process below it: SIGTERM, up to ``stop_grace`` seconds (an objective may save a
    checkpoint), then SIGKILL, so no objective outlives its released trial;
@@ -33,10 +33,9 @@ import signal
 import sys
 import threading
 import time
-from importlib import metadata
 
 from . import lease
-from .accel import VERIFIED_ORION, env_allows
+from .accel import env_allows
 
 log = logging.getLogger(__name__)
 
@@ -44,46 +43,13 @@ ENV = "ORION_REDIS_TRAP_SIGNALS"
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 _POLL_S = 0.05
 
-_installed: bool | None = None
 _active_pid: int | None = None  # the trapping worker, while its Runner.run runs
 _stopping = False
 
 
-def install() -> bool:
-    """Wrap Oríon's ``Runner.run`` once per process; False (one log line) on another Oríon."""
-    global _installed
-    if _installed is None:
-        version = metadata.version("orion")
-        _installed = version in VERIFIED_ORION
-        if _installed:
-            _patch_runner()
-            os.register_at_fork(after_in_child=_defaults_in_child)
-        else:
-            log.warning(
-                "orion-track-redis: clean stop on SIGTERM off: verified on Oríon %s, this is "
-                "Oríon %s (Oríon's own signal handling runs).",
-                ", ".join(VERIFIED_ORION),
-                version,
-            )
-    return _installed
-
-
-def _patch_runner() -> None:
-    from orion.client.runner import Runner
-
-    oriones_run = Runner.run
-
-    def run(self):
-        storage = getattr(getattr(self.client, "_experiment", None), "_storage", None)
-        opts = getattr(storage, "stop_options", None)
-        if opts is None or not opts.trap_signals or not env_allows(ENV):
-            return oriones_run(self)
-        with trapped(opts.stop_grace):
-            return oriones_run(self)
-
-    run.__doc__ = oriones_run.__doc__
-    run.__wrapped_by_orion_track_redis__ = oriones_run  # type: ignore[attr-defined]
-    Runner.run = run
+def allowed(opts) -> bool:
+    """The clean stop applies to a run with these storage options."""
+    return opts.trap_signals and env_allows(ENV)
 
 
 @contextlib.contextmanager
@@ -104,7 +70,8 @@ def trapped(grace: float):
             signal.signal(sig, handler)
 
 
-def _defaults_in_child() -> None:
+def defaults_in_child() -> None:
+    """os.register_at_fork hook (runner.py registers it once)."""
     if _stopping:  # forked while its worker stops (a pool replacing a worker we stopped):
         os._exit(0)  # it would outlive the worker, reparented out of the job's reach
     if _active_pid is not None:  # a fork of a trapping worker (Oríon's pool): default deaths

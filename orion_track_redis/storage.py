@@ -23,7 +23,7 @@ from orion.storage.base import (
     get_uid,
 )
 
-from . import accel, codec, lease, migrations, query, shutdown
+from . import accel, codec, lease, migrations, query, runner
 from .cache import TrialReader, indexed
 from .connection import RedisDB, fail_fast, make_client, refuse_plain_server_for_tls
 from .errors import install_cli_excepthook, translate_errors
@@ -111,12 +111,12 @@ class Redis(BaseStorageProtocol):
         )
         self._db = RedisDB(opts)
         self.accelerated_holds = _accelerate(opts)
-        shutdown.install()  # a clean stop on SIGTERM for Runner.run on this backend
+        runner.install()  # Runner.run on this backend: clean stop on SIGTERM, the Dask fix
         self.batched_observation = _batch(opts, self.accelerated_holds)
 
     @property
     def stop_options(self) -> Options:
-        """What shutdown.py reads: trap_signals and stop_grace."""
+        """What runner.py reads: trap_signals and stop_grace (and that the storage is ours)."""
         return self._opts
 
     @property

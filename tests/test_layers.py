@@ -15,8 +15,9 @@ LAYERS = {
     "errors": 1, "gcpause": 1, "datapickle": 1, "query": 1, "trials": 1,
     "codec": 2, "statecodec": 2, "keys": 2, "options": 2, "uri": 2, "server": 2,
     "embedded": 3, "connection": 3, "scripts": 3, "serverchecks": 3, "migrations": 3,
+    "serve": 3,  # orion-redis serve: runs a redis-server, like embedded
     "lock": 4, "cache": 4, "writes": 4, "experiments": 4, "accel": 4,
-    "lease": 4, "shutdown": 4,
+    "lease": 4, "shutdown": 4, "daskfix": 4, "runner": 4,
     "storage": 5,
     "admin": 6, "transfer": 6, "metrics": 6,
     "commands": 7, "cli": 7, "__main__": 7, "__init__": 7,
