@@ -100,7 +100,10 @@ class LeaseKeeper:
 
     def __init__(self, opts: Options):
         self._opts = opts
-        self._held: dict[ExperimentKeys, set[str]] = {}
+        self._held: dict[ExperimentKeys, set[str]] = {}  # reserved here, leases renewed
+        # reserved here and not yet given up by a call of this process: a result or status
+        # change of these must come from their holder (a lapsed lease means another has it)
+        self._mine: set[tuple[ExperimentKeys, str]] = set()
         # re-entrant: shutdown's signal handler may run while this thread holds it
         self._mutex = threading.RLock()
         self._wake = threading.Event()
@@ -116,11 +119,23 @@ class LeaseKeeper:
     def hold(self, ek: ExperimentKeys, token: str) -> None:
         with self._mutex:
             self._held.setdefault(ek, set()).add(token)
+            self._mine.add((ek, token))
             if self._thread is None and self._opts.lease > 0:
                 self._thread = threading.Thread(
                     target=self._run, name="orion-redis-lease", daemon=True
                 )
                 self._thread.start()
+
+    def holder_check(self, ek: ExperimentKeys, token: str) -> str:
+        """The holder id update_trial.lua must find on this trial: ours if this process
+        reserved it, else "" (another process may write it, as Oríon's other callers do)."""
+        return HOLDER.id if (ek, token) in self._mine else ""
+
+    def gave_up(self, ek: ExperimentKeys, token: str) -> None:
+        """This process moved the trial out of ``reserved`` (completed, released...)."""
+        with self._mutex:
+            self._mine.discard((ek, token))
+            self._held.get(ek, set()).discard(token)
 
     def held(self) -> list[tuple[ExperimentKeys, str]]:
         with self._mutex:
@@ -189,6 +204,7 @@ class LeaseKeeper:
                 released += rc == 1
         with self._mutex:
             self._held.clear()
+            self._mine.clear()
         return released
 
 

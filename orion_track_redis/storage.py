@@ -246,9 +246,17 @@ class Redis(BaseStorageProtocol):
             reply = self._writes.reserve(ek, lease_s, lease.HOLDER.record())
         if len(reply) < 3:
             return None
-        lease.keeper(self._opts).hold(ek, reply[0].decode())  # renewed, released on SIGTERM
+        self._keeper().hold(ek, reply[0].decode())  # renewed; released on SIGTERM
         it = iter(reply[1:])
         return self._reads.trial(dict(zip(it, it)), ek.trial_prefix + reply[0].decode())
+
+    def _keeper(self) -> lease.LeaseKeeper:
+        return lease.keeper(self._opts)
+
+    def _holder(self, ek: ExperimentKeys, trial_id: str) -> str:
+        """This worker's holder id when it reserved the trial (update_trial.lua then refuses
+        the write if another worker holds it now), else ""."""
+        return self._keeper().holder_check(ek, escape(trial_id))
 
     def set_trial_status(self, trial, status, heartbeat=None, was=None):
         """Compare-and-set the status (``was`` defaults to ``trial.status``). An explicit
@@ -264,9 +272,14 @@ class Redis(BaseStorageProtocol):
         validate_status(was)
         ek = self._ek(trial.experiment)
         trial_id = trial.id
+        holder = self._holder(ek, trial_id) if was == "reserved" else ""
         with self._guard():
             fields = ["status", codec.dumps(status), "heartbeat", codec.dumps(heartbeat)], ()
-            rc = self._writes.patch(ek, trial_id, was, fields, new_status=status, score=score)
+            rc = self._writes.patch(
+                ek, trial_id, was, fields, new_status=status, score=score, holder=holder
+            )
+        if rc == 1 and holder and status != "reserved":
+            self._keeper().gave_up(ek, escape(trial_id))
         if rc != 1:
             raise FailedUpdate(
                 f"trial {trial_id} is not {was!r} in storage"
@@ -280,17 +293,27 @@ class Redis(BaseStorageProtocol):
         ek = self._ek(trial.experiment)
         with self._guard():
             fields = ["heartbeat", codec.dumps(codec.utcnow())], ()
-            return max(0, self._writes.patch(ek, trial.id, "reserved", fields, score="now"))
+            holder = self._holder(ek, trial.id)  # a stale holder's pacemaker gets 0: it stops
+            rc = self._writes.patch(ek, trial.id, "reserved", fields, score="now", holder=holder)
+            return max(0, rc)
 
     def push_trial_results(self, trial):
         """Write the whole trial, only while it is reserved; ``FailedUpdate`` otherwise."""
         trial_id = trial.id  # hashes the params: once per call
         doc = to_doc(trial, trial_id)
         ek = self._ek(trial.experiment)
+        holder = self._holder(ek, trial_id)
         with self._guard():
-            rc = self._writes.patch(ek, trial_id, "reserved", doc, new_status=doc.get("status"))
+            rc = self._writes.patch(
+                ek, trial_id, "reserved", doc, new_status=doc.get("status"), holder=holder
+            )
         if rc != 1:
-            raise FailedUpdate(f"trial {trial_id} is not reserved in storage")
+            raise FailedUpdate(
+                f"trial {trial_id} is not reserved in storage"
+                + (" by this worker (if its lease ran out, another worker took it)" if holder else "")
+            )
+        if holder and doc.get("status") != "reserved":
+            self._keeper().gave_up(ek, escape(trial_id))
         return rc
 
     def update_trial(self, trial=None, uid=None, experiment_uid=None, where=None, **kwargs):

@@ -225,3 +225,24 @@ def test_a_cpu_starved_live_worker_keeps_its_trial(redis_server, renew):
         assert lost_after is None, f"a live, starved worker lost its trial after {lost_after} s"
     else:
         assert lost_after is not None, "the oracle must see an unrenewed lease as lost"
+
+
+def test_a_worker_whose_trial_was_taken_cannot_write_it_any_more():
+    """Fencing: once another worker holds the trial (our lease ran out, it was recovered and
+    reserved again), our result push is refused and our heartbeat stops the pacemaker."""
+    from orion.storage.base import FailedUpdate
+
+    storage = _storage(lease=30)
+    exp_id, trial, ek = _reserve_one(storage)
+    storage.client.hset(ek.holders, trial.id, "another-worker {}")
+    assert storage.update_heartbeat(trial) == 0
+    trial.status = "completed"
+    with pytest.raises(FailedUpdate, match="another worker took it"):
+        storage.push_trial_results(trial)
+    with pytest.raises(FailedUpdate):
+        storage.set_trial_status(trial, "interrupted", was="reserved")
+    # its own holder is back: the same calls go through
+    storage.client.hset(ek.holders, trial.id, lease.HOLDER.record())
+    assert storage.update_heartbeat(trial) == 1
+    assert storage.push_trial_results(trial) == 1
+    assert (ek, trial.id) not in lease.keeper(storage._opts).held()
