@@ -253,10 +253,15 @@ class Redis(BaseStorageProtocol):
     def _keeper(self) -> lease.LeaseKeeper:
         return lease.keeper(self._opts)
 
-    def _holder(self, ek: ExperimentKeys, trial_id: str) -> str:
-        """This worker's holder id when it reserved the trial (update_trial.lua then refuses
-        the write if another worker holds it now), else ""."""
-        return self._keeper().holder_check(ek, escape(trial_id))
+    def _patch_held(self, ek, trial_id, was, fields, new_status=None, score="") -> tuple:
+        """writes.patch of a trial; one this worker reserved must still be held by it (refused
+        once its lease ran out and another worker took it). (rc, the holder id checked)."""
+        holder = self._keeper().holder_check(ek, escape(trial_id)) if was == "reserved" else ""
+        with self._guard():
+            rc = self._writes.patch(ek, trial_id, was, fields, new_status, score, holder)
+        if rc == 1 and holder and (new_status or was) != "reserved":
+            self._keeper().gave_up(ek, escape(trial_id))
+        return rc, holder
 
     def set_trial_status(self, trial, status, heartbeat=None, was=None):
         """Compare-and-set the status (``was`` defaults to ``trial.status``). An explicit
@@ -270,50 +275,37 @@ class Redis(BaseStorageProtocol):
         was = was or trial.status
         validate_status(status)
         validate_status(was)
-        ek = self._ek(trial.experiment)
-        trial_id = trial.id
-        holder = self._holder(ek, trial_id) if was == "reserved" else ""
-        with self._guard():
-            fields = ["status", codec.dumps(status), "heartbeat", codec.dumps(heartbeat)], ()
-            rc = self._writes.patch(
-                ek, trial_id, was, fields, new_status=status, score=score, holder=holder
-            )
-        if rc == 1 and holder and status != "reserved":
-            self._keeper().gave_up(ek, escape(trial_id))
+        fields = ["status", codec.dumps(status), "heartbeat", codec.dumps(heartbeat)], ()
+        rc, _ = self._patch_held(self._ek(trial.experiment), trial.id, was, fields, status, score)
         if rc != 1:
             raise FailedUpdate(
-                f"trial {trial_id} is not {was!r} in storage"
+                f"trial {trial.id} is not {was!r} in storage"
                 if rc == 0
-                else f"trial {trial_id} does not exist in storage"
+                else f"trial {trial.id} does not exist in storage"
             )
         trial.status = status
 
     def update_heartbeat(self, trial):
-        """Refresh the heartbeat of a reserved trial; 0 (stop the pacemaker) otherwise."""
-        ek = self._ek(trial.experiment)
-        with self._guard():
-            fields = ["heartbeat", codec.dumps(codec.utcnow())], ()
-            holder = self._holder(ek, trial.id)  # a stale holder's pacemaker gets 0: it stops
-            rc = self._writes.patch(ek, trial.id, "reserved", fields, score="now", holder=holder)
-            return max(0, rc)
+        """Refresh the heartbeat of a reserved trial; 0 (stop the pacemaker) otherwise, also
+        when another worker holds it now."""
+        fields = ["heartbeat", codec.dumps(codec.utcnow())], ()
+        rc, _ = self._patch_held(
+            self._ek(trial.experiment), trial.id, "reserved", fields, None, "now"
+        )
+        return max(0, rc)
 
     def push_trial_results(self, trial):
-        """Write the whole trial, only while it is reserved; ``FailedUpdate`` otherwise."""
+        """Write the whole trial, only while it is reserved (by this worker, if it reserved
+        it); ``FailedUpdate`` otherwise."""
         trial_id = trial.id  # hashes the params: once per call
         doc = to_doc(trial, trial_id)
         ek = self._ek(trial.experiment)
-        holder = self._holder(ek, trial_id)
-        with self._guard():
-            rc = self._writes.patch(
-                ek, trial_id, "reserved", doc, new_status=doc.get("status"), holder=holder
-            )
+        rc, holder = self._patch_held(ek, trial_id, "reserved", doc, doc.get("status"))
         if rc != 1:
+            taken = " by this worker (if its lease ran out, another worker took it)"
             raise FailedUpdate(
-                f"trial {trial_id} is not reserved in storage"
-                + (" by this worker (if its lease ran out, another worker took it)" if holder else "")
+                f"trial {trial_id} is not reserved in storage{taken if holder else ''}"
             )
-        if holder and doc.get("status") != "reserved":
-            self._keeper().gave_up(ek, escape(trial_id))
         return rc
 
     def update_trial(self, trial=None, uid=None, experiment_uid=None, where=None, **kwargs):

@@ -62,6 +62,10 @@ class BareOps:
                                                  "completed")]
         self.all, self.rev, self.changed, self.floor = (
             f"{self.tag}:all", f"{self.tag}:rev", f"{self.tag}:changed", f"{self.tag}:floor")
+        self.leases, self.holders, self.clock, self.recoveries, self.recovered = (
+            f"{self.tag}:leases", f"{self.tag}:holders", f"{self.tag}:lease_clock",
+            f"{self.tag}:recoveries", f"{self.tag}:recovered")
+        self.holder = f"bare{wid} {{}}"  # our reserve records its holder, as this does
         self.prefix = f"{self.tag}:t:"
         self.now = codec.dumps(datetime.datetime.utcnow())
         self.ttl, self.keep = keys.REQUEST_TTL, keys.CHANGE_LOG_KEEP
@@ -85,14 +89,18 @@ class BareOps:
                                args=[tok, "now", self.ttl, self.keep, *self.full_pairs])
 
     def reserve(self):
-        reply = self.reserve_s(keys=[*self.idx[:4], self._req(), self.rev, self.changed],
-                               args=[self.prefix, '"reserved"', self.now, self.ttl])
+        reply = self.reserve_s(keys=[*self.idx[:4], self._req(), self.rev, self.changed,
+                                     self.leases, self.holders, self.clock],
+                               args=[self.prefix, '"reserved"', self.now, self.ttl, 30,
+                                     self.holder])
         return reply[0].decode() if reply else None
 
     def _update(self, tok, new_index, new_status, score, trims, pairs):
         rc = self.update_s(keys=[self.prefix + tok, self.idx[3], new_index, self.rev,
-                                 self.changed, self._req()],
-                           args=[tok, '"reserved"', new_status, score, self.ttl, trims, *pairs])
+                                 self.changed, self._req(), self.leases, self.holders,
+                                 self.recoveries, self.recovered],
+                           args=[tok, '"reserved"', new_status, score, self.ttl, trims, "",
+                                 *pairs])
         if rc != 1:  # a failed CAS does less work: it would flatter the floor
             raise RuntimeError(f"bare update_trial of {tok} returned {rc}")
         return rc
