@@ -97,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
         "else Oríon's user data directory)",
     )
     p = add(
+        "serve",
+        "serve",
+        "run a password-protected redis-server in the foreground (a Slurm job's server) and "
+        "write its connection file once it answers",
+        json_=False,
+    )
+    p.add_argument("--dir", required=True, help="data dir, on the filesystem the nodes share")
+    p.add_argument("--bind", help="address to listen on (default: this node's, from its name)")
+    p.add_argument("--port", type=int, default=0, help="TCP port (default 0: a free one)")
+    p.add_argument("--tls", action="store_true", help="TLS only, with a CA made in DIR/tls")
+    p.add_argument("--connection-file", help="where to write the URI (default DIR/connection.uri)")
+    p = add(
         "metrics",
         "metrics",
         "Prometheus metrics of every experiment (trials by status, "

@@ -367,3 +367,17 @@ def cmd_upgrade(args) -> int:
         ),
     )
     return OK
+
+
+# -- serve ---------------------------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    """A redis-server for a Slurm fleet, in the foreground until stopped (serve.py)."""
+    from . import serve
+
+    return serve.serve(
+        args.dir,
+        bind=args.bind,
+        port=args.port,
+        tls=args.tls,
+        connection_file=args.connection_file,
+    )
