@@ -116,16 +116,19 @@ def _backend_hold(experiment, timeout, retry_interval, copy_free=True):
     ``Producer.observe`` would have made it. Yields (algorithm, held state)."""
     adopt, export = (adopt_state, export_state) if copy_free else (_own_set, _own_get)
     experiment._check_if_writable()
+    # called exactly as Oríon calls it: a wrapped or replaced method keeps working
     with experiment._storage.acquire_algorithm_lock(
-        experiment=experiment, timeout=timeout, retry_interval=retry_interval, backlog=True
+        experiment=experiment, timeout=timeout, retry_interval=retry_interval
     ) as locked:
         algorithm = experiment.algorithm
         _check_configuration(locked.configuration, algorithm, experiment)
         if locked.state:
             adopt(algorithm, locked.state)
-        for trial in locked.backlog:
+        backlog = getattr(locked, "backlog", ())  # a replaced method's plain state has none
+        for trial in backlog:
             algorithm.observe([trial])
-        locked.observed = len(locked.backlog)
+        if backlog:
+            locked.observed = len(backlog)
         yield algorithm, locked
         locked.set_state(export(algorithm))
 

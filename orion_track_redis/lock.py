@@ -92,25 +92,22 @@ class LockClient:
 
     # -- holding ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def hold(
-        self, ek: ExperimentKeys, timeout: float, retry_interval: float, backlog: bool = False
-    ):
-        """Hold the lock; yields a :class:`Held` state. ``backlog``: also read the trials
-        waiting to be observed (batched observation); those the holder marks observed
-        (``held.observed``) leave the backlog with the state write, atomically."""
+    def hold(self, ek: ExperimentKeys, timeout: float, retry_interval: float):
+        """Hold the lock; yields a :class:`Held` state. Its ``backlog`` reads, on first use,
+        the trials waiting to be observed (batched observation); those the holder marks
+        observed (``held.observed``) leave the backlog with the state write, atomically."""
         token, configuration, raw_state = self._acquire(ek, timeout, retry_interval)
         start = time.monotonic()
         locked = Held(
             state=self._state(raw_state, ek),
             configuration=codec.loads(configuration, ek.lock),
             locked=True,
+            read_backlog=lambda: self.backlog(ek),
         )
         renewer = _Renewer(self, ek, token)
         renewer.start()
         failed = False
         try:
-            if backlog:
-                locked.backlog = self.backlog(ek)
             yield locked
         except BaseException:
             # like Legacy: keep the state that was read. It is not written back: a copy-free
@@ -253,13 +250,25 @@ class LockClient:
 
 class Held(LockedAlgorithmState):
     """Oríon's locked state plus the backlog of batched observation: ``backlog`` holds the
-    trials read at acquire, ``observed`` how many of them (from the first) the new state has
-    observed."""
+    trials waiting to be observed (read on first use, during the hold: the storage's
+    ``acquire_algorithm_lock`` keeps Oríon's exact signature), ``observed`` how many of them
+    (from the first) the new state has observed."""
 
-    def __init__(self, state, configuration, locked=True):
+    def __init__(self, state, configuration, locked=True, read_backlog=None):
         super().__init__(state, configuration, locked)
-        self.backlog: list = []
+        self._read_backlog = read_backlog
+        self._backlog: list | None = None
         self.observed = 0
+
+    @property
+    def backlog(self) -> list:
+        if self._backlog is None:
+            self._backlog = self._read_backlog() if self._read_backlog else []
+        return self._backlog
+
+    @backlog.setter
+    def backlog(self, trials: list) -> None:
+        self._backlog = trials
 
 
 class _Renewer(threading.Thread):

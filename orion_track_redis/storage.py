@@ -424,15 +424,13 @@ class Redis(BaseStorageProtocol):
             return self.lock.delete(self._ek(uid))
 
     @contextlib.contextmanager
-    def acquire_algorithm_lock(
-        self, experiment=None, uid=None, timeout=60, retry_interval=1, backlog=False
-    ):
-        """Hold the algorithm lock (TTL ``lock_ttl``, renewed while held). ``backlog``: the
-        held state also carries the trials waiting to be observed (see ``lock.Held``)."""
+    def acquire_algorithm_lock(self, experiment=None, uid=None, timeout=60, retry_interval=1):
+        """Hold the algorithm lock (TTL ``lock_ttl``, renewed while held), Oríon's signature.
+        The held state also carries the trials waiting to be observed (``lock.Held``)."""
         uid = get_uid(experiment, uid)
         with (
             self._guard(),
-            self.lock.hold(self._ek(uid), timeout, retry_interval, backlog=backlog) as locked,
+            self.lock.hold(self._ek(uid), timeout, retry_interval) as locked,
         ):
             yield locked
 

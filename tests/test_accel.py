@@ -240,7 +240,7 @@ def test_oracle_catches_a_hold_that_writes_back_its_changed_state(monkeypatch):
     assert compare_worlds("random", *ALGORITHMS["random"][:2], 30, refusals=failing) is None
 
     @contextlib.contextmanager
-    def writes_back_on_failure(self, ek, timeout, retry_interval, backlog=False):
+    def writes_back_on_failure(self, ek, timeout, retry_interval):
         """LockClient.hold as it was before the accelerator (no renewal: holds are short;
         these worlds do not batch, so their backlog stays empty)."""
         token, configuration, raw_state = self._acquire(ek, timeout, retry_interval)

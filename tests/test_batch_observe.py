@@ -249,3 +249,30 @@ def test_a_worker_that_does_not_batch_observes_the_backlog_of_those_that_do(othe
     plain.suggest()
     assert exp._storage.backlog_length(exp) == 0
     assert _observed(batching)[trial.id] == "completed"
+
+
+def test_acquire_is_called_exactly_as_orion_calls_it():
+    """The accelerated hold calls acquire_algorithm_lock with Oríon's own keywords, so a
+    storage method replaced by a function of Oríon's signature (instrumentation, a test
+    helper's mock) keeps working, batched observation included."""
+    from unittest import mock
+
+    client, exp, storage, trial = _with_one_completed()
+    original = storage.acquire_algorithm_lock
+    calls = []
+
+    def instrumented(experiment=None, uid=None, timeout=60, retry_interval=1):
+        calls.append((experiment, uid))
+        return original(experiment=experiment, uid=uid, timeout=timeout,
+                        retry_interval=retry_interval)
+
+    storage.acquire_algorithm_lock = instrumented
+    client.suggest()  # a produce: one hold, which observes the backlog
+    assert calls and all(c == (exp, None) for c in calls)
+    assert _observed(client)[trial.id] == "completed"
+    assert storage.backlog_length(exp) == 0
+
+    storage.acquire_algorithm_lock = original
+    with mock.patch.object(storage, "acquire_algorithm_lock", wraps=original) as spy:
+        client.suggest()
+    spy.assert_called_with(experiment=exp, timeout=mock.ANY, retry_interval=mock.ANY)

@@ -159,7 +159,7 @@ def _every_storage_method(storage):
     assert storage.count_broken_trials(Exp(exp_id)) == 0
     storage.initialize_algorithm_lock(exp_id, {"random": {}})
     assert storage.observe_later(Exp(exp_id), trial) == 1  # batched observation's backlog
-    with storage.acquire_algorithm_lock(uid=exp_id, timeout=5, backlog=True) as locked:
+    with storage.acquire_algorithm_lock(uid=exp_id, timeout=5) as locked:
         assert [t.id for t in locked.backlog] == [trial.id]
         locked.observed = 1
         locked.set_state({"n": 1})
