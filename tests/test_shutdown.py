@@ -70,6 +70,21 @@ def _start_hunt(redis_server, tmp_path, trap: bool, sleep_s: float = 120):
     return proc, int(marker.read_text()), Redis(uri=uri), out
 
 
+def _left_behind(tmp_path) -> list[int]:
+    """Processes still running with this test's hunt config on their command line: a worker,
+    or a pool process it forked, that outlived the stop."""
+    needle = str(tmp_path / "orion.yaml").encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if needle in f.read() and _alive(int(entry)):
+                    pids.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
 def _trials(storage):
     (doc,) = storage.fetch_experiments({"name": "sd"})
     return storage.fetch_trials(uid=doc["_id"])
@@ -92,6 +107,7 @@ def test_a_signalled_worker_stops_its_objective_releases_and_exits(redis_server,
     assert code == 128 + sig, log
     assert took < 3 + 5, f"exit took {took:.1f} s (stop_grace=3)"
     assert not _alive(objective), "the objective must not outlive its released trial"
+    assert _left_behind(tmp_path) == [], "a process of the stopped worker outlived it"
     assert not list(out.glob("finished-*"))
     (trial,) = _trials(storage)
     assert trial.status == "interrupted", log
