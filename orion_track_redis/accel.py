@@ -60,6 +60,19 @@ def env_allows(name: str = ENV) -> bool:
     return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def enabled_for(opts) -> bool:
+    """Copy-free lock holds for a storage with these options: on unless switched off (option,
+    env var) or Oríon is not a verified version (install logs why)."""
+    # installed whatever the switches (on a verified Oríon): a non-accelerated storage of ours
+    # still observes a backlog that batching workers of the same fleet left
+    return install() and opts.accelerate and env_allows()
+
+
+def batching_for(opts, accelerated: bool) -> bool:
+    """Batched observation: only with the accelerator (its holds observe the backlog)."""
+    return accelerated and opts.batch_observe and env_allows(BATCH_ENV)
+
+
 def install() -> bool:
     """Patch Oríon once per process; False (and one log line) on an unverified Oríon."""
     global _installed
@@ -153,9 +166,47 @@ def _check_configuration(saved, algorithm, experiment):
 
 
 # -- batched observation ------------------------------------------------------------------------
+# While ExperimentClient.observe/release run for a batching storage: the ids of the trials
+# whose status change already recorded them in the backlog (one script, storage.py), so that
+# Producer.observe, which Oríon calls right after, does not record them again
+_RECORDED: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
+    "orion_redis_recorded", default=None
+)
+
+
+def recording(storage) -> set | None:
+    """The set to add a trial id to when ``storage`` records it with its status change, or
+    None when the change must not record it (outside the client's observe/release, or a
+    storage that does not batch)."""
+    active = _RECORDED.get()
+    return active[1] if active is not None and active[0] is storage else None
+
+
+@contextlib.contextmanager
+def _client_call(storage):
+    if not getattr(storage, "batched_observation", False):
+        yield
+        return
+    token = _RECORDED.set((storage, set()))
+    try:
+        yield
+    finally:
+        _RECORDED.reset(token)
+
+
+def _already_recorded(storage, trial) -> bool:
+    recorded = recording(storage)
+    if recorded is not None and trial.id in recorded:
+        recorded.discard(trial.id)
+        return True
+    return False
+
+
 def _patch_observation():
     """``Producer.observe`` records the trial in the backlog when its storage batches
-    observation; ``ExperimentClient.workon`` observes what is left when the worker is done."""
+    observation (unless its status change, inside ``ExperimentClient.observe``/``release``,
+    already did: a worker killed between the two calls would leave a completion the algorithm
+    never sees); ``ExperimentClient.workon`` observes what is left when the worker is done."""
     from orion.client.experiment import ExperimentClient
     from orion.core.worker.producer import Producer
 
@@ -165,9 +216,13 @@ def _patch_observation():
     def observe(self, trial):
         storage = self.experiment._storage
         if getattr(storage, "batched_observation", False):
-            storage.observe_later(self.experiment, trial)
+            if not _already_recorded(storage, trial):
+                storage.observe_later(self.experiment, trial)
         else:
             oriones_observe(self, trial)
+
+    for name in ("observe", "release"):
+        _wrap_client_call(ExperimentClient, name)
 
     def workon(self, *args, **kwargs):
         # after success or an error, not after Ctrl-C: the next produce or a flush covers it
@@ -182,6 +237,17 @@ def _patch_observation():
     observe.__doc__, workon.__doc__ = oriones_observe.__doc__, oriones_workon.__doc__
     Producer.observe = observe
     ExperimentClient.workon = workon
+
+
+def _wrap_client_call(cls, name: str) -> None:
+    oriones = getattr(cls, name)
+
+    def call(self, *args, **kwargs):
+        with _client_call(self._experiment._storage):
+            return oriones(self, *args, **kwargs)
+
+    call.__doc__ = oriones.__doc__
+    setattr(cls, name, call)
 
 
 def flush(experiment, timeout: float = 60) -> int:

@@ -65,6 +65,7 @@ class ExperimentStore:
 
     def _insert(self, config: dict) -> int:
         exp_token = token(config["_id"])
+        config = _rooted(config)
         return int(
             self._scripts().create_experiment(
                 keys=[self._keys.exp_names, self._keys.exps, self._keys.exp(exp_token)],
@@ -154,3 +155,16 @@ class ExperimentStore:
                 keys=[self._keys.exp_names, self._keys.exps, key], args=[name_field, exp_token]
             )
         )
+
+
+def _rooted(config: dict) -> dict:
+    """The document to store: a root experiment (``refers`` without a parent) gets its
+    ``root_id`` in the creating script itself. Oríon's builder sets it with a second call, and a
+    worker that loaded the experiment in between wrote ``refers`` back with ``root_id: null``
+    (then `orion list` shows nothing). The caller's config is left as Oríon built it."""
+    refers = config.get("refers")
+    if not isinstance(refers, dict) or refers.get("parent_id") is not None:
+        return config
+    if refers.get("root_id") is not None:
+        return config
+    return {**config, "refers": {**refers, "root_id": config["_id"]}}

@@ -136,10 +136,14 @@ class LockClient:
                 )
 
     # -- batched observation ------------------------------------------------------------------
+    def encode_entry(self, trial) -> bytes:
+        """``trial`` as a backlog entry (encoded as an algorithm state is)."""
+        with no_gc():
+            return dump_state(trial, self.secret)
+
     def observe_later(self, ek: ExperimentKeys, trial) -> int:
         """Append ``trial`` to the experiment's backlog; returns the backlog's length."""
-        with no_gc():
-            raw = dump_state(trial, self.secret)
+        raw = self.encode_entry(trial)
         return int(
             self.scripts.observe_later(
                 keys=[ek.unobserved, ek.request(new_request_id())], args=[raw, REQUEST_TTL]

@@ -29,36 +29,17 @@ from .connection import RedisDB, fail_fast, make_client, refuse_plain_server_for
 from .errors import install_cli_excepthook, translate_errors
 from .experiments import ExperimentStore
 from .gcpause import no_gc
-from .keys import (
-    PENDING,
-    STATUSES,
-    ExperimentKeys,
-    GlobalKeys,
-    escape,
-)
+from .keys import PENDING, STATUSES, ExperimentKeys, GlobalKeys, escape
 from .lock import LockClient
 from .options import Options
 from .scripts import Scripts, name_denial
 from .serverchecks import check_server, server_info
 from .trials import clone as clone_trial
-from .trials import to_doc
+from .trials import to_doc, with_status
 from .uri import resolve
 from .writes import TrialWriter
 
 log = logging.getLogger(__name__)
-
-
-def _accelerate(opts: Options) -> bool:
-    """Copy-free lock holds for this storage: on unless switched off (option, env var) or
-    Oríon is not a verified version (accel.install logs why)."""
-    # installed whatever the switches (on a verified Oríon): a non-accelerated storage of ours
-    # still observes a backlog that batching workers of the same fleet left
-    return accel.install() and opts.accelerate and accel.env_allows()
-
-
-def _batch(opts: Options, accelerated: bool) -> bool:
-    """Batched observation: only with the accelerator (its holds observe the backlog)."""
-    return accelerated and opts.batch_observe and accel.env_allows(accel.BATCH_ENV)
 
 
 class Redis(BaseStorageProtocol):
@@ -110,9 +91,9 @@ class Redis(BaseStorageProtocol):
             lambda: self.client, lambda: self.scripts, fake=opts.scheme == "fakeredis"
         )
         self._db = RedisDB(opts)
-        self.accelerated_holds = _accelerate(opts)
+        self.accelerated_holds = accel.enabled_for(opts)
         runner.install()  # Runner.run on this backend: clean stop on SIGTERM, the Dask fix
-        self.batched_observation = _batch(opts, self.accelerated_holds)
+        self.batched_observation = accel.batching_for(opts, self.accelerated_holds)
 
     @property
     def stop_options(self) -> Options:
@@ -253,12 +234,20 @@ class Redis(BaseStorageProtocol):
     def _keeper(self) -> lease.LeaseKeeper:
         return lease.keeper(self._opts)
 
-    def _patch_held(self, ek, trial_id, was, fields, new_status=None, score="") -> tuple:
+    def _patch_held(
+        self, ek, trial_id, was, fields, new_status=None, score="", observed=None
+    ) -> tuple:
         """writes.patch of a trial; one this worker reserved must still be held by it (refused
-        once its lease ran out and another worker took it). (rc, the holder id checked)."""
+        once its lease ran out and another worker took it). Inside the client's observe or
+        release of a batching storage, the trial ``observed()`` returns is recorded for the
+        algorithm in the same script (accel.recording). (rc, the holder id checked)."""
         holder = self._keeper().holder_check(ek, escape(trial_id)) if was == "reserved" else ""
+        recorded = accel.recording(self) if observed is not None and was == "reserved" else None
         with self._guard():
-            rc = self._writes.patch(ek, trial_id, was, fields, new_status, score, holder)
+            record = b"" if recorded is None else self.lock.encode_entry(observed())
+            rc = self._writes.patch(ek, trial_id, was, fields, new_status, score, holder, record)
+        if rc == 1 and recorded is not None:
+            recorded.add(trial_id)
         if rc == 1 and holder and (new_status or was) != "reserved":
             self._keeper().gave_up(ek, escape(trial_id))
         return rc, holder
@@ -276,7 +265,15 @@ class Redis(BaseStorageProtocol):
         validate_status(status)
         validate_status(was)
         fields = ["status", codec.dumps(status), "heartbeat", codec.dumps(heartbeat)], ()
-        rc, _ = self._patch_held(self._ek(trial.experiment), trial.id, was, fields, status, score)
+        rc, _ = self._patch_held(
+            self._ek(trial.experiment),
+            trial.id,
+            was,
+            fields,
+            status,
+            score,
+            lambda: with_status(trial, status),
+        )
         if rc != 1:
             raise FailedUpdate(
                 f"trial {trial.id} is not {was!r} in storage"
@@ -300,7 +297,9 @@ class Redis(BaseStorageProtocol):
         trial_id = trial.id  # hashes the params: once per call
         doc = to_doc(trial, trial_id)
         ek = self._ek(trial.experiment)
-        rc, holder = self._patch_held(ek, trial_id, "reserved", doc, doc.get("status"))
+        rc, holder = self._patch_held(
+            ek, trial_id, "reserved", doc, doc.get("status"), "", lambda: trial
+        )
         if rc != 1:
             taken = " by this worker (if its lease ran out, another worker took it)"
             raise FailedUpdate(

@@ -107,6 +107,13 @@ def clone(trial: Trial) -> Trial:
     return new
 
 
+def with_status(trial: Trial, status: str) -> Trial:
+    """A copy of ``trial`` as Oríon's Producer.observe gets it after a status change."""
+    observed = clone(trial)
+    observed.status = status
+    return observed
+
+
 def sort_key(trial):
     # the same key as Legacy: trials without submit_time first
     return 0 if trial.submit_time is None else trial.submit_time

@@ -93,10 +93,12 @@ class TrialWriter:
         new_status=None,
         score: str = "",
         holder: str = "",
+        record: bytes = b"",
     ) -> int:
         """One update_trial.lua call: 1 updated, 0 status differs (or ``holder``, when given,
         does not hold it), -1 no such trial. ``fields``: a document, or ready (pairs, trims)
-        for our own fixed fields."""
+        for our own fixed fields. ``record``: the trial encoded for the algorithm's backlog,
+        appended in the same script (batched observation), or empty."""
         trial_token = escape(trial_id)
         if type(fields) is not tuple:
             fields = codec.encode_trial(codec.checked(fields))
@@ -114,6 +116,7 @@ class TrialWriter:
                     ek.holders,
                     ek.recoveries,
                     ek.recovered,
+                    ek.unobserved,
                 ],
                 args=[
                     trial_token,
@@ -123,6 +126,7 @@ class TrialWriter:
                     REQUEST_TTL,
                     ";".join(trims),
                     holder,
+                    record,
                     *pairs,
                 ],
             )

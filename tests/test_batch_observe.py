@@ -276,3 +276,45 @@ def test_acquire_is_called_exactly_as_orion_calls_it():
     with mock.patch.object(storage, "acquire_algorithm_lock", wraps=original) as spy:
         client.suggest()
     spy.assert_called_with(experiment=exp, timeout=mock.ANY, retry_interval=mock.ANY)
+
+
+@pytest.mark.parametrize("how", ["observe", "release"])
+def test_a_worker_killed_between_status_change_and_observation_loses_nothing(monkeypatch, how):
+    """The status change of a completion (or release) records the trial for the algorithm in
+    the same script: a worker that dies right after it, before Oríon's Producer.observe, still
+    leaves the trial in the backlog, and another worker's next produce observes it."""
+    from orion.core.worker.producer import Producer
+
+    client = _client()
+    trial = client.suggest()
+
+    def dies(self, trial):
+        raise SystemExit("killed between the two calls")
+
+    monkeypatch.setattr(Producer, "observe", dies)
+    with pytest.raises(SystemExit):
+        if how == "observe":
+            _complete(client, trial)
+        else:
+            client.release(trial, status="interrupted")
+    monkeypatch.undo()
+    exp = client._experiment
+    storage = exp._storage
+    expected = "completed" if how == "observe" else "interrupted"
+    (entry,) = storage.lock.backlog(storage._ek(exp.id))  # as Producer.observe would get it
+    assert (entry.id, entry.status) == (trial.id, expected)
+    other = build_experiment(exp.name, storage={"type": "redis", "uri": storage._opts.url,
+                                                "state_secret": SECRET})
+    _CLIENTS.append(other)
+    assert accel.flush(other._experiment) == 1  # another worker's next hold observes it
+    assert storage.backlog_length(exp) == 0
+    if how == "observe":
+        assert _observed(other)[trial.id] == "completed"
+
+
+def test_a_completion_is_recorded_once():
+    client, exp, storage, _ = _with_one_completed()
+    assert storage.backlog_length(exp) == 1  # by the completion's script, not again by observe
+    trial = client.suggest()
+    client.release(trial, status="broken")
+    assert storage.backlog_length(exp) == 1  # the produce observed the first; the release adds one

@@ -440,3 +440,23 @@ def test_hostile_experiment_ids_stay_in_their_slot(redis_storage):
         (trial,) = redis_storage.fetch_trials(uid=exp_id)
         assert trial.experiment == exp_id
         assert redis_storage.reserve_trial(Exp(exp_id)).experiment == exp_id
+
+
+def test_a_root_experiment_is_rooted_by_its_creation(redis_storage):
+    """Oríon's builder writes refers.root_id with a second call after create_experiment; a
+    worker that loaded the experiment in between wrote refers back with root_id null (a lost
+    update: `orion list` then shows nothing). Ours stores it in the creating script, so the
+    loader's write-back carries it, whatever the interleaving."""
+    config = experiment_config("rooted")
+    redis_storage.create_experiment(config)
+    exp_id = config["_id"]
+    assert config["refers"]["root_id"] is None, "the caller's config is left as Oríon built it"
+    (loaded,) = redis_storage.fetch_experiments({"name": "rooted"})  # a concurrent loader
+    redis_storage.update_experiment(uid=exp_id, refers={**config["refers"], "root_id": exp_id})
+    redis_storage.update_experiment(uid=exp_id, refers=loaded["refers"])  # its write-back
+    (doc,) = redis_storage.fetch_experiments({"name": "rooted"})
+    assert doc["refers"]["root_id"] == exp_id
+    child = experiment_config("child", refers={"parent_id": exp_id, "root_id": exp_id,
+                                               "adapter": []})
+    redis_storage.create_experiment(child)
+    assert redis_storage.fetch_experiments({"name": "child"})[0]["refers"]["root_id"] == exp_id

@@ -299,6 +299,13 @@ class StorageDiff(RuleBasedStateMachine):
                 self.exp_ids[side].append(configs[side]["_id"])
                 if explicit is None:
                     self.auto_ids[side].add(configs[side]["_id"])
+            if parent_logical is None:
+                # ours stores a root's root_id in the creating script itself; Oríon's builder
+                # sets it with the next call, which Legacy gets here (README, Differences)
+                legacy_id = configs["legacy"]["_id"]
+                self.storages["legacy"].update_experiment(
+                    uid=legacy_id, refers={"parent_id": None, "root_id": legacy_id,
+                                           "adapter": []})
 
     @rule(kind=EXP_QUERY_KINDS, pick=EXP_PICKS, name=NAMES, user=USERS,
           selection=SELECTIONS)

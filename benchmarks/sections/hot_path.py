@@ -98,8 +98,8 @@ class BareOps:
     def _update(self, tok, new_index, new_status, score, trims, pairs):
         rc = self.update_s(keys=[self.prefix + tok, self.idx[3], new_index, self.rev,
                                  self.changed, self._req(), self.leases, self.holders,
-                                 self.recoveries, self.recovered],
-                           args=[tok, '"reserved"', new_status, score, self.ttl, trims, "",
+                                 self.recoveries, self.recovered, f"{self.tag}:unobserved"],
+                           args=[tok, '"reserved"', new_status, score, self.ttl, trims, "", "",
                                  *pairs])
         if rc != 1:  # a failed CAS does less work: it would flatter the floor
             raise RuntimeError(f"bare update_trial of {tok} returned {rc}")
