@@ -35,4 +35,5 @@ def __dir__():
     return sorted(__all__)
 
 
-from . import redaction  # noqa: E402,F401 - no password in any log line, from import on
+from . import quiet, redaction  # noqa: E402,F401 - from start-up on: no password in any log
+# line; no Oríon profet warning in `orion` commands

@@ -32,6 +32,7 @@ def info(storage) -> dict:
         else "shared (every worker given this URI)",
         "prefix": storage._opts.prefix,
         "redis_version": facts.get("redis_version"),
+        "executable": facts.get("executable"),  # which redis-server runs (Redis >= 6.2 says)
         "mode": facts.get("redis_mode", "standalone"),
         "aof": bool(facts.get("aof_enabled")),
         "rdb_save_points": facts.get("rdb_saves_configured"),

@@ -172,17 +172,50 @@ def _experiment(storage: Redis, args) -> dict:
     return max(docs, key=lambda d: d.get("version", 1))
 
 
+STATE_LINES = 40  # of the algorithm state in `lock show`'s text form (--json has it whole)
+
+
 def cmd_lock(args) -> int:
     storage = connect(args)
     exp = _experiment(storage, args)
+    row = admin.experiment_status(storage, exp)
     if args.action == "release":
+        if row["lock"] == "free":  # nothing held: saying "released" would hide a wrong name
+            print(f"the lock of {exp['name']} v{exp.get('version', 1)} is free: nothing released")
+            return OK
         done = storage.release_algorithm_lock(uid=exp["_id"])
         print("released" if done else "no lock record")
         return OK if done else PROBLEM
-    row = admin.experiment_status(storage, exp)
     data = {k: row[k] for k in ("experiment", "version", "lock", "holder", "held_s", "fence")}
-    _print(args, data, lambda d: "\n".join(f"{k:10} {v}" for k, v in d.items()))
+    info = storage.get_algorithm_lock_info(uid=exp["_id"])
+    # as stored: with batched observation it lags by the backlog (README)
+    data["unobserved"] = row["unobserved"]
+    data["algorithm"] = info.configuration if info else None
+    data["state"] = _keyed(info.state) if info else None
+    _print(args, data, _render_lock)
     return OK
+
+
+def _keyed(value):
+    """The state with string keys for JSON (tuples and sets as lists, numpy arrays as their type
+    and shape; the rest through str)."""
+    if isinstance(value, dict):
+        return {str(k): _keyed(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_keyed(v) for v in value]
+    if hasattr(value, "dtype") and hasattr(value, "shape"):  # an RNG's 624 words say nothing
+        return f"<{type(value).__name__} {value.dtype} {tuple(value.shape)}>"
+    return value
+
+
+def _render_lock(data: dict) -> str:
+    import pprint
+
+    lines = [f"{k:10} {v}" for k, v in data.items() if k != "state"]
+    state = pprint.pformat(data["state"], width=100, compact=True).splitlines()
+    more = len(state) - STATE_LINES
+    lines += ["state"] + ["  " + line for line in state[:STATE_LINES]]
+    return "\n".join(lines + ([f"  ... {more} more lines (--json shows all)"] if more > 0 else []))
 
 
 def cmd_flush(args) -> int:

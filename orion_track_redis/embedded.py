@@ -36,6 +36,7 @@ from .server import (
     log_tail,
     ping_client,
     server_version,
+    stamp_version,
 )
 
 logger = logging.getLogger(__name__)
@@ -221,11 +222,14 @@ def _wait_up(sock: Path, timeout: float) -> bool:
 
 
 def _start_daemon(ddir: Path, sock: Path) -> None:
-    binary = find_redis_server()
-    version = ".".join(map(str, server_version(binary)))
+    binary = find_redis_server(ddir)  # the newest, never older than the data
+    found = server_version(binary)
+    version = ".".join(map(str, found))
     log, pidfile = ddir / LOG_NAME, ddir / PID_NAME
-    logger.info(
-        "Starting embedded redis-server %s (v%s): data in %s, socket %s, log %s",
+    # WARNING: which server runs must show at Oríon's default verbosity (once per start)
+    logger.warning(
+        "orion-track-redis: starting the embedded redis-server %s (v%s): data in %s, socket %s, "
+        "log %s",
         binary,
         version,
         ddir,
@@ -283,6 +287,7 @@ def _start_daemon(ddir: Path, sock: Path) -> None:
             raise fail("did not daemonize") from None
     if rc != 0:
         raise fail(f"exited with code {rc}")
+    stamp_version(ddir, found)  # a later start never picks an older server for this data
     deadline = time.monotonic() + START_TIMEOUT
     while _probe(sock) != "up":
         pid = _read_pid(pidfile)

@@ -134,6 +134,12 @@ def _raise_translated(
             f"Redis at {where} denied a command to this ACL user ({redact(exc)}). "
             "Grant the user the commands and key pattern listed in the README (ACL section)."
         ) from None
+    except rex.ReadOnlyError as exc:
+        raise ConfigurationError(
+            f"Redis at {where} is a read-only replica: it refused a write ({redact(exc)}). "
+            "Point the URI at the primary (`INFO replication` on the replica names it: "
+            "master_host, master_port), or use redis+sentinel:// to follow the primary."
+        ) from None
     except rex.ResponseError as exc:
         msg = _scrub(str(exc))
         if "unknown command" in msg and "HELLO" in msg:

@@ -38,6 +38,9 @@ SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password", "sentinel_ssl")
 
 RETRY_OPTIONS = ("retries", "retry_backoff")
 
+# what else a Redis URI is called elsewhere (redis-py's from_url, Oríon's database.host)
+_URI_ALIASES = ("url", "host", "address", "redis_url", "redis_uri", "connection_string")
+
 _OWN_OPTIONS = {
     "prefix": str,
     "lock_ttl": float,
@@ -141,10 +144,16 @@ def split_options(query_items, extra: dict) -> tuple[dict, dict]:
             conn[name] = _convert(name, value, _CONNECTION_OPTIONS)
         else:
             known = sorted(_OWN_OPTIONS) + sorted(_CONNECTION_OPTIONS)
-            near = difflib.get_close_matches(str(name), known, n=1)
+            # `uri` is the constructor's own argument: named here so that url=/host= find it
+            near = (
+                ["uri"]
+                if str(name).lower() in _URI_ALIASES
+                else difflib.get_close_matches(str(name), ["uri", *known], n=1)
+            )
             hint = f" Did you mean {near[0]!r}?" if near else ""
             raise ConfigurationError(
-                f"unknown option {name!r}.{hint} Accepted options: {', '.join(known)}."
+                f"unknown option {name!r}.{hint} Accepted: uri (the Redis URI), and the options "
+                f"{', '.join(known)}."
             )
     return own, conn
 

@@ -35,12 +35,17 @@ from redis.retry import Retry
 
 from .errors import ConfigurationError, EmbeddedServerError
 from .redaction import redact
-from .server import LOG_NAME, find_redis_server, log_tail, server_version
+from .server import (
+    LOG_NAME,
+    STAMP_NAME,
+    find_redis_server,
+    log_tail,
+    server_version,
+)
 
 PASSWORD_NAME = "password"
 CONF_NAME = "redis.conf"
 LOCK_NAME = "serve.lock"
-STAMP_NAME = "redis-version"
 CONNECTION_NAME = "connection.uri"
 START_TIMEOUT = 60.0  # until the server listens; loading a large AOF may take longer: allowed
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
@@ -63,8 +68,8 @@ def serve(
     with _exclusive(ddir):
         _refuse_if_serving(ddir, conn_file)
         conn_file.unlink(missing_ok=True)  # workers must not read a dead server's address
-        binary = find_redis_server()
-        version = _check_versions(ddir, binary)
+        binary = find_redis_server(ddir)  # the newest, never older than the data
+        version = server_version(binary)
         host = _bind_address(bind)
         srv = _Server(binary, version, ddir, host, _uri_host(host), _password(ddir))
         if tls:
@@ -200,28 +205,6 @@ def _read_password(path: Path) -> str:
 
 def _dotted(version: tuple[int, ...]) -> str:
     return ".".join(map(str, version))
-
-
-def _check_versions(ddir: Path, binary: str) -> tuple[int, int, int]:
-    """The binary's version, refused when older than the redis-server that wrote the data (an
-    older one would start empty, or refuse to load it)."""
-    found = server_version(binary)
-    written = _data_version(ddir)
-    if written is not None and written[:2] > found[:2]:
-        raise ConfigurationError(
-            f"the data in {ddir} was written by redis-server {_dotted(written)}, newer than "
-            f"{binary} ({_dotted(found)}), which cannot read it: point ORION_REDIS_SERVER_BIN "
-            f"(or PATH) at a redis-server {written[0]}.{written[1]} or newer."
-        )
-    return found
-
-
-def _data_version(ddir: Path) -> tuple[int, ...] | None:
-    """The version of the redis-server that last served ``ddir``, if known."""
-    with contextlib.suppress(OSError, ValueError):
-        return tuple(int(x) for x in (ddir / STAMP_NAME).read_text().strip().split("."))
-    # not served by us: a multi-part AOF directory is Redis 7's format
-    return (7, 0, 0) if (ddir / "appendonlydir").is_dir() else None
 
 
 def _bind_address(bind: str | None) -> str:

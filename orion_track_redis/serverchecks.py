@@ -12,6 +12,7 @@ import logging
 from .errors import MIN_VERSION, RedisStorageError
 
 log = logging.getLogger(__name__)
+_logged: set[str] = set()
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -39,7 +40,9 @@ def check_server(info: dict, where: str, log_warnings: bool = True) -> list[str]
             "trial. Set `appendonly yes` (recommended with appendfsync everysec or always)."
         )
     for message in warnings if log_warnings else ():
-        log.warning(message)
+        if message not in _logged:  # once per process: `orion status` sets up 3 storages
+            _logged.add(message)
+            log.warning(message)
     return warnings
 
 

@@ -23,7 +23,7 @@ from orion.storage.base import (
     get_uid,
 )
 
-from . import accel, codec, lease, migrations, query, runner
+from . import accel, codec, lease, migrations, misdirect, query, runner
 from .cache import TrialReader, indexed
 from .connection import RedisDB, fail_fast, make_client, refuse_plain_server_for_tls
 from .errors import install_cli_excepthook, translate_errors
@@ -40,6 +40,7 @@ from .uri import resolve
 from .writes import TrialWriter
 
 log = logging.getLogger(__name__)
+misdirect.guard_legacy()  # Oríon imports this module before it creates any storage (issue 21)
 
 
 class Redis(BaseStorageProtocol):

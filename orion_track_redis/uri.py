@@ -31,7 +31,9 @@ import logging
 import os
 from urllib.parse import parse_qsl, urlsplit
 
+from . import misdirect
 from .errors import ConfigurationError, redact
+from .misdirect import ENV_REQUIRE_URI, REDIS_SCHEMES, scheme_hint
 from .options import (
     CLUSTER,
     SENTINEL,
@@ -46,13 +48,11 @@ from .options import (
 log = logging.getLogger(__name__)
 
 ENV_URI = "ORION_REDIS_URI"
-# set on a fleet: no URI configured is an error instead of this host's own embedded server
-ENV_REQUIRE_URI = "ORION_REDIS_REQUIRE_URI"
 ENV_SECRET = "ORION_REDIS_STATE_SECRET"
 # the password kept out of the URI: a file (container secrets' convention), or redis-cli's variable
 ENV_PASSWORD_FILE = "ORION_REDIS_PASSWORD_FILE"
 ENV_CLI_AUTH = "REDISCLI_AUTH"
-SCHEMES = ("redis", "rediss", "unix", "fakeredis", "embedded", SENTINEL, CLUSTER)
+SCHEMES = REDIS_SCHEMES
 MULTI_HOST = (SENTINEL, CLUSTER)
 DEFAULT_PORTS = {SENTINEL: 26379, CLUSTER: 6379}
 ACCEPTED_FORMS = (
@@ -71,14 +71,18 @@ def _scheme_of(text) -> str | None:
 
 
 def pick_uri(uri, database) -> tuple[str | None, str]:
-    """Apply the resolution order; return (uri or None for the embedded default, source)."""
+    """Apply the resolution order; return (uri or None for the embedded default, source).
+    A ``database`` value that meant a Redis URI but is none is refused (misdirect.py)."""
     if uri:
         return uri, "uri argument"
-    host = (database or {}).get("host") if isinstance(database, dict) else None
+    database = database if isinstance(database, dict) else {}
+    host = database.get("host")
     if _scheme_of(host) in SCHEMES:
         return host, "database.host"
-    if os.environ.get(ENV_URI):
-        return os.environ[ENV_URI], f"${ENV_URI}"
+    env_uri = os.environ.get(ENV_URI)
+    misdirect.check_database(database, fallback=bool(env_uri))
+    if env_uri:
+        return env_uri, f"${ENV_URI}"
     return None, "embedded default"
 
 
@@ -86,15 +90,17 @@ _warned_embedded = False
 
 
 def _implicit_embedded() -> None:
-    """No URI anywhere: refuse when the fleet said so, else say loudly (once per process) that
-    this host's own server is used, so other hosts do not share the experiment."""
-    global _warned_embedded
-    if os.environ.get(ENV_REQUIRE_URI, "").strip().lower() in ("1", "true", "yes", "on"):
+    """No URI anywhere: refuse when the fleet said so (or when the --config file holds one that
+    Oríon dropped), else say loudly (once per process) that this host's own server is used, so
+    other hosts do not share the experiment."""
+    misdirect.check_dropped(found=False)
+    if misdirect.policy() == "require":
         raise ConfigurationError(
             f"no Redis URI is configured and {ENV_REQUIRE_URI} forbids the embedded default: "
             "set storage.database.host to redis://... in the Oríon config (with storage type "
             f"redis), or {ENV_URI}=redis://... in the environment."
         )
+    global _warned_embedded
     if not _warned_embedded:
         _warned_embedded = True
         log.warning(
@@ -105,6 +111,44 @@ def _implicit_embedded() -> None:
             ENV_URI,
             ENV_REQUIRE_URI,
         )
+
+
+def _userinfo_broken(text: str) -> bool:
+    """An "@" past the end of the authority: the password (or user) holds a character that ends
+    it ("/", "?", "#"), so urlsplit cut the URI inside the password. An "@" in a query option
+    of a well-formed URI is not one."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # an unparsable authority (a stray "["): any "@" after "://" counts
+        return "@" in text.split("://", 1)[-1]
+    if "@" in parts.netloc:
+        return False
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+        in_query = not parts.hostname
+    except ValueError:
+        in_query = True  # the authority itself is broken: any "@" after it counts
+    return "@" in parts.path + parts.fragment + (parts.query if in_query else "")
+
+
+def _shown(text: str) -> str:
+    """The URI for a message: redacted, and with the whole user info hidden when a character of
+    the password broke it (redact() cannot tell where such a password ends)."""
+    if _userinfo_broken(text):
+        scheme, rest = text.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return redact(text)
+
+
+def _encoding_hint(text: str) -> str:
+    if not _userinfo_broken(text):
+        return ""
+    return (
+        " The password seems to hold a character that must be percent-encoded in a URI "
+        "(/ %2F, ? %3F, # %23, @ %40, : %3A, % %25): encode it with python3 -c 'import sys, "
+        "urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=\"\"))' 'PASSWORD', or keep "
+        f"it out of the URI (option password_file, or {ENV_PASSWORD_FILE})."
+    )
 
 
 def _external_password(own: dict, in_uri: bool) -> str | None:
@@ -152,10 +196,13 @@ def resolve(uri=None, database=None, options: dict | None = None) -> Options:
     secret = options.pop("state_secret", None) or os.environ.get(ENV_SECRET) or None
     if isinstance(secret, str):
         secret = secret.encode()
+    split_options((), options)  # a mistyped keyword (url=) first: before any other message
     chosen, source = pick_uri(uri, database)
     if chosen is None:
         _implicit_embedded()
         chosen = "embedded://"
+    elif source != "uri argument":
+        misdirect.check_dropped(found=True)
     if not isinstance(chosen, str):
         raise ConfigurationError(
             f"the Redis URI must be a string, got {type(chosen).__name__}. "
@@ -166,15 +213,21 @@ def resolve(uri=None, database=None, options: dict | None = None) -> Options:
         return _resolve_multi_host(chosen, scheme, source, options, secret)
     if scheme not in SCHEMES:
         raise ConfigurationError(
-            f"unsupported Redis URI {redact(chosen)!r} (from {source}). "
+            f"unsupported Redis URI {redact(chosen)!r} (from {source}).{scheme_hint(chosen)} "
             f"Accepted forms: {ACCEPTED_FORMS}."
         )
     try:
         parts = urlsplit(chosen)
         parts.port  # noqa: B018 - raises ValueError on a bad port
+        problem = ""
     except ValueError as exc:
+        problem = str(exc)
+    if _userinfo_broken(chosen):
+        problem = problem or "the password ends too early"
+    if problem:
         raise ConfigurationError(
-            f"malformed Redis URI {redact(chosen)!r} ({exc}). Accepted forms: {ACCEPTED_FORMS}."
+            f"malformed Redis URI {_shown(chosen)!r} (from {source}: {problem})."
+            f"{_encoding_hint(chosen)} Accepted forms: {ACCEPTED_FORMS}."
         ) from None
     if scheme in ("redis", "rediss") and not parts.hostname:
         raise ConfigurationError(

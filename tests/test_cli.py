@@ -80,6 +80,22 @@ def test_lock_show_and_release(capsys, uri):
     code, out = run(capsys, "--uri", uri, "lock", "release", "locked")
     assert code == 0 and "released" in out
     assert not storage.get_algorithm_lock_info(uid=exp_id).locked
+    code, out = run(capsys, "--uri", uri, "lock", "release", "locked")  # free: says so
+    assert code == 0 and "is free: nothing released" in out
+
+
+def test_lock_show_reads_the_algorithm_state(capsys, uri):
+    """The README sends readers of the algorithm state to `lock show` (issue 21)."""
+    storage = Redis(uri=uri)
+    exp_id = create_experiment(storage, name="stateful")
+    with storage.acquire_algorithm_lock(uid=exp_id) as locked:
+        locked.set_state({"rng": (1, 2), "seen": {"a": 1}})
+    code, out = run(capsys, "--uri", uri, "lock", "show", "stateful", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["state"] == {"rng": [1, 2], "seen": {"a": 1}}
+    assert data["algorithm"] == {"random": {"seed": 1}} and data["unobserved"] == 0
+    code, out = run(capsys, "--uri", uri, "lock", "show", "stateful")
+    assert "state" in out and "'seen': {'a': 1}" in out
 
 
 def test_lost_requeue(capsys, uri, heartbeat):

@@ -183,7 +183,7 @@ def test_embedded_uri_starts_then_reuses(emb_dir, monkeypatch, caplog, binary):
     with caplog.at_level(logging.INFO, logger="orion_track_redis.embedded"):
         uri = embedded_uri(emb_dir)
     assert uri == f"unix://{emb_dir / 'redis.sock'}"
-    assert any("Starting embedded redis-server" in r.getMessage() for r in caplog.records)
+    assert any("starting the embedded redis-server" in r.getMessage() for r in caplog.records)
     pid = _server_pid(uri)
     assert pid == embedded._read_pid(emb_dir / "redis.pid")
     with _client(uri) as client:
