@@ -333,9 +333,11 @@ def cmd_copy(args) -> int:
 
 def cmd_export(args) -> int:
     count = transfer.export_jsonl(connect(args), args.file, experiment=args.experiment)
+    first = count["observed_first"]
     print(
         f"exported {_n(count['experiments'], 'experiment')}, {_n(count['trials'], 'trial')} "
         f"to {args.file}"
+        + (f" (the algorithm observed {_n(first, 'waiting trial')} first)" if first else "")
     )
     return OK
 

@@ -23,7 +23,7 @@ from typing import Any
 from orion.core.io.database import DuplicateKeyError
 from orion.core.worker.trial import Trial
 
-from . import codec
+from . import accel, codec
 from .keys import STATUSES
 from .statecodec import load_state
 
@@ -67,6 +67,18 @@ def _counts(storage, exp_id) -> dict:
     return {s: sum(t.status == s for t in trials) for s in STATUSES}
 
 
+def observe_backlog(storage, doc, timeout: float = 60) -> int:
+    """Observe the trials waiting in the experiment's backlog (batched observation) before its
+    algorithm state is read: the stored state lags by exactly them, and neither a copy nor an
+    export carries the backlog itself. How many were observed (0 for other storages)."""
+    if not getattr(storage, "backlog_length", None) or not storage.backlog_length(uid=doc["_id"]):
+        return 0
+    from orion.core.io import experiment_builder
+
+    experiment = experiment_builder.load(doc["name"], doc.get("version"), mode="w", storage=storage)
+    return accel.flush(experiment, timeout=timeout)
+
+
 def _copy_lock(source, target, exp_id, config):
     info = source.get_algorithm_lock_info(uid=exp_id)
     if info is None:
@@ -79,9 +91,10 @@ def _copy_lock(source, target, exp_id, config):
             locked.set_state(info.state)
 
 
-def _copy_experiment(source, target, doc) -> tuple[int, int]:
-    """Copy one experiment; returns (trials copied, trials already there)."""
+def _copy_experiment(source, target, doc) -> tuple[int, int, int]:
+    """Copy one experiment; returns (trials copied, trials already there, observed first)."""
     exp_id = doc["_id"]
+    observed = observe_backlog(source, doc)
     if not target.fetch_experiments({"_id": exp_id}):
         config = dict(doc)
         try:
@@ -99,7 +112,7 @@ def _copy_experiment(source, target, doc) -> tuple[int, int]:
         except DuplicateKeyError:
             skipped += 1
     _copy_lock(source, target, exp_id, doc)
-    return copied, skipped
+    return copied, skipped, observed
 
 
 def copy(source, target, experiment=None, progress=None) -> dict:
@@ -107,7 +120,7 @@ def copy(source, target, experiment=None, progress=None) -> dict:
     docs = _experiments(source, experiment)
     report: dict[str, Any] = {"experiments": [], "verified": True}
     for i, doc in enumerate(docs, 1):
-        copied, skipped = _copy_experiment(source, target, doc)
+        copied, skipped, observed = _copy_experiment(source, target, doc)
         before, after = _counts(source, doc["_id"]), _counts(target, doc["_id"])
         same = before == after
         report["verified"] &= same
@@ -117,6 +130,7 @@ def copy(source, target, experiment=None, progress=None) -> dict:
                 "version": doc.get("version"),
                 "copied": copied,
                 "skipped": skipped,
+                "observed_first": observed,
                 "source": before,
                 "target": after,
                 "equal": same,
@@ -136,6 +150,11 @@ def render_report(report) -> str:
         lines.append(
             f"{e['name']}-v{e['version']}: copied {e['copied']}, already there "
             f"{e['skipped']}; {'OK' if e['equal'] else 'MISMATCH'}"
+            + (
+                f" (the algorithm observed {e['observed_first']} waiting trial(s) first)"
+                if e.get("observed_first")
+                else ""
+            )
         )
         for side in ("source", "target"):
             counts = ", ".join(f"{s} {n}" for s, n in e[side].items() if n)
@@ -149,11 +168,14 @@ def render_report(report) -> str:
 
 
 def export_jsonl(storage, path, experiment=None) -> dict:
-    count = {"experiments": 0, "trials": 0}
+    """Write the experiments to ``path``; each one's backlog is observed first (the exported
+    state is then up to date), counted in ``observed_first``."""
+    count = {"experiments": 0, "trials": 0, "observed_first": 0}
     docs = _experiments(storage, experiment)  # before the file: a missing one creates nothing
     with open(path, "w", encoding="utf-8") as out:
         out.write(json.dumps({"format": FORMAT, "version": VERSION}) + "\n")
         for doc in docs:
+            count["observed_first"] += observe_backlog(storage, doc)
             out.write(codec.dumps({"kind": "experiment", "doc": doc}) + "\n")
             info = storage.get_algorithm_lock_info(uid=doc["_id"])
             if info is not None:

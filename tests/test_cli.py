@@ -393,3 +393,23 @@ def test_holders_shows_who_holds_what_and_what_was_recovered(capsys, uri, monkey
     assert record["lease_ended_s_before"] >= 3
     code, out = run(capsys, "--uri", uri, "status", "held", "--json")
     assert json.loads(out)[0]["recovered"] == 1
+
+
+def test_export_observes_the_backlog_first(capsys, uri, redis_server, tmp_path):
+    """A batching fleet's stored state lags by the completions waiting in its backlog; an
+    export (and a copy: transfer.observe_backlog) observes them first."""
+    exp = build_experiment("lagging", space={"x": "uniform(0, 1)"},
+                           algorithm={"random": {"seed": 1}}, max_trials=10,
+                           storage={"type": "redis", "uri": uri})
+    storage = exp._experiment._storage
+    for _ in range(2):
+        trial = exp.suggest()
+        exp.observe(trial, [{"name": "loss", "type": "objective", "value": 1.0}])
+    assert storage.backlog_length(uid=exp.id) == 1  # the second produce observed the first
+    path = tmp_path / "dump.jsonl"
+    code, out = run(capsys, "--uri", uri, "export", str(path))
+    assert code == 0 and "observed 1 waiting trial first" in out
+    assert storage.backlog_length(uid=exp.id) == 0
+    registry = storage.get_algorithm_lock_info(uid=exp.id).state["algorithm"]["registry"]
+    assert sorted(t.status for t in registry["_trials"].values()) == ["completed"] * 2
+    exp.close()
