@@ -31,7 +31,13 @@ from pathlib import Path
 
 PORTS = (6817, 6818)
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
-SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+
+
+def _sbin_path() -> str:
+    """PATH as it is now (a caller may have changed it for its jobs), with the daemons' dirs."""
+    return os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+
+
 # Set in the daemons' and the jobs' environment: stop() kills whatever still carries it.
 MARKER = "ORION_TRACK_REDIS_SLURM"
 
@@ -126,7 +132,7 @@ class SlurmCluster:
     @staticmethod
     def available() -> tuple[bool, str]:
         """Whether a cluster can start here, and if not why (for pytest.skip)."""
-        missing = [b for b in BINARIES if shutil.which(b, path=SBIN_PATH) is None]
+        missing = [b for b in BINARIES if shutil.which(b, path=_sbin_path()) is None]
         if missing:
             return False, f"not installed: {', '.join(missing)}"
         if os.geteuid() != 0:
@@ -146,7 +152,7 @@ class SlurmCluster:
             **os.environ,
             "SLURM_CONF": str(self.conf),
             MARKER: str(self.workdir),
-            "PATH": SBIN_PATH,
+            "PATH": _sbin_path(),
         }
 
     def start(self, timeout: float = 60.0) -> SlurmCluster:
@@ -214,7 +220,7 @@ class SlurmCluster:
         self._wait(lambda: os.path.exists(self.munge_socket), 10, "munged's socket")
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        argv = [shutil.which(argv[0], path=SBIN_PATH) or argv[0], *argv[1:]]
+        argv = [shutil.which(argv[0], path=_sbin_path()) or argv[0], *argv[1:]]
         with open(self.logdir / f"{name}.out", "ab") as out:
             self._procs[name] = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=self.env()
