@@ -45,6 +45,8 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `benchmarks`
+from benchmarks.common import _fmt  # noqa: E402
+from benchmarks.sections.fleet import stop_workers  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -186,21 +188,6 @@ def _read_records(runs: Path) -> list[dict]:
     return out
 
 
-def _stop(workers, grace_s=15.0):
-    for w in workers:
-        if w.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(w.pid, signal.SIGINT)
-    deadline = time.monotonic() + grace_s
-    while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for w in workers:
-        if w.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(w.pid, signal.SIGKILL)
-            w.wait()
-
-
 def _prepare_orion(env: Env, peer, wdir, name, trials, algo, sleep_s, lease):
     location = env.orion_location(peer, name, lease)
     (wdir / "objective.py").write_text(OBJECTIVE)
@@ -309,7 +296,7 @@ def run_fleet(env: Env, peer: str, *, workers: int, trials: int, sleep_s: float,
             next_note = time.monotonic() + 30
         if now - launch > cap_s:
             capped = "time"
-            _stop(procs)
+            stop_workers(procs, grace_s=15.0)
             break
         time.sleep(0.1)
     end = time.time()
@@ -553,18 +540,6 @@ def optuna_worker_main(spec: dict) -> int:
 
 # ------------------------------------------------------------------------------------------------
 # report
-def _f(v, digits=2):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if abs(v) >= 100:
-            return f"{v:,.0f}"
-        if abs(v) >= 10:
-            return f"{v:.1f}"
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
 def _x(v):
     return "-" if v is None else f"{v:.2f}x"
 
@@ -583,12 +558,12 @@ def _fleet_table(rows: list[dict]) -> list[str]:
         died = len(r["died"])
         out.append(
             f"| {r['peer']} | {r['workers']} | {r['completed']}"
-            f"{' (capped)' if r['capped'] else ''} | {_f(r['wall_s'], 1)} | "
-            f"{_f(r['trials_per_s'])} | {_f(r['steady_trials_per_s'])} | "
+            f"{' (capped)' if r['capped'] else ''} | {_fmt(r['wall_s'], 1)} | "
+            f"{_fmt(r['trials_per_s'])} | {_fmt(r['steady_trials_per_s'])} | "
             f"{_x(_ratio(r['steady_trials_per_s'], ours and ours['steady_trials_per_s']))} | "
-            f"{died} | {r['run_twice']} | {_f(r['server_cpu_ms_per_trial'])} | "
+            f"{died} | {r['run_twice']} | {_fmt(r['server_cpu_ms_per_trial'])} | "
             f"{_x(_ratio(r['server_cpu_ms_per_trial'], ours and ours['server_cpu_ms_per_trial']))}"
-            f" | {_f(r.get('client_cpu_ms_per_trial'), 1)} |")
+            f" | {_fmt(r.get('client_cpu_ms_per_trial'), 1)} |")
     return out
 
 
@@ -603,10 +578,10 @@ def _growth_table(rows: list[dict]) -> list[str]:
         cells = []
         for n in sizes:
             r, o = by.get((p, n)), by.get((OURS, n))
-            cells += [_f(r and r["open_s"], 3), _x(_ratio(r and r["open_s"], o and o["open_s"]))]
+            cells += [_fmt(r and r["open_s"], 3), _x(_ratio(r and r["open_s"], o and o["open_s"]))]
         r, o = by.get((p, sizes[-1])), by.get((OURS, sizes[-1]))
         bpt = r and r["bytes_per_trial"]
-        out.append(f"| {p} | " + " | ".join(cells) + f" | {_f(bpt, 0)} | "
+        out.append(f"| {p} | " + " | ".join(cells) + f" | {_fmt(bpt, 0)} | "
                    f"{_x(_ratio(bpt, o and o['bytes_per_trial']))} | "
                    f"{(r and r['bytes_what']) or 'read through the proxy (no store of its own)'}"
                    " |")
@@ -624,8 +599,8 @@ def _faults_table(rows: list[dict]) -> list[str]:
             f" (retried as {', '.join(k['retries'])})" if k["retries"] else "") for k in ks)
         out.append(
             f"| {r['peer']} | {r['settings']} | {len(ks)} | {r['recovered']} of {len(ks)} | "
-            f"{' / '.join(_f(k['rerun_after_s'], 1) for k in ks) or '-'} | "
-            f"{' / '.join(_f(k['completed_after_s'], 1) for k in ks) or '-'} | {states or '-'} | "
+            f"{' / '.join(_fmt(k['rerun_after_s'], 1) for k in ks) or '-'} | "
+            f"{' / '.join(_fmt(k['completed_after_s'], 1) for k in ks) or '-'} | {states or '-'} | "
             f"{r['completed']} | {r['run_twice']} | {len(r['died'])} |")
     return out
 
@@ -638,7 +613,7 @@ def goals(results: dict) -> list[dict]:
         a, b = ours["steady_trials_per_s"], journal["steady_trials_per_s"]
         out.append({"goal": f"fleet ({ours['workers']} workers, random search): orion-redis "
                             "steady trials/s ≥ optuna-journal-redis",
-                    "value": f"{_f(a)} vs {_f(b)} trials/s ({_x(_ratio(a, b))})",
+                    "value": f"{_fmt(a)} vs {_fmt(b)} trials/s ({_x(_ratio(a, b))})",
                     "pass": a is not None and b is not None and a >= b})
     growth = results.get("growth", [])
     if growth:
@@ -648,8 +623,8 @@ def goals(results: dict) -> list[dict]:
             q = _ratio(g[OURS]["open_s"], g["optuna-journal-redis"]["open_s"])
             out.append({"goal": f"open + read {n:,} trials: orion-redis ≤ 0.1x "
                                 "optuna-journal-redis",
-                        "value": f"{_f(g[OURS]['open_s'], 3)} s vs "
-                                 f"{_f(g['optuna-journal-redis']['open_s'], 3)} s ({_x(q)})",
+                        "value": f"{_fmt(g[OURS]['open_s'], 3)} s vs "
+                                 f"{_fmt(g['optuna-journal-redis']['open_s'], 3)} s ({_x(q)})",
                         "pass": q is not None and q <= 0.1})
     faults = {r["peer"]: r for r in results.get("faults", [])}
     if OURS in faults:
@@ -874,7 +849,7 @@ def main(argv=None) -> int:
                     a = analyse_fleet(raw)
                     results["fleet"].append(a)
                     _log(f"  {a['completed']} completed in {a['wall_s']:.1f}s, steady "
-                         f"{_f(a['steady_trials_per_s'])}/s, died {len(a['died'])}")
+                         f"{_fmt(a['steady_trials_per_s'])}/s, died {len(a['died'])}")
         if "tpe" in workloads:
             for peer in [p for p in live if p in m["tpe_peers"]]:
                 _log(f"tpe {peer}: {m['tpe_workers']} workers, {m['tpe_trials']} trials")
@@ -885,7 +860,7 @@ def main(argv=None) -> int:
                     a = analyse_fleet(raw)
                     results["tpe"].append(a)
                     _log(f"  {a['completed']} completed in {a['wall_s']:.1f}s, steady "
-                         f"{_f(a['steady_trials_per_s'])}/s")
+                         f"{_fmt(a['steady_trials_per_s'])}/s")
         if "growth" in workloads:
             built: dict = {}
             order = [p for p in PEERS if p in live]  # the RDB study before the proxy reads it
@@ -899,7 +874,7 @@ def main(argv=None) -> int:
                     if row:
                         results["growth"].append(row)
                         _log(f"  open+read {row['open_s']:.3f}s (build {row['build_s']:.1f}s), "
-                             f"{_f(row['bytes_per_trial'], 0)} B/trial")
+                             f"{_fmt(row['bytes_per_trial'], 0)} B/trial")
         if "faults" in workloads:
             for peer in [p for p in live if p != "orion-pickleddb"]:
                 _log(f"faults {peer}: {m['fault_workers']} workers, kill {m['fault_kills']}")

@@ -3,6 +3,7 @@ objective, the same cap; two workers run under cProfile (profile_hunt.py) and th
 split into storage, objective, sleep, imports and the rest."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import inspect
 import json
@@ -49,13 +50,15 @@ def stop_workers(workers, grace_s=20.0):
     """SIGINT every worker's process group still running, SIGKILL what is left after grace_s."""
     for w in workers:
         if w.poll() is None:
-            os.killpg(w.pid, signal.SIGINT)
+            with contextlib.suppress(ProcessLookupError):  # its group may be gone already
+                os.killpg(w.pid, signal.SIGINT)
     deadline = time.monotonic() + grace_s
     while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     for w in workers:
         if w.poll() is None:
-            os.killpg(w.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(w.pid, signal.SIGKILL)
             w.wait()
 
 
