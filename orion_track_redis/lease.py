@@ -19,6 +19,7 @@ is declared lost later than before. ``lease=0`` turns leases off.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -235,6 +236,13 @@ def keeper(opts: Options) -> LeaseKeeper:
 def keepers() -> list[LeaseKeeper]:
     with _KEEPERS_LOCK:
         return list(_KEEPERS.values())
+
+
+@atexit.register
+def _stop_renewing() -> None:
+    # at interpreter exit: no renewal attempt (and warning) against a server already gone
+    for found in keepers():
+        found._wake.set()
 
 
 def _forget_in_child() -> None:

@@ -44,9 +44,21 @@ def make_trial(exp_id, x=1.0, status="new", seconds=0, **extra):
 
 
 def create_experiment(storage, **kwargs):
+    """Create an experiment as Oríon's builder does: a root experiment (no parent) then gets
+    its refers.root_id (ours stores it in the creating script already; Legacy needs the call)."""
     config = experiment_config(**kwargs)
     storage.create_experiment(config)
+    orion_roots(storage, config)
     return config["_id"]
+
+
+def orion_roots(storage, config) -> dict:
+    """Oríon's builder's call right after creating a root experiment; the stored document."""
+    refers = config.get("refers") or {}
+    if refers.get("parent_id") is None:
+        refers = {**refers, "root_id": config["_id"]}
+        storage.update_experiment(uid=config["_id"], refers=refers)
+    return {**config, "refers": refers}
 
 
 class Exp:

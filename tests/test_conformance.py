@@ -10,7 +10,7 @@ from orion.core.io.database import DuplicateKeyError
 from orion.core.worker.trial import Trial
 from orion.storage.base import FailedUpdate, LockAcquisitionTimeout, MissingArguments
 
-from helpers import BASE_TIME, Exp, create_experiment, experiment_config, make_trial
+from helpers import BASE_TIME, Exp, create_experiment, experiment_config, make_trial, orion_roots
 
 
 # -- experiments -------------------------------------------------------------------------------
@@ -55,8 +55,9 @@ def test_duplicate_id_raises(storage):
 def test_experiment_document_round_trips(storage):
     config = experiment_config("a", extra={"tuple": (1, 2), "ints": [1, 1.0, "1"], "none": None})
     storage.create_experiment(config)
+    stored = orion_roots(storage, config)
     (found,) = storage.fetch_experiments({"name": "a"})
-    assert found == config
+    assert found == stored
     assert found["metadata"]["datetime"] == BASE_TIME
 
 
@@ -68,7 +69,7 @@ def test_fetch_experiments_queries(storage):
     assert storage.fetch_experiments({"_id": None}) == []
     assert [d["_id"] for d in storage.fetch_experiments({"refers.parent_id": root})] == [child]
     found = storage.fetch_experiments({"refers.root_id": root, "metadata.user": "alice"})
-    assert [d["name"] for d in found] == ["child"]
+    assert [d["name"] for d in found] == ["root", "child"]  # a root is its own root
     assert {d["name"] for d in storage.fetch_experiments({})} == {"root", "child", "other"}
     assert storage.fetch_experiments({"name": "nope"}) == []
 
