@@ -119,21 +119,26 @@ def _handler(grace: float):
 
 
 # -- the processes below this one ----------------------------------------------------------------
+def _state_and_parent(pid) -> tuple[bytes, int] | None:
+    """(state letter, parent pid) of a process from /proc/<pid>/stat; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return (fields[0], int(fields[1])) if len(fields) > 1 else None
+
+
 def _parents() -> dict[int, int]:
-    """pid -> parent pid of every process, from /proc (Linux)."""
+    """pid -> parent pid of every live process, from /proc (Linux)."""
     table = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and fields[0] != b"Z":  # a zombie is already gone
-            table[int(entry)] = int(fields[1])
+        if entry.isdigit():
+            found = _state_and_parent(entry)
+            if found is not None and found[0] != b"Z":  # a zombie is already gone
+                table[int(entry)] = found[1]
     return table
 
 
@@ -152,12 +157,8 @@ def descendants(pid: int) -> set[int]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
+    found = _state_and_parent(pid)
+    return found is not None and found[0] != b"Z"
 
 
 def _send(pids, sig) -> None:

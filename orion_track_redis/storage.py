@@ -223,9 +223,8 @@ class Redis(BaseStorageProtocol):
     def reserve_trial(self, experiment):
         """Reserve one pending trial (new, suspended or interrupted) or return None."""
         ek = self._ek(get_uid(experiment))
-        lease_s = self._opts.lease
         with self._guard():
-            reply = self._writes.reserve(ek, lease_s, lease.HOLDER.record())
+            reply = self._writes.reserve(ek, self._opts.lease, lease.HOLDER.record())
         if len(reply) < 3:
             return None
         self._keeper().hold(ek, reply[0].decode())  # renewed; released on SIGTERM
@@ -242,7 +241,8 @@ class Redis(BaseStorageProtocol):
         once its lease ran out and another worker took it). Inside the client's observe or
         release of a batching storage, the trial ``observed()`` returns is recorded for the
         algorithm in the same script (accel.recording). (rc, the holder id checked)."""
-        holder = self._keeper().holder_check(ek, escape(trial_id)) if was == "reserved" else ""
+        keeper, token = self._keeper(), escape(trial_id)
+        holder = keeper.holder_check(ek, token) if was == "reserved" else ""
         recorded = accel.recording(self) if observed is not None and was == "reserved" else None
         with self._guard():
             record = b"" if recorded is None else self.lock.encode_entry(observed())
@@ -250,7 +250,7 @@ class Redis(BaseStorageProtocol):
         if rc == 1 and recorded is not None:
             recorded.add(trial_id)
         if rc == 1 and holder and (new_status or was) != "reserved":
-            self._keeper().gave_up(ek, escape(trial_id))
+            keeper.gave_up(ek, token)
         return rc, holder
 
     def set_trial_status(self, trial, status, heartbeat=None, was=None):
