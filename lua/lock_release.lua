@@ -4,15 +4,20 @@
 -- KEYS[1] lock record hash; KEYS[2] holder key; KEYS[3] queue zset (owner -> ticket);
 -- KEYS[4] leases zset (owner -> lease end, ms); KEYS[5] req:<request id> (a retried release
 -- returns the first result, not "not the holder"); KEYS[6] backlog list {P:E}:unobserved
--- (batched observation); KEYS[7] hold durations list {P:E}:holds (newest first, capped)
+-- (batched observation); KEYS[7] hold durations list {P:E}:holds (newest first, capped);
+-- KEYS[8] the state's delta log (lock_state.lua)
 -- ARGV[1] holder token, or "" to force the release (orion db release); ARGV[2] "1" to write
--- ARGV[3] as the new state, "0" to keep the stored state; ARGV[4] request TTL (s);
+-- ARGV[3] as the new state (a snapshot: the log is emptied), "2" to append ARGV[3] to the log
+-- as a delta of the state ARGV[10] (the token the holder read), "0" to keep the stored state;
+-- ARGV[4] request TTL (s);
 -- ARGV[5] wake key prefix "{P:E}:lock:wake:" (+ the head's owner id, known only here; it
 -- shares the tag of KEYS); ARGV[6] wake key TTL in ms; ARGV[7] how many backlog entries the
 -- new state has observed (removed from the head of KEYS[6] with the state write; "0": none);
 -- ARGV[8] the hold's duration in ms, measured by the holder (pushed on KEYS[7], trimmed to
--- ARGV[9] entries, for a holder's release, also one whose lock expired); "" or absent: none
--- Returns: 1 released | 0 not the holder (no state written) | -1 no lock record
+-- ARGV[9] entries, for a holder's release, also one whose lock expired); "" or absent: none;
+-- ARGV[11] the epoch to give a record that has none yet (a snapshot write)
+-- Returns: 1 released | 0 not the holder (no state written) | -1 no lock record |
+--   2 released, but the stored state is no longer ARGV[10] (the delta was not written)
 -- @include lock_queue.lua
 
 local prior = redis.call('GET', KEYS[5])
@@ -27,8 +32,23 @@ if ARGV[1] ~= '' and ARGV[8] and ARGV[8] ~= '' then
   redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[9]) - 1)
 end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '1' then
-  redis.call('HSET', KEYS[1], 'state', ARGV[3])
+local code = 1
+if ARGV[2] == '2' then
+  local f = redis.call('HMGET', KEYS[1], 'epoch', 'version')
+  if (f[1] or '') .. ':' .. (f[2] or '0') == ARGV[10] and (f[1] or '') ~= '' then
+    redis.call('RPUSH', KEYS[8], ARGV[3])
+    redis.call('HINCRBY', KEYS[1], 'version', 1)
+    redis.call('HINCRBY', KEYS[1], 'logbytes', string.len(ARGV[3]))
+  else
+    code = 2
+  end
+elseif ARGV[2] == '1' then
+  local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+  redis.call('HSET', KEYS[1], 'state', ARGV[3], 'snapver', version, 'logbytes', 0)
+  redis.call('HSETNX', KEYS[1], 'epoch', ARGV[11])
+  redis.call('DEL', KEYS[8])
+end
+if code == 1 and ARGV[2] ~= '0' then
   -- only the holder removes entries, from the head: what others appended since stays
   local observed = tonumber(ARGV[7])
   if observed > 0 then redis.call('LTRIM', KEYS[6], observed, -1) end
@@ -36,5 +56,5 @@ end
 redis.call('DEL', KEYS[2])
 local head = live_head(KEYS[3], KEYS[4], now_ms())
 if head then wake(ARGV[5], head, tonumber(ARGV[6])) end
-redis.call('SET', KEYS[5], 1, 'EX', tonumber(ARGV[4]))
-return 1
+redis.call('SET', KEYS[5], code, 'EX', tonumber(ARGV[4]))
+return code

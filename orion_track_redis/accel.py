@@ -43,6 +43,9 @@ import logging
 import os
 from importlib import metadata
 
+from . import statedelta
+from .lock import RESIDENT
+
 log = logging.getLogger(__name__)
 
 ENV = "ORION_REDIS_ACCELERATE"
@@ -126,24 +129,68 @@ def _backend_hold(experiment, timeout, retry_interval, copy_free=True):
     """Oríon's hold contract (writable check, configuration check, state in and out), with the
     state adopted and exported without copies (``copy_free``), and the backlog of batched
     observation observed first, oldest first, one ``observe`` per recorded trial as Oríon's
-    ``Producer.observe`` would have made it. Yields (algorithm, held state)."""
-    adopt, export = (adopt_state, export_state) if copy_free else (_own_set, _own_get)
+    ``Producer.observe`` would have made it. Yields (algorithm, held state).
+
+    Copy-free, the algorithm stays resident: it keeps the token of the state it left, the
+    storage sends only the deltas it lacks (none when it is current), and the release writes
+    this hold's delta (statedelta.py), not the whole state."""
     experiment._check_if_writable()
-    # called exactly as Oríon calls it: a wrapped or replaced method keeps working
-    with experiment._storage.acquire_algorithm_lock(
-        experiment=experiment, timeout=timeout, retry_interval=retry_interval
-    ) as locked:
-        algorithm = experiment.algorithm
-        _check_configuration(locked.configuration, algorithm, experiment)
+    algorithm = experiment.algorithm
+    have = _resident(algorithm) if copy_free else ""
+    _forget(algorithm)  # until this hold's release succeeds
+    wanted = RESIDENT.set(have)
+    try:
+        # called exactly as Oríon calls it: a wrapped or replaced method keeps working
+        with experiment._storage.acquire_algorithm_lock(
+            experiment=experiment, timeout=timeout, retry_interval=retry_interval
+        ) as locked:
+            base = _take_state(algorithm, locked, copy_free)
+            backlog = getattr(locked, "backlog", ())  # a replaced method's plain state has none
+            for trial in backlog:
+                algorithm.observe([trial])
+            if backlog:
+                locked.observed = len(backlog)
+            yield algorithm, locked
+            new = (export_state if copy_free else _own_get)(algorithm)
+            if base is not None:
+                locked.delta = statedelta.diff(base, new)
+            locked.set_state(new)
+    finally:
+        RESIDENT.reset(wanted)
+    if copy_free:
+        _remember(algorithm, getattr(locked, "written", None))
+
+
+def _take_state(algorithm, locked, copy_free: bool):
+    """Bring ``algorithm`` to the held state; returns what the hold's delta is taken
+    against (None: no delta, the release writes the whole state)."""
+    _check_configuration(locked.configuration, algorithm)
+    mode = getattr(locked, "mode", "snap")
+    if mode == "snap":
         if locked.state:
-            adopt(algorithm, locked.state)
-        backlog = getattr(locked, "backlog", ())  # a replaced method's plain state has none
-        for trial in backlog:
-            algorithm.observe([trial])
-        if backlog:
-            locked.observed = len(backlog)
-        yield algorithm, locked
-        locked.set_state(export(algorithm))
+            (adopt_state if copy_free else _own_set)(algorithm, locked.state)
+    elif mode == "log":
+        live = export_state(algorithm)
+        for delta in locked.deltas:
+            statedelta.apply(live, delta)
+        adopt_state(algorithm, live)
+    return statedelta.capture(export_state(algorithm)) if copy_free else None
+
+
+_TOKEN = "_orion_redis_state"  # attribute of a resident algorithm: the token of its state
+
+
+def _resident(algorithm) -> str:
+    return vars(algorithm).get(_TOKEN) or ""
+
+
+def _remember(algorithm, token: str | None) -> None:
+    if token:
+        setattr(algorithm, _TOKEN, token)
+
+
+def _forget(algorithm) -> None:
+    vars(algorithm).pop(_TOKEN, None)
 
 
 def _own_set(algorithm, state):
@@ -154,11 +201,11 @@ def _own_get(algorithm):
     return algorithm.state_dict
 
 
-def _check_configuration(saved, algorithm, experiment):
+def _check_configuration(saved, algorithm):
     current = algorithm.configuration
     if saved != current:
         log.warning("Saved configuration: %s", saved)
-        log.warning("Current configuration: %s %s", current, experiment._storage._db)
+        log.warning("Current configuration: %s", current)
         raise RuntimeError(
             "Algorithm configuration changed since last experiment execution. "
             "Algorithm cannot be resumed with a different configuration. "

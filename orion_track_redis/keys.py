@@ -23,8 +23,11 @@ key                             type      content
                                           elements in fields of their own (codec.encode_trial)
 ``{P:E}:req:<request id>``      string    result of a write request, kept REQUEST_TTL seconds
                                           (a retried call returns it instead of re-applying)
-``{P:E}:lock``                  hash      algorithm lock record: configuration, state, fence,
-                                          ticket (last arrival ticket given to a waiter)
+``{P:E}:lock``                  hash      algorithm lock record: configuration, state (the
+                                          snapshot), fence, ticket (last arrival ticket given
+                                          to a waiter), epoch, version, snapver, logbytes
+``{P:E}:lock:log``              list      deltas of the algorithm state since the snapshot,
+                                          oldest first (statedelta.py, lock.py)
 ``{P:E}:lock:holder``           string    "<fence>:<owner>" of the holder, with a PX TTL
 ``{P:E}:lock:queue``            zset      waiting owner -> arrival ticket (FIFO hand-off)
 ``{P:E}:lock:leases``           zset      waiting owner -> end of its lease (server ms)
@@ -229,6 +232,10 @@ class ExperimentKeys:
 
     def lock_wake(self, owner: str) -> str:
         return self.lock_wake_prefix + owner
+
+    @cached_property
+    def lock_log(self) -> str:
+        return f"{self.tag}:lock:log"
 
     @cached_property
     def unobserved(self) -> str:

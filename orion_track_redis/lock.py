@@ -21,6 +21,7 @@ each: it times out only when those exceed its timeout.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -28,7 +29,8 @@ import uuid
 
 from orion.storage.base import LockAcquisitionTimeout, LockedAlgorithmState
 
-from . import codec
+from . import codec, statedelta
+from .errors import RedisStorageError
 from .gcpause import no_gc
 from .keys import HOLDS_KEEP, REQUEST_TTL, ExperimentKeys, new_request_id
 from .statecodec import dump_state, load_state
@@ -41,6 +43,15 @@ LEASE_POLLS = 3
 LEASE_MIN_S = 2.0
 # A wake-up list outlives any wait for it (it is deleted when its waiter takes the lock).
 WAKE_TTL_MS = 60_000
+# A release writes a delta while the log stays under this fraction of the snapshot's bytes (or
+# COMPACT_MIN), else a whole state (compaction): the log costs at most that much memory, and
+# the snapshot's encoding, O(trials), is paid once per that many bytes of deltas.
+COMPACT_RATIO = 1.0
+COMPACT_MIN = 64 * 1024
+
+# The state token of the caller's resident algorithm, set by accel.py around its call of the
+# storage's acquire_algorithm_lock (whose signature stays Oríon's); "" reads the whole state.
+RESIDENT: contextvars.ContextVar[str] = contextvars.ContextVar("orion_redis_resident", default="")
 
 
 class LockClient:
@@ -57,22 +68,32 @@ class LockClient:
         raw_state = b"" if state is None else dump_state(state, self.secret)
         return int(
             self.scripts.lock_init(
-                keys=[ek.lock, ek.lock_holder],
-                args=[codec.dumps(configuration), raw_state, "1" if locked else "0", self.ttl_ms],
+                keys=[ek.lock, ek.lock_holder, ek.lock_log],
+                args=[
+                    codec.dumps(configuration),
+                    raw_state,
+                    "1" if locked else "0",
+                    self.ttl_ms,
+                    uuid.uuid4().hex,
+                ],
             )
         )
 
     def info(self, ek: ExperimentKeys) -> LockedAlgorithmState | None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(ek.lock, "configuration", "state")
+        """The lock record, its state composed from the snapshot and the log (read in one
+        transaction: a compaction between two reads would mix two generations)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hmget(ek.lock, "configuration", "state", "epoch", "version")
+        pipe.lrange(ek.lock_log, 0, -1)
         pipe.exists(ek.lock_holder)
-        (configuration, state), held = pipe.execute()
+        (configuration, state, epoch, version), raws, locked = pipe.execute()
         if configuration is None:
             return None
+        token = f"{(epoch or b'').decode()}:{int(version or 0)}"
         return LockedAlgorithmState(
-            state=self._state(state, ek),
+            state=self._compose(state, raws, token, ek),
             configuration=codec.loads(configuration, ek.lock),
-            locked=int(bool(held)),
+            locked=int(bool(locked)),
         )
 
     def delete(self, ek: ExperimentKeys) -> int:
@@ -80,6 +101,7 @@ class LockClient:
         pipe.delete(ek.lock)
         # one DEL per key: a Redis Cluster pipeline refuses multi-key DEL (same slot or not)
         pipe.delete(ek.lock_holder)
+        pipe.delete(ek.lock_log)
         pipe.delete(ek.lock_queue)
         pipe.delete(ek.lock_leases)  # the waiters' wake lists expire by themselves
         pipe.delete(ek.unobserved)  # observations of a state that is gone
@@ -88,22 +110,20 @@ class LockClient:
 
     def force_release(self, ek: ExperimentKeys, new_state=None) -> int:
         """Release whoever holds the lock (``orion db release``); 1 if the record exists."""
-        return int(self._release(ek, "", new_state) == 1)
+        write = ("0", b"") if new_state is None else ("1", dump_state(new_state, self.secret))
+        return int(self._release(ek, "", (*write, "")) == 1)
 
     # -- holding ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def hold(self, ek: ExperimentKeys, timeout: float, retry_interval: float):
         """Hold the lock; yields a :class:`Held` state. Its ``backlog`` reads, on first use,
         the trials waiting to be observed (batched observation); those the holder marks
-        observed (``held.observed``) leave the backlog with the state write, atomically."""
-        token, configuration, raw_state = self._acquire(ek, timeout, retry_interval)
+        observed (``held.observed``) leave the backlog with the state write, atomically.
+        With :data:`RESIDENT` set (accel.py), the state is read only as far as the caller's
+        resident algorithm lacks it, and a ``held.delta`` is written as a delta."""
+        token, reply = self._acquire(ek, timeout, retry_interval, RESIDENT.get())
         start = time.monotonic()
-        locked = Held(
-            state=self._state(raw_state, ek),
-            configuration=codec.loads(configuration, ek.lock),
-            locked=True,
-            read_backlog=lambda: self.backlog(ek),
-        )
+        locked = self._held(ek, reply)
         renewer = _Renewer(self, ek, token)
         renewer.start()
         failed = False
@@ -117,23 +137,66 @@ class LockClient:
             raise
         finally:
             renewer.stop()
-            if (
-                self._release(
-                    ek,
-                    token,
-                    None if failed else locked.state,
-                    0 if failed else locked.observed,
-                    held_since=start,
-                )
-                != 1
-            ):
-                log.warning(
-                    "The algorithm lock of experiment %s expired while this worker held it "
-                    "(held longer than lock_ttl=%.0fs without renewal?): its algorithm state was "
-                    "NOT saved; another worker took over.",
-                    ek.exp_token,
-                    self.ttl_ms / 1000,
-                )
+            mode, raw = ("0", b"") if failed else self._write_of(locked)
+            code = self._release(
+                ek,
+                token,
+                (mode, raw, locked.token),
+                0 if failed else locked.observed,
+                held_since=start,
+            )
+            if code == 1:
+                locked.written = locked.token if mode == "0" else _next(locked.token)
+            else:
+                self._warn_lost(ek, code)
+
+    def _held(self, ek: ExperimentKeys, reply) -> Held:
+        configuration, token, snap_bytes, log_bytes, mode = reply[:5]
+        token, mode = token.decode(), mode.decode()
+        locked = Held(
+            configuration=codec.loads(configuration, ek.lock),
+            token=token,
+            mode=mode,
+            sizes=(int(snap_bytes), int(log_bytes)),
+            read_backlog=lambda: self.backlog(ek),
+            read_state=lambda: self._whole_state(ek),
+        )
+        if mode == "log":
+            locked.deltas = self._deltas(reply[5], token, ek)
+        elif mode == "snap":
+            locked.set_original(self._compose(reply[6], reply[5], token, ek))
+        return locked
+
+    def _write_of(self, locked: Held) -> tuple[str, bytes]:
+        """What the release of ``locked`` writes: ("0", nothing) when nobody set or read its
+        state, ("2", a delta) while the log stays small, ("1", a whole state) otherwise."""
+        if locked.unread:
+            return "0", b""
+        snap_bytes, log_bytes = locked.sizes
+        with no_gc():
+            if locked.delta is not None and snap_bytes and not locked.token.startswith(":"):
+                delta = dict(locked.delta, version=_version(locked.token) + 1)
+                raw = dump_state(delta, self.secret)
+                if log_bytes + len(raw) <= max(COMPACT_MIN, COMPACT_RATIO * snap_bytes):
+                    return "2", raw
+            state = locked.state
+            return ("0", b"") if state is None else ("1", dump_state(state, self.secret))
+
+    def _warn_lost(self, ek: ExperimentKeys, code: int) -> None:
+        if code == 2:
+            log.warning(
+                "The algorithm state of experiment %s was replaced while this worker held its "
+                "lock (orion db release or an import?): this hold's changes were NOT saved.",
+                ek.exp_token,
+            )
+            return
+        log.warning(
+            "The algorithm lock of experiment %s expired while this worker held it "
+            "(held longer than lock_ttl=%.0fs without renewal?): its algorithm state was "
+            "NOT saved; another worker took over.",
+            ek.exp_token,
+            self.ttl_ms / 1000,
+        )
 
     # -- batched observation ------------------------------------------------------------------
     def encode_entry(self, trial) -> bytes:
@@ -159,8 +222,9 @@ class LockClient:
     def backlog_length(self, ek: ExperimentKeys) -> int:
         return int(self.client.llen(ek.unobserved))
 
-    def _acquire(self, ek: ExperimentKeys, timeout: float, retry_interval: float):
-        """(holder token, configuration, raw state) once this waiter's turn came (FIFO)."""
+    def _acquire(self, ek: ExperimentKeys, timeout: float, retry_interval: float, have: str):
+        """(holder token, the script's state reply) once this waiter's turn came (FIFO);
+        ``have``: the state token of the caller's resident algorithm ("" for none)."""
         owner = uuid.uuid4().hex
         poll = retry_interval if retry_interval > 0 else 0.05
         lease_ms = int(max(LEASE_POLLS * poll, LEASE_MIN_S) * 1000)
@@ -168,12 +232,12 @@ class LockClient:
         try:
             while True:
                 reply = self.scripts.lock_acquire(
-                    keys=[ek.lock, ek.lock_holder, ek.lock_queue, ek.lock_leases],
-                    args=[owner, self.ttl_ms, lease_ms, ek.lock_wake_prefix, WAKE_TTL_MS],
+                    keys=[ek.lock, ek.lock_holder, ek.lock_queue, ek.lock_leases, ek.lock_log],
+                    args=[owner, self.ttl_ms, lease_ms, ek.lock_wake_prefix, WAKE_TTL_MS, have],
                 )
                 code = int(reply[0])
                 if code == 1:
-                    return reply[1].decode(), reply[3], reply[4]
+                    return reply[1].decode(), reply[3]
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise LockAcquisitionTimeout(
@@ -209,16 +273,15 @@ class LockClient:
         self,
         ek: ExperimentKeys,
         token: str,
-        new_state,
+        write: tuple[str, bytes, str],
         observed: int = 0,
         held_since: float | None = None,
     ) -> int:
-        """``held_since``: monotonic time the hold began; its duration up to this release
+        """``write``: (mode, bytes, the state token they apply to), see lock_release.lua.
+        ``held_since``: monotonic time the hold began; its duration up to this release
         (state encoding included) goes to ``{P:E}:holds`` (capped list) for ``orion-redis
         metrics``. None records nothing (a forced release)."""
-        write = new_state is not None
-        with no_gc():
-            raw = dump_state(new_state, self.secret) if write else b""
+        mode, raw, base = write
         held_ms = None if held_since is None else (time.monotonic() - held_since) * 1000
         return int(
             self.scripts.lock_release(
@@ -230,10 +293,11 @@ class LockClient:
                     ek.request(new_request_id()),
                     ek.unobserved,
                     ek.holds,
+                    ek.lock_log,
                 ],
                 args=[
                     token,
-                    "1" if write else "0",
+                    mode,
                     raw,
                     REQUEST_TTL,
                     ek.lock_wake_prefix,
@@ -241,9 +305,40 @@ class LockClient:
                     observed,
                     "" if held_ms is None else f"{held_ms:.1f}",
                     HOLDS_KEEP,
+                    base,
+                    uuid.uuid4().hex,
                 ],
             )
         )
+
+    # -- the state: snapshot + log of deltas ---------------------------------------------------
+    def _deltas(self, raws, token: str, ek: ExperimentKeys) -> list[dict]:
+        """The log entries ``raws`` decoded, checked to be the deltas that end at ``token``,
+        in order (a gap or a repeat would give another state: refused, never applied)."""
+        with no_gc():
+            deltas: list = [load_state(raw, self.secret) for raw in raws]
+        last = _version(token)
+        expected = list(range(last - len(deltas) + 1, last + 1))
+        if [d.get("version") for d in deltas] != expected:
+            raise RedisStorageError(
+                f"the algorithm state's log of experiment {ek.exp_token} is not the "
+                f"sequence of versions {expected[0]}..{expected[-1]} it should be: the "
+                "record was changed by something other than orion-track-redis. Restore it "
+                "from an export (orion-redis import), or delete the key "
+                f"{ek.lock_log} and accept losing the algorithm's latest observations."
+            )
+        return deltas
+
+    def _whole_state(self, ek: ExperimentKeys):
+        info = self.info(ek)
+        return None if info is None else info.state
+
+    def _compose(self, snapshot, raws, token: str, ek: ExperimentKeys):
+        """The whole state: the snapshot with the log's deltas applied, oldest first."""
+        state = self._state(snapshot, ek)
+        for delta in self._deltas(raws, token, ek):
+            statedelta.apply(state, delta)
+        return state
 
     def _state(self, raw, ek: ExperimentKeys):
         if not raw:
@@ -252,17 +347,63 @@ class LockClient:
             return load_state(raw, self.secret)
 
 
-class Held(LockedAlgorithmState):
-    """Oríon's locked state plus the backlog of batched observation: ``backlog`` holds the
-    trials waiting to be observed (read on first use, during the hold: the storage's
-    ``acquire_algorithm_lock`` keeps Oríon's exact signature), ``observed`` how many of them
-    (from the first) the new state has observed."""
+def _version(token: str) -> int:
+    return int(token.rpartition(":")[2] or 0)
 
-    def __init__(self, state, configuration, locked=True, read_backlog=None):
-        super().__init__(state, configuration, locked)
+
+def _next(token: str) -> str:
+    """The token of the state a write on ``token`` makes (a record without an epoch gets one
+    from its first write: its holder re-reads it once)."""
+    epoch, _, version = token.rpartition(":")
+    return f"{epoch}:{int(version or 0) + 1}" if epoch else ""
+
+
+_UNREAD = object()
+
+
+class Held(LockedAlgorithmState):
+    """Oríon's locked state plus the backlog of batched observation and the versioned state.
+
+    ``backlog`` holds the trials waiting to be observed (read on first use, during the hold:
+    the storage's ``acquire_algorithm_lock`` keeps Oríon's exact signature), ``observed`` how
+    many of them (from the first) the new state has observed. ``token`` names the stored
+    state; ``mode`` says what was read of it: "snap" (``state`` is the whole state), "log"
+    (``deltas``: what the caller's resident algorithm lacks) or "current" (nothing: the
+    resident algorithm is it). In the last two, ``state`` reads the whole state on first use.
+    The holder may set ``delta`` (statedelta.diff) with the new state; ``written`` is the
+    token of the state the release left (None: nothing written, the hold was lost)."""
+
+    def __init__(
+        self,
+        configuration,
+        token: str = "",
+        mode: str = "snap",
+        sizes: tuple[int, int] = (0, 0),
+        read_backlog=None,
+        read_state=None,
+    ):
+        super().__init__(_UNREAD, configuration, True)
+        self.token, self.mode, self.sizes = token, mode, sizes
+        self.deltas: list[dict] = []
+        self.delta: dict | None = None
+        self.written: str | None = None
         self._read_backlog = read_backlog
+        self._read_state = read_state
         self._backlog: list | None = None
         self.observed = 0
+
+    def set_original(self, state) -> None:
+        self._original_state = self._state = state
+
+    @property
+    def unread(self) -> bool:
+        return self._state is _UNREAD
+
+    @property
+    def state(self):
+        if self._state is _UNREAD:
+            self.set_original(self._read_state() if self._read_state else None)
+        return self._state
 
     @property
     def backlog(self) -> list:

@@ -4,6 +4,10 @@
 2. params/results elements in fields of their own and ``_id`` only when it differs from ``id``
    (codec.encode_trial: typical trial hashes stay listpack-encoded, ~3x smaller); the change
    log trimmed to keys.CHANGE_LOG_KEEP entries above a ``floor``.
+3. the algorithm state is a snapshot plus a log of deltas (``{P:E}:lock:log``; lock.py,
+   statedelta.py): a worker of version 2 would read the snapshot alone (an old state) and
+   write a whole state over the log. Nothing to rewrite: a version-2 lock record reads as a
+   snapshot with an empty log, and gets its epoch from its first write.
 
 Workers refuse data of another version (storage.Redis._setup): an older worker would misread
 the new layout, a newer one would write what older workers cannot read. ``orion-redis upgrade``
@@ -19,7 +23,7 @@ from . import codec
 from .errors import RedisStorageError
 from .keys import CHANGE_LOG_KEEP, GlobalKeys, glob_escape
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 UPGRADE_LOCK_S = 600  # one upgrade at a time; expires if the upgrading process dies
 _SCAN_COUNT = 1000
 
@@ -67,7 +71,11 @@ def _trim_change_log(client, changed: str) -> int:
     return cut
 
 
-STEPS = {1: _v1_to_v2}  # from version -> function upgrading to version + 1
+def _v2_to_v3(client, keys: GlobalKeys, report: dict) -> None:
+    """Nothing to rewrite (see the module's docstring): the version number is the change."""
+
+
+STEPS = {1: _v1_to_v2, 2: _v2_to_v3}  # from version -> function upgrading to version + 1
 
 
 def stored_version(client, keys: GlobalKeys) -> int | None:

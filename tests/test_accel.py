@@ -18,8 +18,11 @@ report a difference.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import pickle
+
+import numpy as np
 import random
 import uuid
 import warnings
@@ -37,9 +40,9 @@ from orion.core.utils.exceptions import (
 )
 from orion.core.worker.experiment import Experiment
 from orion.core.worker.trial import Trial
-from orion_track_redis import accel, codec
-from orion_track_redis.lock import Held, LockClient
-from orion_track_redis.statecodec import load_state
+from orion_track_redis import accel
+from orion_track_redis.lock import LockClient
+from orion_track_redis.statecodec import dump_state
 from helpers import FIDELITY_SPACE, FLAT_SPACE, REAL_SPACE, hunt_config
 
 SECRET = "accel-test-secret"  # MOFA's state holds scipy objects: signed states only
@@ -70,18 +73,18 @@ _TIMES = ("submit_time", "start_time", "end_time", "heartbeat")
 class World:
     """One experiment on its own in-process Redis, worked by two clients ("workers")."""
 
-    def __init__(self, name, algorithm, space, accelerate, batch=False):
+    def __init__(self, name, algorithm, space, accelerate, batch=False, workers=2):
         self.uri = f"fakeredis://accel-{uuid.uuid4().hex[:8]}"
         storage = {"type": "redis", "uri": self.uri, "accelerate": accelerate,
                    "batch_observe": batch, "state_secret": SECRET}
         self.workers = [build_experiment(f"accel-{name}", space=space, algorithm=algorithm,
                                          max_trials=200, storage=dict(storage))
-                        for _ in range(2)]
+                        for _ in range(workers)]
         self.accelerate = accelerate
         self.storage = self.workers[0]._experiment._storage
         assert self.storage.accelerated_holds is accelerate
         assert self.storage.batched_observation is batch
-        self.reserved: list[Trial | None] = [None, None]
+        self.reserved: list[Trial | None] = [None] * workers
 
     stepping: World | None = None  # the world running a step (for the oracle's mutants)
 
@@ -95,6 +98,9 @@ class World:
 
     def _step(self, worker, action, refusals):
         client, trial = self.workers[worker], self.reserved[worker]
+        if action == "expire":  # test_statedelta: this produce's hold loses its lock
+            self.expire_next = trial is None
+            action = "complete"
         if trial is None:
             try:
                 trial = client.suggest()
@@ -128,29 +134,55 @@ class World:
     def trials(self):
         return sorted((t.id, t.status) for t in self.workers[0].fetch_trials())
 
+    def resident_states(self):
+        """(worker, its algorithm's state) for each worker whose resident algorithm is at the
+        stored state (statedelta: it will not read that state again)."""
+        exp = self.workers[0]._experiment
+        epoch, version = self.storage.client.hmget(self.storage._ek(exp.id).lock,
+                                                   "epoch", "version")
+        token = f"{(epoch or b'').decode()}:{int(version or 0)}"
+        for worker, client in enumerate(self.workers):
+            algorithm = client._experiment.algorithm
+            if vars(algorithm).get("_orion_redis_state") == token:
+                yield worker, copy.deepcopy(algorithm.state_dict)
 
-def canonical(state) -> bytes:
-    """Pickle of ``state`` with the trials' timestamps blanked: equal bytes mean the same
-    values and the same sharing of objects."""
-    seen: set[int] = set()
-    todo = [state]
-    while todo:
-        obj = todo.pop()
-        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, type(None))):
-            continue
-        seen.add(id(obj))
+
+def canonical(state) -> str:
+    """``state`` written out with the trials' timestamps blanked: equal outputs mean the same
+    values and the same sharing of mutable objects (a dict, list, set, array or object reached
+    twice is written once and then referred to). Immutable values (str, numbers, tuples) are
+    written by value: how a decoder happened to share them cannot change what an algorithm
+    does, and a state assembled from deltas shares them differently than a whole pickle."""
+    memo: dict[int, int] = {}
+
+    def enc(obj):
+        if isinstance(obj, (str, bytes, int, float, complex, type(None))):
+            return (type(obj).__name__, obj)
+        if isinstance(obj, np.generic):
+            return ("np", obj.dtype.str, obj.tobytes())
+        if isinstance(obj, tuple):
+            return (type(obj).__name__, tuple(enc(x) for x in obj))
+        if id(obj) in memo:
+            return ("ref", memo[id(obj)])
+        memo[id(obj)] = len(memo)
         if isinstance(obj, Trial):
             for name in _TIMES:
                 setattr(obj, name, None)
         if isinstance(obj, dict):
-            todo.extend(obj.keys())
-            todo.extend(obj.values())
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            todo.extend(obj)
-        else:
-            todo.extend(getattr(obj, "__dict__", {}).values())
-            todo.extend(getattr(obj, name, None) for name in getattr(type(obj), "__slots__", ()))
-    return pickle.dumps(state, protocol=5)
+            return (type(obj).__name__, tuple((enc(k), enc(v)) for k, v in obj.items()))
+        if isinstance(obj, list):
+            return ("list", tuple(enc(x) for x in obj))
+        if isinstance(obj, (set, frozenset)):
+            return (type(obj).__name__, tuple(sorted(repr(enc(x)) for x in obj)))
+        if isinstance(obj, np.ndarray):
+            if obj.dtype == object:
+                return ("nd", obj.shape, tuple(enc(x) for x in obj.ravel()))
+            return ("nd", obj.dtype.str, obj.shape, obj.tobytes())
+        fields = dict(getattr(obj, "__dict__", {}))
+        fields.update((n, getattr(obj, n, None)) for n in getattr(type(obj), "__slots__", ()))
+        return ("obj", type(obj).__qualname__, tuple((k, enc(v)) for k, v in fields.items()))
+
+    return repr(enc(state))
 
 
 def schedule(seed: int, steps: int):
@@ -160,20 +192,23 @@ def schedule(seed: int, steps: int):
     return [(rng.randrange(2), rng.choice(actions)) for _ in range(steps)]
 
 
-def compare_worlds(name, algorithm, space, steps, seed=7, refusals=REFUSALS):
-    """Run both worlds in lockstep; returns the first difference, or None."""
+def compare_worlds(name, algorithm, space, steps, seed=7, refusals=REFUSALS, workers=2,
+                   steps_of=None):
+    """Run both worlds in lockstep (``workers`` each, actions from ``steps_of(seed, steps)``,
+    by default :func:`schedule`); returns the first difference, or None."""
     quiet = logging.root.manager.disable
     logging.disable(logging.WARNING)  # Oríon warns about fidelities and duplicates
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                fast = World(name, algorithm, space, accelerate=True)
-                plain = World(name, algorithm, space, accelerate=False)
+                fast = World(name, algorithm, space, accelerate=True, workers=workers)
+                plain = World(name, algorithm, space, accelerate=False, workers=workers)
             except ImportError as exc:
                 pytest.skip(f"{name}: optional dependency missing ({exc})")
+            actions = (steps_of or schedule)(seed, steps)
             try:
-                return _first_difference(name, fast, plain, schedule(seed, steps), refusals)
+                return _first_difference(name, fast, plain, actions, refusals)
             finally:
                 fast.close()
                 plain.close()
@@ -190,8 +225,12 @@ def _first_difference(name, fast, plain, steps, refusals):
             return f"{where}: accelerated saw {seen_fast}, Oríon saw {seen_plain}"
         if fast.trials() != plain.trials():
             return f"{where}: the stored trials differ"
-        if fast.stored_state() != plain.stored_state():
+        stored = plain.stored_state()
+        if fast.stored_state() != stored:
             return f"{where}: the stored algorithm states differ"
+        for resident, state in fast.resident_states():
+            if canonical(state) != stored:
+                return f"{where}: worker {resident}'s resident algorithm is not the stored state"
     return None
 
 
@@ -243,16 +282,15 @@ def test_oracle_catches_a_hold_that_writes_back_its_changed_state(monkeypatch):
     def writes_back_on_failure(self, ek, timeout, retry_interval):
         """LockClient.hold as it was before the accelerator (no renewal: holds are short;
         these worlds do not batch, so their backlog stays empty)."""
-        token, configuration, raw_state = self._acquire(ek, timeout, retry_interval)
-        locked = Held(state=self._state(raw_state, ek),
-                      configuration=codec.loads(configuration, ek.lock))
+        token, reply = self._acquire(ek, timeout, retry_interval, "")
+        locked = self._held(ek, reply)
         try:
             yield locked
         except BaseException:
             locked.reset()
             raise
         finally:
-            self._release(ek, token, locked.state)
+            self._release(ek, token, ("1", dump_state(locked.state, self.secret), ""))
 
     monkeypatch.setattr(LockClient, "hold", writes_back_on_failure)
     found = compare_worlds("random", *ALGORITHMS["random"][:2], 30, refusals=failing)
@@ -362,8 +400,7 @@ def test_adopted_state_is_the_decoded_one():
         assert insist.registry._trials is not transform.registry._trials
         assert set(insist.registry._trials) == set(transform.registry._trials)
         assert len(transform.algorithm.registry) == 5
-    raw = exp._storage.client.hget(exp._storage._ek(exp.id).lock, "state")
-    state = load_state(raw, None)
+    state = exp._storage.get_algorithm_lock_info(uid=exp.id).state
     assert len(state["algorithm"]["registry"]["_trials"]) == 5
     assert set(state) == {"algorithm"}
     assert set(state["algorithm"]) == {"registry", "algorithm", "registry_mapping"}

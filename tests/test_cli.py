@@ -14,7 +14,7 @@ from orion.client import build_experiment
 from orion.storage.legacy import Legacy
 
 from helpers import Exp, create_experiment, make_trial
-from orion_track_redis import Redis
+from orion_track_redis import Redis, migrations
 from orion_track_redis.cli import main
 from orion_track_redis import transfer
 
@@ -38,7 +38,7 @@ def test_info_json(capsys, uri):
     data = json.loads(out)
     assert code == 0 and data["warnings"] == []
     assert data["experiments"] == 1 and data["trials"] == 1 and data["aof"] is True
-    assert data["schema_version"] == 2 and data["maxmemory_policy"] == "noeviction"
+    assert data["schema_version"] == migrations.SCHEMA_VERSION and data["maxmemory_policy"] == "noeviction"
 
 
 def test_info_flags_eviction_policy(capsys, uri, redis_server):
