@@ -26,6 +26,7 @@ from orion.storage.base import (
 from . import accel, codec, lease, migrations, misdirect, query, runner
 from .cache import TrialReader, indexed
 from .connection import RedisDB, fail_fast, make_client, refuse_plain_server_for_tls
+from .develop import DevelopProtocol
 from .errors import install_cli_excepthook, translate_errors
 from .experiments import ExperimentStore
 from .gcpause import no_gc
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 misdirect.guard_legacy()  # Oríon imports this module before it creates any storage (issue 21)
 
 
-class Redis(BaseStorageProtocol):
+class Redis(DevelopProtocol, BaseStorageProtocol):
     """Oríon storage backed by Redis. See the README for configuration.
 
     Parameters
@@ -178,11 +179,12 @@ class Redis(BaseStorageProtocol):
         """Insert an experiment (unique name+version and _id) and initialise its lock."""
         with self._guard():
             self._experiments.create(config)
-            self.lock.initialize(
+            self._init_lock(
                 self._ek(config["_id"]),
                 config.get("algorithm", {}),
                 state=algo_state,
                 locked=bool(algo_locked),
+                heartbeat=algo_heartbeat,
             )
         return 1
 
@@ -416,7 +418,7 @@ class Redis(BaseStorageProtocol):
     def get_algorithm_lock_info(self, experiment=None, uid=None):
         uid = get_uid(experiment, uid)
         with self._guard():
-            return self.lock.info(self._ek(uid))
+            return self._lock_info(self._ek(uid))
 
     def delete_algorithm_lock(self, experiment=None, uid=None):
         uid = get_uid(experiment, uid)

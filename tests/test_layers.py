@@ -12,13 +12,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "orion_track_redis"
 # given its layer here (and in the README's table).
 LAYERS = {
     "redaction": 0, "quiet": 0,
-    "errors": 1, "gcpause": 1, "datapickle": 1, "query": 1, "trials": 1,
+    "errors": 1, "gcpause": 1, "datapickle": 1, "statedelta": 1, "query": 1, "trials": 1,
     "codec": 2, "statecodec": 2, "keys": 2, "options": 2, "uri": 2, "server": 2,
     "misdirect": 2,
     "embedded": 3, "connection": 3, "scripts": 3, "serverchecks": 3, "migrations": 3,
     "serve": 3,  # orion-redis serve: runs a redis-server, like embedded
     "lock": 4, "cache": 4, "writes": 4, "experiments": 4, "accel": 4,
     "lease": 4, "shutdown": 4, "daskfix": 4, "runner": 4,
+    "develop": 4,  # Oríon develop's additions to the protocol: a base of storage.Redis
     "storage": 5,
     "admin": 6, "transfer": 6, "metrics": 6,
     "commands": 7, "cli": 7, "__main__": 7, "__init__": 7,
