@@ -43,7 +43,7 @@ import logging
 import os
 from importlib import metadata
 
-from . import statedelta
+from . import statedelta, stepreads
 from .lock import RESIDENT
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ def install() -> bool:
             _patch_experiment()
             _patch_registries()
             _patch_observation()
+            stepreads.patch()
             _installed = True
     return _installed
 

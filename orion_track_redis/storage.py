@@ -24,7 +24,7 @@ from orion.storage.base import (
 )
 
 from . import accel, codec, lease, migrations, misdirect, query, runner
-from .cache import TrialReader, indexed
+from .cache import TrialReader, count_by_status, indexed
 from .connection import RedisDB, fail_fast, make_client, refuse_plain_server_for_tls
 from .develop import DevelopProtocol
 from .errors import install_cli_excepthook, translate_errors
@@ -393,15 +393,16 @@ class Redis(DevelopProtocol, BaseStorageProtocol):
     def fetch_trials_by_status(self, experiment, status):
         return self._by_statuses(experiment, [status])
 
-    def _count(self, experiment, status) -> int:
+    def count_by_status(self, experiment, statuses) -> list[int]:
+        """How many trials are in each of ``statuses`` (one round trip; stepreads.py)."""
         with self._guard():
-            return int(self.client.zcard(self._ek(get_uid(experiment)).status(status)))
+            return count_by_status(self.client, self._ek(get_uid(experiment)), statuses)
 
     def count_completed_trials(self, experiment):
-        return self._count(experiment, "completed")
+        return self.count_by_status(experiment, ["completed"])[0]
 
     def count_broken_trials(self, experiment):
-        return self._count(experiment, "broken")
+        return self.count_by_status(experiment, ["broken"])[0]
 
     # -- algorithm lock -----------------------------------------------------------------------
     def initialize_algorithm_lock(self, experiment_id, algorithm_config):

@@ -73,12 +73,13 @@ _TIMES = ("submit_time", "start_time", "end_time", "heartbeat")
 class World:
     """One experiment on its own in-process Redis, worked by two clients ("workers")."""
 
-    def __init__(self, name, algorithm, space, accelerate, batch=False, workers=2):
+    def __init__(self, name, algorithm, space, accelerate, batch=False, workers=2,
+                 max_trials=200):
         self.uri = f"fakeredis://accel-{uuid.uuid4().hex[:8]}"
         storage = {"type": "redis", "uri": self.uri, "accelerate": accelerate,
                    "batch_observe": batch, "state_secret": SECRET}
         self.workers = [build_experiment(f"accel-{name}", space=space, algorithm=algorithm,
-                                         max_trials=200, storage=dict(storage))
+                                         max_trials=max_trials, storage=dict(storage))
                         for _ in range(workers)]
         self.accelerate = accelerate
         self.storage = self.workers[0]._experiment._storage
