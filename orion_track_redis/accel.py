@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 ENV = "ORION_REDIS_ACCELERATE"
 BATCH_ENV = "ORION_REDIS_BATCH_OBSERVE"
+DELTAS_ENV = "ORION_REDIS_STATE_DELTAS"  # 0: copy-free holds read and write whole states
 VERIFIED_ORION = ("0.2.7",)
 
 # True only while adopt_state/export_state run a leaf algorithm's own set_state/state_dict:
@@ -137,7 +138,8 @@ def _backend_hold(experiment, timeout, retry_interval, copy_free=True):
     this hold's delta (statedelta.py), not the whole state."""
     experiment._check_if_writable()
     algorithm = experiment.algorithm
-    have = _resident(algorithm) if copy_free else ""
+    versioned = copy_free and env_allows(DELTAS_ENV)
+    have = _resident(algorithm) if versioned else ""
     _forget(algorithm)  # until this hold's release succeeds
     wanted = RESIDENT.set(have)
     try:
@@ -145,7 +147,7 @@ def _backend_hold(experiment, timeout, retry_interval, copy_free=True):
         with experiment._storage.acquire_algorithm_lock(
             experiment=experiment, timeout=timeout, retry_interval=retry_interval
         ) as locked:
-            base = _take_state(algorithm, locked, copy_free)
+            base = _take_state(algorithm, locked, copy_free, versioned)
             backlog = getattr(locked, "backlog", ())  # a replaced method's plain state has none
             for trial in backlog:
                 algorithm.observe([trial])
@@ -158,11 +160,11 @@ def _backend_hold(experiment, timeout, retry_interval, copy_free=True):
             locked.set_state(new)
     finally:
         RESIDENT.reset(wanted)
-    if copy_free:
+    if versioned:
         _remember(algorithm, getattr(locked, "written", None))
 
 
-def _take_state(algorithm, locked, copy_free: bool):
+def _take_state(algorithm, locked, copy_free: bool, versioned: bool):
     """Bring ``algorithm`` to the held state; returns what the hold's delta is taken
     against (None: no delta, the release writes the whole state)."""
     _check_configuration(locked.configuration, algorithm)
@@ -175,7 +177,7 @@ def _take_state(algorithm, locked, copy_free: bool):
         for delta in locked.deltas:
             statedelta.apply(live, delta)
         adopt_state(algorithm, live)
-    return statedelta.capture(export_state(algorithm)) if copy_free else None
+    return statedelta.capture(export_state(algorithm)) if versioned else None
 
 
 _TOKEN = "_orion_redis_state"  # attribute of a resident algorithm: the token of its state

@@ -175,3 +175,23 @@ def test_hold_anatomy_script(tmp_path):
         assert row["ceiling_trials_per_s"] == pytest.approx(1000 / p["hold_ms"])
     assert "| random | 20 |" in proc.stdout and "accelerated / Oríon's path" in proc.stdout
     assert "batched / Oríon's path" in proc.stdout
+
+
+def test_step_scale_script(tmp_path):
+    """benchmarks/step_scale.py --smoke: every path x size x staleness measured, bytes moved
+    and AOF bytes counted, and the versioned path's writes smaller than whole states'."""
+    out = tmp_path / "scale.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_scale.py"),
+                           "--smoke", "--out", str(out)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    rows = {(r["path"], r["trials"], r["behind"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {(p, n, b) for p in ("versioned", "whole", "orion")
+                         for n in (10, 40) for b in (0, 2)}
+    for row in rows.values():
+        assert _number(row["step_ms"]) and row["bytes_per_step"] > 0, row
+        assert (row["aof_bytes_per_trial"] is None) == (row["behind"] > 0), row
+    # what does not depend on timing: the versioned path moves and persists fewer bytes
+    versioned, whole = rows[("versioned", 40, 0)], rows[("whole", 40, 0)]
+    assert versioned["aof_bytes_per_trial"] < whole["aof_bytes_per_trial"]
+    assert "| versioned | 40 | 0 |" in proc.stdout

@@ -221,3 +221,25 @@ def test_a_registry_that_appears_or_goes_means_a_whole_state():
     base = statedelta.capture(state)
     state["algorithm"]["algorithm"]["registry"] = {"_trials": {}, "other": 1}  # not a registry
     assert statedelta.diff(base, state) is None
+
+
+def test_switched_off_holds_read_and_write_whole_states(monkeypatch):
+    """ORION_REDIS_STATE_DELTAS=0: every copy-free hold reads the whole state and writes it."""
+    monkeypatch.setenv(accel.DELTAS_ENV, "0")
+    modes, writes = [], []
+    own_held, own_write = lock.LockClient._held, lock.LockClient._write_of
+
+    def held(self, ek, reply):
+        locked = own_held(self, ek, reply)
+        modes.append(locked.mode)
+        return locked
+
+    def write_of(self, locked):
+        mode, raw = own_write(self, locked)
+        writes.append(mode)
+        return mode, raw
+
+    monkeypatch.setattr(lock.LockClient, "_held", held)
+    monkeypatch.setattr(lock.LockClient, "_write_of", write_of)
+    assert compare_worlds("random", *ALGORITHMS["random"][:2], 20) is None
+    assert set(modes) == {"snap"} and set(writes) == {"1"}, (modes, writes)

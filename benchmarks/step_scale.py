@@ -1,0 +1,175 @@
+#!/usr/bin/env python
+"""A worker's hunt step as the experiment grows: versioned state vs whole states vs Oríon's path.
+
+For each experiment size N (random search), one experiment per path is grown to N completed
+trials in one hold, then a measured worker does hunt steps (``suggest`` + ``observe`` through
+Oríon's client, as an `orion hunt` worker does per trial) while a second worker of its own
+(another client, another resident algorithm: a "co-holder") takes ``behind`` holds between two
+of its steps, so that the measured worker is that many deltas behind when it comes back:
+
+* ``versioned``: this backend's default (copy-free holds, batched observation, a resident
+  algorithm that reads only the deltas it lacks, releases that write a delta; statedelta.py);
+* ``whole``:     the same with ``ORION_REDIS_STATE_DELTAS=0`` (every hold reads and writes the
+  whole state: the path before versioned state);
+* ``orion``:     ``accelerate=false`` (Oríon's own set_state/state_dict and is_done).
+
+Each row: the median step (ms), its ratio to the same path's step at the smallest size, the
+bytes Redis sent and received during the step (INFO stats), and, with ``behind`` = 0, the AOF
+bytes the server wrote per trial (INFO persistence, appendfsync everysec). Sizes are grown
+once per path, so a row's N is the trials completed when its steps began.
+
+Usage: python benchmarks/step_scale.py [--quick | --smoke] [--sizes 100,1000,...] [--out PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `benchmarks`
+from benchmarks.common import RESULTS, _log, _machine, choose_binary  # noqa: E402
+from benchmarks.sections.anatomy import ANATOMY_SPACE, _fill, _objective  # noqa: E402
+
+MODES = {
+    "full": {"sizes": (100, 1000, 5000, 10000, 20000), "behind": (0, 16, 256), "samples": 5,
+             "paths": ("versioned", "whole", "orion")},
+    "quick": {"sizes": (100, 1000, 5000), "behind": (0, 16), "samples": 3,
+              "paths": ("versioned", "whole", "orion")},
+    "smoke": {"sizes": (10, 40), "behind": (0, 2), "samples": 2,
+              "paths": ("versioned", "whole", "orion")},
+}
+WHOLE_AT_MOST = 10000  # the whole-state paths cost seconds per step beyond this: not measured
+WHOLE_BEHIND = 16  # nor 256 co-holds of a second each per sample
+
+
+def _client(url, prefix, path, name):
+    from orion.client import build_experiment
+
+    storage = {"type": "redis", "uri": url, "prefix": prefix,
+               "accelerate": path != "orion"}
+    return build_experiment(name, space=ANATOMY_SPACE, algorithm={"random": {"seed": 1}},
+                            storage=storage, max_trials=10**7)
+
+
+def _stats(client) -> dict:
+    info = client.info()
+    return {"out": info["total_net_output_bytes"], "in": info["total_net_input_bytes"],
+            "aof": info.get("aof_current_size", 0)}
+
+
+def _step(client):
+    trial = client.suggest()
+    client.observe(trial, [{"name": "objective", "type": "objective",
+                            "value": _objective(trial.params)}])
+
+
+def _co_holds(co, count):
+    """``count`` holds by the co-holder: each writes a delta (the RNG state at least)."""
+    exp = co._experiment
+    for _ in range(count):
+        with exp.acquire_algorithm_lock():
+            pass
+
+
+def measure_path(cfg, url, path, redis):
+    os.environ["ORION_REDIS_STATE_DELTAS"] = "0" if path == "whole" else "1"
+    prefix, name = f"scale-{uuid.uuid4().hex[:8]}", f"scale-{path}"
+    worker, co = _client(url, prefix, path, name), _client(url, prefix, path, name)
+    rows, done = [], 0
+    for n in cfg["sizes"]:
+        if path != "versioned" and n > WHOLE_AT_MOST:
+            continue
+        done += _fill(worker, n - done) if n > done else 0
+        _step(worker)  # the worker's algorithm is resident again after the fill
+        for behind in cfg["behind"]:
+            if path != "versioned" and behind > WHOLE_BEHIND:
+                continue
+            steps, moved, aof = [], [], []
+            for _ in range(cfg["samples"]):
+                _co_holds(co, behind)
+                before = _stats(redis)
+                start = time.perf_counter()
+                _step(worker)
+                steps.append((time.perf_counter() - start) * 1e3)
+                after = _stats(redis)
+                moved.append(after["out"] - before["out"] + after["in"] - before["in"])
+                aof.append(after["aof"] - before["aof"])
+            done += len(steps)
+            row = {"path": path, "trials": n, "behind": behind, "step_ms": statistics.median(steps),
+                   "bytes_per_step": statistics.median(moved),
+                   "aof_bytes_per_trial": statistics.mean(aof) if behind == 0 else None}
+            rows.append(row)
+            _log(f"  {path:9} N={n:<6} behind={behind:<4} step {row['step_ms']:8.1f} ms  "
+                 f"moved {row['bytes_per_step'] / 1024:8.1f} KiB")
+    worker.close()
+    co.close()
+    return rows
+
+
+def render(rows) -> str:
+    smallest = {}
+    for row in rows:
+        smallest.setdefault((row["path"], row["behind"]), row["step_ms"])
+    lines = ["| path | trials | behind | step ms | / step at the smallest N | KiB moved per step "
+             "| AOF KiB per trial |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in sorted(rows, key=lambda r: (r["path"] != "versioned", r["path"], r["behind"],
+                                           r["trials"])):
+        ratio = row["step_ms"] / smallest[(row["path"], row["behind"])]
+        aof = row["aof_bytes_per_trial"]
+        lines.append(f"| {row['path']} | {row['trials']:,} | {row['behind']} | "
+                     f"{row['step_ms']:.1f} | {ratio:.2f}x | {row['bytes_per_step'] / 1024:.1f} | "
+                     f"{'' if aof is None else f'{aof / 1024:.1f}'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="sizes up to 5,000")
+    group.add_argument("--smoke", action="store_true", help="tiny run for CI")
+    parser.add_argument("--sizes", help="comma-separated sizes (overrides the mode's)")
+    parser.add_argument("--paths", help="comma-separated paths (versioned,whole,orion)")
+    parser.add_argument("--redis-server", help="redis-server binary to start")
+    parser.add_argument("--out", default=str(RESULTS / "step_scale.json"))
+    args = parser.parse_args(argv)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    cfg = dict(MODES[mode])
+    if args.sizes:
+        cfg["sizes"] = tuple(int(s) for s in args.sizes.split(","))
+    if args.paths:
+        cfg["paths"] = tuple(args.paths.split(","))
+    import logging
+    import warnings
+
+    import redis
+
+    from orion_track_redis.testing import RedisServer
+
+    logging.disable(logging.WARNING)  # Oríon warns about duplicates at these sizes
+    warnings.simplefilter("ignore")
+    started, rows = time.monotonic(), []
+    with tempfile.TemporaryDirectory(prefix="orion-redis-scale-") as tmp, \
+            RedisServer(Path(tmp), binary=choose_binary(args.redis_server)) as server:
+        server.start()
+        client = redis.Redis.from_url(server.url)
+        client.config_set("appendonly", "yes")
+        for path in cfg["paths"]:
+            rows += measure_path(cfg, server.url, path, client)
+    table = render(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"mode": mode, "machine": _machine(), "rows": rows,
+                               "duration_s": time.monotonic() - started}, indent=1))
+    print(table)
+    print(f"\nwrote {out} in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
