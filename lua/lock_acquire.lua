@@ -3,6 +3,9 @@
 -- (a waiter's poll refreshes it); only the queue's head takes a free lock, so neither a
 -- newcomer nor a re-polling waiter can overtake one that arrived earlier. A waiter whose lease
 -- lapsed (dead, or stalled longer than its lease) is dropped and loses its place.
+-- Returns one table: {1, holder token, fence, state_reply(...)} acquired (lock_state.lua) |
+--   {0, holder's remaining TTL ms (0: free, an earlier waiter's turn), place in the queue
+--   (0 = head)} wait | {-1} no lock record
 -- KEYS[1] lock record hash (fields configuration, state, fence, ticket, acquired);
 -- KEYS[2] holder key (value "<fence>:<owner>", expires after the TTL);
 -- KEYS[3] queue zset (owner -> arrival ticket); KEYS[4] leases zset (owner -> lease end, ms);
@@ -13,9 +16,6 @@
 -- ARGV[6] the state token the caller's resident algorithm is at ("" for none)
 -- A retried call (same owner id) that finds its own hold gets it back; one that finds its
 -- queue entry keeps its ticket.
--- Returns one table: {1, holder token, fence, state_reply(...)} acquired (lock_state.lua) |
---   {0, holder's remaining TTL ms (0: free, an earlier waiter's turn), place in the queue
---   (0 = head)} wait | {-1} no lock record
 -- @include lock_queue.lua
 -- @include lock_state.lua
 

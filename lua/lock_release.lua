@@ -1,6 +1,8 @@
 -- lock_release: release the algorithm lock, writing the new state only if the caller's fence
 -- still holds (a holder whose TTL expired cannot overwrite its successor's state), and wake
 -- the head of the waiters' queue (the earliest arrival whose lease is still running).
+-- Returns: 1 released | 0 not the holder (no state written) | -1 no lock record |
+--   2 released, but the stored state is no longer ARGV[10] (the delta was not written)
 -- KEYS[1] lock record hash; KEYS[2] holder key; KEYS[3] queue zset (owner -> ticket);
 -- KEYS[4] leases zset (owner -> lease end, ms); KEYS[5] req:<request id> (a retried release
 -- returns the first result, not "not the holder"); KEYS[6] backlog list {P:E}:unobserved
@@ -16,8 +18,6 @@
 -- ARGV[8] the hold's duration in ms, measured by the holder (pushed on KEYS[7], trimmed to
 -- ARGV[9] entries, for a holder's release, also one whose lock expired); "" or absent: none;
 -- ARGV[11] the epoch to give a record that has none yet (a snapshot write)
--- Returns: 1 released | 0 not the holder (no state written) | -1 no lock record |
---   2 released, but the stored state is no longer ARGV[10] (the delta was not written)
 -- @include lock_queue.lua
 
 local prior = redis.call('GET', KEYS[5])

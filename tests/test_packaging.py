@@ -9,9 +9,13 @@
    venv, finds its scripts there, and Oríon's own storage factory builds it and runs a trial
    through it.
 3. The editable install (this interpreter) reads the scripts from the top-level ``lua/``.
+4. ``tools/orion_wheel.py`` (the README's install commands) does nothing before Python 3.12,
+   patches nothing but ``orion frontend``'s one line, and the installed Oríon's frontend sets
+   an attribute that the installed falcon has.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -269,3 +273,48 @@ def test_lua_header(lua):
         head = "".join(line for _, line in zip(range(15), fh))
     for word in ("KEYS", "ARGV", "Returns"):
         assert word in head, f"{lua.name}: no {word} in its header"
+
+
+# -- 4. tools/orion_wheel.py ----------------------------------------------------------------------
+ORION_WHEEL = ROOT / "tools" / "orion_wheel.py"
+
+
+def _orion_wheel_module():
+    spec = importlib.util.spec_from_file_location("orion_wheel", ORION_WHEEL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12),
+                    reason="on 3.12+ it builds Oríon's wheel (.ci/run's other Pythons do)")
+def test_orion_wheel_does_nothing_before_3_12(tmp_path):
+    out = tmp_path / "wheels"
+    proc = _run([sys.executable, str(ORION_WHEEL), "--out", str(out)], timeout=60,
+                cwd=tmp_path, env=_clean_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "nothing to build" in proc.stdout, proc.stdout
+    assert out.is_dir() and list(out.iterdir()) == []  # a --find-links directory, empty
+
+
+def test_orion_wheel_patches_the_frontend_line_only():
+    tool = _orion_wheel_module()
+    text = "def on_get(self, req, resp):\n" + tool.FRONTEND_OLD + "    return\n"
+    assert tool.patch_frontend(text) == text.replace("resp.body", "resp.text")
+    for other in ("no such line\n", text + tool.FRONTEND_OLD, text + "resp.body = b''\n"):
+        with pytest.raises(SystemExit, match="not Oríon"):
+            tool.patch_frontend(other)
+
+
+def test_the_installed_orion_frontend_suits_the_installed_falcon():
+    """falcon 4 (Python 3.13) removed ``resp.body``: there Oríon must be the wheel of
+    tools/orion_wheel.py, whose frontend sets ``resp.text``."""
+    from importlib.metadata import version  # not `import falcon`: falcon 3 imports cgi (3.12)
+
+    frontend = Path(importlib.util.find_spec("orion.core.cli.frontend").origin).read_text()
+    if int(version("falcon").split(".")[0]) >= 4:
+        assert "resp.body" not in frontend and "resp.text = content" in frontend, (
+            "Oríon's frontend sets resp.body, which falcon 4 removed: install Oríon from "
+            "tools/orion_wheel.py's .wheels/ (README)")
+    else:
+        assert "resp.body = content" in frontend or "resp.text = content" in frontend
