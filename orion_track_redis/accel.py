@@ -43,7 +43,7 @@ import logging
 import os
 from importlib import metadata
 
-from . import statedelta, stepreads
+from . import algocounts, statedelta, stepreads
 from .lock import RESIDENT
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ def install() -> bool:
             _patch_registries()
             _patch_observation()
             stepreads.patch()
+            algocounts.patch()
             _installed = True
     return _installed
 
@@ -357,8 +358,10 @@ def adopt_state(node, state: dict) -> None:
         # InsistSuggest keeps no registry state of its own: it mirrors the inner one's
         adopt_state(node.algorithm, state["algorithm"])
         node.registry._trials = dict(node.algorithm.registry._trials)
+        algocounts.track(node.registry)
     elif kind == "transform":
         node.registry._trials = state["registry"]["_trials"]
+        algocounts.track(node.registry)
         adopt_state(node.algorithm, state["algorithm"])
         node.registry_mapping._mapping = state["registry_mapping"]["_mapping"]
     elif kind == "leaf":
@@ -416,8 +419,12 @@ def _patch_one(cls, attr):
     def set_state(self, statedict):
         if _COPY_FREE.get():
             setattr(self, attr, statedict[attr])
+            if attr == "_trials":
+                algocounts.track(self)  # installed by our hold: counted from now on
         else:
             own_set(self, statedict)
+            if attr == "_trials":
+                algocounts.untrack(self)
 
     state_dict.__doc__, set_state.__doc__ = own_get.__doc__, own_set.__doc__
     cls.state_dict = property(state_dict)

@@ -232,7 +232,57 @@ def _first_difference(name, fast, plain, steps, refusals):
         for resident, state in fast.resident_states():
             if canonical(state) != stored:
                 return f"{where}: worker {resident}'s resident algorithm is not the stored state"
+        for client in fast.workers:
+            miscount = counted_differently(client._experiment.algorithm)
+            if miscount:
+                return f"{where}: {miscount}"
     return None
+
+
+def counted_differently(algorithm) -> str | None:
+    """Where algocounts' counted is_done parts differ from Oríon's walk over the registry, on
+    each level of the wrapper chain. Booleans alone would hide a wrong count far from its
+    threshold, so each is asked at the two thresholds around our count (max_trials, and the
+    space's cardinality for the count at the maximum fidelity): Oríon's walk must agree."""
+    from orion.algo.base import BaseAlgorithm
+    from orion.algo.space import Space
+    from orion.core.worker.algo_wrappers.algo_wrapper import AlgoWrapper
+
+    from orion_track_redis import algocounts
+
+    completed = BaseAlgorithm.has_completed_max_trials.fget
+    all_values = BaseAlgorithm.has_suggested_all_possible_values
+    node = algorithm
+    while node is not None:
+        tracked = algocounts._COUNTS in node.registry.__dict__
+        if tracked and node.max_trials is not None:
+            count = algocounts._count(node, "completed")
+            for threshold in (count, count + 1):
+                with _attribute(node, "max_trials", threshold):
+                    if completed(node) != completed.__wrapped_by_orion_track_redis__(node):
+                        return f"the completed count of {type(node).__name__} differs " \
+                               "from Oríon's count"
+        if tracked and node.fidelity_index is not None:
+            count = algocounts._count(node, "top")
+            for threshold in (count, count + 1):
+                with _attribute(Space, "cardinality", property(lambda _, t=threshold: t)):
+                    if all_values(node) != all_values.__wrapped_by_orion_track_redis__(node):
+                        return f"the max-fidelity count of {type(node).__name__} differs " \
+                               "from Oríon's count"
+        node = node.algorithm if isinstance(node, AlgoWrapper) else None
+    return None
+
+
+@contextlib.contextmanager
+def _attribute(obj, name, value):
+    """``obj.name = value`` for the ``with`` block (a property on a class, a value on an
+    instance; AlgoWrapper.max_trials is a property setting its algorithm's too)."""
+    saved = getattr(obj, name) if not isinstance(obj, type) else obj.__dict__[name]
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, saved)
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))

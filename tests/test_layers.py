@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "orion_track_redis"
 # given its layer here (and in the README's table).
 LAYERS = {
     "redaction": 0, "quiet": 0,
-    "errors": 1, "gcpause": 1, "datapickle": 1, "statedelta": 1, "stepreads": 1, "query": 1, "trials": 1,
+    "errors": 1, "gcpause": 1, "datapickle": 1, "statedelta": 1, "stepreads": 1,
+    "algocounts": 1, "query": 1, "trials": 1,
     "codec": 2, "statecodec": 2, "keys": 2, "options": 2, "uri": 2, "server": 2,
     "misdirect": 2,
     "embedded": 3, "connection": 3, "scripts": 3, "serverchecks": 3, "migrations": 3,

@@ -21,7 +21,7 @@ import random
 import pytest
 
 from orion.core.worker.experiment import Experiment
-from orion_track_redis import accel, lock, statedelta
+from orion_track_redis import accel, algocounts, lock, statedelta
 from orion_track_redis.statecodec import dump_state, load_state
 from test_accel import ALGORITHMS, REFUSALS, World, _first_difference, compare_worlds
 
@@ -243,3 +243,33 @@ def test_switched_off_holds_read_and_write_whole_states(monkeypatch):
     monkeypatch.setattr(lock.LockClient, "_write_of", write_of)
     assert compare_worlds("random", *ALGORITHMS["random"][:2], 20) is None
     assert set(modes) == {"snap"} and set(writes) == {"1"}, (modes, writes)
+
+
+# -- algocounts: Oríon's is_done counted as the registry changes ------------------------------
+def test_counts_are_what_the_oracle_compares(compact_often, expiring, monkeypatch):
+    """The oracle's worlds reach the counted path (tracked registries, max_trials set, a
+    fidelity space), for both counts."""
+    counted = []
+    own = algocounts._count
+
+    def count(algorithm, kind):
+        counted.append((kind, own(algorithm, kind)))
+        return counted[-1][1]
+
+    monkeypatch.setattr(algocounts, "_count", count)
+    assert run("random", 40) is None  # random search suggests at the maximum fidelity
+    assert {kind for kind, n in counted if n > 0} == {"completed", "top"}
+
+
+@pytest.mark.parametrize("mutant, name", [("stale after adopt", "random"),
+                                          ("fidelity ignored", "asha")])  # ASHA: low fidelities
+def test_oracle_catches_a_wrong_count(mutant, name, compact_often, expiring, monkeypatch):
+    if mutant == "stale after adopt":
+        monkeypatch.setattr(algocounts, "track",
+                            lambda registry: registry.__dict__.setdefault(algocounts._COUNTS, {}))
+    else:
+        own = algocounts._counted
+        monkeypatch.setattr(algocounts, "_counted",
+                            lambda key, trial: own((key[0], None, None), trial))
+    found = run(name, 40)
+    assert found is not None and "differs from Oríon's count" in found, found
