@@ -178,7 +178,20 @@ def _take_state(algorithm, locked, copy_free: bool, versioned: bool):
         for delta in locked.deltas:
             statedelta.apply(live, delta)
         adopt_state(algorithm, live)
-    return statedelta.capture(export_state(algorithm)) if versioned else None
+    if not versioned:
+        return None
+    _count_registries(algorithm)
+    return statedelta.capture(export_state(algorithm))
+
+
+def _count_registries(node) -> None:
+    """Oríon's own algorithms and wrappers keep their is_done counts (algocounts.py) from
+    now on: their registries change only through ``register`` or a hold's adoption."""
+    kind = _kind(node)
+    if kind != "other":
+        algocounts.keep(node.registry)
+    if kind in ("insist", "transform"):
+        _count_registries(node.algorithm)
 
 
 _TOKEN = "_orion_redis_state"  # attribute of a resident algorithm: the token of its state

@@ -28,6 +28,12 @@ def track(registry) -> None:
     registry.__dict__[_COUNTS] = {}
 
 
+def keep(registry) -> None:
+    """Count ``registry`` from now on, keeping its counts if it is counted already (a registry
+    only ``register`` changed since: its counts are current)."""
+    registry.__dict__.setdefault(_COUNTS, {})
+
+
 def untrack(registry) -> None:
     registry.__dict__.pop(_COUNTS, None)
 
