@@ -37,14 +37,15 @@ from benchmarks.common import RESULTS, _log, _machine, choose_binary  # noqa: E4
 from benchmarks.sections.anatomy import ANATOMY_SPACE, _fill, _objective  # noqa: E402
 
 MODES = {
-    "full": {"sizes": (100, 1000, 5000, 10000, 20000), "behind": (0, 16, 256), "samples": 5,
+    "full": {"sizes": (100, 1000, 2000, 5000, 10000, 20000), "behind": (0, 16, 256), "samples": 5,
              "paths": ("versioned", "whole", "orion")},
     "quick": {"sizes": (100, 1000, 5000), "behind": (0, 16), "samples": 3,
               "paths": ("versioned", "whole", "orion")},
     "smoke": {"sizes": (10, 40), "behind": (0, 2), "samples": 2,
               "paths": ("versioned", "whole", "orion")},
 }
-WHOLE_AT_MOST = 10000  # the whole-state paths cost seconds per step beyond this: not measured
+# the whole-state paths cost seconds per hold beyond these sizes: not measured there
+AT_MOST = {"whole": 10000, "orion": 5000}
 WHOLE_BEHIND = 16  # nor 256 co-holds of a second each per sample
 
 
@@ -83,7 +84,7 @@ def measure_path(cfg, url, path, redis):
     worker, co = _client(url, prefix, path, name), _client(url, prefix, path, name)
     rows, done = [], 0
     for n in cfg["sizes"]:
-        if path != "versioned" and n > WHOLE_AT_MOST:
+        if n > AT_MOST.get(path, n):
             continue
         done += _fill(worker, n - done) if n > done else 0
         _step(worker)  # the worker's algorithm is resident again after the fill

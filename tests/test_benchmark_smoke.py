@@ -195,3 +195,19 @@ def test_step_scale_script(tmp_path):
     versioned, whole = rows[("versioned", 40, 0)], rows[("whole", 40, 0)]
     assert versioned["aof_bytes_per_trial"] < whole["aof_bytes_per_trial"]
     assert "| versioned | 40 | 0 |" in proc.stdout
+
+
+def test_long_run_script(tmp_path):
+    """benchmarks/long_run.py --smoke: two worker processes per path drive one experiment;
+    every trial completed exactly once and observed by the stored algorithm state."""
+    out = tmp_path / "long.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "long_run.py"), "--smoke",
+                           "--out", str(out), "--png", str(tmp_path / "long.png")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    results = {r["path"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(results) == {"versioned", "whole"}
+    for res in results.values():
+        assert res["completed"] == res["trials"] == res["reported"], res
+        assert res["each_once"] and res["all_observed"] and set(res["exit_codes"]) == {0}
+        assert len(res["samples"]) >= 2 and res["samples"][-1]["completed"] == res["trials"]
