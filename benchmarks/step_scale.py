@@ -18,7 +18,12 @@ bytes Redis sent and received during the step (INFO stats), and, with ``behind``
 bytes the server wrote per trial (INFO persistence, appendfsync everysec). Sizes are grown
 once per path, so a row's N is the trials completed when its steps began.
 
-Usage: python benchmarks/step_scale.py [--quick | --smoke] [--sizes 100,1000,...] [--out PATH]
+With ``--algorithms random,tpe,asha``, the same for TPE (grown by observing sampled points) and
+ASHA (a fidelity dimension); the "algorithm's suggest" column is the time inside the leaf
+algorithm's own ``suggest`` (TPE fits its model there: that share is TPE's, not the storage's).
+
+Usage: python benchmarks/step_scale.py [--quick | --smoke] [--sizes 100,1000,...]
+       [--algorithms random,tpe,asha] [--paths versioned,whole,orion] [--out PATH]
 """
 from __future__ import annotations
 
@@ -36,6 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `
 from benchmarks.common import RESULTS, _log, _machine, choose_binary  # noqa: E402
 from benchmarks.sections.anatomy import ANATOMY_SPACE, _fill, _objective  # noqa: E402
 
+ALGORITHMS = {"random": {"random": {"seed": 1}},
+              "tpe": {"tpe": {"seed": 1, "n_initial_points": 20}},
+              "asha": {"asha": {"seed": 1}}}
+ASHA_SPACE = {**ANATOMY_SPACE, "f": "fidelity(1, 16, base=2)"}
+
 MODES = {
     "full": {"sizes": (100, 1000, 2000, 5000, 10000, 20000), "behind": (0, 16, 256), "samples": 5,
              "paths": ("versioned", "whole", "orion")},
@@ -49,13 +59,44 @@ AT_MOST = {"whole": 10000, "orion": 5000}
 WHOLE_BEHIND = 16  # nor 256 co-holds of a second each per sample
 
 
-def _client(url, prefix, path, name):
+def _client(url, prefix, path, name, algorithm="random"):
     from orion.client import build_experiment
 
     storage = {"type": "redis", "uri": url, "prefix": prefix,
                "accelerate": path != "orion"}
-    return build_experiment(name, space=ANATOMY_SPACE, algorithm={"random": {"seed": 1}},
+    space = ASHA_SPACE if algorithm == "asha" else ANATOMY_SPACE
+    return build_experiment(name, space=space, algorithm=ALGORITHMS[algorithm],
                             storage=storage, max_trials=10**7)
+
+
+def _grow(client, n, algorithm):
+    """Completed trials up to n in one hold: random search and ASHA suggest them; TPE observes
+    points sampled from the space (hold_anatomy.py: suggesting them one by one takes hours)."""
+    if algorithm == "tpe":
+        from benchmarks.hold_anatomy import _observe_sampled
+
+        return _observe_sampled(client, n, seed=len(client.fetch_trials()))
+    return _fill(client, n)
+
+
+class _SuggestTimer:
+    """Time spent in the leaf algorithm's own ``suggest`` (its share of a step)."""
+
+    def __init__(self, client):
+        node = client._experiment.algorithm
+        while hasattr(node, "algorithm") and hasattr(node, "registry_mapping") or \
+                type(node).__name__ == "InsistSuggest":
+            node = node.algorithm
+        own, self.spent = node.suggest, 0.0
+
+        def suggest(num):
+            start = time.perf_counter()
+            try:
+                return own(num)
+            finally:
+                self.spent += time.perf_counter() - start
+
+        node.suggest = suggest
 
 
 def _stats(client) -> dict:
@@ -78,35 +119,40 @@ def _co_holds(co, count):
             pass
 
 
-def measure_path(cfg, url, path, redis):
+def measure_path(cfg, url, path, redis, algorithm="random"):
     os.environ["ORION_REDIS_STATE_DELTAS"] = "0" if path == "whole" else "1"
-    prefix, name = f"scale-{uuid.uuid4().hex[:8]}", f"scale-{path}"
-    worker, co = _client(url, prefix, path, name), _client(url, prefix, path, name)
+    prefix, name = f"scale-{uuid.uuid4().hex[:8]}", f"scale-{algorithm}-{path}"
+    worker = _client(url, prefix, path, name, algorithm)
+    co = _client(url, prefix, path, name, algorithm)
+    timer = _SuggestTimer(worker)
     rows, done = [], 0
     for n in cfg["sizes"]:
         if n > AT_MOST.get(path, n):
             continue
-        done += _fill(worker, n - done) if n > done else 0
+        done += _grow(worker, n - done, algorithm) if n > done else 0
         _step(worker)  # the worker's algorithm is resident again after the fill
         for behind in cfg["behind"]:
             if path != "versioned" and behind > WHOLE_BEHIND:
                 continue
-            steps, moved, aof = [], [], []
+            steps, moved, aof, own = [], [], [], []
             for _ in range(cfg["samples"]):
                 _co_holds(co, behind)
-                before = _stats(redis)
+                before, timer.spent = _stats(redis), 0.0
                 start = time.perf_counter()
                 _step(worker)
                 steps.append((time.perf_counter() - start) * 1e3)
+                own.append(timer.spent * 1e3)
                 after = _stats(redis)
                 moved.append(after["out"] - before["out"] + after["in"] - before["in"])
                 aof.append(after["aof"] - before["aof"])
             done += len(steps)
-            row = {"path": path, "trials": n, "behind": behind, "step_ms": statistics.median(steps),
+            row = {"algorithm": algorithm, "path": path, "trials": n, "behind": behind,
+                   "step_ms": statistics.median(steps), "suggest_ms": statistics.median(own),
                    "bytes_per_step": statistics.median(moved),
                    "aof_bytes_per_trial": statistics.mean(aof) if behind == 0 else None}
             rows.append(row)
-            _log(f"  {path:9} N={n:<6} behind={behind:<4} step {row['step_ms']:8.1f} ms  "
+            _log(f"  {algorithm} {path:9} N={n:<6} behind={behind:<4} step {row['step_ms']:8.1f} ms "
+                 f"(its suggest {row['suggest_ms']:.1f})  "
                  f"moved {row['bytes_per_step'] / 1024:8.1f} KiB")
     worker.close()
     co.close()
@@ -116,15 +162,17 @@ def measure_path(cfg, url, path, redis):
 def render(rows) -> str:
     smallest = {}
     for row in rows:
-        smallest.setdefault((row["path"], row["behind"]), row["step_ms"])
-    lines = ["| path | trials | behind | step ms | / step at the smallest N | KiB moved per step "
-             "| AOF KiB per trial |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for row in sorted(rows, key=lambda r: (r["path"] != "versioned", r["path"], r["behind"],
-                                           r["trials"])):
-        ratio = row["step_ms"] / smallest[(row["path"], row["behind"])]
+        smallest.setdefault((row["algorithm"], row["path"], row["behind"]), row["step_ms"])
+    lines = ["| algorithm | path | trials | behind | step ms | / step at the smallest N | "
+             "algorithm's suggest ms | KiB moved per step | AOF KiB per trial |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in sorted(rows, key=lambda r: (r["algorithm"], r["path"] != "versioned", r["path"],
+                                           r["behind"], r["trials"])):
+        ratio = row["step_ms"] / smallest[(row["algorithm"], row["path"], row["behind"])]
         aof = row["aof_bytes_per_trial"]
-        lines.append(f"| {row['path']} | {row['trials']:,} | {row['behind']} | "
-                     f"{row['step_ms']:.1f} | {ratio:.2f}x | {row['bytes_per_step'] / 1024:.1f} | "
+        lines.append(f"| {row['algorithm']} | {row['path']} | {row['trials']:,} | "
+                     f"{row['behind']} | {row['step_ms']:.1f} | {ratio:.2f}x | "
+                     f"{row['suggest_ms']:.1f} | {row['bytes_per_step'] / 1024:.1f} | "
                      f"{'' if aof is None else f'{aof / 1024:.1f}'} |")
     return "\n".join(lines)
 
@@ -136,6 +184,8 @@ def main(argv=None) -> int:
     group.add_argument("--smoke", action="store_true", help="tiny run for CI")
     parser.add_argument("--sizes", help="comma-separated sizes (overrides the mode's)")
     parser.add_argument("--paths", help="comma-separated paths (versioned,whole,orion)")
+    parser.add_argument("--algorithms", default="random",
+                        help="comma-separated: random, tpe, asha (default random)")
     parser.add_argument("--redis-server", help="redis-server binary to start")
     parser.add_argument("--out", default=str(RESULTS / "step_scale.json"))
     args = parser.parse_args(argv)
@@ -160,8 +210,9 @@ def main(argv=None) -> int:
         server.start()
         client = redis.Redis.from_url(server.url)
         client.config_set("appendonly", "yes")
-        for path in cfg["paths"]:
-            rows += measure_path(cfg, server.url, path, client)
+        for algorithm in args.algorithms.split(","):
+            for path in cfg["paths"]:
+                rows += measure_path(cfg, server.url, path, client, algorithm)
     table = render(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
