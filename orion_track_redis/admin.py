@@ -60,7 +60,9 @@ def experiment_status(storage, doc: dict, details: bool = False) -> dict:
     pipe = storage.client.pipeline(transaction=False)
     for status in STATUSES:
         pipe.zcard(ek.status(status))
-    pipe.hmget(ek.lock, "fence", "acquired")
+    pipe.hmget(ek.lock, "fence", "acquired", "logbytes")
+    pipe.hstrlen(ek.lock, "state")
+    pipe.llen(ek.lock_log)
     pipe.get(ek.lock_holder)
     pipe.pttl(ek.lock_holder)
     pipe.zcount(ek.status("completed"), now - 60, now)
@@ -71,8 +73,9 @@ def experiment_status(storage, doc: dict, details: bool = False) -> dict:
         pipe.lrange(ek.holds, 0, -1)
         pipe.zrange(ek.status("completed"), -1, -1, withscores=True)
     replies = pipe.execute()
-    head = replies[: len(STATUSES) + 6]
-    *counts, (fence, acquired), holder, pttl, per_minute, unobserved, recovered = head
+    head = replies[: len(STATUSES) + 8]
+    *counts, (fence, acquired, log_bytes), snapshot, log_entries = head[:-5]
+    holder, pttl, per_minute, unobserved, recovered = head[-5:]
     lost = lease.lost_tokens(storage.scripts, ek)
     row = {
         "experiment": doc.get("name"),
@@ -81,6 +84,9 @@ def experiment_status(storage, doc: dict, details: bool = False) -> dict:
         "lost": len(lost),
         "recovered": int(recovered or 0),
         "unobserved": unobserved,
+        # the algorithm state (statedelta.py): the snapshot and the log of deltas since it
+        "state_kib": round((snapshot + int(log_bytes or 0)) / 1024, 1),
+        "state_log": log_entries,
     }
     if fence is None:
         lock = "none"
@@ -99,13 +105,15 @@ def experiment_status(storage, doc: dict, details: bool = False) -> dict:
         }
     )
     if details:
-        waiters, holds, last = replies[len(STATUSES) + 6 :]
+        waiters, holds, last = replies[len(STATUSES) + 8 :]
         row.update(
             {
                 "waiters": waiters,
                 "holder_age_s": held_s,
                 "hold_ms": [float(h) for h in holds],
                 "last_completed_age_s": max(now - last[0][1], 0.0) if last else None,
+                "snapshot_bytes": snapshot,
+                "log_bytes": int(log_bytes or 0),
             }
         )
     return row

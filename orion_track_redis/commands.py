@@ -124,6 +124,8 @@ STATUS_COLUMNS = [
     "lost",
     "recovered",
     "unobserved",
+    "state_kib",
+    "state_log",
     "lock",
     "holder",
     "held_s",

@@ -13,6 +13,8 @@ said otherwise:
   whose reservation lease ended (lease.py);
 - ``orion_redis_recovered_trials_total`` (counter): trials recovered from dead holders;
 - ``orion_redis_unobserved_trials``: the batched-observation backlog;
+- ``orion_redis_state_bytes{part}``: the algorithm state's snapshot and its log of deltas
+  (``part`` = snapshot | log; the log stays under the snapshot's size, lock.COMPACT_RATIO);
 - ``orion_redis_lock_held`` (0/1), ``orion_redis_lock_stale`` (0/1: a holder key without TTL),
   ``orion_redis_lock_holder_age_seconds`` (0 when free), ``orion_redis_lock_waiters``;
 - ``orion_redis_lock_acquisitions_total`` (counter: the lock's fence);
@@ -114,6 +116,11 @@ class FleetCollector:
             "orion_redis_unobserved_trials",
             "completed/released trials waiting to be observed (batched)",
         )
+        state = gauge(
+            "orion_redis_state_bytes",
+            "algorithm state stored: the snapshot and the log of deltas since it",
+            ["part"],
+        )
         held = gauge("orion_redis_lock_held", "1 while a worker holds the algorithm lock")
         stale = gauge(
             "orion_redis_lock_stale",
@@ -150,6 +157,8 @@ class FleetCollector:
             lost.add_metric(labels, row["lost"])
             recovered.add_metric(labels, row["recovered"])
             unobserved.add_metric(labels, row["unobserved"])
+            state.add_metric([*labels, "snapshot"], row["snapshot_bytes"])
+            state.add_metric([*labels, "log"], row["log_bytes"])
             held.add_metric(labels, int(row["lock"] in ("held", "stale")))
             stale.add_metric(labels, int(row["lock"] == "stale"))
             age.add_metric(labels, row["holder_age_s"] or 0.0)
@@ -171,6 +180,7 @@ class FleetCollector:
             lost,
             recovered,
             unobserved,
+            state,
             held,
             stale,
             age,

@@ -248,6 +248,8 @@ def test_status_shows_the_backlog_and_flush_observes_it(capsys, uri):
         client.observe(client.suggest(), value)
     (row,) = json.loads(run(capsys, "--uri", uri, "status", "--json")[1])
     assert row["unobserved"] == 1 and row["completed"] == 2
+    # the first hold wrote a snapshot, the second a delta (statedelta.py)
+    assert row["state_log"] == 1 and row["state_kib"] > 0
     code, out = run(capsys, "--uri", uri, "flush", "batched")
     assert code == 0 and "observed 1 trial(s); 0 waiting" in out
     (row,) = json.loads(run(capsys, "--uri", uri, "status", "--json")[1])

@@ -335,3 +335,31 @@ def test_scraped_over_http_during_a_live_hunt(redis_server, tmp_path):
           f"{sorted(durations)[len(durations) // 2] * 1000:.1f} ms, max "
           f"{max(durations) * 1000:.1f} ms; {fence} holds: p50 {p50 * 1000:.1f} ms, "
           f"p99 {p99 * 1000:.1f} ms")
+
+
+def test_state_bytes_show_the_snapshot_and_the_log(capsys, uri, monkeypatch):
+    """orion_redis_state_bytes: the log grows by a delta per hold and is emptied by the
+    compaction that rewrites the snapshot (lock.COMPACT_RATIO)."""
+    from orion.client import build_experiment
+
+    from orion_track_redis import lock
+
+    client = build_experiment("stateful", space={"x": "uniform(0, 1)"},
+                              algorithm={"random": {"seed": 1}},
+                              storage={"type": "redis", "uri": uri})
+    labels = {"experiment": "stateful", "version": 1}
+    sizes = []
+    for _ in range(3):
+        client.observe(client.suggest(), 1.0)
+        samples = scrape_once(capsys, uri)
+        sizes.append((value(samples, "orion_redis_state_bytes", part="snapshot", **labels),
+                      value(samples, "orion_redis_state_bytes", part="log", **labels)))
+    assert sizes[0][0] > 0 and 0 < sizes[1][1] < sizes[2][1], sizes  # deltas appended
+    assert sizes[1][0] == sizes[2][0]  # the snapshot unchanged meanwhile
+    monkeypatch.setattr(lock, "COMPACT_MIN", 0)
+    monkeypatch.setattr(lock, "COMPACT_RATIO", 0.01)  # the next release compacts
+    client.observe(client.suggest(), 1.0)
+    samples = scrape_once(capsys, uri)
+    assert value(samples, "orion_redis_state_bytes", part="log", **labels) == 0
+    assert value(samples, "orion_redis_state_bytes", part="snapshot", **labels) > sizes[2][0]
+    client.close()
