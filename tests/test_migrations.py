@@ -160,3 +160,90 @@ def test_change_log_is_trimmed_and_old_readers_reload(monkeypatch):
     writer.register_trial(make_trial(exp_id, x=99.0, seconds=99))
     assert len(reader.fetch_trials(uid=exp_id)) == 31
     assert reader._reads.caches[ek.exp_token] is cache
+
+
+# -- schema 3: versioned algorithm state; the release before it is a real worker here ----------
+SCHEMA2_RELEASE = "fcd4e63"  # the last commit writing schema 2 (whole algorithm states)
+
+
+@pytest.fixture(scope="module")
+def schema2_release(tmp_path_factory):
+    """That release's package, from this repository's history (skipped without it)."""
+    import subprocess
+    import tarfile
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path_factory.mktemp("schema2")
+    archive = out / "release.tar"
+    made = subprocess.run(["git", "-C", str(root), "archive", "-o", str(archive),
+                           SCHEMA2_RELEASE, "orion_track_redis", "lua"],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"commit {SCHEMA2_RELEASE} (schema 2) is not in this checkout's history: "
+                    f"{made.stderr.strip()[:200]}")
+    with tarfile.open(archive) as tar:
+        tar.extractall(out, filter="data")
+    return out
+
+
+def _run_release(release: Path, code: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**__import__("os").environ,
+                                            "PYTHONPATH": str(release)})
+
+
+def test_a_schema2_worker_refuses_versioned_state_saying_to_upgrade(schema2_release,
+                                                                    redis_server):
+    """Mixed-version fleet: a worker of the previous release (whole states) meets a prefix a
+    current worker set up: it refuses, naming the fix, before it could read a stale snapshot."""
+    prefix = f"mixed-{uuid.uuid4().hex[:8]}"
+    uri = f"{redis_server.url}/0?prefix={prefix}"
+    Redis(uri=uri)  # a current worker: schema 3
+    code = ("import orion_track_redis\n"
+            "print(orion_track_redis.__file__, flush=True)\n"
+            "from orion_track_redis import Redis\n"
+            f"Redis(uri={uri!r})\n")
+    proc = _run_release(schema2_release, code)
+    assert proc.stdout.startswith(str(schema2_release))  # the old release ran, not this one
+    assert proc.returncode != 0
+    assert "schema version 3, newer than this" in proc.stderr
+    assert "pip install -U orion-track-redis" in proc.stderr
+
+
+def test_schema2_state_is_refused_then_upgraded_and_read_whole(schema2_release, redis_server):
+    """A prefix the previous release wrote (an experiment whose algorithm state it wrote as a
+    whole): refused until `orion-redis upgrade`, then the state reads back as it was and the
+    next holds write deltas on top of it."""
+    from orion.client import build_experiment
+
+    prefix = f"old-{uuid.uuid4().hex[:8]}"
+    uri = f"{redis_server.url}/0?prefix={prefix}"
+    code = ("from orion.client import build_experiment\n"
+            "import orion_track_redis\n"
+            f"c = build_experiment('old', space={{'x': 'uniform(0, 1)'}}, "
+            f"algorithm={{'random': {{'seed': 1}}}}, storage={{'type': 'redis', 'uri': {uri!r}}})\n"
+            "for _ in range(3):\n    c.observe(c.suggest(), 1.0)\n"
+            "c.close()\nprint(orion_track_redis.__file__)\n")
+    proc = _run_release(schema2_release, code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().startswith(str(schema2_release))
+    with pytest.raises(RedisStorageError, match="schema version 2, older .* upgrade"):
+        Redis(uri=uri)
+    assert main(["--uri", uri, "upgrade"]) == 0
+    client = build_experiment("old", storage={"type": "redis", "uri": uri})
+    storage = client._experiment._storage
+    exp_id = client._experiment.id
+    before = storage.get_algorithm_lock_info(uid=exp_id).state
+    assert len(before["algorithm"]["registry"]["_trials"]) == 3
+    for _ in range(2):
+        client.observe(client.suggest(), 1.0)
+    ek = storage._ek(exp_id)
+    assert storage.client.llen(ek.lock_log) >= 1  # deltas now
+    after = storage.get_algorithm_lock_info(uid=exp_id).state
+    assert set(before["algorithm"]["registry"]["_trials"]) < set(
+        after["algorithm"]["registry"]["_trials"])
+    assert len(after["algorithm"]["registry"]["_trials"]) == 5
+    client.close()
