@@ -273,3 +273,22 @@ def test_oracle_catches_a_wrong_count(mutant, name, compact_often, expiring, mon
                             lambda key, trial: own((key[0], None, None), trial))
     found = run(name, 40)
     assert found is not None and "differs from Oríon's count" in found, found
+
+
+def test_a_worker_writing_whole_states_shares_the_experiment(compact_often, expiring,
+                                                             monkeypatch):
+    """One of the four workers has versioned state switched off (it reads and writes whole
+    states, as a worker with accelerate=false does through Oríon's own path): the others read
+    its snapshots, it reads their deltas' result, all as unmodified Oríon."""
+    own_step = World.step
+
+    def step(self, worker, action, refusals=REFUSALS):
+        if worker == 1:
+            monkeypatch.setenv(accel.DELTAS_ENV, "0")
+        else:
+            monkeypatch.delenv(accel.DELTAS_ENV, raising=False)
+        return own_step(self, worker, action, refusals)
+
+    monkeypatch.setattr(World, "step", step)
+    assert run("random", 60) is None
+    assert run("asha", 40) is None
