@@ -13,17 +13,18 @@ state, and every worker whose resident algorithm is at the stored state must hol
 It is shown to fail when a delta is dropped, applied twice, applied out of order, or when a
 compaction loses an entry.
 """
+
 from __future__ import annotations
 
 import contextlib
 import random
 
 import pytest
-
 from orion.core.worker.experiment import Experiment
+
 from orion_track_redis import accel, algocounts, lock, statedelta
 from orion_track_redis.statecodec import dump_state, load_state
-from test_accel import ALGORITHMS, REFUSALS, World, _first_difference, compare_worlds
+from test_accel import ALGORITHMS, REFUSALS, World, compare_worlds
 
 WORKERS = 4
 WEIGHTS = (8, 4, 2, 1)  # the last worker acts rarely: it is many deltas behind when it does
@@ -33,8 +34,7 @@ def staleness_schedule(seed: int, steps: int):
     """Four workers, mostly completions, some interruptions, broken trials and expiries."""
     rng = random.Random(seed)
     actions = ["complete"] * 6 + ["interrupted", "broken", "expire"]
-    return [(rng.choices(range(WORKERS), WEIGHTS)[0], rng.choice(actions))
-            for _ in range(steps)]
+    return [(rng.choices(range(WORKERS), WEIGHTS)[0], rng.choice(actions)) for _ in range(steps)]
 
 
 @pytest.fixture
@@ -64,8 +64,16 @@ def expiring(monkeypatch):
 
 def run(name, steps, seed=11, refusals=REFUSALS):
     algorithm, space, _ = ALGORITHMS[name]
-    return compare_worlds(name, algorithm, space, steps, seed=seed, refusals=refusals,
-                          workers=WORKERS, steps_of=staleness_schedule)
+    return compare_worlds(
+        name,
+        algorithm,
+        space,
+        steps,
+        seed=seed,
+        refusals=refusals,
+        workers=WORKERS,
+        steps_of=staleness_schedule,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
@@ -129,9 +137,11 @@ def _older(self, ek, reply, behind):
 MANGLES = {
     "dropped": lambda deltas, *_: deltas[1:] if len(deltas) > 1 else deltas,
     "applied twice": lambda deltas, self, ek, reply: (
-        deltas + [deltas[0]] if len(deltas) > 1 else deltas),
+        deltas + [deltas[0]] if len(deltas) > 1 else deltas
+    ),
     "out of order": lambda deltas, *_: (
-        [deltas[1], deltas[0], *deltas[2:]] if len(deltas) > 1 else deltas),
+        [deltas[1], deltas[0], *deltas[2:]] if len(deltas) > 1 else deltas
+    ),
 }
 
 
@@ -178,12 +188,17 @@ def test_log_order_is_checked_before_anything_is_applied():
 
 # -- statedelta itself ------------------------------------------------------------------------
 def _state():
-    return {"algorithm": {
-        "registry": {"_trials": {"a": object(), "b": object()}},
-        "algorithm": {"registry": {"_trials": {"a": object()}}, "rng_state": (1, 2),
-                      "brackets": [1]},
-        "registry_mapping": {"_mapping": {"a": {"x"}}},
-    }}
+    return {
+        "algorithm": {
+            "registry": {"_trials": {"a": object(), "b": object()}},
+            "algorithm": {
+                "registry": {"_trials": {"a": object()}},
+                "rng_state": (1, 2),
+                "brackets": [1],
+            },
+            "registry_mapping": {"_mapping": {"a": {"x"}}},
+        }
+    }
 
 
 def test_diff_then_apply_gives_the_new_state():
@@ -199,15 +214,17 @@ def test_diff_then_apply_gives_the_new_state():
     del leaf["brackets"]
     delta = statedelta.diff(base, new)
     entries = {path: set(changed) for path, changed in delta["entries"]}
-    assert entries == {("algorithm", "algorithm", "registry", "_trials"): {"a", "c"},
-                       ("algorithm", "registry_mapping", "_mapping"): {"a"}}
+    assert entries == {
+        ("algorithm", "algorithm", "registry", "_trials"): {"a", "c"},
+        ("algorithm", "registry_mapping", "_mapping"): {"a"},
+    }
     assert delta["gone"] == [(("algorithm", "registry", "_trials"), ["b"])]
     assert delta["dropped"] == [("algorithm", "algorithm", "brackets")]
     assert statedelta.size(delta) == 3 + 1
 
     replay = _state()
-    replay["algorithm"]["algorithm"]["registry"]["_trials"] = dict(
-        base.entries[("algorithm", "algorithm", "registry", "_trials")][0])
+    keys, values, _ = base.entries[("algorithm", "algorithm", "registry", "_trials")]
+    replay["algorithm"]["algorithm"]["registry"]["_trials"] = dict(zip(keys, values))
     statedelta.apply(replay, delta)
     assert replay["algorithm"]["algorithm"]["registry"]["_trials"] == leaf["registry"]["_trials"]
     assert set(replay["algorithm"]["registry"]["_trials"]) == {"a"}
@@ -261,22 +278,26 @@ def test_counts_are_what_the_oracle_compares(compact_often, expiring, monkeypatc
     assert {kind for kind, n in counted if n > 0} == {"completed", "top"}
 
 
-@pytest.mark.parametrize("mutant, name", [("stale after adopt", "random"),
-                                          ("fidelity ignored", "asha")])  # ASHA: low fidelities
+@pytest.mark.parametrize(
+    "mutant, name", [("stale after adopt", "random"), ("fidelity ignored", "asha")]
+)  # ASHA: low fidelities
 def test_oracle_catches_a_wrong_count(mutant, name, compact_often, expiring, monkeypatch):
     if mutant == "stale after adopt":
-        monkeypatch.setattr(algocounts, "track",
-                            lambda registry: registry.__dict__.setdefault(algocounts._COUNTS, {}))
+        monkeypatch.setattr(
+            algocounts,
+            "track",
+            lambda registry: registry.__dict__.setdefault(algocounts._COUNTS, {}),
+        )
     else:
         own = algocounts._counted
-        monkeypatch.setattr(algocounts, "_counted",
-                            lambda key, trial: own((key[0], None, None), trial))
+        monkeypatch.setattr(
+            algocounts, "_counted", lambda key, trial: own((key[0], None, None), trial)
+        )
     found = run(name, 40)
     assert found is not None and "differs from Oríon's count" in found, found
 
 
-def test_a_worker_writing_whole_states_shares_the_experiment(compact_often, expiring,
-                                                             monkeypatch):
+def test_a_worker_writing_whole_states_shares_the_experiment(compact_often, expiring, monkeypatch):
     """One of the four workers has versioned state switched off (it reads and writes whole
     states, as a worker with accelerate=false does through Oríon's own path): the others read
     its snapshots, it reads their deltas' result, all as unmodified Oríon."""
