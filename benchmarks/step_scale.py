@@ -25,6 +25,7 @@ algorithm's own ``suggest`` (TPE fits its model there: that share is TPE's, not 
 Usage: python benchmarks/step_scale.py [--quick | --smoke] [--sizes 100,1000,...]
        [--algorithms random,tpe,asha] [--paths versioned,whole,orion] [--out PATH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,18 +42,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `
 from benchmarks.common import RESULTS, _log, _machine, choose_binary  # noqa: E402
 from benchmarks.sections.anatomy import ANATOMY_SPACE, _fill, _objective  # noqa: E402
 
-ALGORITHMS = {"random": {"random": {"seed": 1}},
-              "tpe": {"tpe": {"seed": 1, "n_initial_points": 20}},
-              "asha": {"asha": {"seed": 1}}}
+ALGORITHMS = {
+    "random": {"random": {"seed": 1}},
+    "tpe": {"tpe": {"seed": 1, "n_initial_points": 20}},
+    "asha": {"asha": {"seed": 1}},
+}
 ASHA_SPACE = {**ANATOMY_SPACE, "f": "fidelity(1, 16, base=2)"}
 
 MODES = {
-    "full": {"sizes": (100, 1000, 2000, 5000, 10000, 20000), "behind": (0, 16, 256), "samples": 5,
-             "paths": ("versioned", "whole", "orion")},
-    "quick": {"sizes": (100, 1000, 5000), "behind": (0, 16), "samples": 3,
-              "paths": ("versioned", "whole", "orion")},
-    "smoke": {"sizes": (10, 40), "behind": (0, 2), "samples": 2,
-              "paths": ("versioned", "whole", "orion")},
+    "full": {
+        "sizes": (100, 1000, 2000, 5000, 10000, 20000),
+        "behind": (0, 16, 256),
+        "samples": 5,
+        "paths": ("versioned", "whole", "orion"),
+    },
+    "quick": {
+        "sizes": (100, 1000, 5000),
+        "behind": (0, 16),
+        "samples": 3,
+        "paths": ("versioned", "whole", "orion"),
+    },
+    "smoke": {
+        "sizes": (10, 40),
+        "behind": (0, 2),
+        "samples": 2,
+        "paths": ("versioned", "whole", "orion"),
+    },
 }
 # the whole-state paths cost seconds per hold beyond these sizes: not measured there
 AT_MOST = {"whole": 10000, "orion": 5000}
@@ -62,17 +77,18 @@ WHOLE_BEHIND = 16  # nor 256 co-holds of a second each per sample
 def _client(url, prefix, path, name, algorithm="random"):
     from orion.client import build_experiment
 
-    storage = {"type": "redis", "uri": url, "prefix": prefix,
-               "accelerate": path != "orion"}
+    storage = {"type": "redis", "uri": url, "prefix": prefix, "accelerate": path != "orion"}
     space = ASHA_SPACE if algorithm == "asha" else ANATOMY_SPACE
-    return build_experiment(name, space=space, algorithm=ALGORITHMS[algorithm],
-                            storage=storage, max_trials=10**7)
+    return build_experiment(
+        name, space=space, algorithm=ALGORITHMS[algorithm], storage=storage, max_trials=10**7
+    )
 
 
 def _grow(client, n, algorithm):
-    """Completed trials up to n in one hold: random search and ASHA suggest them; TPE observes
-    points sampled from the space (hold_anatomy.py: suggesting them one by one takes hours)."""
-    if algorithm == "tpe":
+    """Completed trials up to n in one hold: random search suggests them; TPE and ASHA observe
+    points sampled from the space (hold_anatomy.py: TPE suggesting them one by one takes hours;
+    ASHA suggests only what its lowest rung has room for, 16 at a time)."""
+    if algorithm in ("tpe", "asha"):
         from benchmarks.hold_anatomy import _observe_sampled
 
         return _observe_sampled(client, n, seed=len(client.fetch_trials()))
@@ -84,8 +100,11 @@ class _SuggestTimer:
 
     def __init__(self, client):
         node = client._experiment.algorithm
-        while hasattr(node, "algorithm") and hasattr(node, "registry_mapping") or \
-                type(node).__name__ == "InsistSuggest":
+        while (
+            hasattr(node, "algorithm")
+            and hasattr(node, "registry_mapping")
+            or type(node).__name__ == "InsistSuggest"
+        ):
             node = node.algorithm
         own, self.spent = node.suggest, 0.0
 
@@ -101,14 +120,18 @@ class _SuggestTimer:
 
 def _stats(client) -> dict:
     info = client.info()
-    return {"out": info["total_net_output_bytes"], "in": info["total_net_input_bytes"],
-            "aof": info.get("aof_current_size", 0)}
+    return {
+        "out": info["total_net_output_bytes"],
+        "in": info["total_net_input_bytes"],
+        "aof": info.get("aof_current_size", 0),
+    }
 
 
 def _step(client):
     trial = client.suggest()
-    client.observe(trial, [{"name": "objective", "type": "objective",
-                            "value": _objective(trial.params)}])
+    client.observe(
+        trial, [{"name": "objective", "type": "objective", "value": _objective(trial.params)}]
+    )
 
 
 def _co_holds(co, count):
@@ -131,6 +154,9 @@ def measure_path(cfg, url, path, redis, algorithm="random"):
             continue
         done += _grow(worker, n - done, algorithm) if n > done else 0
         _step(worker)  # the worker's algorithm is resident again after the fill
+        actual = len(worker.fetch_trials())
+        if actual < n:  # a row must be measured at the size it names
+            raise RuntimeError(f"{algorithm}: grown to {actual} trials, not {n}")
         for behind in cfg["behind"]:
             if path != "versioned" and behind > WHOLE_BEHIND:
                 continue
@@ -146,14 +172,23 @@ def measure_path(cfg, url, path, redis, algorithm="random"):
                 moved.append(after["out"] - before["out"] + after["in"] - before["in"])
                 aof.append(after["aof"] - before["aof"])
             done += len(steps)
-            row = {"algorithm": algorithm, "path": path, "trials": n, "behind": behind,
-                   "step_ms": statistics.median(steps), "suggest_ms": statistics.median(own),
-                   "bytes_per_step": statistics.median(moved),
-                   "aof_bytes_per_trial": statistics.mean(aof) if behind == 0 else None}
+            row = {
+                "algorithm": algorithm,
+                "path": path,
+                "trials": n,
+                "behind": behind,
+                "step_ms": statistics.median(steps),
+                "suggest_ms": statistics.median(own),
+                "bytes_per_step": statistics.median(moved),
+                "aof_bytes_per_trial": statistics.mean(aof) if behind == 0 else None,
+            }
             rows.append(row)
-            _log(f"  {algorithm} {path:9} N={n:<6} behind={behind:<4} step {row['step_ms']:8.1f} ms "
-                 f"(its suggest {row['suggest_ms']:.1f})  "
-                 f"moved {row['bytes_per_step'] / 1024:8.1f} KiB")
+            _log(
+                f"  {algorithm} {path:9} N={n:<6} behind={behind:<4} "
+                f"step {row['step_ms']:8.1f} ms "
+                f"(its suggest {row['suggest_ms']:.1f})  "
+                f"moved {row['bytes_per_step'] / 1024:8.1f} KiB"
+            )
     worker.close()
     co.close()
     return rows
@@ -163,17 +198,29 @@ def render(rows) -> str:
     smallest = {}
     for row in rows:
         smallest.setdefault((row["algorithm"], row["path"], row["behind"]), row["step_ms"])
-    lines = ["| algorithm | path | trials | behind | step ms | / step at the smallest N | "
-             "algorithm's suggest ms | KiB moved per step | AOF KiB per trial |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in sorted(rows, key=lambda r: (r["algorithm"], r["path"] != "versioned", r["path"],
-                                           r["behind"], r["trials"])):
+    lines = [
+        "| algorithm | path | trials | behind | step ms | / step at the smallest N | "
+        "algorithm's suggest ms | KiB moved per step | AOF KiB per trial |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in sorted(
+        rows,
+        key=lambda r: (
+            r["algorithm"],
+            r["path"] != "versioned",
+            r["path"],
+            r["behind"],
+            r["trials"],
+        ),
+    ):
         ratio = row["step_ms"] / smallest[(row["algorithm"], row["path"], row["behind"])]
         aof = row["aof_bytes_per_trial"]
-        lines.append(f"| {row['algorithm']} | {row['path']} | {row['trials']:,} | "
-                     f"{row['behind']} | {row['step_ms']:.1f} | {ratio:.2f}x | "
-                     f"{row['suggest_ms']:.1f} | {row['bytes_per_step'] / 1024:.1f} | "
-                     f"{'' if aof is None else f'{aof / 1024:.1f}'} |")
+        lines.append(
+            f"| {row['algorithm']} | {row['path']} | {row['trials']:,} | "
+            f"{row['behind']} | {row['step_ms']:.1f} | {ratio:.2f}x | "
+            f"{row['suggest_ms']:.1f} | {row['bytes_per_step'] / 1024:.1f} | "
+            f"{'' if aof is None else f'{aof / 1024:.1f}'} |"
+        )
     return "\n".join(lines)
 
 
@@ -184,8 +231,11 @@ def main(argv=None) -> int:
     group.add_argument("--smoke", action="store_true", help="tiny run for CI")
     parser.add_argument("--sizes", help="comma-separated sizes (overrides the mode's)")
     parser.add_argument("--paths", help="comma-separated paths (versioned,whole,orion)")
-    parser.add_argument("--algorithms", default="random",
-                        help="comma-separated: random, tpe, asha (default random)")
+    parser.add_argument("--behind", help="comma-separated co-holds between steps (0,16,256)")
+    parser.add_argument("--samples", type=int, help="steps measured per row")
+    parser.add_argument(
+        "--algorithms", default="random", help="comma-separated: random, tpe, asha (default random)"
+    )
     parser.add_argument("--redis-server", help="redis-server binary to start")
     parser.add_argument("--out", default=str(RESULTS / "step_scale.json"))
     args = parser.parse_args(argv)
@@ -195,6 +245,10 @@ def main(argv=None) -> int:
         cfg["sizes"] = tuple(int(s) for s in args.sizes.split(","))
     if args.paths:
         cfg["paths"] = tuple(args.paths.split(","))
+    if args.behind:
+        cfg["behind"] = tuple(int(b) for b in args.behind.split(","))
+    if args.samples:
+        cfg["samples"] = args.samples
     import logging
     import warnings
 
@@ -205,8 +259,10 @@ def main(argv=None) -> int:
     logging.disable(logging.WARNING)  # Oríon warns about duplicates at these sizes
     warnings.simplefilter("ignore")
     started, rows = time.monotonic(), []
-    with tempfile.TemporaryDirectory(prefix="orion-redis-scale-") as tmp, \
-            RedisServer(Path(tmp), binary=choose_binary(args.redis_server)) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="orion-redis-scale-") as tmp,
+        RedisServer(Path(tmp), binary=choose_binary(args.redis_server)) as server,
+    ):
         server.start()
         client = redis.Redis.from_url(server.url)
         client.config_set("appendonly", "yes")
@@ -216,8 +272,17 @@ def main(argv=None) -> int:
     table = render(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"mode": mode, "machine": _machine(), "rows": rows,
-                               "duration_s": time.monotonic() - started}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "mode": mode,
+                "machine": _machine(),
+                "rows": rows,
+                "duration_s": time.monotonic() - started,
+            },
+            indent=1,
+        )
+    )
     print(table)
     print(f"\nwrote {out} in {time.monotonic() - started:.0f} s")
     return 0
