@@ -14,6 +14,8 @@ of its steps, so that the measured worker is that many deltas behind when it com
 * ``orion``:     ``accelerate=false`` (Oríon's own set_state/state_dict and is_done).
 
 Each row: the median step (ms), its ratio to the same path's step at the smallest size, the
+same for the worker process's CPU time during the step (``time.process_time``: robust on a
+shared, loaded machine, where wall time mostly measures the neighbours), the
 bytes Redis sent and received during the step (INFO stats), and, with ``behind`` = 0, the AOF
 bytes the server wrote per trial (INFO persistence, appendfsync everysec). Sizes are grown
 once per path, so a row's N is the trials completed when its steps began.
@@ -160,13 +162,14 @@ def measure_path(cfg, url, path, redis, algorithm="random"):
         for behind in cfg["behind"]:
             if path != "versioned" and behind > WHOLE_BEHIND:
                 continue
-            steps, moved, aof, own = [], [], [], []
+            steps, cpus, moved, aof, own = [], [], [], [], []
             for _ in range(cfg["samples"]):
                 _co_holds(co, behind)
                 before, timer.spent = _stats(redis), 0.0
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 _step(worker)
                 steps.append((time.perf_counter() - start) * 1e3)
+                cpus.append((time.process_time() - cpu) * 1e3)
                 own.append(timer.spent * 1e3)
                 after = _stats(redis)
                 moved.append(after["out"] - before["out"] + after["in"] - before["in"])
@@ -178,6 +181,8 @@ def measure_path(cfg, url, path, redis, algorithm="random"):
                 "trials": n,
                 "behind": behind,
                 "step_ms": statistics.median(steps),
+                # the worker's own CPU: what a loaded, shared machine does not inflate
+                "step_cpu_ms": statistics.median(cpus),
                 "suggest_ms": statistics.median(own),
                 "bytes_per_step": statistics.median(moved),
                 "aof_bytes_per_trial": statistics.mean(aof) if behind == 0 else None,
@@ -197,11 +202,11 @@ def measure_path(cfg, url, path, redis, algorithm="random"):
 def render(rows) -> str:
     smallest = {}
     for row in rows:
-        smallest.setdefault((row["algorithm"], row["path"], row["behind"]), row["step_ms"])
+        smallest.setdefault((row["algorithm"], row["path"], row["behind"]), row)
     lines = [
-        "| algorithm | path | trials | behind | step ms | / step at the smallest N | "
-        "algorithm's suggest ms | KiB moved per step | AOF KiB per trial |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| algorithm | path | trials | behind | step ms | / smallest N | step CPU ms | "
+        "/ smallest N | algorithm's suggest ms | KiB moved per step | AOF KiB per trial |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in sorted(
         rows,
@@ -213,11 +218,14 @@ def render(rows) -> str:
             r["trials"],
         ),
     ):
-        ratio = row["step_ms"] / smallest[(row["algorithm"], row["path"], row["behind"])]
+        first = smallest[(row["algorithm"], row["path"], row["behind"])]
+        ratio = row["step_ms"] / first["step_ms"]
+        cpu_ratio = row["step_cpu_ms"] / first["step_cpu_ms"]
         aof = row["aof_bytes_per_trial"]
         lines.append(
             f"| {row['algorithm']} | {row['path']} | {row['trials']:,} | "
             f"{row['behind']} | {row['step_ms']:.1f} | {ratio:.2f}x | "
+            f"{row['step_cpu_ms']:.1f} | {cpu_ratio:.2f}x | "
             f"{row['suggest_ms']:.1f} | {row['bytes_per_step'] / 1024:.1f} | "
             f"{'' if aof is None else f'{aof / 1024:.1f}'} |"
         )
