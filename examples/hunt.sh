@@ -7,7 +7,7 @@ name="${1:-demo-$(date +%s)}"
 max_trials="${2:-40}"
 workers="${3:-4}"
 for i in $(seq "$workers"); do
-  # one working directory for the whole fleet: see the README ("a shared working_dir")
+  # one working directory for the whole fleet: see docs/guarantees.md ("A shared working_dir")
   orion hunt --config "$here/orion_config.yaml" -n "$name" --exp-max-trials "$max_trials" \
     --working-dir "/tmp/$name-trials" \
     python "$here/objective.py" -x~'uniform(-5, 5)' -y~'uniform(-5, 5)' > "/tmp/$name-worker-$i.log" 2>&1 &
