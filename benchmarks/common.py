@@ -1,6 +1,7 @@
 """What several parts of the benchmark suite share: its paths and modes, the hot-path calls, trials
 and experiments of a typical shape, the storages under test, worker processes' reports, statistics,
 number formatting, the machine's description and the redis-server binary."""
+
 from __future__ import annotations
 
 import datetime
@@ -19,25 +20,78 @@ RESULTS = HERE / "results"
 # and fleet16.py before the fleet section copies its profiles there)
 OUTDIR = RESULTS
 DOCS = ROOT / "docs"
-OPS = ("register_trial", "reserve_trial", "update_heartbeat", "push_trial_results",
-       "set_trial_status")
+OPS = (
+    "register_trial",
+    "reserve_trial",
+    "update_heartbeat",
+    "push_trial_results",
+    "set_trial_status",
+)
 
 MODES = {
-    "full": dict(procs=(1, 8, 32), phase_s=1.5, pickled_phase_s=2.0, max_calls=50000, background=1000,
-                 fetch_sizes=(1000, 10000, 100000), ephemeral_sizes=(1000, 10000), pending=400,
-                 per_call_samples=200, fetch_repeats=5, lock_procs=8, lock_s=8.0,
-                 mem_trials=2000, cmd_calls=1000, fleet_workers=16, fleet_trials=300,
-                 fleet_cap_s=240.0, anatomy_sizes=(100, 500), anatomy_samples=8),
-    "quick": dict(procs=(1, 8), phase_s=0.7, pickled_phase_s=1.5, max_calls=20000, background=1000,
-                  fetch_sizes=(1000, 10000), ephemeral_sizes=(1000, 10000), pending=300,
-                  per_call_samples=100, fetch_repeats=3, lock_procs=8, lock_s=3.0,
-                  mem_trials=1000, cmd_calls=300, fleet_workers=4, fleet_trials=40,
-                  fleet_cap_s=120.0, anatomy_sizes=(20, 150), anatomy_samples=5),
-    "smoke": dict(procs=(1, 2), phase_s=0.1, pickled_phase_s=0.1, max_calls=2000, background=20,
-                  fetch_sizes=(200,), ephemeral_sizes=(200,), pending=60,
-                  per_call_samples=20, fetch_repeats=2, lock_procs=2, lock_s=0.5,
-                  mem_trials=100, cmd_calls=30, fleet_workers=1, fleet_trials=2,
-                  fleet_cap_s=60.0, anatomy_sizes=(5, 20), anatomy_samples=3),
+    "full": dict(
+        procs=(1, 8, 32),
+        phase_s=1.5,
+        pickled_phase_s=2.0,
+        max_calls=50000,
+        background=1000,
+        fetch_sizes=(1000, 10000, 100000),
+        ephemeral_sizes=(1000, 10000),
+        pending=400,
+        per_call_samples=200,
+        fetch_repeats=5,
+        lock_procs=8,
+        lock_s=8.0,
+        mem_trials=2000,
+        cmd_calls=1000,
+        fleet_workers=16,
+        fleet_trials=300,
+        fleet_cap_s=240.0,
+        anatomy_sizes=(100, 500),
+        anatomy_samples=8,
+    ),
+    "quick": dict(
+        procs=(1, 8),
+        phase_s=0.7,
+        pickled_phase_s=1.5,
+        max_calls=20000,
+        background=1000,
+        fetch_sizes=(1000, 10000),
+        ephemeral_sizes=(1000, 10000),
+        pending=300,
+        per_call_samples=100,
+        fetch_repeats=3,
+        lock_procs=8,
+        lock_s=3.0,
+        mem_trials=1000,
+        cmd_calls=300,
+        fleet_workers=4,
+        fleet_trials=40,
+        fleet_cap_s=120.0,
+        anatomy_sizes=(20, 150),
+        anatomy_samples=5,
+    ),
+    "smoke": dict(
+        procs=(1, 2),
+        phase_s=0.1,
+        pickled_phase_s=0.1,
+        max_calls=2000,
+        background=20,
+        fetch_sizes=(200,),
+        ephemeral_sizes=(200,),
+        pending=60,
+        per_call_samples=20,
+        fetch_repeats=2,
+        lock_procs=2,
+        lock_s=0.5,
+        mem_trials=100,
+        cmd_calls=30,
+        fleet_workers=1,
+        fleet_trials=2,
+        fleet_cap_s=60.0,
+        anatomy_sizes=(5, 20),
+        anatomy_samples=3,
+    ),
 }
 
 
@@ -47,8 +101,12 @@ def _stats_us(samples_s):
         return {"n": 0, "median_us": None, "p99_us": None, "mean_us": None}
     ordered = sorted(samples_s)
     p99 = ordered[min(len(ordered) - 1, max(0, int(round(len(ordered) * 0.99)) - 1))]
-    return {"n": len(ordered), "median_us": statistics.median(ordered) * 1e6,
-            "p99_us": p99 * 1e6, "mean_us": statistics.fmean(ordered) * 1e6}
+    return {
+        "n": len(ordered),
+        "median_us": statistics.median(ordered) * 1e6,
+        "p99_us": p99 * 1e6,
+        "mean_us": statistics.fmean(ordered) * 1e6,
+    }
 
 
 def _timed(fn, n):
@@ -68,15 +126,21 @@ class _Exp:
 
 
 def _params(a, b):
-    return [{"name": "/x", "type": "real", "value": float(a) + b / 1e6},
-            {"name": "/y", "type": "integer", "value": int(b)}]
+    return [
+        {"name": "/x", "type": "real", "value": float(a) + b / 1e6},
+        {"name": "/y", "type": "integer", "value": int(b)},
+    ]
 
 
 def _new_trial(exp_id, a, b, status="new"):
     from orion.core.worker.trial import Trial
 
-    return Trial(experiment=exp_id, status=status, params=_params(a, b),
-                 submit_time=datetime.datetime.utcnow())
+    return Trial(
+        experiment=exp_id,
+        status=status,
+        params=_params(a, b),
+        submit_time=datetime.datetime.utcnow(),
+    )
 
 
 def _completed_trial(exp_id, a, b):
@@ -84,10 +148,17 @@ def _completed_trial(exp_id, a, b):
     from orion.core.worker.trial import Trial
 
     now = datetime.datetime.utcnow()
-    return Trial(experiment=exp_id, status="completed", params=_params(a, b),
-                 results=[{"name": "objective", "type": "objective", "value": float(a * b) / 7}],
-                 submit_time=now, start_time=now, end_time=now, heartbeat=now,
-                 worker=None)
+    return Trial(
+        experiment=exp_id,
+        status="completed",
+        params=_params(a, b),
+        results=[{"name": "objective", "type": "objective", "value": float(a * b) / 7}],
+        submit_time=now,
+        start_time=now,
+        end_time=now,
+        heartbeat=now,
+        worker=None,
+    )
 
 
 def _set_result(trial, value):
@@ -97,9 +168,14 @@ def _set_result(trial, value):
 
 
 def _experiment_config(name):
-    return {"name": name, "version": 1, "algorithm": {"random": {"seed": 1}},
-            "space": {"/x": "uniform(0, 1)", "/y": "uniform(0, 100, discrete=True)"},
-            "metadata": {"user": "bench"}, "refers": {}}
+    return {
+        "name": name,
+        "version": 1,
+        "algorithm": {"random": {"seed": 1}},
+        "space": {"/x": "uniform(0, 1)", "/y": "uniform(0, 100, discrete=True)"},
+        "metadata": {"user": "bench"},
+        "refers": {},
+    }
 
 
 def _redis_storage(url, prefix, **options):
@@ -120,8 +196,9 @@ def _bulk_legacy(storage, exp_id, n):
     """``n`` finished trials in a Legacy database in one write (register_trial one by one
     costs O(n) each in PickledDB)."""
     if n:
-        storage._db.write("trials", data=[_completed_trial(exp_id, -1, i).to_dict()
-                                          for i in range(n)])
+        storage._db.write(
+            "trials", data=[_completed_trial(exp_id, -1, i).to_dict() for i in range(n)]
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,11 +292,18 @@ def _machine():
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as fh:
-            cpu = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), cpu)
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu
+            )
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "memory_gib": mem, "cpu": cpu,
-            "platform": platform.platform(), "python": sys.version.split()[0]}
+    return {
+        "nproc": os.cpu_count(),
+        "memory_gib": mem,
+        "cpu": cpu,
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+    }
 
 
 def _versions():

@@ -8,6 +8,7 @@ measuring the fleet alone in a few minutes. Writes benchmarks/results/fleet16.js
 
 Usage: python benchmarks/fleet16.py [--workers N] [--trials N] [--env NAME=VALUE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=MODES["full"]["fleet_workers"])
     parser.add_argument("--trials", type=int, default=MODES["full"]["fleet_trials"])
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="environment variable for the workers (repeatable)")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable for the workers (repeatable)",
+    )
     parser.add_argument("--out", default=str(RESULTS / "fleet16.json"))
     args = parser.parse_args(argv)
     os.environ.update(dict(item.split("=", 1) for item in args.env))  # workers inherit it
@@ -38,15 +44,18 @@ def main(argv=None) -> int:
     from orion_track_redis.testing import RedisServer
 
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="orion-redis-fleet16-") as tmp, \
-            RedisServer(Path(tmp) / "redis", binary=choose_binary(None)) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="orion-redis-fleet16-") as tmp,
+        RedisServer(Path(tmp) / "redis", binary=choose_binary(None)) as server,
+    ):
         server.start()
         common.OUTDIR = Path(args.out).parent
         common.OUTDIR.mkdir(parents=True, exist_ok=True)
         fleet = section_fleet(cfg, server, Path(tmp))
     print("\n".join(_fleet_table({"fleet": fleet})))
-    Path(args.out).write_text(json.dumps({"env": args.env, "fleet": fleet,
-                                          "machine": _machine()}, indent=1, default=str))
+    Path(args.out).write_text(
+        json.dumps({"env": args.env, "fleet": fleet, "machine": _machine()}, indent=1, default=str)
+    )
     print(f"\nwrote {args.out} in {time.monotonic() - started:.0f} s")
     return 0
 

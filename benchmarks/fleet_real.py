@@ -28,6 +28,7 @@ worker's first trial (Oríon start-up on a loaded machine); peak memory.
 Prints a table and writes ``benchmarks/results/fleet_real.json``. ``tests/test_fleet64.py``
 runs the same fleet (plain `orion hunt`, no timers) and asserts its invariants.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -136,17 +137,22 @@ def _instrument(out_path: str) -> None:
             out.write(json.dumps(rec) + "\n")
 
     for name in ("produce", "observe"):  # the two callers of the lock
-        def tagged(self, *args, _original=getattr(producer.Producer, name), _name=name, **kw):
+        original = getattr(producer.Producer, name)
+
+        def tagged(self, *args, _original=original, _name=name, **kw):
             current.op = _name
             try:
                 return _original(self, *args, **kw)
             finally:
                 current.op = None
+
         setattr(producer.Producer, name, tagged)
 
     for cls in (Redis, Legacy):
+
         def acquire(self, *args, _original=cls.acquire_algorithm_lock, **kw):
             return _TimedLock(_original(self, *args, **kw), emit, getattr(current, "op", None))
+
         cls.acquire_algorithm_lock = acquire
 
     original_lost = experiment_mod.Experiment.fetch_lost_trials
@@ -156,6 +162,7 @@ def _instrument(out_path: str) -> None:
         if trials:
             emit({"kind": "lost", "t": time.time(), "ids": [t.id for t in trials]})
         return trials
+
     experiment_mod.Experiment.fetch_lost_trials = fetch_lost_trials
 
 
@@ -208,13 +215,18 @@ def memory_sample(roots: list[int]) -> dict:
                 stack.extend(children.get(pid, ()))
         trees[root] = seen
     every = set().union(*trees.values()) if trees else set()
-    return {"t": time.time(), "processes": len(every),
-            "rss_kib": sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in every),
-            "pss_kib": sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in every),
-            "mem_available_kib": _kib("/proc/meminfo", "MemAvailable:"),
-            "tree_cpu_s": {str(root): sum(_process_cpu(p, children=True) for p in tree)
-                           for root, tree in trees.items()},
-            "machine_busy_s": _machine_busy()}
+    return {
+        "t": time.time(),
+        "processes": len(every),
+        "rss_kib": sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in every),
+        "pss_kib": sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in every),
+        "mem_available_kib": _kib("/proc/meminfo", "MemAvailable:"),
+        "tree_cpu_s": {
+            str(root): sum(_process_cpu(p, children=True) for p in tree)
+            for root, tree in trees.items()
+        },
+        "machine_busy_s": _machine_busy(),
+    }
 
 
 def _cores(samples, key) -> float | None:
@@ -246,8 +258,12 @@ def _log_lines(path: Path) -> list[str]:
 
 def _worker_record(index, code, end, log_path) -> dict:
     lines = _log_lines(log_path)
-    record = {"index": index, "exit": code, "end": end,
-              "last_line": lines[-1][-300:] if lines else ""}
+    record = {
+        "index": index,
+        "exit": code,
+        "end": end,
+        "last_line": lines[-1][-300:] if lines else "",
+    }
     if code != 0 or any("Traceback" in line for line in lines):  # keep the story
         record["log_tail"] = [line[-300:] for line in lines[-25:]]
     return record
@@ -274,12 +290,20 @@ def _process_cpu(pid: int, children: bool = False) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    ticks = sum(int(v) for v in fields[11:15 if children else 13])
+    ticks = sum(int(v) for v in fields[11 : 15 if children else 13])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def run_fleet(spec: FleetSpec, backend: str, location: str, workdir: Path, *,
-              redis_pid: int | None = None, on_tick=None, log=print) -> dict:
+def run_fleet(
+    spec: FleetSpec,
+    backend: str,
+    location: str,
+    workdir: Path,
+    *,
+    redis_pid: int | None = None,
+    on_tick=None,
+    log=print,
+) -> dict:
     """Run one fleet to completion; returns the raw records. The fleet is stopped (SIGINT,
     then SIGKILL; ``capped`` says why) after ``spec.cap_s``, when the machine's MemAvailable
     drops under ``spec.min_available_gib``, or when ``on_tick(elapsed_s)`` (called every 2 s)
@@ -295,13 +319,25 @@ def run_fleet(spec: FleetSpec, backend: str, location: str, workdir: Path, *,
     if spec.idle_timeout is not None:
         hunt += ["--idle-timeout", str(spec.idle_timeout)]
     hunt += [sys.executable, str(objective), *SPACE]
-    env = dict(os.environ, ORION_REDIS_URI="", ORION_HEARTBEAT=str(spec.heartbeat_s),
-               FLEET_SLEEP=str(spec.sleep_s), FLEET_RUNS=str(runs), **spec.extra_env)
+    env = dict(
+        os.environ,
+        ORION_REDIS_URI="",
+        ORION_HEARTBEAT=str(spec.heartbeat_s),
+        FLEET_SLEEP=str(spec.sleep_s),
+        FLEET_RUNS=str(runs),
+        **spec.extra_env,
+    )
     env.pop("ORION_DB_ADDRESS", None)
     env.pop("ORION_STORAGE_TYPE", None)
     cpu_before = _children_cpu()
-    init = subprocess.run([ORION, "hunt", "--init-only", *hunt[1:]], capture_output=True,
-                          text=True, env=env, cwd=workdir, timeout=300)
+    init = subprocess.run(
+        [ORION, "hunt", "--init-only", *hunt[1:]],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=workdir,
+        timeout=300,
+    )
     if init.returncode != 0:
         raise RuntimeError(f"orion hunt --init-only failed:\n{init.stdout}\n{init.stderr}")
     init_cpu = _children_cpu() - cpu_before
@@ -312,13 +348,23 @@ def run_fleet(spec: FleetSpec, backend: str, location: str, workdir: Path, *,
     workers, handles = [], []
     launch = time.time()
     for i in range(spec.workers):
-        cmd = ([sys.executable, str(Path(__file__).resolve()), "worker", str(timers[i]), *hunt]
-               if spec.instrument else [ORION, *hunt])
+        cmd = (
+            [sys.executable, str(Path(__file__).resolve()), "worker", str(timers[i]), *hunt]
+            if spec.instrument
+            else [ORION, *hunt]
+        )
         handle = open(logs[i], "w")
         handles.append(handle)
-        workers.append(subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT,
-                                        env=dict(env, FLEET_WORKER=str(i)), cwd=workdir,
-                                        start_new_session=True))
+        workers.append(
+            subprocess.Popen(
+                cmd,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=dict(env, FLEET_WORKER=str(i)),
+                cwd=workdir,
+                start_new_session=True,
+            )
+        )
         if spec.stagger_s:
             time.sleep(spec.stagger_s)
     log(f"  {backend}: {spec.workers} workers launched in {time.time() - launch:.1f}s")
@@ -339,8 +385,10 @@ def run_fleet(spec: FleetSpec, backend: str, location: str, workdir: Path, *,
                 stop = "on_tick"  # the caller has seen enough
         if time.monotonic() >= next_note:
             done = sum(1 for _ in _read_jsonl(runs.glob("*.jsonl")))
-            log(f"  {backend}: {now - launch:.0f}s, {done} trials run, "
-                f"{len(workers) - len(ended)} workers up")
+            log(
+                f"  {backend}: {now - launch:.0f}s, {done} trials run, "
+                f"{len(workers) - len(ended)} workers up"
+            )
             next_note = time.monotonic() + 30
         if memory and memory[-1]["mem_available_kib"] < spec.min_available_gib * 2**20:
             stop = "memory"  # protect the machine (and whoever shares it)
@@ -361,19 +409,30 @@ def run_fleet(spec: FleetSpec, backend: str, location: str, workdir: Path, *,
 
     storage = _fleet_storage(backend, location)
     (exp,) = storage.fetch_experiments({"name": name})
-    trials = [{"id": t.id, "status": t.status, "params": dict(t.params),
-               "objective": t.objective.value if t.objective else None}
-              for t in storage.fetch_trials(uid=exp["_id"])]
+    trials = [
+        {
+            "id": t.id,
+            "status": t.status,
+            "params": dict(t.params),
+            "objective": t.objective.value if t.objective else None,
+        }
+        for t in storage.fetch_trials(uid=exp["_id"])
+    ]
     timer_records = _read_jsonl(p for p in timers if p.exists())
     return {
-        "backend": backend, "spec": dataclasses.asdict(spec), "launch": launch,
-        "capped": capped, "experiment_id": exp["_id"],
-        "workers": [_worker_record(i, workers[i].returncode, ended[i], logs[i])
-                    for i in range(len(workers))],
+        "backend": backend,
+        "spec": dataclasses.asdict(spec),
+        "launch": launch,
+        "capped": capped,
+        "experiment_id": exp["_id"],
+        "workers": [
+            _worker_record(i, workers[i].returncode, ended[i], logs[i]) for i in range(len(workers))
+        ],
         "runs": _read_jsonl(sorted(runs.glob("*.jsonl"))),
         "locks": [r for r in timer_records if r["kind"] == "lock"],
         "lost": [r for r in timer_records if r["kind"] == "lost"],
-        "trials": trials, "memory": memory,
+        "trials": trials,
+        "memory": memory,
         "cpu": {"init_only_s": init_cpu, "fleet_s": fleet_cpu, "redis_server_s": redis_cpu},
     }
 
@@ -388,9 +447,13 @@ def _pct(values, q):
 
 
 def _dist(values) -> dict:
-    return {"n": len(values), "p50": _pct(values, 0.5), "p99": _pct(values, 0.99),
-            "max": max(values) if values else None,
-            "mean": statistics.fmean(values) if values else None}
+    return {
+        "n": len(values),
+        "p50": _pct(values, 0.5),
+        "p99": _pct(values, 0.99),
+        "max": max(values) if values else None,
+        "mean": statistics.fmean(values) if values else None,
+    }
 
 
 def steady_window(raw) -> tuple[float, float] | None:
@@ -414,8 +477,11 @@ def false_lost(raw) -> list[dict]:
     for rec in raw["lost"]:
         for trial_id in rec["ids"]:
             w = holder.get(trial_id)
-            holder_dead = (died.get(w, float("inf")) <= rec["t"]) if w is not None else any(
-                t <= rec["t"] for t in died.values())
+            holder_dead = (
+                (died.get(w, float("inf")) <= rec["t"])
+                if w is not None
+                else any(t <= rec["t"] for t in died.values())
+            )
             if not holder_dead:
                 out.append({"trial": trial_id, "t": rec["t"] - raw["launch"], "worker": w})
     return out
@@ -425,8 +491,10 @@ def duplicates(raw) -> dict:
     runs_per_trial = collections.Counter(r["trial"] for r in raw["runs"])
     completed = [t for t in raw["trials"] if t["status"] == "completed"]
     params = collections.Counter(tuple(sorted(t["params"].items())) for t in completed)
-    return {"trials_run_more_than_once": sorted(t for t, n in runs_per_trial.items() if n > 1),
-            "params_completed_more_than_once": sum(1 for n in params.values() if n > 1)}
+    return {
+        "trials_run_more_than_once": sorted(t for t, n in runs_per_trial.items() if n > 1),
+        "params_completed_more_than_once": sum(1 for n in params.values() if n > 1),
+    }
 
 
 def analyse(raw) -> dict:
@@ -438,10 +506,16 @@ def analyse(raw) -> dict:
     worker_wall = sum(w["end"] - launch for w in workers)
     in_objective = sum(r["end"] - r["start"] for r in runs)
     out = {
-        "backend": raw["backend"], "workers": len(workers), "capped": raw["capped"],
-        "max_trials": raw["spec"]["trials"], "sleep_s": raw["spec"]["sleep_s"],
-        "completed": completed, "statuses": dict(statuses), "objective_runs": len(runs),
-        "wall_s": wall, "trials_per_s": completed / wall if wall else None,
+        "backend": raw["backend"],
+        "workers": len(workers),
+        "capped": raw["capped"],
+        "max_trials": raw["spec"]["trials"],
+        "sleep_s": raw["spec"]["sleep_s"],
+        "completed": completed,
+        "statuses": dict(statuses),
+        "objective_runs": len(runs),
+        "wall_s": wall,
+        "trials_per_s": completed / wall if wall else None,
         "utilisation": in_objective / worker_wall if worker_wall else None,
         "ideal_trials_per_s": len(workers) / raw["spec"]["sleep_s"],
     }
@@ -450,19 +524,26 @@ def analyse(raw) -> dict:
         t0, t1 = window
         overlap = sum(max(0.0, min(r["end"], t1) - max(r["start"], t0)) for r in runs)
         alive = sum(max(0.0, min(w["end"], t1) - t0) for w in workers)  # worker time in window
-        out.update(steady_from_s=t0 - launch, steady_to_s=t1 - launch,
-                   steady_trials_per_s=sum(t0 < r["end"] <= t1 for r in runs) / (t1 - t0),
-                   steady_utilisation=overlap / alive if alive else None,
-                   steady_workers_alive_mean=alive / (t1 - t0))
+        out.update(
+            steady_from_s=t0 - launch,
+            steady_to_s=t1 - launch,
+            steady_trials_per_s=sum(t0 < r["end"] <= t1 for r in runs) / (t1 - t0),
+            steady_utilisation=overlap / alive if alive else None,
+            steady_workers_alive_mean=alive / (t1 - t0),
+        )
     else:
-        out.update(steady_from_s=None, steady_to_s=None, steady_trials_per_s=None,
-                   steady_utilisation=None)
+        out.update(
+            steady_from_s=None, steady_to_s=None, steady_trials_per_s=None, steady_utilisation=None
+        )
     first = collections.defaultdict(lambda: float("inf"))
     for r in runs:
         first[r["worker"]] = min(first[r["worker"]], r["start"])
     out["first_trial_s"] = _dist([t - launch for t in first.values()])
-    out["died"] = [{"worker": w["index"], "exit": w["exit"], "last_line": w["last_line"]}
-                   for w in workers if w["exit"] != 0]
+    out["died"] = [
+        {"worker": w["index"], "exit": w["exit"], "last_line": w["last_line"]}
+        for w in workers
+        if w["exit"] != 0
+    ]
     out["duplicates"] = duplicates(raw)
     out["false_lost"] = false_lost(raw)
     out["lost_declared"] = sum(len(r["ids"]) for r in raw["lost"])
@@ -474,10 +555,13 @@ def analyse(raw) -> dict:
         "errors": collections.Counter(r["error"] for r in locks if "error" in r),
         "wait_s": _dist([r["acquired"] - r["request"] for r in held]),
         "hold_s": _dist([r["released"] - r["acquired"] for r in held]),
-        "hold_by_op_s": {op: _dist([r["released"] - r["acquired"] for r in held
-                                    if r["op"] == op]) for op in ("produce", "observe")},
-        "busy_share": (sum(r["released"] - r["acquired"] for r in held) / wall
-                       if held and wall else None),
+        "hold_by_op_s": {
+            op: _dist([r["released"] - r["acquired"] for r in held if r["op"] == op])
+            for op in ("produce", "observe")
+        },
+        "busy_share": (
+            sum(r["released"] - r["acquired"] for r in held) / wall if held and wall else None
+        ),
     }
     if window and held:  # the lock over the steady state: is it the bottleneck?
         t0, t1 = window
@@ -486,11 +570,16 @@ def analyse(raw) -> dict:
     cpu = raw["cpu"]
     startup = cpu["init_only_s"] * len(workers)  # a worker starts like `hunt --init-only`
     hold_cpu = sum(r["cpu_released"] - r["cpu_acquired"] for r in held)
-    out["cpu"] = dict(cpu, startup_estimate_s=startup, cores_used=cpu["fleet_s"] / wall,
-                      in_lock_holds_s=hold_cpu,
-                      per_trial_s=((cpu["fleet_s"] - startup) / completed if completed else None),
-                      per_trial_outside_lock_s=((cpu["fleet_s"] - startup - hold_cpu) / completed
-                                                if completed else None))
+    out["cpu"] = dict(
+        cpu,
+        startup_estimate_s=startup,
+        cores_used=cpu["fleet_s"] / wall,
+        in_lock_holds_s=hold_cpu,
+        per_trial_s=((cpu["fleet_s"] - startup) / completed if completed else None),
+        per_trial_outside_lock_s=(
+            (cpu["fleet_s"] - startup - hold_cpu) / completed if completed else None
+        ),
+    )
     if window:  # cores used by the fleet, and by the whole machine, over the steady state
         inside = [m for m in raw["memory"] if window[0] <= m["t"] <= window[1]]
         out["cpu"]["steady_fleet_cores"] = _cores(inside, "tree_cpu_s")
@@ -521,11 +610,13 @@ def _cause(last_line: str) -> str:
 
 
 def render(results: list[dict]) -> str:
-    head = ("| backend | workers | completed | wall s | trials/s | steady trials/s | ideal | "
-            "utilisation | steady util. | died | run twice / params twice | false lost | "
-            "lock wait p50 / p99 / max s | hold p50 / p99 s | lock busy (steady) | "
-            "first trial p50 / max s | CPU s/trial (outside lock) | steady cores fleet / machine"
-            " | peak RSS / PSS GiB |")
+    head = (
+        "| backend | workers | completed | wall s | trials/s | steady trials/s | ideal | "
+        "utilisation | steady util. | died | run twice / params twice | false lost | "
+        "lock wait p50 / p99 / max s | hold p50 / p99 s | lock busy (steady) | "
+        "first trial p50 / max s | CPU s/trial (outside lock) | steady cores fleet / machine"
+        " | peak RSS / PSS GiB |"
+    )
     rows = [head, "|---|" + "---:|" * (head.count("|") - 2)]
     for a in results:
         lock, mem, dup = a["lock"], a["memory"], a["duplicates"]
@@ -547,12 +638,14 @@ def render(results: list[dict]) -> str:
             f"{_f(a['cpu']['per_trial_s'], 3)} ({_f(a['cpu']['per_trial_outside_lock_s'], 3)})"
             f" | {_f(a['cpu'].get('steady_fleet_cores'))} / "
             f"{_f(a['cpu'].get('steady_machine_cores'))} | "
-            f"{_f(mem['peak_rss_gib'], 1)} / {_f(mem['peak_pss_gib'], 1)} |")
+            f"{_f(mem['peak_rss_gib'], 1)} / {_f(mem['peak_pss_gib'], 1)} |"
+        )
     notes = []
     for a in results:
         for d in a["died"][:5]:
-            notes.append(f"- {a['backend']} worker {d['worker']} exited {d['exit']}: "
-                         f"`{d['last_line']}`")
+            notes.append(
+                f"- {a['backend']} worker {d['worker']} exited {d['exit']}: `{d['last_line']}`"
+            )
         if len(a["died"]) > 5:
             notes.append(f"- {a['backend']}: {len(a['died']) - 5} more deaths (see JSON)")
         if a["lock"]["errors"]:
@@ -561,8 +654,12 @@ def render(results: list[dict]) -> str:
 
 
 def _machine() -> dict:
-    return {"cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "loadavg": os.getloadavg()}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "loadavg": os.getloadavg(),
+    }
 
 
 def main(argv=None) -> int:
@@ -577,14 +674,24 @@ def main(argv=None) -> int:
     parser.add_argument("--cap", type=float, default=600.0, help="wall-clock cap per fleet (s)")
     parser.add_argument("--stagger", type=float, default=0.0, help="seconds between launches")
     parser.add_argument("--backends", default="redis,pickleddb")
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment variable for the workers (repeatable), "
-                             "e.g. ORION_REDIS_ACCELERATE=1")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment variable for the workers (repeatable), "
+        "e.g. ORION_REDIS_ACCELERATE=1",
+    )
     parser.add_argument("--out", default=str(RESULTS / "fleet_real.json"))
-    parser.add_argument("--workdir", help="keep the fleets' files (logs, records) here "
-                                          "instead of a temporary directory")
-    parser.add_argument("--reanalyse", metavar="JSON",
-                        help="recompute the table from the raw records of an earlier run")
+    parser.add_argument(
+        "--workdir",
+        help="keep the fleets' files (logs, records) here instead of a temporary directory",
+    )
+    parser.add_argument(
+        "--reanalyse",
+        metavar="JSON",
+        help="recompute the table from the raw records of an earlier run",
+    )
     args = parser.parse_args(argv)
     if args.reanalyse:
         earlier = json.loads(Path(args.reanalyse).read_text())
@@ -600,30 +707,53 @@ def main(argv=None) -> int:
     unknown = set(backends) - {"redis", "pickleddb"}
     if unknown:
         parser.error(f"unknown backend(s) {sorted(unknown)}: choose from redis, pickleddb")
-    spec = FleetSpec(workers=args.workers, trials=args.trials, sleep_s=args.sleep,
-                     heartbeat_s=args.heartbeat, cap_s=args.cap, stagger_s=args.stagger,
-                     extra_env=extra_env)
+    spec = FleetSpec(
+        workers=args.workers,
+        trials=args.trials,
+        sleep_s=args.sleep,
+        heartbeat_s=args.heartbeat,
+        cap_s=args.cap,
+        stagger_s=args.stagger,
+        extra_env=extra_env,
+    )
     from orion_track_redis.testing import RedisServer
 
-    meta = {"started_utc": datetime.datetime.utcnow().isoformat(timespec="seconds"),
-            "command": "python benchmarks/fleet_real.py " + " ".join(argv),
-            "machine": _machine(), "spec": dataclasses.asdict(spec)}
+    meta = {
+        "started_utc": datetime.datetime.utcnow().isoformat(timespec="seconds"),
+        "command": "python benchmarks/fleet_real.py " + " ".join(argv),
+        "machine": _machine(),
+        "spec": dataclasses.asdict(spec),
+    }
     results, raws = [], {}
     with contextlib.ExitStack() as stack:
-        tmp = (Path(args.workdir) if args.workdir else
-               Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="orion-fleet-real-"))))
+        tmp = (
+            Path(args.workdir)
+            if args.workdir
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="orion-fleet-real-")))
+        )
         tmp.mkdir(parents=True, exist_ok=True)
         with RedisServer(tmp / "redis") as server:
             server.start()
             meta["redis_version"] = server.client().info("server")["redis_version"]
             for backend in backends:
-                location = (f"{server.url}/0?prefix=fleet-{uuid.uuid4().hex[:6]}"
-                            if backend == "redis" else str(tmp / "fleet.pkl"))
-                print(f"fleet {backend}: {spec.workers} workers, max_trials {spec.trials}, "
-                      f"sleep {spec.sleep_s}s", flush=True)
-                raw = run_fleet(spec, backend, location, tmp / f"fleet-{backend}",
-                                redis_pid=server.pid if backend == "redis" else None,
-                                log=lambda m: print(m, flush=True))
+                location = (
+                    f"{server.url}/0?prefix=fleet-{uuid.uuid4().hex[:6]}"
+                    if backend == "redis"
+                    else str(tmp / "fleet.pkl")
+                )
+                print(
+                    f"fleet {backend}: {spec.workers} workers, max_trials {spec.trials}, "
+                    f"sleep {spec.sleep_s}s",
+                    flush=True,
+                )
+                raw = run_fleet(
+                    spec,
+                    backend,
+                    location,
+                    tmp / f"fleet-{backend}",
+                    redis_pid=server.pid if backend == "redis" else None,
+                    log=lambda m: print(m, flush=True),
+                )
                 raws[backend] = raw
                 results.append(analyse(raw))
     meta["loadavg_end"] = os.getloadavg()
@@ -631,8 +761,9 @@ def main(argv=None) -> int:
     print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "results": results, "raw": raws}, indent=1,
-                              default=str))
+    out.write_text(
+        json.dumps({"meta": meta, "results": results, "raw": raws}, indent=1, default=str)
+    )
     print(f"wrote {out}")
     return 0
 

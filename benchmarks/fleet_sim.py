@@ -23,6 +23,7 @@ no lock timeout, no waiter served before one that arrived earlier (tolerance FIF
 Writes benchmarks/results/fleet_sim.json and prints tables.
 Usage: python benchmarks/fleet_sim.py [--smoke] [--sizes 100,300,1000] [--cluster] ...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,10 +50,27 @@ LOCK_TIMEOUT, RETRY_INTERVAL = 60, 1  # Oríon's
 
 # The recorded cycle this replay follows (checked against the recording at start): Oríon's
 # loop reserves first and produces (lock + register) only when nothing is pending.
-PRE = ["fetch_trials", "fetch_trials", "count_broken_trials", "fetch_trials",
-       "fetch_lost_trials", "fetch_pending_trials", "fetch_pending_trials", "reserve_trial"]
-PRODUCE = ["count_broken_trials", "fetch_trials", "lock_enter", "register_trial", "lock_exit",
-           "fetch_lost_trials", "fetch_pending_trials", "fetch_pending_trials", "reserve_trial"]
+PRE = [
+    "fetch_trials",
+    "fetch_trials",
+    "count_broken_trials",
+    "fetch_trials",
+    "fetch_lost_trials",
+    "fetch_pending_trials",
+    "fetch_pending_trials",
+    "reserve_trial",
+]
+PRODUCE = [
+    "count_broken_trials",
+    "fetch_trials",
+    "lock_enter",
+    "register_trial",
+    "lock_exit",
+    "fetch_lost_trials",
+    "fetch_pending_trials",
+    "fetch_pending_trials",
+    "reserve_trial",
+]
 RUN = ["retrieve_result", "push_trial_results", "lock_enter", "lock_exit"]
 
 
@@ -60,8 +78,10 @@ def load_sequence() -> dict:
     seq = json.loads(SEQUENCE.read_text())
     recorded = [s["call"] for s in seq["trial_steps"]]
     if recorded != PRE + PRODUCE + RUN:
-        raise SystemExit(f"{SEQUENCE} no longer has the cycle this replay follows: {recorded}; "
-                         "update PRE/PRODUCE/RUN in fleet_sim.py")
+        raise SystemExit(
+            f"{SEQUENCE} no longer has the cycle this replay follows: {recorded}; "
+            "update PRE/PRODUCE/RUN in fleet_sim.py"
+        )
     return seq
 
 
@@ -93,14 +113,23 @@ class SimWorker:
 
     def fetch_trials(self):
         """fetch_trials' Redis side: the changes since this worker's revision (no Trial built)."""
+        from orion_track_redis.cache import (
+            chunks as _chunks,
+        )
+        from orion_track_redis.cache import (
+            is_cluster as _is_cluster,
+        )
+        from orion_track_redis.cache import (
+            score_pairs as _score_pairs,
+        )
         from orion_track_redis.keys import CHANGE_LOG_KEEP
-        from orion_track_redis.cache import chunks as _chunks, is_cluster as _is_cluster, score_pairs as _score_pairs
 
         ek, storage = self.ek, self.storage
         if self.rev is not None:
-            reply = storage.scripts.fetch_changes(keys=[ek.rev, ek.changed, ek.all, ek.floor],
-                                                  args=[self.rev, ek.trial_prefix,
-                                                        CHANGE_LOG_KEEP])
+            reply = storage.scripts.fetch_changes(
+                keys=[ek.rev, ek.changed, ek.all, ek.floor],
+                args=[self.rev, ek.trial_prefix, CHANGE_LOG_KEEP],
+            )
             if len(reply) == 1 or int(reply[1]) >= 0:
                 self.rev = int(reply[0])
                 return
@@ -135,8 +164,9 @@ class SimWorker:
         if name == "push_trial_results":
             from orion.core.worker.trial import Trial
 
-            trial.results = [Trial.Result(name="objective", type="objective",
-                                          value=self.rng.random())]
+            trial.results = [
+                Trial.Result(name="objective", type="objective", value=self.rng.random())
+            ]
             trial.status = "completed"
             trial.end_time = datetime.datetime.utcnow()
             return self.timed(name, s.push_trial_results, trial)
@@ -147,8 +177,9 @@ class SimWorker:
         arrived = time.monotonic()
         start = time.perf_counter()
         try:
-            with self.storage.acquire_algorithm_lock(uid=self.exp_id, timeout=LOCK_TIMEOUT,
-                                                     retry_interval=RETRY_INTERVAL) as locked:
+            with self.storage.acquire_algorithm_lock(
+                uid=self.exp_id, timeout=LOCK_TIMEOUT, retry_interval=RETRY_INTERVAL
+            ) as locked:
                 acquired = time.monotonic()
                 self.stats["calls"]["lock_acquire"].append((time.perf_counter() - start) * 1000)
                 state = locked.state or {"releases": 0}
@@ -167,10 +198,16 @@ class SimWorker:
     def _new_trial(self):
         from orion.core.worker.trial import Trial
 
-        return Trial(experiment=self.exp_id, status="new", submit_time=datetime.datetime.utcnow(),
-                     exp_working_dir="sim-v1",
-                     params=[{"name": "/x", "type": "real", "value": self.rng.uniform(-5, 5)},
-                             {"name": "/y", "type": "real", "value": self.rng.uniform(-5, 5)}])
+        return Trial(
+            experiment=self.exp_id,
+            status="new",
+            submit_time=datetime.datetime.utcnow(),
+            exp_working_dir="sim-v1",
+            params=[
+                {"name": "/x", "type": "real", "value": self.rng.uniform(-5, 5)},
+                {"name": "/y", "type": "real", "value": self.rng.uniform(-5, 5)},
+            ],
+        )
 
     def run(self, trials: int, go: threading.Event):
         go.wait()
@@ -210,9 +247,11 @@ def _count_sent_commands():
     for name in ("PythonRespSerializer", "HiredisRespSerializer"):
         cls = getattr(rc, name, None)
         if cls is not None and not getattr(cls.pack, "_counted", False):
+
             def pack(self, *args, _orig=cls.pack):
                 count()
                 return _orig(self, *args)
+
             pack._counted = True
             cls.pack = pack
     return lambda: counted[0]
@@ -222,13 +261,15 @@ def _process_main(uri, prefix, exp_ids, count, trials, params, ready, go, out):
     """One generator process: ``count`` workers (threads), experiments assigned round robin."""
     sent = _count_sent_commands()
     stats = {"calls": defaultdict(list), "locks": [], "errors": [], "completed": []}
-    workers = [SimWorker(uri, prefix, exp_ids[i % len(exp_ids)], params, stats)
-               for i in range(count)]
+    workers = [
+        SimWorker(uri, prefix, exp_ids[i % len(exp_ids)], params, stats) for i in range(count)
+    ]
     for w in workers:
         w.storage.client.ping()  # open the pool's first connection now: counted while idle
     local_go = threading.Event()
-    threads = [threading.Thread(target=w.run, args=(trials, local_go), daemon=True)
-               for w in workers]
+    threads = [
+        threading.Thread(target=w.run, args=(trials, local_go), daemon=True) for w in workers
+    ]
     for t in threads:
         t.start()
     ready.set()
@@ -237,8 +278,15 @@ def _process_main(uri, prefix, exp_ids, count, trials, params, ready, go, out):
     local_go.set()
     for t in threads:
         t.join()
-    out.put({"sent": sent() - first, "calls": dict(stats["calls"]), "locks": stats["locks"],
-             "errors": stats["errors"], "completed": stats["completed"]})
+    out.put(
+        {
+            "sent": sent() - first,
+            "calls": dict(stats["calls"]),
+            "locks": stats["locks"],
+            "errors": stats["errors"],
+            "completed": stats["completed"],
+        }
+    )
 
 
 # -- measurement ----------------------------------------------------------------------------
@@ -248,11 +296,14 @@ def snapshot(clients) -> dict:
     per_node = []
     for client in clients:
         info = client.info("all")
-        node = {"cpu": info["used_cpu_sys"] + info["used_cpu_user"],
-                "in": info["total_net_input_bytes"], "out": info["total_net_output_bytes"],
-                "mem": info["used_memory"], "clients": info["connected_clients"]}
-        node["commands"] = {k[8:]: v["calls"] for k, v in info.items()
-                            if k.startswith("cmdstat_")}
+        node = {
+            "cpu": info["used_cpu_sys"] + info["used_cpu_user"],
+            "in": info["total_net_input_bytes"],
+            "out": info["total_net_output_bytes"],
+            "mem": info["used_memory"],
+            "clients": info["connected_clients"],
+        }
+        node["commands"] = {k[8:]: v["calls"] for k, v in info.items() if k.startswith("cmdstat_")}
         per_node.append(node)
         for key in ("cpu", "in", "out", "mem", "clients"):
             total[key] += node[key]
@@ -273,23 +324,24 @@ class ClientWatch(threading.Thread):
     def run(self):
         while not self.stop.wait(0.5):
             try:
-                self.peak = max(self.peak, sum(c.info("clients")["connected_clients"]
-                                               for c in self.clients))
+                self.peak = max(
+                    self.peak, sum(c.info("clients")["connected_clients"] for c in self.clients)
+                )
             except Exception:  # noqa: BLE001 - a sample lost is fine
                 pass
 
 
 def deltas(before, after, trials) -> dict:
-    cmd = {k: after["commands"].get(k, 0) - before["commands"].get(k, 0)
-           for k in after["commands"]}
+    cmd = {k: after["commands"].get(k, 0) - before["commands"].get(k, 0) for k in after["commands"]}
     cmd.pop("info", None)  # our own sampling
     per = max(trials, 1)
     return {
         "redis_cpu_s": after["cpu"] - before["cpu"],
         "cpu_ms_per_trial": (after["cpu"] - before["cpu"]) * 1000 / per,
         "commands_incl_lua_per_trial": sum(cmd.values()) / per,
-        "command_mix_per_trial": {k: round(v / per, 2) for k, v in
-                                  sorted(cmd.items(), key=lambda kv: -kv[1]) if v},
+        "command_mix_per_trial": {
+            k: round(v / per, 2) for k, v in sorted(cmd.items(), key=lambda kv: -kv[1]) if v
+        },
         "bytes_in_per_trial": (after["in"] - before["in"]) / per,
         "bytes_out_per_trial": (after["out"] - before["out"]) / per,
         "memory_per_trial": (after["mem"] - before["mem"]) / per,
@@ -318,41 +370,51 @@ def lock_fairness(locks) -> dict:
         by_exp[lock[3]].append(lock)
     for same in by_exp.values():
         latest = float("-inf")
-        for arr, _, _, _ in sorted(same, key=lambda l: l[1]):
+        for arr, _, _, _ in sorted(same, key=lambda lk: lk[1]):
             if latest > arr + FIFO_EPS_S:
                 overtaken += 1
                 worst = max(worst, latest - arr)
             latest = max(latest, arr)
     median = statistics.median(waits)
-    return {"acquisitions": len(locks), "wait_p50_s": median, "wait_p99_s": pct(waits, 0.99),
-            "wait_max_s": max(waits), "max_over_median": max(waits) / median if median else None,
-            "overtaken": overtaken, "worst_overtake_s": worst}
+    return {
+        "acquisitions": len(locks),
+        "wait_p50_s": median,
+        "wait_p99_s": pct(waits, 0.99),
+        "wait_max_s": max(waits),
+        "max_over_median": max(waits) / median if median else None,
+        "overtaken": overtaken,
+        "worst_overtake_s": worst,
+    }
 
 
 def burst_fairness(locks, workers) -> dict:
     """The first lock request of every worker arrives at once (the fleet starts): the queue is
     ~workers long. Waits against arrival rank: FIFO makes them grow linearly with the rank."""
-    first = sorted(locks, key=lambda l: l[0])[:workers]
+    first = sorted(locks, key=lambda lk: lk[0])[:workers]
     if len(first) < 2:
         return {}
-    first.sort(key=lambda l: l[0])
+    first.sort(key=lambda lk: lk[0])
     waits = [acq - arr for arr, acq, _, _ in first]
     holds = [end - acq for _, acq, end, _ in first]
     deciles = []
     n = len(first)
     for d in range(10):
-        chunk = waits[d * n // 10:(d + 1) * n // 10]
+        chunk = waits[d * n // 10 : (d + 1) * n // 10]
         if chunk:
             deciles.append(round(statistics.mean(chunk), 3))
     acquired_in_arrival_order = sum(1 for a, b in zip(first, first[1:]) if a[1] <= b[1])
     # service order vs arrival order over the burst: Spearman-like inversion share
     ranks = sorted(range(n), key=lambda i: first[i][1])
     inversions = sum(1 for a, b in zip(ranks, ranks[1:]) if a > b)
-    return {"waiters": n, "wait_by_arrival_decile_s": deciles,
-            "wait_max_s": max(waits), "wait_p50_s": statistics.median(waits),
-            "mean_cycle_s": statistics.mean(holds),
-            "adjacent_pairs_in_order": acquired_in_arrival_order / (n - 1),
-            "adjacent_inversions": inversions}
+    return {
+        "waiters": n,
+        "wait_by_arrival_decile_s": deciles,
+        "wait_max_s": max(waits),
+        "wait_p50_s": statistics.median(waits),
+        "mean_cycle_s": statistics.mean(holds),
+        "adjacent_pairs_in_order": acquired_in_arrival_order / (n - 1),
+        "adjacent_inversions": inversions,
+    }
 
 
 def run_phase(label, uri, clients, prefix, exp_ids, workers, trials, params, procs) -> dict:
@@ -361,12 +423,17 @@ def run_phase(label, uri, clients, prefix, exp_ids, workers, trials, params, pro
     ready = [CTX.Event() for _ in range(procs)]
     go, out = CTX.Event(), CTX.Queue()
     share = [workers // procs + (1 if i < workers % procs else 0) for i in range(procs)]
-    ps = [CTX.Process(target=_process_main,
-                      args=(uri, prefix, exp_ids, share[i], trials, params, ready[i], go, out))
-          for i in range(procs) if share[i]]
+    ps = [
+        CTX.Process(
+            target=_process_main,
+            args=(uri, prefix, exp_ids, share[i], trials, params, ready[i], go, out),
+        )
+        for i in range(procs)
+        if share[i]
+    ]
     for p in ps:
         p.start()
-    for i, p in enumerate(ps):
+    for i, _p in enumerate(ps):
         if not ready[i].wait(300):
             raise SystemExit(f"{label}: a generator process did not start")
     connected = snapshot(clients)
@@ -387,20 +454,29 @@ def run_phase(label, uri, clients, prefix, exp_ids, workers, trials, params, pro
         completed += part["completed"]
     result = deltas(connected, done, len(completed))
     result["memory_per_trial"] = (done["mem"] - idle["mem"]) / max(len(completed), 1)
-    result.update({
-        "client_commands_per_trial": sum(p["sent"] for p in parts) / max(len(completed), 1),
-        "label": label, "workers": workers, "experiments": len(exp_ids),
-        "trials": len(completed), "trials_per_s": len(completed) / result["wall_s"],
-        "unique_trials": len(set(completed)), "errors": errors[:10], "error_count": len(errors),
-        "lock_timeouts": sum("LockAcquisitionTimeout" in e for e in errors),
-        "clients_idle": connected["clients"] - idle["clients"],
-        "clients_peak": max(watch.peak, done["clients"]),
-        "memory_per_worker": (connected["mem"] - idle["mem"]) / workers,
-        "calls_ms": {k: {"n": len(v), "p50": pct(v, 0.5), "p99": pct(v, 0.99)}
-                     for k, v in sorted(calls.items())},
-        "lock": lock_fairness(locks),
-        "burst": burst_fairness(locks, workers),
-    })
+    result.update(
+        {
+            "client_commands_per_trial": sum(p["sent"] for p in parts) / max(len(completed), 1),
+            "label": label,
+            "workers": workers,
+            "experiments": len(exp_ids),
+            "trials": len(completed),
+            "trials_per_s": len(completed) / result["wall_s"],
+            "unique_trials": len(set(completed)),
+            "errors": errors[:10],
+            "error_count": len(errors),
+            "lock_timeouts": sum("LockAcquisitionTimeout" in e for e in errors),
+            "clients_idle": connected["clients"] - idle["clients"],
+            "clients_peak": max(watch.peak, done["clients"]),
+            "memory_per_worker": (connected["mem"] - idle["mem"]) / workers,
+            "calls_ms": {
+                k: {"n": len(v), "p50": pct(v, 0.5), "p99": pct(v, 0.99)}
+                for k, v in sorted(calls.items())
+            },
+            "lock": lock_fairness(locks),
+            "burst": burst_fairness(locks, workers),
+        }
+    )
     return result
 
 
@@ -424,8 +500,10 @@ def check_invariants(clients, prefix, exp_ids, phase) -> list[str]:
     if phase["unique_trials"] != phase["trials"]:
         problems.append(f"{phase['trials'] - phase['unique_trials']} trials completed twice")
     if counts["completed"] != phase["trials"]:
-        problems.append(f"Redis holds {counts['completed']} completed trials, the workers "
-                        f"completed {phase['trials']}")
+        problems.append(
+            f"Redis holds {counts['completed']} completed trials, the workers "
+            f"completed {phase['trials']}"
+        )
     if counts["reserved"] or counts["new"]:
         problems.append(f"left over: {counts['reserved']} reserved, {counts['new']} new")
     if phase["lock_timeouts"]:
@@ -443,11 +521,15 @@ def create_experiments(uri, prefix, count, tag) -> list:
     storage = Redis(uri=uri, prefix=prefix)
     ids = []
     for i in range(count):
-        config = {"name": f"{tag}-{i}", "version": 1, "space": {"/x": "uniform(-5, 5)",
-                                                                "/y": "uniform(-5, 5)"},
-                  "algorithm": {"random": {"seed": None}}, "max_trials": 10 ** 6,
-                  "metadata": {"user": "sim", "datetime": datetime.datetime.utcnow()},
-                  "refers": {"parent_id": None, "root_id": None, "adapter": []}}
+        config = {
+            "name": f"{tag}-{i}",
+            "version": 1,
+            "space": {"/x": "uniform(-5, 5)", "/y": "uniform(-5, 5)"},
+            "algorithm": {"random": {"seed": None}},
+            "max_trials": 10**6,
+            "metadata": {"user": "sim", "datetime": datetime.datetime.utcnow()},
+            "refers": {"parent_id": None, "root_id": None, "adapter": []},
+        }
         storage.create_experiment(config)
         ids.append(config["_id"])
     return ids
@@ -459,8 +541,17 @@ def sizes_phase(uri, clients, args, params) -> list[dict]:
     for workers in args.sizes:
         prefix = f"size{workers}-{uuid.uuid4().hex[:6]}"
         exp_ids = create_experiments(uri, prefix, 1, "fleet")
-        phase = run_phase(f"{workers} workers", uri, clients, prefix, exp_ids, workers,
-                          args.trials_per_worker, params, args.procs)
+        phase = run_phase(
+            f"{workers} workers",
+            uri,
+            clients,
+            prefix,
+            exp_ids,
+            workers,
+            args.trials_per_worker,
+            params,
+            args.procs,
+        )
         phase["problems"] = check_invariants(clients, prefix, exp_ids, phase)
         rows.append(phase)
         print_size(phase)
@@ -475,8 +566,17 @@ def ramp_phase(uri, clients, args, params, label="ramp") -> list[dict]:
         prefix = f"{label}-{uuid.uuid4().hex[:6]}"
         exp_ids = create_experiments(uri, prefix, args.ramp_experiments, label)
         p = dict(params, trial_s=trial_s, hold_ms=args.ramp_hold_ms, start_spread_s=0.2)
-        phase = run_phase(f"{label} trial {trial_s}s", uri, clients, prefix, exp_ids,
-                          args.ramp_workers, args.ramp_trials, p, args.procs)
+        phase = run_phase(
+            f"{label} trial {trial_s}s",
+            uri,
+            clients,
+            prefix,
+            exp_ids,
+            args.ramp_workers,
+            args.ramp_trials,
+            p,
+            args.procs,
+        )
         phase["problems"] = check_invariants(clients, prefix, exp_ids, phase)
         phase["trial_s"] = trial_s
         phase["prefix"], phase["exp_ids"] = prefix, exp_ids
@@ -484,10 +584,12 @@ def ramp_phase(uri, clients, args, params, label="ramp") -> list[dict]:
         p99 = phase["calls_ms"].get("reserve_trial", {}).get("p99") or 0
         base_p99 = base_p99 or p99
         steps.append(phase)
-        print(f"  {label}: trial {trial_s:>5}s  {phase['trials_per_s']:8.1f} trials/s  Redis "
-              f"CPU {phase['redis_cpu_util'] * 100:5.1f}%  {phase['cpu_ms_per_trial']:.3f} "
-              f"ms/trial  reserve p99 {p99:.2f} ms  nodes "
-              f"{[round(c, 2) for c in phase['node_cpu_s']]}")
+        print(
+            f"  {label}: trial {trial_s:>5}s  {phase['trials_per_s']:8.1f} trials/s  Redis "
+            f"CPU {phase['redis_cpu_util'] * 100:5.1f}%  {phase['cpu_ms_per_trial']:.3f} "
+            f"ms/trial  reserve p99 {p99:.2f} ms  nodes "
+            f"{[round(c, 2) for c in phase['node_cpu_s']]}"
+        )
         if phase["redis_cpu_util"] > 0.9 or (base_p99 and p99 > 20 * base_p99):
             break
     return steps
@@ -495,67 +597,92 @@ def ramp_phase(uri, clients, args, params, label="ramp") -> list[dict]:
 
 def print_size(r):
     lock, burst = r["lock"], r["burst"]
-    print(f"\n== {r['label']}: {r['trials']} trials in {r['wall_s']:.1f}s "
-          f"({r['trials_per_s']:.1f}/s), problems: {r['problems'] or 'none'}")
-    print(f"  Redis CPU {r['cpu_ms_per_trial']:.3f} ms/trial ({r['redis_cpu_util'] * 100:.1f}% "
-          f"of a core); {r['client_commands_per_trial']:.1f} commands/trial "
-          f"({r['commands_incl_lua_per_trial']:.0f} with Lua's); in "
-          f"{r['bytes_in_per_trial'] / 1024:.1f} KB, out {r['bytes_out_per_trial'] / 1024:.1f} "
-          f"KB per trial")
-    print(f"  memory {r['memory_per_trial'] / 1024:.2f} KB/trial (workers gone; request ids "
-          "still in their 2-min TTL), "
-          f"{r['memory_per_worker'] / 1024:.1f} KB/worker; clients idle "
-          f"{r['clients_idle']}, peak {r['clients_peak']}")
-    print(f"  lock: wait p50 {lock['wait_p50_s']:.3f}s p99 {lock['wait_p99_s']:.3f}s max "
-          f"{lock['wait_max_s']:.3f}s (max/median {lock['max_over_median'] or 0:.1f}), "
-          f"overtaken {lock['overtaken']}, timeouts {r['lock_timeouts']}")
+    print(
+        f"\n== {r['label']}: {r['trials']} trials in {r['wall_s']:.1f}s "
+        f"({r['trials_per_s']:.1f}/s), problems: {r['problems'] or 'none'}"
+    )
+    print(
+        f"  Redis CPU {r['cpu_ms_per_trial']:.3f} ms/trial ({r['redis_cpu_util'] * 100:.1f}% "
+        f"of a core); {r['client_commands_per_trial']:.1f} commands/trial "
+        f"({r['commands_incl_lua_per_trial']:.0f} with Lua's); in "
+        f"{r['bytes_in_per_trial'] / 1024:.1f} KB, out {r['bytes_out_per_trial'] / 1024:.1f} "
+        f"KB per trial"
+    )
+    print(
+        f"  memory {r['memory_per_trial'] / 1024:.2f} KB/trial (workers gone; request ids "
+        "still in their 2-min TTL), "
+        f"{r['memory_per_worker'] / 1024:.1f} KB/worker; clients idle "
+        f"{r['clients_idle']}, peak {r['clients_peak']}"
+    )
+    print(
+        f"  lock: wait p50 {lock['wait_p50_s']:.3f}s p99 {lock['wait_p99_s']:.3f}s max "
+        f"{lock['wait_max_s']:.3f}s (max/median {lock['max_over_median'] or 0:.1f}), "
+        f"overtaken {lock['overtaken']}, timeouts {r['lock_timeouts']}"
+    )
     if burst:
-        print(f"  start burst, {burst['waiters']} waiters: mean wait by arrival decile "
-              f"{burst['wait_by_arrival_decile_s']} s, max {burst['wait_max_s']:.2f}s, adjacent "
-              f"pairs served in arrival order {burst['adjacent_pairs_in_order'] * 100:.1f}%")
+        print(
+            f"  start burst, {burst['waiters']} waiters: mean wait by arrival decile "
+            f"{burst['wait_by_arrival_decile_s']} s, max {burst['wait_max_s']:.2f}s, adjacent "
+            f"pairs served in arrival order {burst['adjacent_pairs_in_order'] * 100:.1f}%"
+        )
     print(f"  {'call':<22}{'n':>7}{'p50 ms':>9}{'p99 ms':>9}")
     for name, c in r["calls_ms"].items():
         print(f"  {name:<22}{c['n']:>7}{c['p50']:>9.2f}{c['p99']:>9.2f}")
 
 
 def print_summary(result):
-    print("\n| workers | trials/s | Redis CPU ms/trial | cmds/trial | KB in/out per trial | "
-          "mem KB/trial | mem KB/worker | clients peak | lock wait p50/p99/max s | max/median "
-          "| overtaken | timeouts |")
+    print(
+        "\n| workers | trials/s | Redis CPU ms/trial | cmds/trial | KB in/out per trial | "
+        "mem KB/trial | mem KB/worker | clients peak | lock wait p50/p99/max s | max/median "
+        "| overtaken | timeouts |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in result["sizes"]:
-        l = r["lock"]
-        print(f"| {r['workers']} | {r['trials_per_s']:.1f} | {r['cpu_ms_per_trial']:.3f} | "
-              f"{r['client_commands_per_trial']:.1f} | {r['bytes_in_per_trial'] / 1024:.1f} / "
-              f"{r['bytes_out_per_trial'] / 1024:.1f} | {r['memory_per_trial'] / 1024:.2f} | "
-              f"{r['memory_per_worker'] / 1024:.1f} | {r['clients_peak']} | "
-              f"{l['wait_p50_s']:.2f} / {l['wait_p99_s']:.2f} / {l['wait_max_s']:.2f} | "
-              f"{l['max_over_median'] or 0:.1f} | {l['overtaken']} | {r['lock_timeouts']} |")
+        lk = r["lock"]
+        print(
+            f"| {r['workers']} | {r['trials_per_s']:.1f} | {r['cpu_ms_per_trial']:.3f} | "
+            f"{r['client_commands_per_trial']:.1f} | {r['bytes_in_per_trial'] / 1024:.1f} / "
+            f"{r['bytes_out_per_trial'] / 1024:.1f} | {r['memory_per_trial'] / 1024:.2f} | "
+            f"{r['memory_per_worker'] / 1024:.1f} | {r['clients_peak']} | "
+            f"{lk['wait_p50_s']:.2f} / {lk['wait_p99_s']:.2f} / {lk['wait_max_s']:.2f} | "
+            f"{lk['max_over_median'] or 0:.1f} | {lk['overtaken']} | {r['lock_timeouts']} |"
+        )
     sat = result.get("saturation")
     if sat:
-        print(f"\nsaturation of one primary: measured top {sat['measured_trials_per_s']:.0f} "
-              f"trials/s at {sat['redis_cpu_util_at_top'] * 100:.0f}% Redis CPU "
-              f"({sat['limited_by']}); extrapolated from CPU per trial: "
-              f"{sat['extrapolated_trials_per_s']:.0f} trials/s, "
-              f"{sat['extrapolated_commands_per_s']:.0f} commands/s")
+        print(
+            f"\nsaturation of one primary: measured top {sat['measured_trials_per_s']:.0f} "
+            f"trials/s at {sat['redis_cpu_util_at_top'] * 100:.0f}% Redis CPU "
+            f"({sat['limited_by']}); extrapolated from CPU per trial: "
+            f"{sat['extrapolated_trials_per_s']:.0f} trials/s, "
+            f"{sat['extrapolated_commands_per_s']:.0f} commands/s"
+        )
     if result.get("cluster"):
         c = result["cluster"]
-        print(f"cluster (3 primaries, {c['experiments']} experiments): "
-              f"{c['trials_per_s']:.0f} trials/s vs {c['standalone_trials_per_s']:.0f} on one "
-              f"primary; CPU per shard {c['node_cpu_s']} s; slots per shard {c['experiments_per_shard']}")
+        print(
+            f"cluster (3 primaries, {c['experiments']} experiments): "
+            f"{c['trials_per_s']:.0f} trials/s vs {c['standalone_trials_per_s']:.0f} on one "
+            f"primary; CPU per shard {c['node_cpu_s']} s; "
+            f"slots per shard {c['experiments_per_shard']}"
+        )
 
 
 def saturation(steps) -> dict:
     top = max(steps, key=lambda s: s["trials_per_s"])
     cpu = statistics.median(s["cpu_ms_per_trial"] for s in steps) / 1000
     cmds = statistics.median(s["client_commands_per_trial"] for s in steps)
-    limited = ("Redis CPU" if top["redis_cpu_util"] > 0.9 else
-               "the load generator (2 shared cores): Redis was not saturated")
-    return {"measured_trials_per_s": top["trials_per_s"],
-            "redis_cpu_util_at_top": top["redis_cpu_util"], "limited_by": limited,
-            "extrapolated_trials_per_s": 1 / cpu if cpu else None,
-            "extrapolated_commands_per_s": cmds / cpu if cpu else None,
-            "cpu_ms_per_trial_median": cpu * 1000}
+    limited = (
+        "Redis CPU"
+        if top["redis_cpu_util"] > 0.9
+        else "the load generator (2 shared cores): Redis was not saturated"
+    )
+    return {
+        "measured_trials_per_s": top["trials_per_s"],
+        "redis_cpu_util_at_top": top["redis_cpu_util"],
+        "limited_by": limited,
+        "extrapolated_trials_per_s": 1 / cpu if cpu else None,
+        "extrapolated_commands_per_s": cmds / cpu if cpu else None,
+        "cpu_ms_per_trial_median": cpu * 1000,
+    }
 
 
 def cluster_phase(args, params, standalone_top) -> dict:
@@ -566,8 +693,10 @@ def cluster_phase(args, params, standalone_top) -> dict:
     from orion_track_redis.keys import GlobalKeys
     from orion_track_redis.testing import ClusterDeployment
 
-    with tempfile.TemporaryDirectory() as tmp, \
-            ClusterDeployment(Path(tmp) / "cluster", primaries=3, appendonly=True) as cluster:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        ClusterDeployment(Path(tmp) / "cluster", primaries=3, appendonly=True) as cluster,
+    ):
         clients = [redis.Redis(host="127.0.0.1", port=n.port) for n in cluster.primaries]
         args.ramp_trial_s = [args.ramp_trial_s[-1]]
         (step,) = ramp_phase(cluster.url, clients, args, params, label="cluster")
@@ -577,10 +706,14 @@ def cluster_phase(args, params, standalone_top) -> dict:
         for exp_id in step["exp_ids"]:
             slot = key_slot(gk.experiment(exp_id).lock.encode())
             shards[next(i for i, (a, b) in enumerate(ranges) if a <= slot < b)] += 1
-        return {"experiments": args.ramp_experiments, "trials_per_s": step["trials_per_s"],
-                "standalone_trials_per_s": standalone_top["trials_per_s"],
-                "node_cpu_s": [round(c, 2) for c in step["node_cpu_s"]],
-                "experiments_per_shard": shards, "step": step}
+        return {
+            "experiments": args.ramp_experiments,
+            "trials_per_s": step["trials_per_s"],
+            "standalone_trials_per_s": standalone_top["trials_per_s"],
+            "node_cpu_s": [round(c, 2) for c in step["node_cpu_s"]],
+            "experiments_per_shard": shards,
+            "step": step,
+        }
 
 
 def main(argv=None):
@@ -589,8 +722,12 @@ def main(argv=None):
     ap.add_argument("--sizes", default="100,300,1000")
     ap.add_argument("--trials-per-worker", type=int, default=2)
     ap.add_argument("--trial-s", type=float, default=20.0, help="objective duration")
-    ap.add_argument("--hold-ms", type=float, default=5.0,
-                    help="the algorithm's time inside each lock hold (produce and observe)")
+    ap.add_argument(
+        "--hold-ms",
+        type=float,
+        default=5.0,
+        help="the algorithm's time inside each lock hold (produce and observe)",
+    )
     ap.add_argument("--procs", type=int, default=4, help="generator processes")
     ap.add_argument("--ramp-workers", type=int, default=240)
     ap.add_argument("--ramp-experiments", type=int, default=24)
@@ -611,23 +748,36 @@ def main(argv=None):
     args.sizes = [int(s) for s in str(args.sizes).split(",") if s]
     args.ramp_trial_s = [float(s) for s in str(args.ramp_trial_s).split(",") if s]
     seq = load_sequence()
-    params = {"trial_s": args.trial_s, "hold_ms": args.hold_ms,
-              "start_spread_s": 0.5,  # the fleet starts at once: the first lock is a burst
-              "state_first": seq["state_release_bytes"]["first"],
-              "state_per_release": seq["state_release_bytes"]["per_release"]}
+    params = {
+        "trial_s": args.trial_s,
+        "hold_ms": args.hold_ms,
+        "start_spread_s": 0.5,  # the fleet starts at once: the first lock is a burst
+        "state_first": seq["state_release_bytes"]["first"],
+        "state_per_release": seq["state_release_bytes"]["per_release"],
+    }
     import redis
 
     from orion_track_redis.testing import RedisServer
 
     started = time.time()
-    result = {"meta": {"mode": "smoke" if args.smoke else "full", "argv": sys.argv[1:],
-                       "params": params, "sequence": str(SEQUENCE.relative_to(ROOT)),
-                       "recorded_commands_per_trial": seq["commands_per_trial"],
-                       "fifo_eps_s": FIFO_EPS_S, "cpus": os.cpu_count(),
-                       "note": "machine shared with other jobs: ratios are the reliable part"}}
-    with tempfile.TemporaryDirectory() as tmp, RedisServer(
-            Path(tmp) / "redis", appendonly=True,
-            extra_args=["--maxclients", "10000"]) as server:
+    result = {
+        "meta": {
+            "mode": "smoke" if args.smoke else "full",
+            "argv": sys.argv[1:],
+            "params": params,
+            "sequence": str(SEQUENCE.relative_to(ROOT)),
+            "recorded_commands_per_trial": seq["commands_per_trial"],
+            "fifo_eps_s": FIFO_EPS_S,
+            "cpus": os.cpu_count(),
+            "note": "machine shared with other jobs: ratios are the reliable part",
+        }
+    }
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        RedisServer(
+            Path(tmp) / "redis", appendonly=True, extra_args=["--maxclients", "10000"]
+        ) as server,
+    ):
         server.start()
         clients = [redis.Redis(host="127.0.0.1", port=server.port)]
         result["meta"]["redis_version"] = clients[0].info("server")["redis_version"]
@@ -636,18 +786,24 @@ def main(argv=None):
             result["ramp"] = ramp_phase(server.url, clients, args, params)
             result["saturation"] = saturation(result["ramp"])
     if args.cluster and not args.no_ramp:
-        result["cluster"] = cluster_phase(args, params, max(result["ramp"],
-                                                            key=lambda s: s["trials_per_s"]))
+        result["cluster"] = cluster_phase(
+            args, params, max(result["ramp"], key=lambda s: s["trials_per_s"])
+        )
     result["meta"]["wall_s"] = time.time() - started
-    problems = [f"{r['label']}: {p}" for r in result["sizes"] + result.get("ramp", [])
-                for p in r["problems"]]
+    problems = [
+        f"{r['label']}: {p}"
+        for r in result["sizes"] + result.get("ramp", [])
+        for p in r["problems"]
+    ]
     result["problems"] = problems
     print_summary(result)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    print(f"\n{'OK' if not problems else 'PROBLEMS: ' + '; '.join(problems)} "
-          f"({result['meta']['wall_s']:.0f}s) -> {out}")
+    print(
+        f"\n{'OK' if not problems else 'PROBLEMS: ' + '; '.join(problems)} "
+        f"({result['meta']['wall_s']:.0f}s) -> {out}"
+    )
     return 1 if problems else 0
 
 

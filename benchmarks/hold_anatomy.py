@@ -17,6 +17,7 @@ workers: every trial takes the lock twice, serially).
 
 Usage: python benchmarks/hold_anatomy.py [--quick | --smoke] [--out PATH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,10 @@ MODES = {
     "quick": {"sizes": (100, 500), "samples": 3},
     "smoke": {"sizes": (10, 20), "samples": 2},
 }
-ALGORITHMS = {"random": {"random": {"seed": 1}},
-              "tpe": {"tpe": {"seed": 1, "n_initial_points": 20}}}
+ALGORITHMS = {
+    "random": {"random": {"seed": 1}},
+    "tpe": {"tpe": {"seed": 1, "n_initial_points": 20}},
+}
 BACKENDS = ("batched", "accelerated", "orion-path", "ephemeraldb")
 
 
@@ -60,8 +63,12 @@ def _storage(backend, url):
     prefix = f"holds-{uuid.uuid4().hex[:8]}"
     if backend == "ephemeraldb":
         return _legacy("ephemeraldb")
-    return Redis(uri=url, prefix=prefix, accelerate=backend != "orion-path",
-                 batch_observe=backend == "batched")
+    return Redis(
+        uri=url,
+        prefix=prefix,
+        accelerate=backend != "orion-path",
+        batch_observe=backend == "batched",
+    )
 
 
 def _grow(client, n, algo_name):
@@ -97,21 +104,34 @@ def measure(cfg, url):
         for backend in BACKENDS:
             storage = _storage(backend, url)
             timer = _StorageTimer(storage)
-            client = build_experiment(f"holds-{algo_name}-{backend}-{uuid.uuid4().hex[:6]}",
-                                      space=ANATOMY_SPACE, algorithm=algorithm,
-                                      storage=storage, max_trials=10**6)
+            client = build_experiment(
+                f"holds-{algo_name}-{backend}-{uuid.uuid4().hex[:6]}",
+                space=ANATOMY_SPACE,
+                algorithm=algorithm,
+                storage=storage,
+                max_trials=10**6,
+            )
             for n in cfg["sizes"]:
                 _grow(client, n, algo_name)
                 steps = [_hunt_step(client, timer) for _ in range(cfg["samples"])]
                 per_trial = _hold_stats([(p[0] + o[0], p[1] + o[1]) for p, o in steps])
-                rows.append({"algorithm": algo_name, "backend": backend, "trials": n,
-                             "samples": len(steps), "per_trial": per_trial,
-                             "produce": _hold_stats([p for p, _ in steps]),
-                             "observe": _hold_stats([o for _, o in steps]),
-                             "ceiling_trials_per_s": 1000 / per_trial["hold_ms"]})
-                _log(f"  {algo_name:6} {backend:11} N={n:<5} hold/trial "
-                     f"{per_trial['hold_ms']:8.1f} ms (storage {per_trial['storage_ms']:.1f}, "
-                     f"Oríon {per_trial['orion_ms']:.1f})")
+                rows.append(
+                    {
+                        "algorithm": algo_name,
+                        "backend": backend,
+                        "trials": n,
+                        "samples": len(steps),
+                        "per_trial": per_trial,
+                        "produce": _hold_stats([p for p, _ in steps]),
+                        "observe": _hold_stats([o for _, o in steps]),
+                        "ceiling_trials_per_s": 1000 / per_trial["hold_ms"],
+                    }
+                )
+                _log(
+                    f"  {algo_name:6} {backend:11} N={n:<5} hold/trial "
+                    f"{per_trial['hold_ms']:8.1f} ms (storage {per_trial['storage_ms']:.1f}, "
+                    f"Oríon {per_trial['orion_ms']:.1f})"
+                )
             client.close()
     return rows
 
@@ -121,10 +141,12 @@ def _find(rows, **match):
 
 
 def render(rows) -> str:
-    lines = ["| algorithm | trials | batched ms | accelerated ms | Oríon's path ms | "
-             "EphemeralDB ms | batched / Oríon's path | accelerated / Oríon's path | "
-             "ceiling batched | ceiling accelerated | ceiling Oríon's path |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| algorithm | trials | batched ms | accelerated ms | Oríon's path ms | "
+        "EphemeralDB ms | batched / Oríon's path | accelerated / Oríon's path | "
+        "ceiling batched | ceiling accelerated | ceiling Oríon's path |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         if row["backend"] != "batched":
             continue
@@ -140,7 +162,8 @@ def render(rows) -> str:
             f"(storage {fast['per_trial']['storage_ms']:.1f}) | {plain_ms:.1f} | "
             f"{eph['per_trial']['hold_ms']:.1f} | {batched_ms / plain_ms:.2f}x | "
             f"{fast_ms / plain_ms:.2f}x | {row['ceiling_trials_per_s']:.1f}/s | "
-            f"{fast['ceiling_trials_per_s']:.1f}/s | {plain['ceiling_trials_per_s']:.1f}/s |")
+            f"{fast['ceiling_trials_per_s']:.1f}/s | {plain['ceiling_trials_per_s']:.1f}/s |"
+        )
     return "\n".join(lines)
 
 
@@ -156,15 +179,26 @@ def main(argv=None) -> int:
     from orion_track_redis.testing import RedisServer
 
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="orion-redis-holds-") as tmp, \
-            RedisServer(Path(tmp), binary=choose_binary(args.redis_server)) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="orion-redis-holds-") as tmp,
+        RedisServer(Path(tmp), binary=choose_binary(args.redis_server)) as server,
+    ):
         server.start()
         rows = measure(MODES[mode], server.url)
     table = render(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"mode": mode, "machine": _machine(), "rows": rows,
-                               "duration_s": time.monotonic() - started}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "mode": mode,
+                "machine": _machine(),
+                "rows": rows,
+                "duration_s": time.monotonic() - started,
+            },
+            indent=1,
+        )
+    )
     print(table)
     print(f"\nwrote {out} in {time.monotonic() - started:.0f} s")
     return 0

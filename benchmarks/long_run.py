@@ -20,6 +20,7 @@ matplotlib is installed (`pip install -e '.[bench]'`).
 Usage: python benchmarks/long_run.py [--smoke] [--trials 20000] [--workers 6]
        [--paths versioned,whole] [--whole-trials 5000] [--out PATH] [--png PATH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,13 @@ SPACE = {"x": "uniform(-5, 5)", "y": "uniform(-5, 5)"}
 def _build(url, prefix, name, trials):
     from orion.client import build_experiment
 
-    return build_experiment(name, space=SPACE, algorithm={"random": {"seed": 1}},
-                            max_trials=trials, storage={"type": "redis", "uri": url,
-                                                        "prefix": prefix})
+    return build_experiment(
+        name,
+        space=SPACE,
+        algorithm={"random": {"seed": 1}},
+        max_trials=trials,
+        storage={"type": "redis", "uri": url, "prefix": prefix},
+    )
 
 
 def worker(url, prefix, name, trials, deltas, out):
@@ -84,12 +89,15 @@ def worker(url, prefix, name, trials, deltas, out):
 def _sample(redis, storage, exp_id, start):
     ek = storage._ek(exp_id)
     info = redis.info()
-    return {"t": time.monotonic() - start,
-            "completed": redis.zcard(ek.status("completed")),
-            "used_memory": info["used_memory"], "aof": info.get("aof_current_size", 0),
-            "log_entries": redis.llen(ek.lock_log),
-            "log_bytes": int(redis.hget(ek.lock, "logbytes") or 0),
-            "snapshot_bytes": redis.hstrlen(ek.lock, "state")}
+    return {
+        "t": time.monotonic() - start,
+        "completed": redis.zcard(ek.status("completed")),
+        "used_memory": info["used_memory"],
+        "aof": info.get("aof_current_size", 0),
+        "log_entries": redis.llen(ek.lock_log),
+        "log_bytes": int(redis.hget(ek.lock, "logbytes") or 0),
+        "snapshot_bytes": redis.hstrlen(ek.lock, "state"),
+    }
 
 
 def run_path(path, url, redis, trials, workers, every, tmp):
@@ -102,8 +110,10 @@ def run_path(path, url, redis, trials, workers, every, tmp):
     deltas = "0" if path == "whole" else "1"
     outs = [Path(tmp) / f"{path}-{i}.json" for i in range(workers)]
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=worker, args=(url, prefix, name, trials, deltas, str(out)))
-             for out in outs]
+    procs = [
+        ctx.Process(target=worker, args=(url, prefix, name, trials, deltas, str(out)))
+        for out in outs
+    ]
     start = time.monotonic()
     for proc in procs:
         proc.start()
@@ -112,8 +122,10 @@ def run_path(path, url, redis, trials, workers, every, tmp):
         time.sleep(every)
         samples.append(_sample(redis, storage, exp_id, start))
         last = samples[-1]
-        _log(f"  {path:9} t={last['t']:6.0f}s completed {last['completed']:6}  "
-             f"log {last['log_entries']:4} entries")
+        _log(
+            f"  {path:9} t={last['t']:6.0f}s completed {last['completed']:6}  "
+            f"log {last['log_entries']:4} entries"
+        )
     for proc in procs:
         proc.join()
     samples.append(_sample(redis, storage, exp_id, start))
@@ -123,15 +135,24 @@ def run_path(path, url, redis, trials, workers, every, tmp):
     reported = [tid for out in outs for tid in json.loads(out.read_text())]
     completed = {t.id for t in storage.fetch_trials(uid=exp_id) if t.status == "completed"}
     state = storage.get_algorithm_lock_info(uid=exp_id).state
-    observed = {tid for tid, t in state["algorithm"]["registry"]["_trials"].items()
-                if t.status == "completed"}
+    observed = {
+        tid
+        for tid, t in state["algorithm"]["registry"]["_trials"].items()
+        if t.status == "completed"
+    }
     client.close()
-    return {"path": path, "trials": trials, "workers": workers, "samples": samples,
-            "exit_codes": [proc.exitcode for proc in procs],
-            "completed": len(completed), "reported": len(reported),
-            "each_once": len(reported) == len(set(reported)) and set(reported) == completed,
-            "all_observed": len(observed) == len(completed),
-            "duration_s": samples[-1]["t"]}
+    return {
+        "path": path,
+        "trials": trials,
+        "workers": workers,
+        "samples": samples,
+        "exit_codes": [proc.exitcode for proc in procs],
+        "completed": len(completed),
+        "reported": len(reported),
+        "each_once": len(reported) == len(set(reported)) and set(reported) == completed,
+        "all_observed": len(observed) == len(completed),
+        "duration_s": samples[-1]["t"],
+    }
 
 
 def rates(samples, min_window=0.0):
@@ -155,8 +176,12 @@ def plot(results, png):
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for res in results:
         points = rates(res["samples"])
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".",
-                label=f"{res['path']} ({res['workers']} workers)")
+        ax.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            marker=".",
+            label=f"{res['path']} ({res['workers']} workers)",
+        )
     ax.set_xlabel("trials completed in the experiment")
     ax.set_ylabel("fleet throughput (trials/s)")
     ax.set_title("One experiment, random search, trivial objective")
@@ -172,8 +197,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny run for CI")
     parser.add_argument("--trials", type=int, default=20000)
-    parser.add_argument("--whole-trials", type=int, default=5000,
-                        help="trials for the whole-state path (its rate falls as 1/N)")
+    parser.add_argument(
+        "--whole-trials",
+        type=int,
+        default=5000,
+        help="trials for the whole-state path (its rate falls as 1/N)",
+    )
     parser.add_argument("--workers", type=int, default=6)
     parser.add_argument("--paths", default="versioned,whole")
     parser.add_argument("--every", type=float, default=10.0, help="sampling period (s)")
@@ -188,34 +217,44 @@ def main(argv=None) -> int:
     from orion_track_redis.testing import RedisServer
 
     results, started = [], time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="orion-redis-long-") as tmp, \
-            RedisServer(Path(tmp), binary=choose_binary(args.redis_server)) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="orion-redis-long-") as tmp,
+        RedisServer(Path(tmp), binary=choose_binary(args.redis_server)) as server,
+    ):
         server.start()
         client = redis.Redis.from_url(server.url)
         client.config_set("appendonly", "yes")
         for path in args.paths.split(","):
             trials = args.whole_trials if path == "whole" else args.trials
-            results.append(run_path(path, server.url, client, trials, args.workers,
-                                    args.every, tmp))
+            results.append(
+                run_path(path, server.url, client, trials, args.workers, args.every, tmp)
+            )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": _machine(), "results": results,
-                               "duration_s": time.monotonic() - started}, indent=1))
+    out.write_text(
+        json.dumps(
+            {"machine": _machine(), "results": results, "duration_s": time.monotonic() - started},
+            indent=1,
+        )
+    )
     plotted = plot(results, args.png)
-    print("| path | workers | trials | s | trials/s (mean) | first / last window trials/s | "
-          "each once | all observed | AOF KiB per trial |")
+    print(
+        "| path | workers | trials | s | trials/s (mean) | first / last window trials/s | "
+        "each once | all observed | AOF KiB per trial |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|---|---:|")
     for res in results:
         points = rates(res["samples"])
         last = res["samples"][-1]
-        print(f"| {res['path']} | {res['workers']} | {res['completed']:,} | "
-              f"{res['duration_s']:.0f} | {res['completed'] / res['duration_s']:.1f} | "
-              f"{points[0][1] if points else 0:.1f} / {points[-1][1] if points else 0:.1f} | "
-              f"{res['each_once']} | {res['all_observed']} | "
-              f"{last['aof'] / max(res['completed'], 1) / 1024:.1f} |")
+        print(
+            f"| {res['path']} | {res['workers']} | {res['completed']:,} | "
+            f"{res['duration_s']:.0f} | {res['completed'] / res['duration_s']:.1f} | "
+            f"{points[0][1] if points else 0:.1f} / {points[-1][1] if points else 0:.1f} | "
+            f"{res['each_once']} | {res['all_observed']} | "
+            f"{last['aof'] / max(res['completed'], 1) / 1024:.1f} |"
+        )
     print(f"\nwrote {out}" + (f" and {args.png}" if plotted else ""))
-    ok = all(r["each_once"] and r["all_observed"] and set(r["exit_codes"]) == {0}
-             for r in results)
+    ok = all(r["each_once"] and r["all_observed"] and set(r["exit_codes"]) == {0} for r in results)
     return 0 if ok else 1
 
 

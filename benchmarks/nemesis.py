@@ -10,6 +10,7 @@ checked here is the CI test's (``tests/nemesis.py``: ``violations`` + ``acknowle
 the lock's recovery after each fault). Prints the schedule as it runs, then a table; exit
 code 1 if an invariant broke.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,22 +52,33 @@ def render(seed: int, result: dict, wall_s: float) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seed", type=int,
-                        default=int(os.environ.get("NEMESIS_SEED") or random.randrange(10**6)))
+    parser.add_argument(
+        "--seed", type=int, default=int(os.environ.get("NEMESIS_SEED") or random.randrange(10**6))
+    )
     parser.add_argument("--duration", type=float, default=240.0, help="seconds of faults")
     parser.add_argument("--workers", type=int, default=5)
     parser.add_argument("--sleep", type=float, default=1.0, help="objective seconds")
-    parser.add_argument("--trials", type=int, default=None,
-                        help="max_trials (default: enough to outlast the faults)")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help="max_trials (default: enough to outlast the faults)",
+    )
     args = parser.parse_args(argv)
     # ~0.5 trials/s per worker under faults here (2 cores): the fleet outlasts the schedule
     trials = args.trials or int(args.duration * args.workers * 0.5 / args.sleep) + 30
     print(f"NEMESIS_SEED={args.seed} workers={args.workers} max_trials={trials}", flush=True)
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="orion-nemesis-") as tmp:
-        result = nemesis.run_nemesis(Path(tmp), args.seed, duration_s=args.duration,
-                                     workers=args.workers, max_trials=trials,
-                                     sleep_s=args.sleep, log=lambda m: print(m, flush=True))
+        result = nemesis.run_nemesis(
+            Path(tmp),
+            args.seed,
+            duration_s=args.duration,
+            workers=args.workers,
+            max_trials=trials,
+            sleep_s=args.sleep,
+            log=lambda m: print(m, flush=True),
+        )
     print(render(args.seed, result, time.time() - start))
     return 1 if result["problems"] else 0
 

@@ -2,6 +2,7 @@
 binaries, run as ``postgres`` when this process is root), Optuna's gRPC storage proxy in a
 process of its own, and the CPU seconds a server process (and its children) has used, from
 /proc. The redis-server comes from ``orion_track_redis.testing.RedisServer``."""
+
 from __future__ import annotations
 
 import glob
@@ -40,7 +41,7 @@ def process_cpu(pid: int | None, *, children: bool = False) -> float:
     fields = _stat(pid)
     if fields is None:
         return 0.0
-    ticks = sum(int(v) for v in fields[11:15 if children else 13])
+    ticks = sum(int(v) for v in fields[11 : 15 if children else 13])
     if children:
         for entry in os.listdir("/proc"):
             if entry.isdigit():
@@ -64,8 +65,10 @@ def _wait_port(port: int, proc: subprocess.Popen | None, timeout: float, what: s
 
 def postgres_bindir() -> str | None:
     """Debian's newest /usr/lib/postgresql/N/bin, else the directory of ``initdb`` on PATH."""
-    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"),
-                  key=lambda d: int(Path(d).parent.name) if Path(d).parent.name.isdigit() else 0)
+    dirs = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda d: int(Path(d).parent.name) if Path(d).parent.name.isdigit() else 0,
+    )
     for d in reversed(dirs):
         if os.access(os.path.join(d, "initdb"), os.X_OK):
             return d
@@ -107,16 +110,45 @@ class PostgresServer:
             os.chown(self.dir, owner.pw_uid, owner.pw_gid)
         data, sock = self.dir / "data", self.dir
         init = subprocess.run(
-            self._as_owner([f"{self.bindir}/initdb", "-D", str(data), "-A", "trust", "-U",
-                            "postgres", "-E", "UTF8", "--no-sync"]),
-            capture_output=True, text=True, timeout=120)
+            self._as_owner(
+                [
+                    f"{self.bindir}/initdb",
+                    "-D",
+                    str(data),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed: {init.stderr.strip()[-500:]}")
         self._log = open(self.dir / "postgres.log", "w")  # noqa: SIM115 - closed in stop()
         self._proc = subprocess.Popen(
-            self._as_owner([f"{self.bindir}/postgres", "-D", str(data), "-p", str(self.port),
-                            "-k", str(sock), "-c", "listen_addresses=127.0.0.1"]),
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            self._as_owner(
+                [
+                    f"{self.bindir}/postgres",
+                    "-D",
+                    str(data),
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(sock),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                ]
+            ),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         _wait_port(self.port, self._proc, timeout, "postgres")
         pidfile = data / "postmaster.pid"
         deadline = time.monotonic() + 10
@@ -156,8 +188,9 @@ class PostgresServer:
     def database_size(self) -> int:
         import psycopg2
 
-        conn = psycopg2.connect(f"host=127.0.0.1 port={self.port} user=postgres "
-                                f"dbname={self.database}")
+        conn = psycopg2.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres dbname={self.database}"
+        )
         try:
             with conn.cursor() as cur:
                 cur.execute("CHECKPOINT")
@@ -205,7 +238,10 @@ class GrpcProxy:
         script = Path(__file__).resolve().with_name("peers.py")
         self._proc = subprocess.Popen(
             [sys.executable, str(script), "_grpc_proxy", self.url, str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         _wait_port(self.port, self._proc, timeout, "the gRPC proxy")
         return self
 

@@ -11,6 +11,7 @@ hunt loop, ``orion.client.runner.Runner.run``, started and ended) and ``OUT.prof
 loop's duration on the same clock): run.py subtracts one snapshot from the other to get the hunt
 loop alone, without Python start-up, imports, building the experiment and the final summary.
 """
+
 from __future__ import annotations
 
 import cProfile

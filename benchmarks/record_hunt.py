@@ -8,11 +8,13 @@ starts, and records two things at once:
   PYTHONPATH wraps the methods of ``orion_track_redis.Redis``: each call is bracketed by an
   ``ECHO mark:<call>:start|end`` on a side connection), and
 - every command Redis receives (``MONITOR``), with its size in RESP bytes.
-Each command is attributed to the storage call whose markers bracket it in MONITOR's order. A trial cycle ends with the algorithm-lock hold that observes its result; one cycle in
+Each command is attributed to the storage call whose markers bracket it in MONITOR's order.
+A trial cycle ends with the algorithm-lock hold that observes its result; one cycle in
 the middle of the hunt is the steady-state template fleet_sim.py replays.
 
 Writes benchmarks/data/hunt_sequence.json. Usage: python benchmarks/record_hunt.py [TRIALS]
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +39,7 @@ HEARTBEAT = 1
 OBJECTIVE_SLEEP = 2.5
 
 # Wraps the storage methods in the hunt process; one JSON line per call (start, end, name).
-SITECUSTOMIZE = r'''
+SITECUSTOMIZE = r"""
 import contextlib, functools, os
 import redis
 _SIDE = redis.Redis.from_url(os.environ["FLEET_RECORD_URL"])  # markers, in MONITOR's order
@@ -67,16 +69,16 @@ from orion_track_redis.storage import Redis
 for _name in [n for n in vars(Redis) if not n.startswith("_")
               and callable(getattr(Redis, n)) and n not in ("client", "scripts", "lock")]:
     _wrap(Redis, _name)
-'''
+"""
 
-OBJECTIVE = f'''
+OBJECTIVE = f"""
 import argparse, time
 from orion.client import report_objective
 p = argparse.ArgumentParser(); p.add_argument("-x", type=float); p.add_argument("-y", type=float)
 a = p.parse_args()
 time.sleep({OBJECTIVE_SLEEP})
 report_objective((a.x - 2) ** 2 + (a.y + 1) ** 2)
-'''
+"""
 
 
 def _resp_size(args: list[bytes]) -> int:
@@ -87,7 +89,7 @@ def _resp_size(args: list[bytes]) -> int:
     return size
 
 
-_MONITOR_LINE = re.compile(rb'^\+(\d+\.\d+) \[\d+ ([^\]]+)\] (.*)$')
+_MONITOR_LINE = re.compile(rb"^\+(\d+\.\d+) \[\d+ ([^\]]+)\] (.*)$")
 _ARG = re.compile(rb'"((?:[^"\\]|\\.)*)"')
 
 
@@ -98,11 +100,16 @@ def _unescape(text: bytes) -> bytes:
         if c == 0x5C:  # backslash
             n = text[i + 1]
             if n == ord("x"):
-                out.append(int(text[i + 2:i + 4], 16))
+                out.append(int(text[i + 2 : i + 4], 16))
                 i += 4
                 continue
-            out += {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("a"): b"\a",
-                    ord("b"): b"\b"}.get(n, bytes([n]))
+            out += {
+                ord("n"): b"\n",
+                ord("r"): b"\r",
+                ord("t"): b"\t",
+                ord("a"): b"\a",
+                ord("b"): b"\b",
+            }.get(n, bytes([n]))
             i += 2
             continue
         out.append(c)
@@ -121,7 +128,7 @@ def _monitor(port: int, sink: list, stop: threading.Event):
     while not stop.is_set():
         try:
             chunk = sock.recv(1 << 20)
-        except socket.timeout:
+        except TimeoutError:
             continue
         if not chunk:
             break
@@ -163,20 +170,36 @@ def record(trials: int = 8) -> dict:
             (tmp / "config.yaml").write_text(
                 f'storage:\n  type: redis\n  database:\n    host: "{uri}"\n'
                 "experiment:\n  algorithms:\n    random:\n      seed: 1\n"
-                f"worker:\n  heartbeat: {HEARTBEAT}\n")
+                f"worker:\n  heartbeat: {HEARTBEAT}\n"
+            )
             commands, stop = [], threading.Event()
             monitor = threading.Thread(target=_monitor, args=(server.port, commands, stop))
             monitor.start()
             time.sleep(0.3)
-            env = dict(os.environ, ORION_REDIS_URI="",
-                       ORION_HEARTBEAT=str(HEARTBEAT), FLEET_RECORD_URL=server.url,
-                       PYTHONPATH=os.pathsep.join([str(tmp / "site"), str(ROOT)]))
-            cmd = [str(Path(sys.executable).with_name("orion")), "hunt", "--config",
-                   str(tmp / "config.yaml"), "-n", "rec", "--max-trials", str(trials),
-                   sys.executable, str(tmp / "objective.py"), "-x~uniform(-5, 5)",
-                   "-y~uniform(-5, 5)"]
-            proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True,
-                                  timeout=600)
+            env = dict(
+                os.environ,
+                ORION_REDIS_URI="",
+                ORION_HEARTBEAT=str(HEARTBEAT),
+                FLEET_RECORD_URL=server.url,
+                PYTHONPATH=os.pathsep.join([str(tmp / "site"), str(ROOT)]),
+            )
+            cmd = [
+                str(Path(sys.executable).with_name("orion")),
+                "hunt",
+                "--config",
+                str(tmp / "config.yaml"),
+                "-n",
+                "rec",
+                "--max-trials",
+                str(trials),
+                sys.executable,
+                str(tmp / "objective.py"),
+                "-x~uniform(-5, 5)",
+                "-y~uniform(-5, 5)",
+            ]
+            proc = subprocess.run(
+                cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=600
+            )
             time.sleep(0.3)
             stop.set()
             monitor.join()
@@ -204,8 +227,9 @@ def _attribute(commands: list, shas: dict) -> list:
                 out.append(current)
                 current = None
         elif current is not None:
-            current["commands"].append({"cmd": _command_name(args, shas),
-                                        "bytes": _resp_size(args)})
+            current["commands"].append(
+                {"cmd": _command_name(args, shas), "bytes": _resp_size(args)}
+            )
     return out
 
 
@@ -231,26 +255,39 @@ def summarize(commands, shas, trials) -> dict:
     cycles = _cycles(attributed)
     # the state written at each release grows with the trials it knows (random search keeps
     # every trial in its registry): fit bytes = base + slope * release index
-    releases = [c["bytes"] for call in attributed if call["call"] == "lock_exit"
-                for c in call["commands"] if c["cmd"] == "EVALSHA lock_release"]
+    releases = [
+        c["bytes"]
+        for call in attributed
+        if call["call"] == "lock_exit"
+        for c in call["commands"]
+        if c["cmd"] == "EVALSHA lock_release"
+    ]
     n = len(releases)
     mean_x, mean_y = (n - 1) / 2, sum(releases) / n
-    slope = sum((i - mean_x) * (y - mean_y) for i, y in enumerate(releases)) / \
-        sum((i - mean_x) ** 2 for i in range(n))
+    slope = sum((i - mean_x) * (y - mean_y) for i, y in enumerate(releases)) / sum(
+        (i - mean_x) ** 2 for i in range(n)
+    )
     template = cycles[len(cycles) // 2]
     steps = []
     for call in template:
-        steps.append({"call": call["call"], "ms": round((call["t1"] - call["t0"]) * 1000, 2),
-                      "commands": [c["cmd"] for c in call["commands"]],
-                      "request_bytes": sum(c["bytes"] for c in call["commands"])})
+        steps.append(
+            {
+                "call": call["call"],
+                "ms": round((call["t1"] - call["t0"]) * 1000, 2),
+                "commands": [c["cmd"] for c in call["commands"]],
+                "request_bytes": sum(c["bytes"] for c in call["commands"]),
+            }
+        )
     per_trial = Counter(c for s in steps for c in s["commands"])
     return {
-        "how": ("benchmarks/record_hunt.py: a real `orion hunt` (1 worker, random search, "
-                f"2 uniform params, objective sleeping {OBJECTIVE_SLEEP} s, Oríon heartbeat "
-                f"{HEARTBEAT} s, {trials} trials) against a redis-server it starts; storage "
-                "calls logged by a sitecustomize wrapping orion_track_redis.Redis, Redis "
-                "commands by MONITOR, each command attributed to the call running when "
-                "Redis received it"),
+        "how": (
+            "benchmarks/record_hunt.py: a real `orion hunt` (1 worker, random search, "
+            f"2 uniform params, objective sleeping {OBJECTIVE_SLEEP} s, Oríon heartbeat "
+            f"{HEARTBEAT} s, {trials} trials) against a redis-server it starts; storage "
+            "calls logged by a sitecustomize wrapping orion_track_redis.Redis, Redis "
+            "commands by MONITOR, each command attributed to the call running when "
+            "Redis received it"
+        ),
         "orion_version": orion.core.__version__,
         "recorded_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "cycles_recorded": len(cycles),
@@ -258,8 +295,11 @@ def summarize(commands, shas, trials) -> dict:
         "trial_steps": steps,
         "commands_per_trial": dict(sorted(per_trial.items())),
         "request_bytes_per_trial": sum(s["request_bytes"] for s in steps),
-        "state_release_bytes": {"first": releases[0], "per_release": round(slope, 1),
-                                "releases": releases},
+        "state_release_bytes": {
+            "first": releases[0],
+            "per_release": round(slope, 1),
+            "releases": releases,
+        },
         "all_cycles": [[c["call"] for c in cycle] for cycle in cycles],
     }
 
@@ -269,9 +309,11 @@ def main(argv=None):
     result = record(trials)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"{len(result['trial_steps'])} storage calls, "
-          f"{sum(result['commands_per_trial'].values())} commands, "
-          f"{result['request_bytes_per_trial']} request bytes per trial -> {OUT}")
+    print(
+        f"{len(result['trial_steps'])} storage calls, "
+        f"{sum(result['commands_per_trial'].values())} commands, "
+        f"{result['request_bytes_per_trial']} request bytes per trial -> {OUT}"
+    )
     for step in result["trial_steps"]:
         print(f"  {step['call']:<24} {step['ms']:>8.2f} ms  {' '.join(step['commands'])}")
 

@@ -1,5 +1,6 @@
 """A run's results as Markdown tables and notes (printed, and written into docs/benchmarks.md by
 ``--docs``) and as plots."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,16 +13,23 @@ def render_table(res) -> str:
     lines = []
     hot = res["hot_path"]["rows"]
     procs = res["meta"]["config"]["procs"]
-    lines += ["### Hot-path calls: median latency (µs) and aggregate throughput (calls/s)", "",
-              "| call | procs | ours µs | bare µs | ours/bare | PickledDB µs | EphemeralDB µs | "
-              "ours calls/s | bare calls/s | ours/bare | PickledDB calls/s | ours/PickledDB |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "### Hot-path calls: median latency (µs) and aggregate throughput (calls/s)",
+        "",
+        "| call | procs | ours µs | bare µs | ours/bare | PickledDB µs | EphemeralDB µs | "
+        "ours calls/s | bare calls/s | ours/bare | PickledDB calls/s | ours/PickledDB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for op in OPS:
         for p in procs:
-            o, b = _find(hot, backend="redis", procs=p, op=op), _find(hot, backend="bare",
-                                                                      procs=p, op=op)
-            pk, e = _find(hot, backend="pickleddb", procs=p, op=op), _find(
-                hot, backend="ephemeraldb", procs=p, op=op)
+            o, b = (
+                _find(hot, backend="redis", procs=p, op=op),
+                _find(hot, backend="bare", procs=p, op=op),
+            )
+            pk, e = (
+                _find(hot, backend="pickleddb", procs=p, op=op),
+                _find(hot, backend="ephemeraldb", procs=p, op=op),
+            )
             g = lambda r, k: r and r[k]  # noqa: E731
             lines.append(
                 f"| {op} | {p} | {_fmt(g(o, 'median_us'))} | {_fmt(g(b, 'median_us'))} | "
@@ -30,57 +38,91 @@ def render_table(res) -> str:
                 f"{_fmt(g(o, 'throughput_per_s'))} | {_fmt(g(b, 'throughput_per_s'))} | "
                 f"{_fmt(_ratio(g(o, 'throughput_per_s'), g(b, 'throughput_per_s')))} | "
                 f"{_fmt(g(pk, 'throughput_per_s'))} | "
-                f"{_fmt(_ratio(g(o, 'throughput_per_s'), g(pk, 'throughput_per_s')))} |")
+                f"{_fmt(_ratio(g(o, 'throughput_per_s'), g(pk, 'throughput_per_s')))} |"
+            )
     fetch = res["fetch_trials"]["rows"]
-    lines += ["", "### fetch_trials (median ms; ratio vs Legacy+EphemeralDB of the same size)", "",
-              "| trials | backend | kind | changed | median ms | p99 ms | / EphemeralDB |",
-              "|---:|---|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "### fetch_trials (median ms; ratio vs Legacy+EphemeralDB of the same size)",
+        "",
+        "| trials | backend | kind | changed | median ms | p99 ms | / EphemeralDB |",
+        "|---:|---|---|---:|---:|---:|---:|",
+    ]
     for row in fetch:
         eph = _find(fetch, backend="ephemeraldb", trials=row["trials"], kind="cold")
-        lines.append(f"| {row['trials']} | {row['backend']} | {row['kind']} | {row['changed']} | "
-                     f"{_fmt(row['median_us'] / 1e3)} | {_fmt(row['p99_us'] / 1e3)} | "
-                     f"{_fmt(_ratio(row['median_us'], eph and eph['median_us']))} |")
+        lines.append(
+            f"| {row['trials']} | {row['backend']} | {row['kind']} | {row['changed']} | "
+            f"{_fmt(row['median_us'] / 1e3)} | {_fmt(row['p99_us'] / 1e3)} | "
+            f"{_fmt(_ratio(row['median_us'], eph and eph['median_us']))} |"
+        )
     growth = res["per_call_growth"]["rows"]
     sizes = sorted({r["trials"] for r in growth})
-    lines += ["", "### Per-call cost vs experiment size (median µs, ours)", "",
-              "| call | " + " | ".join(f"{n} trials" for n in sizes) +
-              f" | {sizes[-1]}/{sizes[0]} |", "|---|" + "---:|" * (len(sizes) + 1)]
+    lines += [
+        "",
+        "### Per-call cost vs experiment size (median µs, ours)",
+        "",
+        "| call | " + " | ".join(f"{n} trials" for n in sizes) + f" | {sizes[-1]}/{sizes[0]} |",
+        "|---|" + "---:|" * (len(sizes) + 1),
+    ]
     for op in dict.fromkeys(r["op"] for r in growth):
         vals = [_find(growth, op=op, trials=n)["median_us"] for n in sizes]
-        lines.append(f"| {op} | " + " | ".join(_fmt(v) for v in vals) +
-                     f" | {_fmt(_ratio(vals[-1], vals[0]))} |")
+        lines.append(
+            f"| {op} | "
+            + " | ".join(_fmt(v) for v in vals)
+            + f" | {_fmt(_ratio(vals[-1], vals[0]))} |"
+        )
     lock = res["lock_handoff"]
     h, ho = lock["handoff"], lock["handoff_to_other_process"]
-    lines += ["", f"### Algorithm lock hand-off ({lock['procs']} contending processes)", "",
-              "| holds | holds/s | hand-off median ms | p99 ms | to another process: median ms | "
-              "p99 ms | overlapping holds |", "|---:|---:|---:|---:|---:|---:|---:|",
-              f"| {lock['holds']} | {_fmt(lock['holds_per_s'])} | {_fmt(h['median_ms'], 3)} | "
-              f"{_fmt(h['p99_ms'], 3)} | {_fmt(ho['median_ms'], 3)} | {_fmt(ho['p99_ms'], 3)} | "
-              f"{lock['overlapping_holds']} |"]
+    lines += [
+        "",
+        f"### Algorithm lock hand-off ({lock['procs']} contending processes)",
+        "",
+        "| holds | holds/s | hand-off median ms | p99 ms | to another process: median ms | "
+        "p99 ms | overlapping holds |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {lock['holds']} | {_fmt(lock['holds_per_s'])} | {_fmt(h['median_ms'], 3)} | "
+        f"{_fmt(h['p99_ms'], 3)} | {_fmt(ho['median_ms'], 3)} | {_fmt(ho['p99_ms'], 3)} | "
+        f"{lock['overlapping_holds']} |",
+    ]
     mem = res["memory"]
-    lines += ["", "### Redis memory per typical trial (2 parameters, 1 result, completed)", "",
-              "| MEMORY USAGE (hash + index share) B | used_memory delta B | JSON document B |",
-              "|---:|---:|---:|",
-              f"| {_fmt(mem['bytes_per_trial'])} | {_fmt(mem['used_memory_delta_per_trial'])} | "
-              f"{mem['trial_json_bytes']} |"]
-    lines += ["", "### Server commands per call (INFO commandstats deltas)", "",
-              "| call | client→server commands | EVALSHA/EVAL | incl. inside scripts | "
-              "commandstats delta per call |", "|---|---:|---:|---:|---|"]
+    lines += [
+        "",
+        "### Redis memory per typical trial (2 parameters, 1 result, completed)",
+        "",
+        "| MEMORY USAGE (hash + index share) B | used_memory delta B | JSON document B |",
+        "|---:|---:|---:|",
+        f"| {_fmt(mem['bytes_per_trial'])} | {_fmt(mem['used_memory_delta_per_trial'])} | "
+        f"{mem['trial_json_bytes']} |",
+    ]
+    lines += [
+        "",
+        "### Server commands per call (INFO commandstats deltas)",
+        "",
+        "| call | client→server commands | EVALSHA/EVAL | incl. inside scripts | "
+        "commandstats delta per call |",
+        "|---|---:|---:|---:|---|",
+    ]
     for row in res["commands_per_call"]["rows"]:
-        per = ", ".join(f"{k} {v / row['calls']:.2g}" for k, v in
-                        sorted(row["commandstats_delta"].items(), key=lambda kv: -kv[1]))
-        lines.append(f"| {row['op']} | {_fmt(row['client_commands_per_call'])} | "
-                     f"{_fmt(row['script_calls_per_call'])} | "
-                     f"{_fmt(row['server_commands_per_call_incl_in_script'])} | {per} |")
+        per = ", ".join(
+            f"{k} {v / row['calls']:.2g}"
+            for k, v in sorted(row["commandstats_delta"].items(), key=lambda kv: -kv[1])
+        )
+        lines.append(
+            f"| {row['op']} | {_fmt(row['client_commands_per_call'])} | "
+            f"{_fmt(row['script_calls_per_call'])} | "
+            f"{_fmt(row['server_commands_per_call_incl_in_script'])} | {per} |"
+        )
     lines += _anatomy_table(res)
     lines += _fleet_table(res)
     lines += ["", "### Targets (issue 5, ratios from this run)", ""]
     for t in res["targets"]:
         verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
         op = {"<=": "≤", ">=": "≥", "==": "="}[t["op"]]
-        lines.append(f"- {t['name']} = {_fmt(t['value'])}{t['unit'] if t['unit'] != '×' else ''}"
-                     f" (target {op} {t['target']}{t['unit'] if t['unit'] != '×' else ''}) "
-                     f"**{verdict}**")
+        lines.append(
+            f"- {t['name']} = {_fmt(t['value'])}{t['unit'] if t['unit'] != '×' else ''}"
+            f" (target {op} {t['target']}{t['unit'] if t['unit'] != '×' else ''}) "
+            f"**{verdict}**"
+        )
     lines.append(_bound_note(res))
     lines.append(_reserve_ceiling_note(res))
     return "\n".join(lines)
@@ -91,98 +133,129 @@ def _reserve_ceiling_note(res):
     hot = res["hot_path"]["rows"]
     procs = res["meta"]["config"]["procs"]
     many = 8 if 8 in procs else max(procs)
-    bare, pick = _find(hot, backend="bare", procs=many, op="reserve_trial"), _find(
-        hot, backend="pickleddb", procs=many, op="reserve_trial")
+    bare, pick = (
+        _find(hot, backend="bare", procs=many, op="reserve_trial"),
+        _find(hot, backend="pickleddb", procs=many, op="reserve_trial"),
+    )
     ratio = _ratio(bare and bare["throughput_per_s"], pick and pick["throughput_per_s"])
-    return (f"\nNote: a *bare* EVALSHA of reserve_trial's shape reaches {_fmt(ratio)}× "
-            f"Legacy+PickledDB at {many} processes in this run: no Redis client can exceed that "
-            "ratio on this machine, so a reserve target above it is out of reach by measurement.")
+    return (
+        f"\nNote: a *bare* EVALSHA of reserve_trial's shape reaches {_fmt(ratio)}× "
+        f"Legacy+PickledDB at {many} processes in this run: no Redis client can exceed that "
+        "ratio on this machine, so a reserve target above it is out of reach by measurement."
+    )
 
 
 def _anatomy_table(res):
     an = res["lock_hold_anatomy"]
-    lines = ["", "### Lock-hold anatomy (one process; a trial = one produce + one observe, "
-             "each one algorithm-lock hold, except with batched observation ('redis'), where "
-             "the produce observes the previous trial and the observe takes no hold; medians "
-             "in ms)", "",
-             "| backend | trials in exp. | produce hold | observe hold | hold per trial | "
-             "storage | Oríon + algorithm | storage share | ceiling trials/s (1000/hold) | "
-             "state KiB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        "### Lock-hold anatomy (one process; a trial = one produce + one observe, "
+        "each one algorithm-lock hold, except with batched observation ('redis'), where "
+        "the produce observes the previous trial and the observe takes no hold; medians "
+        "in ms)",
+        "",
+        "| backend | trials in exp. | produce hold | observe hold | hold per trial | "
+        "storage | Oríon + algorithm | storage share | ceiling trials/s (1000/hold) | "
+        "state KiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in an["rows"]:
         pt = r["per_trial"]
-        lines.append(f"| {r['backend']} | {r['trials']} | {_fmt(r['produce']['hold_ms'])} | "
-                     f"{_fmt(r['observe']['hold_ms'])} | {_fmt(pt['hold_ms'])} | "
-                     f"{_fmt(pt['storage_ms'])} | {_fmt(pt['orion_ms'])} | "
-                     f"{pt['storage_ms'] / pt['hold_ms']:.0%} | "
-                     f"{_fmt(r['ceiling_trials_per_s'])} | {_fmt(r['state_bytes'] / 1024)} |")
+        lines.append(
+            f"| {r['backend']} | {r['trials']} | {_fmt(r['produce']['hold_ms'])} | "
+            f"{_fmt(r['observe']['hold_ms'])} | {_fmt(pt['hold_ms'])} | "
+            f"{_fmt(pt['storage_ms'])} | {_fmt(pt['orion_ms'])} | "
+            f"{pt['storage_ms'] / pt['hold_ms']:.0%} | "
+            f"{_fmt(r['ceiling_trials_per_s'])} | {_fmt(r['state_bytes'] / 1024)} |"
+        )
     return lines
 
 
 def _fleet_table(res):
     fleet = res["fleet"]
     p = fleet["pickleddb"]
-    lines = ["", "### End-to-end fleet (`orion hunt` processes, random search, trivial objective; "
-             f"same {_fmt(p['cap_s'])} s cap; rates over the same window W and the same first K "
-             "trials, each from its own launch)", "",
-             "| backend | workers | completed | seconds | W s | in W | trials/s in W | K | "
-             "s to first K | first-K trials/s | ratio (first K) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        "### End-to-end fleet (`orion hunt` processes, random search, trivial objective; "
+        f"same {_fmt(p['cap_s'])} s cap; rates over the same window W and the same first K "
+        "trials, each from its own launch)",
+        "",
+        "| backend | workers | completed | seconds | W s | in W | trials/s in W | K | "
+        "s to first K | first-K trials/s | ratio (first K) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for b in ("redis", "pickleddb"):
         f = fleet[b]
         capped = " (capped)" if f["capped"] else ""
-        lines.append(f"| {b} | {f['workers']} | {f['completed']}{capped}"
-                     f" | {_fmt(f['elapsed_s'])} | {_fmt(f['window_s'])} | "
-                     f"{f['completed_in_window']} | {_fmt(f['trials_per_s'])} | {f['first_k']} | "
-                     f"{_fmt(f['time_to_first_k_s'])} | {_fmt(f['first_k_trials_per_s'])} | "
-                     f"{_fmt(_ratio(f['first_k_trials_per_s'], p['first_k_trials_per_s']))} |")
+        lines.append(
+            f"| {b} | {f['workers']} | {f['completed']}{capped}"
+            f" | {_fmt(f['elapsed_s'])} | {_fmt(f['window_s'])} | "
+            f"{f['completed_in_window']} | {_fmt(f['trials_per_s'])} | {f['first_k']} | "
+            f"{_fmt(f['time_to_first_k_s'])} | {_fmt(f['first_k_trials_per_s'])} | "
+            f"{_fmt(_ratio(f['first_k_trials_per_s'], p['first_k_trials_per_s']))} |"
+        )
     if not fleet["profile"]:
         return lines
-    lines += ["", "Where one fleet worker's time goes (cProfile of the main thread; `wall` = "
-              "perf_counter, `cpu` = process_time of the hunt process, children excluded; "
-              "the fleet's first one or two workers run profiled; `hunt loop` = the share "
-              "within `Runner.run` only, without start-up, imports and building the experiment):",
-              "", "| profile | total s | storage | storage, hunt loop | objective subprocess | "
-              "sleep | imports | Oríon + rest | top storage calls |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [
+        "",
+        "Where one fleet worker's time goes (cProfile of the main thread; `wall` = "
+        "perf_counter, `cpu` = process_time of the hunt process, children excluded; "
+        "the fleet's first one or two workers run profiled; `hunt loop` = the share "
+        "within `Runner.run` only, without start-up, imports and building the experiment):",
+        "",
+        "| profile | total s | storage | storage, hunt loop | objective subprocess | "
+        "sleep | imports | Oríon + rest | top storage calls |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     rows = [(f"ours, {m}", p) for m, p in fleet["profile"].items()]
     rows += [(f"PickledDB, {m}", p) for m, p in fleet.get("profile_pickleddb", {}).items()]
     for mode, p in rows:
         t = p["total_s"] or 1.0
         loop = p.get("storage_share_hunt_loop")
-        top = ", ".join(f"{k} {v / t:.0%}" for k, v in list(p["top_storage_methods_s"].items())
-                        [:4])
-        lines.append(f"| {mode} | {_fmt(p['total_s'])} | {p['storage_s'] / t:.1%} | "
-                     f"{_pct(loop, 1)} | "
-                     f"{p['objective_subprocess_s'] / t:.1%} | {p['sleep_s'] / t:.1%} | "
-                     f"{p['imports_s'] / t:.1%} | {p['orion_and_other_s'] / t:.1%} | {top} |")
+        top = ", ".join(f"{k} {v / t:.0%}" for k, v in list(p["top_storage_methods_s"].items())[:4])
+        lines.append(
+            f"| {mode} | {_fmt(p['total_s'])} | {p['storage_s'] / t:.1%} | "
+            f"{_pct(loop, 1)} | "
+            f"{p['objective_subprocess_s'] / t:.1%} | {p['sleep_s'] / t:.1%} | "
+            f"{p['imports_s'] / t:.1%} | {p['orion_and_other_s'] / t:.1%} | {top} |"
+        )
     return lines
 
 
 def _bound_note(res):
     b = res["fleet_bound"]
     c, best = b["ceiling_trials_per_s"], b["best_ratio_any_storage"]
-    eph = _find(res["lock_hold_anatomy"]["rows"], backend="ephemeraldb",
-                trials=b["anatomy_trials"])["per_trial"]
+    eph = _find(
+        res["lock_hold_anatomy"]["rows"], backend="ephemeraldb", trials=b["anatomy_trials"]
+    )["per_trial"]
     ours_best = b.get("ours_ceiling_ratio")
-    verdict = ("out of reach for any storage running Oríon's own hold" +
-               (f", and for this backend's copy-free holds too (their ceiling is "
-                f"{_fmt(ours_best)}× PickledDB's fleet)" if ours_best and ours_best < 10 else
-                f"; this backend's copy-free holds lift its own ceiling to {_fmt(ours_best)}× "
-                "PickledDB's fleet") if best is not None and best < 10 else
-               "not shown out of reach by this run: its fleet is too small or short for the lock "
-               "to bind (start-up and each worker's own work dominate; see the fleets' share of "
-               "their ceilings at the end); the full run's 16-worker fleet is the test")
-    return (f"- note, not a target: the ≥ 10× fleet target is {verdict}. Each trial takes two "
-            f"algorithm-lock holds (produce, observe) and the lock serialises them; with "
-            f"zero-I/O Legacy+EphemeralDB at {b['anatomy_trials']} trials they take "
-            f"{_fmt(eph['hold_ms'])} ms, of which {_fmt(eph['storage_ms'])} ms in the storage and "
-            f"{_fmt(eph['orion_ms'])} ms in Oríon and the algorithm (set_state, suggest/observe, "
-            f"state_dict). So no fleet on Oríon's own hold can beat "
-            f"{_fmt(c['ephemeraldb'])} trials/s = "
-            f"**{_fmt(best)}× Legacy+PickledDB's fleet** over its first {b['first_k']} trials. "
-            f"(Lock ceilings: ours {_fmt(c['redis'])}, PickledDB {_fmt(c['pickleddb'])} "
-            f"trials/s; the fleets reached {_pct(b['ours_share_of_ceiling'])} and "
-            f"{_pct(b['pickleddb_share_of_ceiling'])} of them.)")
+    verdict = (
+        "out of reach for any storage running Oríon's own hold"
+        + (
+            f", and for this backend's copy-free holds too (their ceiling is "
+            f"{_fmt(ours_best)}× PickledDB's fleet)"
+            if ours_best and ours_best < 10
+            else f"; this backend's copy-free holds lift its own ceiling to {_fmt(ours_best)}× "
+            "PickledDB's fleet"
+        )
+        if best is not None and best < 10
+        else "not shown out of reach by this run: its fleet is too small or short for the lock "
+        "to bind (start-up and each worker's own work dominate; see the fleets' share of "
+        "their ceilings at the end); the full run's 16-worker fleet is the test"
+    )
+    return (
+        f"- note, not a target: the ≥ 10× fleet target is {verdict}. Each trial takes two "
+        f"algorithm-lock holds (produce, observe) and the lock serialises them; with "
+        f"zero-I/O Legacy+EphemeralDB at {b['anatomy_trials']} trials they take "
+        f"{_fmt(eph['hold_ms'])} ms, of which {_fmt(eph['storage_ms'])} ms in the storage and "
+        f"{_fmt(eph['orion_ms'])} ms in Oríon and the algorithm (set_state, suggest/observe, "
+        f"state_dict). So no fleet on Oríon's own hold can beat "
+        f"{_fmt(c['ephemeraldb'])} trials/s = "
+        f"**{_fmt(best)}× Legacy+PickledDB's fleet** over its first {b['first_k']} trials. "
+        f"(Lock ceilings: ours {_fmt(c['redis'])}, PickledDB {_fmt(c['pickleddb'])} "
+        f"trials/s; the fleets reached {_pct(b['ours_share_of_ceiling'])} and "
+        f"{_pct(b['pickleddb_share_of_ceiling'])} of them.)"
+    )
 
 
 def _pct(v, digits=0):
@@ -211,69 +284,137 @@ def plot(res, path):
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     hot = res["hot_path"]["rows"]
     procs = res["meta"]["config"]["procs"]
-    colors = {"redis": "tab:red", "bare": "tab:gray", "pickleddb": "tab:blue",
-              "ephemeraldb": "tab:green"}
-    labels = {"redis": "ours", "bare": "bare EVALSHA", "pickleddb": "Legacy+PickledDB",
-              "ephemeraldb": "Legacy+EphemeralDB"}
+    colors = {
+        "redis": "tab:red",
+        "bare": "tab:gray",
+        "pickleddb": "tab:blue",
+        "ephemeraldb": "tab:green",
+    }
+    labels = {
+        "redis": "ours",
+        "bare": "bare EVALSHA",
+        "pickleddb": "Legacy+PickledDB",
+        "ephemeraldb": "Legacy+EphemeralDB",
+    }
     ax = axes[0][0]
     width = 0.2
     for j, backend in enumerate(colors):
-        vals = [(_find(hot, backend=backend, procs=1, op=op) or {}).get("median_us") or 0
-                for op in OPS]
-        ax.bar([i + (j - 1.5) * width for i in range(len(OPS))], vals, width,
-               color=colors[backend], label=labels[backend])
+        vals = [
+            (_find(hot, backend=backend, procs=1, op=op) or {}).get("median_us") or 0 for op in OPS
+        ]
+        ax.bar(
+            [i + (j - 1.5) * width for i in range(len(OPS))],
+            vals,
+            width,
+            color=colors[backend],
+            label=labels[backend],
+        )
     ax.set_xticks(range(len(OPS)), [op.replace("_", "\n", 1) for op in OPS], fontsize=7)
     _label(ax, "Hot-path latency", None, "median latency, 1 process (µs)", yscale="log")
     ax = axes[0][1]
     for backend in ("redis", "bare", "pickleddb"):
         for op, style in zip(OPS, ("-", "--", ":", "-.", (0, (1, 3)))):
-            vals = [(_find(hot, backend=backend, procs=p, op=op) or {}).get("throughput_per_s")
-                    for p in procs]
-            ax.plot(procs, vals, linestyle=style, marker="o", markersize=3,
-                    color=colors[backend], label=f"{labels[backend]}" if op == OPS[0] else None)
+            vals = [
+                (_find(hot, backend=backend, procs=p, op=op) or {}).get("throughput_per_s")
+                for p in procs
+            ]
+            ax.plot(
+                procs,
+                vals,
+                linestyle=style,
+                marker="o",
+                markersize=3,
+                color=colors[backend],
+                label=f"{labels[backend]}" if op == OPS[0] else None,
+            )
     ax.set_xscale("log", base=2)
     _label(ax, "Throughput (line style = call)", "processes", "aggregate calls/s", yscale="log")
     ax = axes[0][2]
     fetch = res["fetch_trials"]["rows"]
-    for backend, kind, style in (("redis", "cold", "o-"), ("redis", "repeated, 1% changed", "s-"),
-                                 ("redis", "repeated, unchanged", "^:"),
-                                 ("ephemeraldb", "cold", "o--")):
-        pts = sorted((r["trials"], r["median_us"] / 1e3) for r in fetch
-                     if r["backend"] == backend and r["kind"] == kind)
+    for backend, kind, style in (
+        ("redis", "cold", "o-"),
+        ("redis", "repeated, 1% changed", "s-"),
+        ("redis", "repeated, unchanged", "^:"),
+        ("ephemeraldb", "cold", "o--"),
+    ):
+        pts = sorted(
+            (r["trials"], r["median_us"] / 1e3)
+            for r in fetch
+            if r["backend"] == backend and r["kind"] == kind
+        )
         if pts:
             ax.plot(*zip(*pts), style, color=colors[backend], label=f"{labels[backend]} {kind}")
-    _label(ax, "fetch_trials", "trials in the experiment", "fetch_trials median (ms)",
-           xscale="log", yscale="log")
+    _label(
+        ax,
+        "fetch_trials",
+        "trials in the experiment",
+        "fetch_trials median (ms)",
+        xscale="log",
+        yscale="log",
+    )
     ax = axes[1][0]
     growth = res["per_call_growth"]["rows"]
     for op in dict.fromkeys(r["op"] for r in growth):
         pts = sorted((r["trials"], r["median_us"]) for r in growth if r["op"] == op)
         ax.plot(*zip(*pts), "o-", label=op)
-    _label(ax, "Per-call cost vs experiment size", "trials in the experiment",
-           "median µs per call", xscale="log", yscale="log")
+    _label(
+        ax,
+        "Per-call cost vs experiment size",
+        "trials in the experiment",
+        "median µs per call",
+        xscale="log",
+        yscale="log",
+    )
     ax = axes[1][1]
     samples = res["lock_handoff"]["handoff_samples_ms"]
     if samples:
         ax.hist(samples, bins=60, color="tab:red")
     ax.axvline(5.0, color="black", linestyle="--", label="target median 5 ms")
-    _label(ax, f"Algorithm-lock hand-off, {res['lock_handoff']['procs']} processes",
-           "hand-off delay (ms)", "count")
+    _label(
+        ax,
+        f"Algorithm-lock hand-off, {res['lock_handoff']['procs']} processes",
+        "hand-off delay (ms)",
+        "count",
+    )
     ax = axes[1][2]
     fleet, bound = res["fleet"], res["fleet_bound"]
-    ax.bar(["ours", "Legacy+PickledDB"], [fleet["redis"]["first_k_trials_per_s"] or 0,
-                                          fleet["pickleddb"]["first_k_trials_per_s"] or 0],
-           color=[colors["redis"], colors["pickleddb"]])
-    ax.axhline(bound["ceiling_trials_per_s"]["ephemeraldb"], color="black", linestyle="--",
-               label=f"lock ceiling, zero-I/O storage ({bound['anatomy_trials']} trials)")
-    _label(ax, f"Fleet of {fleet['redis']['workers']} `orion hunt` workers", None,
-           f"trials/s over the first {fleet['redis']['first_k']} trials", loc="lower right")
+    ax.bar(
+        ["ours", "Legacy+PickledDB"],
+        [
+            fleet["redis"]["first_k_trials_per_s"] or 0,
+            fleet["pickleddb"]["first_k_trials_per_s"] or 0,
+        ],
+        color=[colors["redis"], colors["pickleddb"]],
+    )
+    ax.axhline(
+        bound["ceiling_trials_per_s"]["ephemeraldb"],
+        color="black",
+        linestyle="--",
+        label=f"lock ceiling, zero-I/O storage ({bound['anatomy_trials']} trials)",
+    )
+    _label(
+        ax,
+        f"Fleet of {fleet['redis']['workers']} `orion hunt` workers",
+        None,
+        f"trials/s over the first {fleet['redis']['first_k']} trials",
+        loc="lower right",
+    )
     cpu = fleet["profile"].get("cpu")
     if cpu:
-        ax.text(0.98, 0.95, f"storage = {cpu['storage_share']:.1%} of a worker's CPU",
-                transform=ax.transAxes, ha="right", va="top", fontsize=8)
-    fig.suptitle(f"orion-track-redis benchmarks ({res['meta']['mode']} run, "
-                 f"{res['meta']['machine']['nproc']} CPUs, Redis "
-                 f"{res['meta']['redis']['version']})")
+        ax.text(
+            0.98,
+            0.95,
+            f"storage = {cpu['storage_share']:.1%} of a worker's CPU",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=8,
+        )
+    fig.suptitle(
+        f"orion-track-redis benchmarks ({res['meta']['mode']} run, "
+        f"{res['meta']['machine']['nproc']} CPUs, Redis "
+        f"{res['meta']['redis']['version']})"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=72)
     plt.close(fig)
@@ -288,14 +429,24 @@ def write_docs(res, table, png):
     shutil.copy(png, DOCS / "benchmarks.png")
     meta = res["meta"]
     m, r = meta["machine"], meta["redis"]
-    body = "\n".join([
-        DOCS_BEGIN, "",
-        f"Run: `{meta['command']}` on {meta['started_utc']} UTC, {meta['duration_s'] / 60:.1f} min.",
-        "",
-        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB RAM, {m['platform']}, "
-        f"Python {m['python']}; redis-server {r['version']} ({r['binary']}, AOF everysec, "
-        f"loopback TCP); " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
-        "", table, "", "![benchmark plots](benchmarks.png)", "", DOCS_END])
+    body = "\n".join(
+        [
+            DOCS_BEGIN,
+            "",
+            f"Run: `{meta['command']}` on {meta['started_utc']} UTC, "
+            f"{meta['duration_s'] / 60:.1f} min.",
+            "",
+            f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB RAM, {m['platform']}, "
+            f"Python {m['python']}; redis-server {r['version']} ({r['binary']}, AOF everysec, "
+            f"loopback TCP); " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
+            "",
+            table,
+            "",
+            "![benchmark plots](benchmarks.png)",
+            "",
+            DOCS_END,
+        ]
+    )
     path = DOCS / "benchmarks.md"
     text = path.read_text() if path.exists() else f"# Benchmarks\n\n{DOCS_BEGIN}\n{DOCS_END}\n"
     if DOCS_BEGIN in text and DOCS_END in text:

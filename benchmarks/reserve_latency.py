@@ -5,6 +5,7 @@ Starts its own redis-server on a free loopback port, measures side by side in on
 a table and writes benchmarks/results/reserve_latency.json.
 Usage: python benchmarks/reserve_latency.py [N_TRIALS]
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,12 @@ def _timed(fn, n):
 
 
 def _row(name, samples):
-    return {"call": name, "n": len(samples), "median_us": statistics.median(samples) * 1e6,
-            "p99_us": sorted(samples)[int(len(samples) * 0.99) - 1] * 1e6}
+    return {
+        "call": name,
+        "n": len(samples),
+        "median_us": statistics.median(samples) * 1e6,
+        "p99_us": sorted(samples)[int(len(samples) * 0.99) - 1] * 1e6,
+    }
 
 
 def main(n=2000):
@@ -63,9 +68,16 @@ def main(n=2000):
         storage.create_experiment(config)
         exp_id = config["_id"]
         for i in range(n):
-            storage.register_trial(Trial(experiment=exp_id, status="new", params=[
-                {"name": "/x", "type": "real", "value": float(i)},
-                {"name": "/y", "type": "integer", "value": i}]))
+            storage.register_trial(
+                Trial(
+                    experiment=exp_id,
+                    status="new",
+                    params=[
+                        {"name": "/x", "type": "real", "value": float(i)},
+                        {"name": "/y", "type": "integer", "value": i},
+                    ],
+                )
+            )
         client = storage.client
         for i in range(n):  # a copy of the trials for the bare script to move around
             client.zadd("bare:new", {f"t{i}": i})
@@ -79,16 +91,29 @@ def main(n=2000):
         ]
         trials = storage.fetch_trials_by_status(_Exp(exp_id), "reserved")[: n // 2]
         it = iter(trials)
-        rows.append(_row("update_heartbeat", _timed(lambda: storage.update_heartbeat(next(it)), len(trials))))
+        rows.append(
+            _row(
+                "update_heartbeat", _timed(lambda: storage.update_heartbeat(next(it)), len(trials))
+            )
+        )
         it = iter(trials)
-        rows.append(_row("set_trial_status", _timed(
-            lambda: storage.set_trial_status(next(it), "completed", was="reserved"), len(trials))))
+        rows.append(
+            _row(
+                "set_trial_status",
+                _timed(
+                    lambda: storage.set_trial_status(next(it), "completed", was="reserved"),
+                    len(trials),
+                ),
+            )
+        )
         base = rows[0]["median_us"]
         print(f"{'call':28} {'n':>6} {'median µs':>10} {'p99 µs':>9} {'× bare':>7}")
         for row in rows:
             row["ratio_vs_bare"] = row["median_us"] / base
-            print(f"{row['call']:28} {row['n']:6d} {row['median_us']:10.1f} {row['p99_us']:9.1f} "
-                  f"{row['ratio_vs_bare']:7.2f}")
+            print(
+                f"{row['call']:28} {row['n']:6d} {row['median_us']:10.1f} {row['p99_us']:9.1f} "
+                f"{row['ratio_vs_bare']:7.2f}"
+            )
         out = Path(__file__).parent / "results"
         out.mkdir(exist_ok=True)
         (out / "reserve_latency.json").write_text(json.dumps(rows, indent=2))

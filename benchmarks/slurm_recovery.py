@@ -91,8 +91,10 @@ def main(argv=None) -> int:
                     work = Path(tmp) / f"{proctrack}-{'ours' if ours else 'orion'}"
                     rows += one_run(server, work, proctrack, ours, args)
                     print(table(rows[-5:]), flush=True)
-    print(f"\nlease={args.lease:g} s, KillWait={args.kill_wait} s, objective {args.seconds:g} s; "
-          "'-': not within the run (the task never left, or the trial stayed reserved)\n")
+    print(
+        f"\nlease={args.lease:g} s, KillWait={args.kill_wait} s, objective {args.seconds:g} s; "
+        "'-': not within the run (the task never left, or the trial stayed reserved)\n"
+    )
     print(table(rows))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))

@@ -26,10 +26,12 @@ in both phases (registries of trials, RNG state).
 Usage: python benchmarks/state_bytes.py [--sizes 500,2000] [--window 20]
 Writes benchmarks/results/state_bytes.json.
 """
+
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import pickle
@@ -106,13 +108,17 @@ def _best(fn, repeat: int = 5):
 def _codecs() -> dict:
     """name -> (compress, decompress) of bytes."""
     zstd_dec = zstandard.ZstdDecompressor()
-    out = {f"zlib-{lvl}": (lambda b, lvl=lvl: zlib.compress(b, lvl), zlib.decompress)
-           for lvl in (1, 3, 6)}
+    out = {
+        f"zlib-{lvl}": (lambda b, lvl=lvl: zlib.compress(b, lvl), zlib.decompress)
+        for lvl in (1, 3, 6)
+    }
     for lvl in (1, 3):
         out[f"zstd-{lvl}"] = (zstandard.ZstdCompressor(level=lvl).compress, zstd_dec.decompress)
     header = statecodec.ZMAGIC + b"\x02"
     out["statecodec (zstd-3, window = state)"] = (
-        lambda b: statecodec._compress(b)[1], lambda z: statecodec._inflate(header, z))
+        lambda b: statecodec._compress(b)[1],
+        lambda z: statecodec._inflate(header, z),
+    )
     try:
         import lz4.frame
     except ImportError:
@@ -127,13 +133,22 @@ def codec_rows(name: str, size: int, state: dict) -> list[dict]:
     load_s, _ = _best(lambda: datapickle.loads(body))
     rows = []
     for codec, (compress, decompress) in _codecs().items():
-        comp_s, frame = _best(lambda: compress(body))
-        dec_s, back = _best(lambda: decompress(frame))
+        comp_s, frame = _best(functools.partial(compress, body))
+        dec_s, back = _best(functools.partial(decompress, frame))
         assert back == body, codec
-        rows.append({"algorithm": name, "trials": size, "codec": codec, "body_bytes": len(body),
-                     "stored_bytes": len(frame), "ratio": len(body) / len(frame),
-                     "compress_ms": comp_s * 1e3, "decompress_ms": dec_s * 1e3,
-                     "unpickle_ms": load_s * 1e3})
+        rows.append(
+            {
+                "algorithm": name,
+                "trials": size,
+                "codec": codec,
+                "body_bytes": len(body),
+                "stored_bytes": len(frame),
+                "ratio": len(body) / len(frame),
+                "compress_ms": comp_s * 1e3,
+                "decompress_ms": dec_s * 1e3,
+                "unpickle_ms": load_s * 1e3,
+            }
+        )
     return rows
 
 
@@ -145,17 +160,25 @@ def hold_rows(name: str, size: int, state: dict) -> list[dict]:
         after = statecodec.dump_state(state, secret)
         assert before[:5] == statecodec.MAGIC and after[:5] == statecodec.ZMAGIC
         assert pickle.dumps(statecodec.load_state(after, secret), 5) == pickle.dumps(
-            statecodec.load_state(before, secret), 5)
-        dump_s, _ = _best(lambda: statecodec.dump_state(state, secret))
-        load_s, _ = _best(lambda: statecodec.load_state(after, secret))
+            statecodec.load_state(before, secret), 5
+        )
+        dump_s, _ = _best(functools.partial(statecodec.dump_state, state, secret))
+        load_s, _ = _best(functools.partial(statecodec.load_state, after, secret))
         with uncompressed():
-            dump0_s, _ = _best(lambda: statecodec.dump_state(state, secret))
-        load0_s, _ = _best(lambda: statecodec.load_state(before, secret))
-        rows.append({"algorithm": name, "trials": size, "form": "signed" if secret else "data-only",
-                     "uncompressed_bytes": len(before), "compressed_bytes": len(after),
-                     "ratio": len(after) / len(before),
-                     "dump_ms": [dump0_s * 1e3, dump_s * 1e3],
-                     "load_ms": [load0_s * 1e3, load_s * 1e3]})
+            dump0_s, _ = _best(functools.partial(statecodec.dump_state, state, secret))
+        load0_s, _ = _best(functools.partial(statecodec.load_state, before, secret))
+        rows.append(
+            {
+                "algorithm": name,
+                "trials": size,
+                "form": "signed" if secret else "data-only",
+                "uncompressed_bytes": len(before),
+                "compressed_bytes": len(after),
+                "ratio": len(after) / len(before),
+                "dump_ms": [dump0_s * 1e3, dump_s * 1e3],
+                "load_ms": [load0_s * 1e3, load_s * 1e3],
+            }
+        )
     return rows
 
 
@@ -173,8 +196,13 @@ def aof_row(server, name: str, size: int, window: int, compress: bool) -> dict:
     algorithm, space = algorithms(size, window)[name]
     tag = f"{name}-{size}-{'zstd' if compress else 'plain'}"
     storage = Redis(uri=server.url, prefix=f"bytes-{tag}")
-    client = build_experiment(f"bytes-{tag}", space=space, algorithm=algorithm,
-                              max_trials=10 * (size + window), storage=storage)
+    client = build_experiment(
+        f"bytes-{tag}",
+        space=space,
+        algorithm=algorithm,
+        max_trials=10 * (size + window),
+        storage=storage,
+    )
     with contextlib.nullcontext() if compress else uncompressed():
         if fill(client, size)[1] != size:
             raise RuntimeError(f"{name} stopped suggesting before {size} trials")
@@ -186,35 +214,51 @@ def aof_row(server, name: str, size: int, window: int, compress: bool) -> dict:
             client.observe(trial, _objective(trial.params))
         grown = _aof_size(redis_client) - start
         state_bytes = redis_client.hstrlen(lock_key, "state")
-    return {"algorithm": name, "trials": size, "compressed": compress, "window": window,
-            "aof_bytes_per_trial": grown / window, "stored_state_bytes": state_bytes}
+    return {
+        "algorithm": name,
+        "trials": size,
+        "compressed": compress,
+        "window": window,
+        "aof_bytes_per_trial": grown / window,
+        "stored_state_bytes": state_bytes,
+    }
 
 
 def _print_codecs(rows):
     print("\n1. codecs on data-only state bodies (best of 5; ms)")
-    print(f"{'algorithm':9} {'trials':>6} {'codec':36} {'body':>9} {'stored':>8} {'ratio':>6} "
-          f"{'comp':>6} {'dec':>6} {'unpickle':>8}")
+    print(
+        f"{'algorithm':9} {'trials':>6} {'codec':36} {'body':>9} {'stored':>8} {'ratio':>6} "
+        f"{'comp':>6} {'dec':>6} {'unpickle':>8}"
+    )
     for r in rows:
-        print(f"{r['algorithm']:9} {r['trials']:6d} {r['codec']:36} {r['body_bytes']:9d} "
-              f"{r['stored_bytes']:8d} {r['ratio']:6.2f} {r['compress_ms']:6.2f} "
-              f"{r['decompress_ms']:6.2f} {r['unpickle_ms']:8.2f}")
+        print(
+            f"{r['algorithm']:9} {r['trials']:6d} {r['codec']:36} {r['body_bytes']:9d} "
+            f"{r['stored_bytes']:8d} {r['ratio']:6.2f} {r['compress_ms']:6.2f} "
+            f"{r['decompress_ms']:6.2f} {r['unpickle_ms']:8.2f}"
+        )
 
 
 def _print_holds(rows):
     print("\n2. state bytes per hold (what dump_state stores; dump/load ms uncompressed -> zstd)")
-    print(f"{'algorithm':9} {'trials':>6} {'form':9} {'uncompressed':>12} {'zstd':>8} "
-          f"{'x':>6} {'dump ms':>13} {'load ms':>13}")
+    print(
+        f"{'algorithm':9} {'trials':>6} {'form':9} {'uncompressed':>12} {'zstd':>8} "
+        f"{'x':>6} {'dump ms':>13} {'load ms':>13}"
+    )
     for r in rows:
-        print(f"{r['algorithm']:9} {r['trials']:6d} {r['form']:9} {r['uncompressed_bytes']:12d} "
-              f"{r['compressed_bytes']:8d} {r['ratio']:6.3f} "
-              f"{r['dump_ms'][0]:6.2f}>{r['dump_ms'][1]:6.2f} "
-              f"{r['load_ms'][0]:6.2f}>{r['load_ms'][1]:6.2f}")
+        print(
+            f"{r['algorithm']:9} {r['trials']:6d} {r['form']:9} {r['uncompressed_bytes']:12d} "
+            f"{r['compressed_bytes']:8d} {r['ratio']:6.3f} "
+            f"{r['dump_ms'][0]:6.2f}>{r['dump_ms'][1]:6.2f} "
+            f"{r['load_ms'][0]:6.2f}>{r['load_ms'][1]:6.2f}"
+        )
 
 
 def _print_aof(rows):
     print(f"\n3. AOF bytes per trial (redis-server, appendonly yes; target zstd <= {TARGET}x)")
-    print(f"{'algorithm':9} {'trials':>6} {'uncompressed':>12} {'zstd':>9} {'x':>6} "
-          f"{'stored state':>17} {'':4}")
+    print(
+        f"{'algorithm':9} {'trials':>6} {'uncompressed':>12} {'zstd':>9} {'x':>6} "
+        f"{'stored state':>17} {'':4}"
+    )
     pairs = {}
     for r in rows:
         pairs.setdefault((r["algorithm"], r["trials"]), {})[r["compressed"]] = r
@@ -224,10 +268,12 @@ def _print_aof(rows):
         ratio = zstd["aof_bytes_per_trial"] / plain["aof_bytes_per_trial"]
         ok = ratio <= TARGET
         verdicts.append({"algorithm": name, "trials": size, "ratio": ratio, "pass": ok})
-        print(f"{name:9} {size:6d} {plain['aof_bytes_per_trial']:12.0f} "
-              f"{zstd['aof_bytes_per_trial']:9.0f} {ratio:6.3f} "
-              f"{plain['stored_state_bytes']:8d}>{zstd['stored_state_bytes']:8d} "
-              f"{'PASS' if ok else 'FAIL'}")
+        print(
+            f"{name:9} {size:6d} {plain['aof_bytes_per_trial']:12.0f} "
+            f"{zstd['aof_bytes_per_trial']:9.0f} {ratio:6.3f} "
+            f"{plain['stored_state_bytes']:8d}>{zstd['stored_state_bytes']:8d} "
+            f"{'PASS' if ok else 'FAIL'}"
+        )
     return verdicts
 
 
@@ -242,15 +288,22 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore")
 
     codecs, holds, aof = [], [], []
-    with tempfile.TemporaryDirectory(prefix="state-bytes-") as tmp, RedisServer(
-            Path(tmp) / "redis", appendonly=True,
-            extra_args=["--auto-aof-rewrite-percentage", "0"]) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="state-bytes-") as tmp,
+        RedisServer(
+            Path(tmp) / "redis", appendonly=True, extra_args=["--auto-aof-rewrite-percentage", "0"]
+        ) as server,
+    ):
         for size in sizes:
             for name, (algorithm, space) in algorithms(size, args.window).items():
                 storage = Redis(uri=server.url, prefix=f"states-{name}-{size}")
-                client = build_experiment(f"states-{name}-{size}", space=space,
-                                          algorithm=algorithm, max_trials=10 * size,
-                                          storage=storage)
+                client = build_experiment(
+                    f"states-{name}-{size}",
+                    space=space,
+                    algorithm=algorithm,
+                    max_trials=10 * size,
+                    storage=storage,
+                )
                 state, done = fill(client, size)
                 if any(r["algorithm"] == name and r["trials"] == done for r in holds):
                     continue  # ASHA's brackets ended at the same size again
@@ -265,12 +318,20 @@ def main(argv=None) -> int:
     _print_holds(holds)
     verdicts = _print_aof(aof)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"python": platform.python_version(), "redis_server": version,
-            "zstandard": zstandard.__version__, "window": args.window, "sizes": sizes,
-            "note": "shared machine: compare ratios within this run"}
-    (args.out / "state_bytes.json").write_text(json.dumps(
-        {"meta": meta, "codecs": codecs, "holds": holds, "aof": aof, "targets": verdicts},
-        indent=2))
+    meta = {
+        "python": platform.python_version(),
+        "redis_server": version,
+        "zstandard": zstandard.__version__,
+        "window": args.window,
+        "sizes": sizes,
+        "note": "shared machine: compare ratios within this run",
+    }
+    (args.out / "state_bytes.json").write_text(
+        json.dumps(
+            {"meta": meta, "codecs": codecs, "holds": holds, "aof": aof, "targets": verdicts},
+            indent=2,
+        )
+    )
     print(f"\nwrote {args.out / 'state_bytes.json'}")
     return 0 if all(v["pass"] for v in verdicts) else 1
 

@@ -123,7 +123,7 @@ def _patch_experiment():
             yield algo
 
     acquire_algorithm_lock.__doc__ = oriones_hold.__doc__
-    acquire_algorithm_lock.__wrapped_by_orion_track_redis__ = oriones_hold
+    acquire_algorithm_lock.__wrapped_by_orion_track_redis__ = oriones_hold  # type: ignore[attr-defined]
     Experiment.acquire_algorithm_lock = acquire_algorithm_lock
 
 

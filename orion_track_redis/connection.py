@@ -7,12 +7,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 import redis
 
 from .errors import ConfigurationError, ConnectionFailed
 from .keys import glob_escape
 from .options import CLUSTER, RETRY_OPTIONS, SENTINEL, SENTINEL_OPTIONS, Options
+
+if TYPE_CHECKING:  # _sentinel_connection_classes' mixin calls up to a Sentinel connection
+    from redis.sentinel import SentinelManagedConnection as _SentinelBase
+else:
+    _SentinelBase = object
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +77,7 @@ def _sentinel_connection_classes():
     replica a script fails at its first write, so it changed nothing."""
     from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 
-    class _Mixin:
+    class _Mixin(_SentinelBase):
         # redis-py 8 reconnects a dropped connection inside send_packed_command through
         # connect_check_health(), which reuses the last host/port instead of asking the
         # sentinels (only connect() does): after a failover every retry went back to the old

@@ -63,6 +63,7 @@ class _Rebuilder:
 
     __slots__ = ()
     __module__ = __name__
+    NAME: str  # set by each subclass
 
     def __reduce__(self):
         return self.NAME  # pickled by name: ``orion_track_redis.datapickle.<NAME>``
@@ -158,7 +159,7 @@ def _reduce_instance(obj, cls, code):
     reduced = obj.__reduce_ex__(PROTOCOL)
     if (
         not isinstance(reduced, tuple)
-        or reduced[0] is not copyreg.__newobj__
+        or reduced[0] is not copyreg.__newobj__  # type: ignore[attr-defined]  # not in typeshed
         or reduced[1][0] is not cls
     ):
         raise Unsupported(f"{cls.__qualname__} with a custom reduce")

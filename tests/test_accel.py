@@ -15,22 +15,20 @@ back its adopted, already-changed state after a failure, and a copy inside the a
 dropped in the accelerated world only (a registry keeping the caller's trial), each make it
 report a difference.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import logging
-import pickle
-
-import numpy as np
 import random
 import uuid
 import warnings
 
-import pytest
-
+import numpy as np
 import orion.algo.hebo  # noqa: F401 - registers HEBO in the algorithm factory
 import orion.algo.pbt.pbt  # noqa: F401 - registers PBT in the algorithm factory
+import pytest
 from orion.client import build_experiment
 from orion.core.utils.exceptions import (
     BrokenExperiment,
@@ -40,10 +38,11 @@ from orion.core.utils.exceptions import (
 )
 from orion.core.worker.experiment import Experiment
 from orion.core.worker.trial import Trial
+
+from helpers import FIDELITY_SPACE, FLAT_SPACE, REAL_SPACE, hunt_config
 from orion_track_redis import accel
 from orion_track_redis.lock import LockClient
 from orion_track_redis.statecodec import dump_state
-from helpers import FIDELITY_SPACE, FLAT_SPACE, REAL_SPACE, hunt_config
 
 SECRET = "accel-test-secret"  # MOFA's state holds scipy objects: signed states only
 # name -> (algorithm config, space, steps)
@@ -54,8 +53,11 @@ ALGORITHMS = {
     "hyperband": ({"hyperband": {"seed": 1}}, FIDELITY_SPACE, 40),
     "tpe": ({"tpe": {"seed": 1, "n_initial_points": 4}}, FIDELITY_SPACE, 30),
     "EvolutionES": ({"EvolutionES": {"seed": 1}}, FIDELITY_SPACE, 40),
-    "pbt": ({"pbt": {"seed": 1, "population_size": 5, "generations": 4, "fork_timeout": 0.05}},
-            FIDELITY_SPACE, 30),
+    "pbt": (
+        {"pbt": {"seed": 1, "population_size": 5, "generations": 4, "fork_timeout": 0.05}},
+        FIDELITY_SPACE,
+        30,
+    ),
     "mofa": ({"mofa": {"seed": 1, "n_levels": 2, "strength": 1}}, REAL_SPACE, 3),
 }
 OPTIONAL = {
@@ -73,14 +75,25 @@ _TIMES = ("submit_time", "start_time", "end_time", "heartbeat")
 class World:
     """One experiment on its own in-process Redis, worked by two clients ("workers")."""
 
-    def __init__(self, name, algorithm, space, accelerate, batch=False, workers=2,
-                 max_trials=200):
+    def __init__(self, name, algorithm, space, accelerate, batch=False, workers=2, max_trials=200):
         self.uri = f"fakeredis://accel-{uuid.uuid4().hex[:8]}"
-        storage = {"type": "redis", "uri": self.uri, "accelerate": accelerate,
-                   "batch_observe": batch, "state_secret": SECRET}
-        self.workers = [build_experiment(f"accel-{name}", space=space, algorithm=algorithm,
-                                         max_trials=max_trials, storage=dict(storage))
-                        for _ in range(workers)]
+        storage = {
+            "type": "redis",
+            "uri": self.uri,
+            "accelerate": accelerate,
+            "batch_observe": batch,
+            "state_secret": SECRET,
+        }
+        self.workers = [
+            build_experiment(
+                f"accel-{name}",
+                space=space,
+                algorithm=algorithm,
+                max_trials=max_trials,
+                storage=dict(storage),
+            )
+            for _ in range(workers)
+        ]
         self.accelerate = accelerate
         self.storage = self.workers[0]._experiment._storage
         assert self.storage.accelerated_holds is accelerate
@@ -139,8 +152,9 @@ class World:
         """(worker, its algorithm's state) for each worker whose resident algorithm is at the
         stored state (statedelta: it will not read that state again)."""
         exp = self.workers[0]._experiment
-        epoch, version = self.storage.client.hmget(self.storage._ek(exp.id).lock,
-                                                   "epoch", "version")
+        epoch, version = self.storage.client.hmget(
+            self.storage._ek(exp.id).lock, "epoch", "version"
+        )
         token = f"{(epoch or b'').decode()}:{int(version or 0)}"
         for worker, client in enumerate(self.workers):
             algorithm = client._experiment.algorithm
@@ -193,8 +207,9 @@ def schedule(seed: int, steps: int):
     return [(rng.randrange(2), rng.choice(actions)) for _ in range(steps)]
 
 
-def compare_worlds(name, algorithm, space, steps, seed=7, refusals=REFUSALS, workers=2,
-                   steps_of=None):
+def compare_worlds(
+    name, algorithm, space, steps, seed=7, refusals=REFUSALS, workers=2, steps_of=None
+):
     """Run both worlds in lockstep (``workers`` each, actions from ``steps_of(seed, steps)``,
     by default :func:`schedule`); returns the first difference, or None."""
     quiet = logging.root.manager.disable
@@ -260,15 +275,19 @@ def counted_differently(algorithm) -> str | None:
             for threshold in (count, count + 1):
                 with _attribute(node, "max_trials", threshold):
                     if completed(node) != completed.__wrapped_by_orion_track_redis__(node):
-                        return f"the completed count of {type(node).__name__} differs " \
-                               "from Oríon's count"
+                        return (
+                            f"the completed count of {type(node).__name__} differs "
+                            "from Oríon's count"
+                        )
         if tracked and node.fidelity_index is not None:
             count = algocounts._count(node, "top")
             for threshold in (count, count + 1):
                 with _attribute(Space, "cardinality", property(lambda _, t=threshold: t)):
                     if all_values(node) != all_values.__wrapped_by_orion_track_redis__(node):
-                        return f"the max-fidelity count of {type(node).__name__} differs " \
-                               "from Oríon's count"
+                        return (
+                            f"the max-fidelity count of {type(node).__name__} differs "
+                            "from Oríon's count"
+                        )
         node = node.algorithm if isinstance(node, AlgoWrapper) else None
     return None
 
@@ -372,12 +391,15 @@ def test_unaccelerated_storages_and_other_backends_run_orions_code(monkeypatch):
     path; the accelerated one does."""
     calls = []
     real = accel._backend_hold
-    monkeypatch.setattr(accel, "_backend_hold",
-                        lambda *a: calls.append(a[0]._storage) or real(*a))
+    monkeypatch.setattr(accel, "_backend_hold", lambda *a: calls.append(a[0]._storage) or real(*a))
 
     def one_trial(storage):
-        client = build_experiment(f"scope-{uuid.uuid4().hex[:6]}", space=REAL_SPACE,
-                                  algorithm={"random": {"seed": 1}}, storage=storage)
+        client = build_experiment(
+            f"scope-{uuid.uuid4().hex[:6]}",
+            space=REAL_SPACE,
+            algorithm={"random": {"seed": 1}},
+            storage=storage,
+        )
         trial = client.suggest()
         client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
         return client._experiment._storage
@@ -397,12 +419,13 @@ def test_off_on_an_unverified_orion(monkeypatch, caplog):
     monkeypatch.setattr(accel, "VERIFIED_ORION", ("0.0.1",))
     with caplog.at_level(logging.WARNING, logger="orion_track_redis.accel"):
         assert accel.install() is False
-    assert [r.getMessage() for r in caplog.records
-            if "accelerator off" in r.getMessage()] != []
-    storage = build_experiment(f"unverified-{uuid.uuid4().hex[:6]}", space=REAL_SPACE,
-                               algorithm={"random": {"seed": 1}},
-                               storage={"type": "redis", "uri": "fakeredis://unverified"}
-                               )._experiment._storage
+    assert [r.getMessage() for r in caplog.records if "accelerator off" in r.getMessage()] != []
+    storage = build_experiment(
+        f"unverified-{uuid.uuid4().hex[:6]}",
+        space=REAL_SPACE,
+        algorithm={"random": {"seed": 1}},
+        storage={"type": "redis", "uri": "fakeredis://unverified"},
+    )._experiment._storage
     assert storage.accelerated_holds is False
 
 
@@ -415,16 +438,22 @@ def test_backend_hold_copies_nothing_it_need_not(monkeypatch):
     own = copy.deepcopy
 
     def counting(obj, memo=None, _nil=[]):  # noqa: B006 - deepcopy's own signature
-        if isinstance(obj, dict) and len(obj) >= 50 and all(
-                isinstance(v, Trial) for v in list(obj.values())[:3]):
+        if (
+            isinstance(obj, dict)
+            and len(obj) >= 50
+            and all(isinstance(v, Trial) for v in list(obj.values())[:3])
+        ):
             counts["registry"] += 1
         return own(obj, memo)
 
     for accelerate, expect_copies in ((False, True), (True, False)):
-        client = build_experiment(f"copies-{uuid.uuid4().hex[:6]}", space=REAL_SPACE,
-                                  algorithm={"random": {"seed": 1}}, max_trials=1000,
-                                  storage={"type": "redis", "uri": "fakeredis://copies",
-                                           "accelerate": accelerate})
+        client = build_experiment(
+            f"copies-{uuid.uuid4().hex[:6]}",
+            space=REAL_SPACE,
+            algorithm={"random": {"seed": 1}},
+            max_trials=1000,
+            storage={"type": "redis", "uri": "fakeredis://copies", "accelerate": accelerate},
+        )
         for _ in range(60):
             trial = client.suggest()
             client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
@@ -439,9 +468,12 @@ def test_backend_hold_copies_nothing_it_need_not(monkeypatch):
 def test_adopted_state_is_the_decoded_one():
     """Sanity of the walk itself: after a copy-free hold the live registries hold exactly the
     stored trials, and InsistSuggest's registry is a dict of its own."""
-    client = build_experiment(f"walk-{uuid.uuid4().hex[:6]}", space=REAL_SPACE,
-                              algorithm={"random": {"seed": 1}},
-                              storage={"type": "redis", "uri": "fakeredis://walk"})
+    client = build_experiment(
+        f"walk-{uuid.uuid4().hex[:6]}",
+        space=REAL_SPACE,
+        algorithm={"random": {"seed": 1}},
+        storage={"type": "redis", "uri": "fakeredis://walk"},
+    )
     for _ in range(5):
         trial = client.suggest()
         client.observe(trial, [{"name": "obj", "type": "objective", "value": 1.0}])
@@ -473,12 +505,27 @@ def test_accelerated_fleet_completes_and_observes_every_trial_once(redis_server,
     prefix = f"accel-fleet-{uuid.uuid4().hex[:8]}"
     uri = f"{redis_server.url}/0?prefix={prefix}"
     config = hunt_config(tmp_path / "orion_config.yaml", uri, tmp_path / "trials")
-    cmd = [str(Path(sys.executable).with_name("orion")), "hunt", "--config", str(config),
-           "-n", "accel-fleet", "--max-trials", "40", sys.executable,
-           str(examples / "objective.py"), "-x~uniform(-5, 5)", "-y~uniform(-5, 5)"]
+    cmd = [
+        str(Path(sys.executable).with_name("orion")),
+        "hunt",
+        "--config",
+        str(config),
+        "-n",
+        "accel-fleet",
+        "--max-trials",
+        "40",
+        sys.executable,
+        str(examples / "objective.py"),
+        "-x~uniform(-5, 5)",
+        "-y~uniform(-5, 5)",
+    ]
     env = dict(os.environ, ORION_REDIS_URI="", **{accel.ENV: "1"})
-    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env, cwd=tmp_path) for _ in range(4)]
+    workers = [
+        subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path
+        )
+        for _ in range(4)
+    ]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0] * 4, [o[-2000:] for o in outputs]
 

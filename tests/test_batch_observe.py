@@ -9,6 +9,7 @@ and stored the same trials; the algorithm states must be equal whenever the batc
 backlog is empty (right after a produce), and after a final flush. The oracle is shown to
 fail when the hold skips the backlog or observes it in the wrong order.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,12 +17,12 @@ import uuid
 import warnings
 
 import pytest
-
 from orion.client import build_experiment
 from orion.core.worker.trial import Trial
-from orion_track_redis import accel
-from test_accel import ALGORITHMS, REFUSALS, SECRET, World, schedule
+
 from helpers import REAL_SPACE
+from orion_track_redis import accel
+from test_accel import ALGORITHMS, SECRET, World, schedule
 
 
 def compare_batched(name, algorithm, space, steps, seed=7):
@@ -107,11 +108,19 @@ def _stop_pacemakers():
 
 
 def _client(storage_extra=None, max_trials=50, name=None):
-    storage = {"type": "redis", "uri": f"fakeredis://batch-{uuid.uuid4().hex[:6]}",
-               "state_secret": SECRET, **(storage_extra or {})}
-    client = build_experiment(name or f"batch-{uuid.uuid4().hex[:6]}", space=REAL_SPACE,
-                              algorithm={"random": {"seed": 1}}, max_trials=max_trials,
-                              storage=storage)
+    storage = {
+        "type": "redis",
+        "uri": f"fakeredis://batch-{uuid.uuid4().hex[:6]}",
+        "state_secret": SECRET,
+        **(storage_extra or {}),
+    }
+    client = build_experiment(
+        name or f"batch-{uuid.uuid4().hex[:6]}",
+        space=REAL_SPACE,
+        algorithm={"random": {"seed": 1}},
+        max_trials=max_trials,
+        storage=storage,
+    )
     _CLIENTS.append(client)
     return client
 
@@ -189,8 +198,9 @@ def test_a_retried_record_is_not_recorded_twice():
     ek = storage._ek(exp.id)
     request = ek.request("retried-request")
     for _ in range(2):
-        assert storage.scripts.observe_later(keys=[ek.unobserved, request],
-                                             args=[b"payload", 60]) == 1
+        assert (
+            storage.scripts.observe_later(keys=[ek.unobserved, request], args=[b"payload", 60]) == 1
+        )
     assert storage.backlog_length(exp) == 1
 
 
@@ -207,8 +217,9 @@ def test_backlog_round_trips_the_trial_exactly():
 def test_workon_observes_the_tail():
     """A worker that ends its loop leaves nothing unobserved."""
     client = _client(max_trials=12)
-    client.workon(lambda x, y: [{"name": "obj", "type": "objective", "value": x + y}],
-                  max_trials=12)
+    client.workon(
+        lambda x, y: [{"name": "obj", "type": "objective", "value": x + y}], max_trials=12
+    )
     exp = client._experiment
     assert exp._storage.backlog_length(exp) == 0
     completed = {t.id for t in client.fetch_trials() if t.status == "completed"}
@@ -263,8 +274,9 @@ def test_acquire_is_called_exactly_as_orion_calls_it():
 
     def instrumented(experiment=None, uid=None, timeout=60, retry_interval=1):
         calls.append((experiment, uid))
-        return original(experiment=experiment, uid=uid, timeout=timeout,
-                        retry_interval=retry_interval)
+        return original(
+            experiment=experiment, uid=uid, timeout=timeout, retry_interval=retry_interval
+        )
 
     storage.acquire_algorithm_lock = instrumented
     client.suggest()  # a produce: one hold, which observes the backlog
@@ -303,8 +315,9 @@ def test_a_worker_killed_between_status_change_and_observation_loses_nothing(mon
     expected = "completed" if how == "observe" else "interrupted"
     (entry,) = storage.lock.backlog(storage._ek(exp.id))  # as Producer.observe would get it
     assert (entry.id, entry.status) == (trial.id, expected)
-    other = build_experiment(exp.name, storage={"type": "redis", "uri": storage._opts.url,
-                                                "state_secret": SECRET})
+    other = build_experiment(
+        exp.name, storage={"type": "redis", "uri": storage._opts.url, "state_secret": SECRET}
+    )
     _CLIENTS.append(other)
     assert accel.flush(other._experiment) == 1  # another worker's next hold observes it
     assert storage.backlog_length(exp) == 0

@@ -1,6 +1,7 @@
 """Smoke test of the benchmark suite (issue 5): `benchmarks/run.py --smoke` runs every section
 in a subprocess and writes a JSON with numbers in each. Not a timing assertion: the numbers of a
 tiny run on a shared CI machine mean nothing; the full run is `python benchmarks/run.py`."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,25 @@ import pytest
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("hot_path", "fetch_trials", "per_call_growth", "lock_handoff", "memory",
-            "commands_per_call", "lock_hold_anatomy", "fleet", "fleet_bound", "targets")
-OPS = ("register_trial", "reserve_trial", "update_heartbeat", "push_trial_results",
-       "set_trial_status")
+SECTIONS = (
+    "hot_path",
+    "fetch_trials",
+    "per_call_growth",
+    "lock_handoff",
+    "memory",
+    "commands_per_call",
+    "lock_hold_anatomy",
+    "fleet",
+    "fleet_bound",
+    "targets",
+)
+OPS = (
+    "register_trial",
+    "reserve_trial",
+    "update_heartbeat",
+    "push_trial_results",
+    "set_trial_status",
+)
 
 
 def _number(value) -> bool:
@@ -26,9 +42,13 @@ def _number(value) -> bool:
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "latest.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke",
-                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return json.loads(out.read_text()), proc.stdout, out
 
@@ -58,19 +78,23 @@ def test_hot_path_has_every_call_backend_and_process_count(smoke):
         assert ("ephemeraldb", 1, op) in seen
     for row in rows:
         assert row["n"] > 0, row
-        assert all(_number(row[k]) and row[k] > 0 for k in ("median_us", "p99_us",
-                                                           "throughput_per_s")), row
+        assert all(
+            _number(row[k]) and row[k] > 0 for k in ("median_us", "p99_us", "throughput_per_s")
+        ), row
 
 
 def test_fetch_growth_lock_memory_commands(smoke):
     res = smoke[0]
     kinds = {(r["backend"], r["kind"]) for r in res["fetch_trials"]["rows"]}
-    assert {("redis", "cold"), ("redis", "repeated, unchanged"), ("redis", "repeated, 1% changed"),
-            ("ephemeraldb", "cold")} <= kinds
+    assert {
+        ("redis", "cold"),
+        ("redis", "repeated, unchanged"),
+        ("redis", "repeated, 1% changed"),
+        ("ephemeraldb", "cold"),
+    } <= kinds
     assert all(_number(r["median_us"]) for r in res["fetch_trials"]["rows"])
     ops = {r["op"] for r in res["per_call_growth"]["rows"]}
-    assert {"reserve_trial", "set_trial_status", "fetch_lost_trials",
-            "fetch_pending_trials"} <= ops
+    assert {"reserve_trial", "set_trial_status", "fetch_lost_trials", "fetch_pending_trials"} <= ops
     assert all(_number(r["median_us"]) for r in res["per_call_growth"]["rows"])
     lock = res["lock_handoff"]
     assert lock["holds"] > 1 and lock["overlapping_holds"] == 0
@@ -105,8 +129,9 @@ def test_fleet_and_profile(smoke):
         assert f["time_to_first_k_s"] == ends[k - 1]
         assert f["first_k_trials_per_s"] == pytest.approx(k / ends[k - 1])
     ratio = next(t for t in res["targets"] if t["name"].startswith("fleet trials/s"))["value"]
-    assert ratio == pytest.approx(fleet["redis"]["first_k_trials_per_s"] /
-                                  fleet["pickleddb"]["first_k_trials_per_s"])
+    assert ratio == pytest.approx(
+        fleet["redis"]["first_k_trials_per_s"] / fleet["pickleddb"]["first_k_trials_per_s"]
+    )
     cpu = fleet["profile"]["cpu"]
     assert _number(cpu["storage_share"]) and 0 < cpu["storage_share"] < 1
     assert cpu["total_s"] > 0
@@ -129,8 +154,9 @@ def test_lock_hold_anatomy(smoke):
         if backend == "redis":  # batched observation: the observe takes no hold
             assert row["observe"] == {"hold_ms": 0, "storage_ms": 0, "orion_ms": 0}
             assert row["per_trial"] == row["produce"]
-        for part in ("produce", "per_trial") if backend == "redis" else \
-                ("produce", "observe", "per_trial"):
+        for part in (
+            ("produce", "per_trial") if backend == "redis" else ("produce", "observe", "per_trial")
+        ):
             p = row[part]
             assert all(_number(p[k]) for k in ("hold_ms", "storage_ms", "orion_ms")), row
             # storage time is a part of the hold, Oríon's the rest
@@ -143,7 +169,8 @@ def test_lock_hold_anatomy(smoke):
     assert bound["anatomy_trials"] in sizes and bound["first_k"] >= 1
     eph = rows[("ephemeraldb", bound["anatomy_trials"])]["ceiling_trials_per_s"]
     assert bound["best_ratio_any_storage"] == pytest.approx(
-        eph / res["fleet"]["pickleddb"]["first_k_trials_per_s"])
+        eph / res["fleet"]["pickleddb"]["first_k_trials_per_s"]
+    )
     assert "### Lock-hold anatomy" in smoke[1] and "out of reach" in smoke[1]
 
 
@@ -159,15 +186,28 @@ def test_hold_anatomy_script(tmp_path):
     """benchmarks/hold_anatomy.py --smoke: every algorithm x backend x size, holds split into
     storage and Oríon, and the table comparing copy-free holds with Oríon's own."""
     out = tmp_path / "holds.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hold_anatomy.py"),
-                           "--smoke", "--out", str(out)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "hold_anatomy.py"),
+            "--smoke",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     res = json.loads(out.read_text())
     rows = {(r["algorithm"], r["backend"], r["trials"]): r for r in res["rows"]}
-    assert set(rows) == {(a, b, n) for a in ("random", "tpe")
-                         for b in ("batched", "accelerated", "orion-path", "ephemeraldb")
-                         for n in (10, 20)}
+    assert set(rows) == {
+        (a, b, n)
+        for a in ("random", "tpe")
+        for b in ("batched", "accelerated", "orion-path", "ephemeraldb")
+        for n in (10, 20)
+    }
     for row in rows.values():
         p = row["per_trial"]
         assert all(_number(p[k]) for k in ("hold_ms", "storage_ms", "orion_ms")), row
@@ -181,13 +221,18 @@ def test_step_scale_script(tmp_path):
     """benchmarks/step_scale.py --smoke: every path x size x staleness measured, bytes moved
     and AOF bytes counted, and the versioned path's writes smaller than whole states'."""
     out = tmp_path / "scale.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_scale.py"),
-                           "--smoke", "--out", str(out)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step_scale.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     rows = {(r["path"], r["trials"], r["behind"]): r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {(p, n, b) for p in ("versioned", "whole", "orion")
-                         for n in (10, 40) for b in (0, 2)}
+    assert set(rows) == {
+        (p, n, b) for p in ("versioned", "whole", "orion") for n in (10, 40) for b in (0, 2)
+    }
     for row in rows.values():
         assert _number(row["step_ms"]) and row["bytes_per_step"] > 0, row
         assert (row["aof_bytes_per_trial"] is None) == (row["behind"] > 0), row
@@ -201,13 +246,27 @@ def test_long_run_script(tmp_path):
     """benchmarks/long_run.py --smoke: two worker processes per path drive one experiment;
     every trial completed exactly once and observed by the stored algorithm state."""
     out = tmp_path / "long.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "long_run.py"), "--smoke",
-                           "--out", str(out), "--png", str(tmp_path / "long.png")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "long_run.py"),
+            "--smoke",
+            "--out",
+            str(out),
+            "--png",
+            str(tmp_path / "long.png"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     results = {r["path"]: r for r in json.loads(out.read_text())["results"]}
     assert set(results) == {"versioned", "whole"}
     for res in results.values():
-        assert res["completed"] == res["trials"] == res["reported"], res
+        # Oríon may complete a trial or two past max_trials (workers that reserved before the
+        # last completion finish theirs); each exactly once all the same
+        assert res["completed"] == res["reported"] >= res["trials"], res
         assert res["each_once"] and res["all_observed"] and set(res["exit_codes"]) == {0}
-        assert len(res["samples"]) >= 2 and res["samples"][-1]["completed"] == res["trials"]
+        assert len(res["samples"]) >= 2 and res["samples"][-1]["completed"] >= res["trials"]

@@ -1,4 +1,5 @@
 """The client-side trial cache of fetch_trials: always equal to a fresh read, whoever writes."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -78,16 +79,20 @@ def test_random_writes_match_a_cold_read(pair):
         op = rng.random()
         if op < 0.4 or not trials:
             try:
-                actor.register_trial(make_trial(exp_id, x=float(rng.randrange(40)),
-                                                seconds=rng.randrange(100)))
+                actor.register_trial(
+                    make_trial(exp_id, x=float(rng.randrange(40)), seconds=rng.randrange(100))
+                )
             except Exception:  # duplicate ids are part of the game
                 pass
         elif op < 0.6:
             actor.reserve_trial(Exp(exp_id))
         elif op < 0.8:
             trial = rng.choice(trials)
-            actor.update_trials(uid=exp_id, where={"id": trial.id},
-                                status=rng.choice(["completed", "broken", "interrupted"]))
+            actor.update_trials(
+                uid=exp_id,
+                where={"id": trial.id},
+                status=rng.choice(["completed", "broken", "interrupted"]),
+            )
         else:
             actor.delete_trials(uid=exp_id, where={"id": rng.choice(trials).id})
         if step % 10 == 0:
@@ -116,8 +121,10 @@ def test_cache_follows_other_processes(redis_server):
         reader.register_trial(make_trial(exp_id, x=float(i)))
     assert len(reader.fetch_trials(uid=exp_id)) == 200  # warm the cache
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_write_some, args=(redis_server.url, prefix, exp_id, seed))
-             for seed in range(4)]
+    procs = [
+        ctx.Process(target=_write_some, args=(redis_server.url, prefix, exp_id, seed))
+        for seed in range(4)
+    ]
     for proc in procs:
         proc.start()
     for proc in procs:
@@ -127,7 +134,8 @@ def test_cache_follows_other_processes(redis_server):
     assert seen == _fresh(reader, exp_id)
     assert not any(t["status"] == "broken" for t in seen)
     assert sum(t["status"] == "completed" for t in seen) == reader.count_completed_trials(
-        Exp(exp_id))
+        Exp(exp_id)
+    )
 
 
 # -- large fetches: chunks streamed (parsed while Redis assembles the next) -----------------------
@@ -138,8 +146,11 @@ def big(redis_server):
     writer = Redis(uri=redis_server.url, prefix=prefix)
     exp_id = create_experiment(writer)
     for i in range(2500):
-        writer.register_trial(make_trial(exp_id, x=float(i), seconds=i % 7,
-                                         status=("new", "completed", "broken")[i % 3]))
+        writer.register_trial(
+            make_trial(
+                exp_id, x=float(i), seconds=i % 7, status=("new", "completed", "broken")[i % 3]
+            )
+        )
     return redis_server, prefix, exp_id
 
 
@@ -260,7 +271,8 @@ def test_streamed_fetch_falls_back_when_the_connection_drops(big, monkeypatch):
 
 @pytest.mark.parametrize("n", [0, 1, 149, 150, 151, 599, 600, 601, 1000, 4321, 10_000, 100_000])
 def test_fetch_chunks_cover_every_token_once_with_a_small_last_chunk(n):
-    from orion_track_redis.cache import FETCH_CHUNK, STREAM_CHUNK_MIN, chunks as _chunks
+    from orion_track_redis.cache import FETCH_CHUNK, STREAM_CHUNK_MIN
+    from orion_track_redis.cache import chunks as _chunks
 
     tokens = [f"t{i}" for i in range(n)]
     chunks = _chunks(tokens)
@@ -289,8 +301,11 @@ def test_where_queries_answered_from_the_cache_match_legacy(pair):
     sides = ((writer, exp_id), (legacy, legacy_exp))
     for i in range(12):
         for storage, uid in sides:
-            storage.register_trial(make_trial(uid, x=float(i), seconds=i % 4,
-                                              status=("new", "reserved", "completed")[i % 3]))
+            storage.register_trial(
+                make_trial(
+                    uid, x=float(i), seconds=i % 4, status=("new", "reserved", "completed")[i % 3]
+                )
+            )
     assert len(reader.fetch_trials(uid=exp_id)) == 12  # warm cache, then others write
     base = datetime.datetime(2026, 1, 1)
     for storage, uid in sides:
@@ -302,14 +317,20 @@ def test_where_queries_answered_from_the_cache_match_legacy(pair):
         storage.set_trial_status(trials[9], "broken", was="new")
         storage.delete_trials(uid=uid, where={"id": trials[11].id})
     queries = [
-        {"worker": "w1"}, {"worker": None}, {"status": {"$ne": "new"}},
-        {"end_time": {"$gte": base}}, {"exp_working_dir": "/tmp/w", "parent": "p"},
-        {"results": []}, {"params.value": 2.0}, {"submit_time": {"$lte": base}},
+        {"worker": "w1"},
+        {"worker": None},
+        {"status": {"$ne": "new"}},
+        {"end_time": {"$gte": base}},
+        {"exp_working_dir": "/tmp/w", "parent": "p"},
+        {"results": []},
+        {"params.value": 2.0},
+        {"submit_time": {"$lte": base}},
         {"id": {"$in": [t.id for t in writer.fetch_trials(uid=exp_id)][:3]}},
     ]
     for where in queries:
         ours = sorted(t.params["/x"] for t in reader.fetch_trials(uid=exp_id, where=where))
         theirs = sorted(t.params["/x"] for t in legacy.fetch_trials(uid=legacy_exp, where=where))
         assert ours == theirs, where
-    assert sorted(t.params["/x"] for t in reader.fetch_trials(
-        uid=exp_id, where={"status": {"$ne": "new"}})) == [1.0, 2.0, 4.0, 5.0, 7.0, 8.0, 9.0, 10.0]
+    assert sorted(
+        t.params["/x"] for t in reader.fetch_trials(uid=exp_id, where={"status": {"$ne": "new"}})
+    ) == [1.0, 2.0, 4.0, 5.0, 7.0, 8.0, 9.0, 10.0]

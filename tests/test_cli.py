@@ -1,4 +1,5 @@
 """`orion-redis` against a real redis-server (and PickledDB files for migration)."""
+
 from __future__ import annotations
 
 import datetime
@@ -14,9 +15,8 @@ from orion.client import build_experiment
 from orion.storage.legacy import Legacy
 
 from helpers import Exp, create_experiment, make_trial
-from orion_track_redis import Redis, migrations
+from orion_track_redis import Redis, migrations, transfer
 from orion_track_redis.cli import main
-from orion_track_redis import transfer
 
 
 @pytest.fixture
@@ -38,7 +38,10 @@ def test_info_json(capsys, uri):
     data = json.loads(out)
     assert code == 0 and data["warnings"] == []
     assert data["experiments"] == 1 and data["trials"] == 1 and data["aof"] is True
-    assert data["schema_version"] == migrations.SCHEMA_VERSION and data["maxmemory_policy"] == "noeviction"
+    assert (
+        data["schema_version"] == migrations.SCHEMA_VERSION
+        and data["maxmemory_policy"] == "noeviction"
+    )
 
 
 def test_info_flags_eviction_policy(capsys, uri, redis_server):
@@ -85,7 +88,7 @@ def test_lock_show_and_release(capsys, uri):
 
 
 def test_lock_show_reads_the_algorithm_state(capsys, uri):
-    """The README sends readers of the algorithm state to `lock show` (issue 21)."""
+    """docs/performance.md sends readers of the algorithm state to `lock show` (issue 21)."""
     storage = Redis(uri=uri)
     exp_id = create_experiment(storage, name="stateful")
     with storage.acquire_algorithm_lock(uid=exp_id) as locked:
@@ -145,18 +148,22 @@ def test_export_import_round_trip(capsys, uri, redis_server, tmp_path):
     target = Redis(uri=other)
     assert target.fetch_experiments({}) == storage.fetch_experiments({})
     assert [t.to_dict() for t in target.fetch_trials(uid=exp_id)] == [
-        t.to_dict() for t in storage.fetch_trials(uid=exp_id)]
+        t.to_dict() for t in storage.fetch_trials(uid=exp_id)
+    ]
     assert target.get_algorithm_lock_info(uid=exp_id).state == {"seen": (1, 2.0, "3")}
 
 
 def _hunt_pickleddb(path, name="real-hunt", trials=8):
     """A real Oríon hunt (random search) on its own PickledDB."""
-    exp = build_experiment(name, space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"},
-                           algorithm={"random": {"seed": 3}},
-                           storage={"type": "legacy", "database": {"type": "pickleddb",
-                                                                   "host": str(path)}})
-    exp.workon(lambda x, y: [{"name": "loss", "type": "objective", "value": x + y}],
-               max_trials=trials)
+    exp = build_experiment(
+        name,
+        space={"x": "uniform(0, 1)", "y": "uniform(0, 1)"},
+        algorithm={"random": {"seed": 3}},
+        storage={"type": "legacy", "database": {"type": "pickleddb", "host": str(path)}},
+    )
+    exp.workon(
+        lambda x, y: [{"name": "loss", "type": "objective", "value": x + y}], max_trials=trials
+    )
     return exp.id
 
 
@@ -165,8 +172,14 @@ def _snapshot(storage):
     out = []
     for doc in exps:
         info = storage.get_algorithm_lock_info(uid=doc["_id"])
-        out.append((doc, [t.to_dict() for t in storage.fetch_trials(uid=doc["_id"])],
-                    pickle.dumps(info.state), info.configuration))
+        out.append(
+            (
+                doc,
+                [t.to_dict() for t in storage.fetch_trials(uid=doc["_id"])],
+                pickle.dumps(info.state),
+                info.configuration,
+            )
+        )
     return out
 
 
@@ -210,25 +223,39 @@ def test_copy_interrupted_then_resumed(capsys, uri, tmp_path, monkeypatch):
 
 
 def test_console_script_and_usage_errors(uri):
-    ok = subprocess.run([sys.executable, "-m", "orion_track_redis", "--uri", uri, "status"],
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "orion_track_redis", "--uri", uri, "status"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0 and "no experiment" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "orion_track_redis", "--uri",
-                          "redis://u:secretpw@h?nope=1", "info"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "orion_track_redis", "--uri", "redis://u:secretpw@h?nope=1", "info"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "unknown option 'nope'" in bad.stderr
     assert "secretpw" not in bad.stderr + bad.stdout
-    usage = subprocess.run([sys.executable, "-m", "orion_track_redis", "frobnicate"],
-                           capture_output=True, text=True, timeout=120)
+    usage = subprocess.run(
+        [sys.executable, "-m", "orion_track_redis", "frobnicate"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert usage.returncode == 2
 
 
 def test_status_watch_refreshes(uri):
     storage = Redis(uri=uri)
     create_experiment(storage, name="watched")
-    proc = subprocess.Popen([sys.executable, "-m", "orion_track_redis", "--uri", uri, "status",
-                             "--watch", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orion_track_redis", "--uri", uri, "status", "--watch", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         out, _ = proc.communicate(timeout=5)
     except subprocess.TimeoutExpired:
@@ -241,9 +268,12 @@ def test_status_watch_refreshes(uri):
 def test_status_shows_the_backlog_and_flush_observes_it(capsys, uri):
     """Batched observation: `status` counts the completed trials not yet observed by the
     algorithm, `flush` observes them (and the stored state then holds them)."""
-    client = build_experiment("batched", space={"x": "uniform(0, 1)"},
-                              algorithm={"random": {"seed": 1}},
-                              storage={"type": "redis", "uri": uri})
+    client = build_experiment(
+        "batched",
+        space={"x": "uniform(0, 1)"},
+        algorithm={"random": {"seed": 1}},
+        storage={"type": "redis", "uri": uri},
+    )
     for value in (1.0, 2.0):
         client.observe(client.suggest(), value)
     (row,) = json.loads(run(capsys, "--uri", uri, "status", "--json")[1])
@@ -275,8 +305,9 @@ def test_missing_sources_are_errors_that_create_nothing(capsys, uri, tmp_path):
     assert main(["--uri", uri, "export", str(out_file), "--experiment", "nosuch"]) == 2
     assert "no experiment named 'nosuch'" in capsys.readouterr().err and not out_file.exists()
     target = tmp_path / "target.pkl"
-    assert main(["copy", "--from", uri, "--to", f"pickleddb:{target}",
-                 "--experiment", "nosuch"]) == 2
+    assert (
+        main(["copy", "--from", uri, "--to", f"pickleddb:{target}", "--experiment", "nosuch"]) == 2
+    )
     assert "no experiment named 'nosuch'" in capsys.readouterr().err
 
 
@@ -288,8 +319,10 @@ def test_counts_read_as_english(capsys, uri, tmp_path):
     code, out = run(capsys, "--uri", uri, "export", str(out_file))
     assert code == 0 and "exported 1 experiment, 1 trial to" in out
     code, out = run(capsys, "--uri", uri, "import", str(out_file))
-    assert code == 0 and "imported 0 experiments, 0 trials (already there: 1 experiment, " \
-        "1 trial)" in out
+    assert (
+        code == 0
+        and "imported 0 experiments, 0 trials (already there: 1 experiment, 1 trial)" in out
+    )
 
 
 def test_cli_behaves_in_pipes_and_without_a_terminal(uri):
@@ -297,11 +330,21 @@ def test_cli_behaves_in_pipes_and_without_a_terminal(uri):
     error (not an EOFError), `--version` answers."""
     cli = [sys.executable, "-m", "orion_track_redis.cli", "--uri", uri]
     create_experiment(Redis(uri=uri), name="kept")
-    piped = subprocess.run(" ".join(f"'{a}'" for a in cli) + " status --watch 0.01 | head -1",
-                           shell=True, capture_output=True, text=True, timeout=60)
+    piped = subprocess.run(
+        " ".join(f"'{a}'" for a in cli) + " status --watch 0.01 | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "Broken pipe" not in piped.stderr and "Traceback" not in piped.stderr
-    purge = subprocess.run([*cli, "purge", "kept"], stdin=subprocess.DEVNULL,
-                           capture_output=True, text=True, timeout=60)
+    purge = subprocess.run(
+        [*cli, "purge", "kept"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert purge.returncode == 2 and "--yes" in purge.stderr and "EOFError" not in purge.stderr
     assert Redis(uri=uri).fetch_experiments({"name": "kept"})
     version = subprocess.run([*cli, "--version"], capture_output=True, text=True, timeout=60)
@@ -335,8 +378,9 @@ def test_completed_per_minute_counts_completions_not_copies(capsys, uri):
     old = datetime.datetime.utcnow() - datetime.timedelta(hours=1)
     for i in range(3):
         storage.register_trial(make_trial(exp_id, x=float(i), status="completed", end_time=old))
-    fresh = storage.register_trial(make_trial(exp_id, x=9.0, status="reserved",
-                                              heartbeat=datetime.datetime.utcnow()))
+    fresh = storage.register_trial(
+        make_trial(exp_id, x=9.0, status="reserved", heartbeat=datetime.datetime.utcnow())
+    )
     storage.set_trial_status(fresh, "completed", was="reserved")
     (row,) = json.loads(run(capsys, "--uri", uri, "status", "--json")[1])
     assert row["completed"] == 4 and row["completed/min"] == 1
@@ -348,16 +392,17 @@ def test_a_global_config_orion_refuses_is_one_clear_line(uri, tmp_path):
     --uri, still answers."""
     (tmp_path / "orion.core").mkdir()
     (tmp_path / "orion.core" / "orion_config.yaml").write_text(
-        "storage:\n  type: redis\n  uri: redis://127.0.0.1:1/0\n")
+        "storage:\n  type: redis\n  uri: redis://127.0.0.1:1/0\n"
+    )
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
     cli = [sys.executable, "-m", "orion_track_redis"]
-    given = subprocess.run([*cli, "--uri", uri, "status"], env=env, capture_output=True,
-                           text=True, timeout=120)
+    given = subprocess.run(
+        [*cli, "--uri", uri, "status"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert given.returncode == 0, given.stderr
     assert "no experiment" in given.stdout
     assert "Traceback" not in given.stderr and "orion_config.yaml" in given.stderr
-    missing = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True,
-                             timeout=120)
+    missing = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2
     assert "Traceback" not in missing.stderr
     assert "'uri'" in missing.stderr and "storage.database.host" in missing.stderr
@@ -400,9 +445,13 @@ def test_holders_shows_who_holds_what_and_what_was_recovered(capsys, uri, monkey
 def test_export_observes_the_backlog_first(capsys, uri, redis_server, tmp_path):
     """A batching fleet's stored state lags by the completions waiting in its backlog; an
     export (and a copy: transfer.observe_backlog) observes them first."""
-    exp = build_experiment("lagging", space={"x": "uniform(0, 1)"},
-                           algorithm={"random": {"seed": 1}}, max_trials=10,
-                           storage={"type": "redis", "uri": uri})
+    exp = build_experiment(
+        "lagging",
+        space={"x": "uniform(0, 1)"},
+        algorithm={"random": {"seed": 1}},
+        max_trials=10,
+        storage={"type": "redis", "uri": uri},
+    )
     storage = exp._experiment._storage
     for _ in range(2):
         trial = exp.suggest()

@@ -1,5 +1,6 @@
 """Multi-process invariants on a real redis-server: every trial reserved exactly once, the
 algorithm lock never held by two processes at once, a dead or paused holder never blocks."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -64,8 +65,9 @@ def test_lock_mutual_exclusion_8_processes(redis_server):
     storage = _new_storage(redis_server)
     exp_id = create_experiment(storage)
     queue, rounds = CTX.Queue(), 25
-    procs = [CTX.Process(target=_lock_worker, args=(storage, exp_id, rounds, queue))
-             for _ in range(8)]
+    procs = [
+        CTX.Process(target=_lock_worker, args=(storage, exp_id, rounds, queue)) for _ in range(8)
+    ]
     for proc in procs:
         proc.start()
     intervals = sorted(i for _ in procs for i in queue.get(timeout=300))

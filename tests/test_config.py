@@ -1,4 +1,5 @@
 """Configuration: where the URI comes from, options, and clear errors without passwords."""
+
 from __future__ import annotations
 
 import logging
@@ -25,37 +26,48 @@ def test_resolution_order(monkeypatch):
 
 
 def test_options_from_query_and_keywords():
-    opts = resolve("redis://h:6379/2?prefix=team-a/x&lock_ttl=12.5&socket_timeout=5",
-                   options={"socket_connect_timeout": 3})
+    opts = resolve(
+        "redis://h:6379/2?prefix=team-a/x&lock_ttl=12.5&socket_timeout=5",
+        options={"socket_connect_timeout": 3},
+    )
     assert opts.prefix == "team-a/x" and opts.lock_ttl == 12.5
     assert dict(opts.connection)["socket_timeout"] == 5.0
     assert dict(opts.connection)["socket_connect_timeout"] == 3.0
     assert opts.url == "redis://h:6379/2"
 
 
-@pytest.mark.parametrize("uri, fragment", [
-    ("http://h:1", "unsupported Redis URI"),
-    ("redis://h:99999", "malformed Redis URI"),
-    ("redis://:6379", "has no host"),
-    ("unix://", "has no socket path"),
-    ("redis://h?colour=blue", "unknown option 'colour'"),
-    ("redis://h?prefix=a{b}", "prefix 'a{b}' is invalid"),
-    ("redis://h?prefix=", "prefix '' is invalid"),
-    ("redis://h?lock_ttl=0", "lock_ttl=0.0 is out of range"),
-    ("redis://h?lock_ttl=soon", "lock_ttl='soon' is invalid"),
-    ("redis://h?socket_timeout=1", "socket_timeout=1.0 is too short"),
-    ("redis://h?socket_connect_timeout=-1", "must be a positive number"),
-    ("redis://h?ssl_check_hostname=maybe", "not a boolean"),
-    ("redis://h?lock_tll=5", "unknown option 'lock_tll'. Did you mean 'lock_ttl'?"),
-    ("redis://h/zero", "the path must be a database number (/0, /1, ...), not '/zero'"),
-    ("redis://h/0/1", "the path must be a database number (/0, /1, ...), not '/0/1'"),
-    ("redis://h/2?db=3", "gives the database twice (path /2 and db=3)"),
-    ("rediss://h/x", "the path must be a database number"),
-])
+@pytest.mark.parametrize(
+    "uri, fragment",
+    [
+        ("http://h:1", "unsupported Redis URI"),
+        ("redis://h:99999", "malformed Redis URI"),
+        ("redis://:6379", "has no host"),
+        ("unix://", "has no socket path"),
+        ("redis://h?colour=blue", "unknown option 'colour'"),
+        ("redis://h?prefix=a{b}", "prefix 'a{b}' is invalid"),
+        ("redis://h?prefix=", "prefix '' is invalid"),
+        ("redis://h?lock_ttl=0", "lock_ttl=0.0 is out of range"),
+        ("redis://h?lock_ttl=soon", "lock_ttl='soon' is invalid"),
+        ("redis://h?socket_timeout=1", "socket_timeout=1.0 is too short"),
+        ("redis://h?socket_connect_timeout=-1", "must be a positive number"),
+        ("redis://h?ssl_check_hostname=maybe", "not a boolean"),
+        ("redis://h?lock_tll=5", "unknown option 'lock_tll'. Did you mean 'lock_ttl'?"),
+        ("redis://h/zero", "the path must be a database number (/0, /1, ...), not '/zero'"),
+        ("redis://h/0/1", "the path must be a database number (/0, /1, ...), not '/0/1'"),
+        ("redis://h/2?db=3", "gives the database twice (path /2 and db=3)"),
+        ("rediss://h/x", "the path must be a database number"),
+    ],
+)
 def test_bad_configuration_is_explained(uri, fragment):
-    with pytest.raises(ConfigurationError, match=fragment.replace("{", r"\{").replace("}", r"\}")
-                       .replace("?", r"\?").replace("(", r"\(").replace(")", r"\)")
-                       .replace(".", r"\.")):
+    with pytest.raises(
+        ConfigurationError,
+        match=fragment.replace("{", r"\{")
+        .replace("}", r"\}")
+        .replace("?", r"\?")
+        .replace("(", r"\(")
+        .replace(")", r"\)")
+        .replace(".", r"\."),
+    ):
         resolve(uri)
 
 
@@ -120,7 +132,7 @@ def test_orion_factory_finds_the_backend():
 
 def test_pickle_keeps_configuration_not_connection():
     storage = Redis(uri="fakeredis://pickled?prefix=p1&lock_ttl=9", state_secret="s")
-    storage.client  # connected
+    _ = storage.client  # connected
     state = storage.__getstate__()
     assert set(state) == {"opts"}
     clone = pickle.loads(pickle.dumps(storage))
@@ -137,10 +149,13 @@ def test_newer_schema_is_refused():
         Redis(uri="fakeredis://schema?prefix=sch")
 
 
-@pytest.mark.parametrize("scheme, says", [
-    ("redis+cluster://127.0.0.1:{port}", "is not a Redis Cluster node"),
-    ("redis+sentinel://127.0.0.1:{port}/mymaster", "is not a Sentinel"),
-])
+@pytest.mark.parametrize(
+    "scheme, says",
+    [
+        ("redis+cluster://127.0.0.1:{port}", "is not a Redis Cluster node"),
+        ("redis+sentinel://127.0.0.1:{port}/mymaster", "is not a Sentinel"),
+    ],
+)
 def test_a_topology_scheme_on_a_plain_server_is_explained(redis_server, scheme, says, capsys):
     """redis+cluster:// or redis+sentinel:// pointed at a standalone server: a clear
     ConfigurationError naming the scheme that fits (exit 2 from orion-redis), not a raw

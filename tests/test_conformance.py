@@ -1,5 +1,6 @@
 """One suite over the public storage protocol, run on fakeredis, a real redis-server and
 Oríon's Legacy storage over EphemeralDB (the reference behaviour)."""
+
 from __future__ import annotations
 
 import datetime
@@ -63,8 +64,9 @@ def test_experiment_document_round_trips(storage):
 
 def test_fetch_experiments_queries(storage):
     root = create_experiment(storage, name="root")
-    child = create_experiment(storage, name="child", refers={"parent_id": root, "root_id": root,
-                                                            "adapter": []})
+    child = create_experiment(
+        storage, name="child", refers={"parent_id": root, "root_id": root, "adapter": []}
+    )
     create_experiment(storage, name="other", metadata={"user": "bob", "datetime": BASE_TIME})
     assert storage.fetch_experiments({"_id": None}) == []
     assert [d["_id"] for d in storage.fetch_experiments({"refers.parent_id": root})] == [child]
@@ -83,8 +85,9 @@ def test_fetch_experiments_selection_keeps_id(storage):
 
 def test_update_experiment_replaces_nested_whole(storage):
     exp_id = create_experiment(storage, name="a")
-    assert storage.update_experiment(uid=exp_id, _id=exp_id, metadata={"user": "bob"},
-                                     max_trials=20)
+    assert storage.update_experiment(
+        uid=exp_id, _id=exp_id, metadata={"user": "bob"}, max_trials=20
+    )
     (found,) = storage.fetch_experiments({"_id": exp_id})
     assert found["metadata"] == {"user": "bob"}
     assert found["max_trials"] == 20
@@ -122,8 +125,9 @@ def test_register_and_fetch_trials_sorted_by_submit_time(storage):
         assert trial.id_override
     trials = storage.fetch_trials(uid=exp_id)
     assert [t.params["/x"] for t in trials] == [1.0, 2.0, 3.0]
-    assert all(t.submit_time == BASE_TIME + datetime.timedelta(seconds=t.params["/x"])
-               for t in trials)
+    assert all(
+        t.submit_time == BASE_TIME + datetime.timedelta(seconds=t.params["/x"]) for t in trials
+    )
 
 
 def test_fetch_trials_empty(storage):
@@ -141,8 +145,9 @@ def test_duplicate_trial_raises(storage):
     storage.register_trial(make_trial(other, x=1.0))  # unique per experiment only
 
 
-@pytest.mark.parametrize("value", [1, 1.0, "1", [1, 2.0, "3"], {"a": [1, {"b": 2.5}]}, True,
-                                   None, -0.0, 1e300])
+@pytest.mark.parametrize(
+    "value", [1, 1.0, "1", [1, 2.0, "3"], {"a": [1, {"b": 2.5}]}, True, None, -0.0, 1e300]
+)
 def test_param_types_round_trip(storage, value):
     exp_id = create_experiment(storage)
     trial = make_trial(exp_id)
@@ -249,8 +254,9 @@ def test_fetch_lost_trials(storage, heartbeat):
     exp_id = create_experiment(storage)
     old = datetime.datetime.utcnow() - datetime.timedelta(seconds=60)
     lost = storage.register_trial(make_trial(exp_id, x=1.0, status="reserved", heartbeat=old))
-    storage.register_trial(make_trial(exp_id, x=2.0, status="reserved",
-                                      heartbeat=datetime.datetime.utcnow()))
+    storage.register_trial(
+        make_trial(exp_id, x=2.0, status="reserved", heartbeat=datetime.datetime.utcnow())
+    )
     storage.register_trial(make_trial(exp_id, x=3.0, status="new"))
     assert [t.id for t in storage.fetch_lost_trials(Exp(exp_id))] == [lost.id]
     storage.set_trial_status(lost, "interrupted", was="reserved")
@@ -266,19 +272,33 @@ def test_an_explicit_old_heartbeat_makes_a_trial_lost(storage, heartbeat):
     old = datetime.datetime.utcnow() - datetime.timedelta(seconds=60)
     storage.set_trial_status(trial, "reserved", heartbeat=old, was="new")
     assert [t.id for t in storage.fetch_lost_trials(Exp(exp_id))] == [trial.id]
-    storage.set_trial_status(trial, "reserved", heartbeat=datetime.datetime.utcnow(),
-                             was="reserved")
+    storage.set_trial_status(
+        trial, "reserved", heartbeat=datetime.datetime.utcnow(), was="reserved"
+    )
     assert storage.fetch_lost_trials(Exp(exp_id)) == []
 
 
 def test_status_fetches_and_counts(storage):
     exp_id = create_experiment(storage)
-    for i, status in enumerate(["new", "reserved", "suspended", "completed", "interrupted",
-                                "broken", "completed", "broken"]):
+    for i, status in enumerate(
+        [
+            "new",
+            "reserved",
+            "suspended",
+            "completed",
+            "interrupted",
+            "broken",
+            "completed",
+            "broken",
+        ]
+    ):
         storage.register_trial(make_trial(exp_id, x=float(i), status=status, seconds=i))
     exp = Exp(exp_id)
     assert [t.status for t in storage.fetch_pending_trials(exp)] == [
-        "new", "suspended", "interrupted"]
+        "new",
+        "suspended",
+        "interrupted",
+    ]
     assert len(storage.fetch_noncompleted_trials(exp)) == 6
     assert len(storage.fetch_trials_by_status(exp, "broken")) == 2
     assert storage.count_completed_trials(exp) == 2
@@ -401,8 +421,16 @@ def test_reserve_is_retry_safe(redis_storage):
     for x in range(3):
         redis_storage.register_trial(make_trial(exp_id, x=float(x)))
     ek = redis_storage._ek(exp_id)
-    keys = [*(ek.status(s) for s in PENDING), ek.status("reserved"), ek.request("r1"), ek.rev,
-            ek.changed, ek.leases, ek.holders, ek.lease_clock]
+    keys = [
+        *(ek.status(s) for s in PENDING),
+        ek.status("reserved"),
+        ek.request("r1"),
+        ek.rev,
+        ek.changed,
+        ek.leases,
+        ek.holders,
+        ek.lease_clock,
+    ]
     args = [ek.trial_prefix, '"reserved"', '"2024-01-01T00:00:00"', 60, 30, "h1 {}"]
     first = redis_storage.scripts.reserve_trial(keys=keys, args=args)
     again = redis_storage.scripts.reserve_trial(keys=keys, args=args)
@@ -433,9 +461,17 @@ def test_hostile_experiment_ids_stay_in_their_slot(redis_storage):
         redis_storage.create_experiment(experiment_config(f"n-{exp_id}", _id=exp_id))
         redis_storage.register_trial(make_trial(exp_id, x=1.0))
         ek = redis_storage._ek(exp_id)
-        keys = [ek.rev, ek.all, ek.lock, ek.lock_holder, ek.lock_queue, ek.lock_leases,
-                ek.lock_wake("owner"), ek.trial("abc"),
-                *(ek.status(s) for s in ("new", "reserved"))]
+        keys = [
+            ek.rev,
+            ek.all,
+            ek.lock,
+            ek.lock_holder,
+            ek.lock_queue,
+            ek.lock_leases,
+            ek.lock_wake("owner"),
+            ek.trial("abc"),
+            *(ek.status(s) for s in ("new", "reserved")),
+        ]
         assert len({key_slot(k.encode()) for k in keys}) == 1
     for exp_id in ids:
         (trial,) = redis_storage.fetch_trials(uid=exp_id)
@@ -457,7 +493,8 @@ def test_a_root_experiment_is_rooted_by_its_creation(redis_storage):
     redis_storage.update_experiment(uid=exp_id, refers=loaded["refers"])  # its write-back
     (doc,) = redis_storage.fetch_experiments({"name": "rooted"})
     assert doc["refers"]["root_id"] == exp_id
-    child = experiment_config("child", refers={"parent_id": exp_id, "root_id": exp_id,
-                                               "adapter": []})
+    child = experiment_config(
+        "child", refers={"parent_id": exp_id, "root_id": exp_id, "adapter": []}
+    )
     redis_storage.create_experiment(child)
     assert redis_storage.fetch_experiments({"name": "child"})[0]["refers"]["root_id"] == exp_id

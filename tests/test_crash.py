@@ -1,4 +1,5 @@
 """Crash tests with assertions on the data: workers killed with SIGKILL mid-hunt."""
+
 from __future__ import annotations
 
 import datetime
@@ -22,8 +23,12 @@ ORION = str(Path(sys.executable).with_name("orion"))
 
 
 def _config(tmp_path, uri, heartbeat) -> Path:
-    return hunt_config(tmp_path / "orion_config.yaml", uri, tmp_path / "trials",
-                       worker={"heartbeat": heartbeat, "idle_timeout": 120})
+    return hunt_config(
+        tmp_path / "orion_config.yaml",
+        uri,
+        tmp_path / "trials",
+        worker={"heartbeat": heartbeat, "idle_timeout": 120},
+    )
 
 
 class _Exp:
@@ -56,14 +61,28 @@ def _hunt(config, name, max_trials, tmp_path, heartbeat=3):
         objective.write_text(OBJECTIVE)
     # --heartbeat: the hunt's own setting (Oríon 0.2.7's pacemaker beats every 60 s anyway);
     # ORION_HEARTBEAT: fetch_lost_trials reads the *global* worker.heartbeat
-    cmd = [ORION, "hunt", "--config", str(config), "-n", name, "--max-trials", str(max_trials),
-           "--heartbeat", str(heartbeat), sys.executable, str(objective), "-x~uniform(-5, 5)",
-           "-y~uniform(-5, 5)"]
+    cmd = [
+        ORION,
+        "hunt",
+        "--config",
+        str(config),
+        "-n",
+        name,
+        "--max-trials",
+        str(max_trials),
+        "--heartbeat",
+        str(heartbeat),
+        sys.executable,
+        str(objective),
+        "-x~uniform(-5, 5)",
+        "-y~uniform(-5, 5)",
+    ]
     env = dict(os.environ, ORION_REDIS_URI="", ORION_HEARTBEAT=str(heartbeat))
     # the worker writes through its own copy of the descriptor: ours closes at once
     with open(tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log", "w") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=tmp_path, start_new_session=True)
+        return subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True
+        )
 
 
 def test_killed_workers_trials_come_back(redis_server, tmp_path, heartbeat):
@@ -81,12 +100,14 @@ def test_killed_workers_trials_come_back(redis_server, tmp_path, heartbeat):
             exp = docs[0]
             trials = storage.fetch_trials(uid=exp["_id"])
             if sum(t.status == "completed" for t in trials) >= 4 and any(
-                    t.status == "reserved" for t in trials):
+                t.status == "reserved" for t in trials
+            ):
                 break
         time.sleep(0.2)
     assert exp is not None, "the hunt never started"
-    reserved_at_kill = {t.id for t in storage.fetch_trials(uid=exp["_id"])
-                        if t.status == "reserved"}
+    reserved_at_kill = {
+        t.id for t in storage.fetch_trials(uid=exp["_id"]) if t.status == "reserved"
+    }
     kill_time = datetime.datetime.utcnow()
     victims = random.Random(1).sample(workers, 2)  # 25% of the fleet
     for victim in victims:
@@ -115,8 +136,11 @@ def test_killed_workers_trials_come_back(redis_server, tmp_path, heartbeat):
     assert still_reserved <= reserved_at_kill and still_reserved <= lost
     # a trial reserved before the kill but (re)started after it went through lost-trial
     # detection: a survivor's trial keeps its start_time, a dead worker's is reserved anew
-    recovered = {t.id for t in trials if t.id in reserved_at_kill and t.status == "completed"
-                 and t.start_time > kill_time}
+    recovered = {
+        t.id
+        for t in trials
+        if t.id in reserved_at_kill and t.status == "completed" and t.start_time > kill_time
+    }
     assert recovered, "a killed worker's trial was reset through lost-trial detection and rerun"
     assert not storage.get_algorithm_lock_info(uid=exp["_id"]).locked
 
@@ -139,8 +163,11 @@ def test_redis_killed_and_restarted_mid_hunt(tmp_path, heartbeat):
         while time.monotonic() < deadline and len(completed_before) < 5:
             docs = storage.fetch_experiments({"name": name})
             if docs:
-                completed_before = {t.id for t in storage.fetch_trials(uid=docs[0]["_id"])
-                                    if t.status == "completed"}
+                completed_before = {
+                    t.id
+                    for t in storage.fetch_trials(uid=docs[0]["_id"])
+                    if t.status == "completed"
+                }
             time.sleep(0.2)
         assert len(completed_before) >= 5, "the hunt never got going"
         server.kill()  # SIGKILL: no shutdown, no final fsync

@@ -15,6 +15,7 @@ no need for port 8000 to be free).
 
 ``ORION_REDIS_DASHBOARD_SCREENSHOT=docs/dashboard.png`` also writes the trials page there.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -53,9 +54,11 @@ def _browser() -> tuple[str, str]:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not chromium or not driver:
-        pytest.skip("the dashboard test needs Debian's chromium and chromium-driver "
-                    "(apt-get install -y chromium chromium-driver; .ci/run installs them): "
-                    f"chromium={chromium}, chromedriver={driver}")
+        pytest.skip(
+            "the dashboard test needs Debian's chromium and chromium-driver "
+            "(apt-get install -y chromium chromium-driver; .ci/run installs them): "
+            f"chromium={chromium}, chromedriver={driver}"
+        )
     return chromium, driver
 
 
@@ -64,8 +67,16 @@ class Proxy:
     (host, port) to forward to; anything else gets 502. ``requests`` logs (host:port, path,
     status)."""
 
-    HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
-           "te", "trailer", "content-length"}
+    HOP = {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "trailer",
+        "content-length",
+    }
 
     def __init__(self, routes: dict[str, tuple[str, int]]):
         self.routes, self.requests = routes, []
@@ -85,9 +96,14 @@ class Proxy:
                 status, headers, data = 502, [], b""
                 if target is not None:
                     conn = http.client.HTTPConnection(*target, timeout=120)
-                    conn.request(self.command, url.path + (f"?{url.query}" if url.query else ""),
-                                 body=body, headers={k: v for k, v in self.headers.items()
-                                                     if k.lower() not in proxy.HOP})
+                    conn.request(
+                        self.command,
+                        url.path + (f"?{url.query}" if url.query else ""),
+                        body=body,
+                        headers={
+                            k: v for k, v in self.headers.items() if k.lower() not in proxy.HOP
+                        },
+                    )
                     reply = conn.getresponse()
                     status, headers, data = reply.status, reply.getheaders(), reply.read()
                     conn.close()
@@ -123,20 +139,36 @@ def _wait_http(url: str, proc, timeout: float = 60) -> bytes:
                 return reply.read()
         except OSError as exc:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{url} did not answer ({exc}); process exit code "
-                                     f"{proc.poll()}") from exc
+                raise AssertionError(
+                    f"{url} did not answer ({exc}); process exit code {proc.poll()}"
+                ) from exc
             time.sleep(0.2)
 
 
 def _hunt(tmp_path, uri) -> None:
     """Two `orion hunt` workers, 10 trials, on the redis-server of the fixtures."""
     config = hunt_config(tmp_path / "orion_config.yaml", uri, tmp_path / "trials", seed=7)
-    cmd = [str(BIN / "orion"), "hunt", "--config", str(config), "-n", NAME, "--max-trials",
-           "10", sys.executable, str(EXAMPLES / "objective.py"), "-x~uniform(-5, 5)",
-           "-y~uniform(-5, 5)"]
+    cmd = [
+        str(BIN / "orion"),
+        "hunt",
+        "--config",
+        str(config),
+        "-n",
+        NAME,
+        "--max-trials",
+        "10",
+        sys.executable,
+        str(EXAMPLES / "objective.py"),
+        "-x~uniform(-5, 5)",
+        "-y~uniform(-5, 5)",
+    ]
     env = dict(os.environ, ORION_REDIS_URI="")
-    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env, cwd=tmp_path) for _ in range(2)]
+    workers = [
+        subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path
+        )
+        for _ in range(2)
+    ]
     for worker in workers:
         out = worker.communicate(timeout=300)[0]
         assert worker.returncode == 0, out[-3000:]
@@ -167,32 +199,48 @@ def test_dashboard_shows_the_hunt_stored_on_redis(redis_server, tmp_path):
     serve_config = tmp_path / "serve.yaml"
     serve_config.write_text(
         "storage:\n  type: redis\n  database:\n"
-        f"    host: \"{uri}\"\n"
-        f"gunicorn:\n  bind: \"127.0.0.1:{api_port}\"\n  workers: 1\n"
-        f"frontends_uri: [\"http://{front_origin}\"]\n")
+        f'    host: "{uri}"\n'
+        f'gunicorn:\n  bind: "127.0.0.1:{api_port}"\n  workers: 1\n'
+        f'frontends_uri: ["http://{front_origin}"]\n'
+    )
     env = dict(os.environ, ORION_REDIS_URI="")
     logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("serve", "frontend")}
-    serve = subprocess.Popen([str(BIN / "orion"), "serve", "-c", str(serve_config)], env=env,
-                             stdout=logs["serve"], stderr=subprocess.STDOUT)
-    front = subprocess.Popen([str(BIN / "orion"), "frontend", "-p", str(front_port)], env=env,
-                             stdout=logs["frontend"], stderr=subprocess.STDOUT)
+    serve = subprocess.Popen(
+        [str(BIN / "orion"), "serve", "-c", str(serve_config)],
+        env=env,
+        stdout=logs["serve"],
+        stderr=subprocess.STDOUT,
+    )
+    front = subprocess.Popen(
+        [str(BIN / "orion"), "frontend", "-p", str(front_port)],
+        env=env,
+        stdout=logs["frontend"],
+        stderr=subprocess.STDOUT,
+    )
     driver = None
     try:
         listed = json.loads(_wait_http(f"http://127.0.0.1:{api_port}/experiments", serve))
         assert {"name": NAME, "version": 1} in listed
         lpi = json.loads(_wait_http(f"http://127.0.0.1:{api_port}/plots/lpi/{NAME}", serve))
-        assert "<div id=\"root\">" in _wait_http(f"http://{front_origin}/", front).decode(), (
-            "orion frontend does not serve the dashboard (falcon >= 4? see pyproject.toml)")
+        assert '<div id="root">' in _wait_http(f"http://{front_origin}/", front).decode(), (
+            "orion frontend does not serve the dashboard (falcon >= 4? see pyproject.toml)"
+        )
 
-        with Proxy({DASHBOARD_API: ("127.0.0.1", api_port),
-                    front_origin: ("localhost", front_port)}) as proxy:
+        with Proxy(
+            {DASHBOARD_API: ("127.0.0.1", api_port), front_origin: ("localhost", front_port)}
+        ) as proxy:
             options = webdriver.ChromeOptions()
             options.binary_location = chromium
-            for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                        "--window-size=1400,1180", "--disable-background-networking",
-                        f"--user-data-dir={tmp_path / 'chromium'}",
-                        f"--proxy-server=http://127.0.0.1:{proxy.port}",
-                        "--proxy-bypass-list=<-loopback>"):  # loopback through the proxy too
+            for arg in (
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-dev-shm-usage",
+                "--window-size=1400,1180",
+                "--disable-background-networking",
+                f"--user-data-dir={tmp_path / 'chromium'}",
+                f"--proxy-server=http://127.0.0.1:{proxy.port}",
+                "--proxy-bypass-list=<-loopback>",
+            ):  # loopback through the proxy too
                 options.add_argument(arg)
             driver = webdriver.Chrome(service=Service(chromedriver), options=options)
             wait = WebDriverWait(driver, 60)
@@ -204,14 +252,25 @@ def test_dashboard_shows_the_hunt_stored_on_redis(redis_server, tmp_path):
 
             # trials page: every stored trial, its parameters and objective
             driver.execute_script("window.location.hash = '#/database'")
-            wait.until(lambda d: f"{len(trials)} trial(s) for experiment" in d.find_element(
-                By.TAG_NAME, "body").text)
-            (page_size,) = [Select(e) for e in driver.find_elements(By.TAG_NAME, "select")
-                            if "20" in [o.text for o in Select(e).options]]
+            wait.until(
+                lambda d: (
+                    f"{len(trials)} trial(s) for experiment"
+                    in d.find_element(By.TAG_NAME, "body").text
+                )
+            )
+            (page_size,) = [
+                Select(e)
+                for e in driver.find_elements(By.TAG_NAME, "select")
+                if "20" in [o.text for o in Select(e).options]
+            ]
             page_size.select_by_visible_text("20")  # "items per page": all trials at once
-            rows = wait.until(lambda d: [r.text for r in d.find_elements(
-                By.CSS_SELECTOR, "tbody tr")] if len(d.find_elements(
-                    By.CSS_SELECTOR, "tbody tr")) == len(trials) else None)
+            rows = wait.until(
+                lambda d: (
+                    [r.text for r in d.find_elements(By.CSS_SELECTOR, "tbody tr")]
+                    if len(d.find_elements(By.CSS_SELECTOR, "tbody tr")) == len(trials)
+                    else None
+                )
+            )
             trials_png = tmp_path / "dashboard-trials.png"
             driver.save_screenshot(str(trials_png))
             for trial in trials:
@@ -223,31 +282,40 @@ def test_dashboard_shows_the_hunt_stored_on_redis(redis_server, tmp_path):
 
             # visualizations page: the plots `orion serve` computed from the stored trials
             driver.execute_script("window.location.hash = '#/visualizations'")
-            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR,
-                                                     ".js-plotly-plot")) >= 3)
-            plots = wait.until(lambda d: d.execute_script(
-                "const p = [...document.querySelectorAll('.js-plotly-plot')];"
-                "return p.every(g => g.data && g.layout) ? p.map(g => ({"
-                "title: g.layout.title && g.layout.title.text, data: g.data,"
-                "drawn: g.querySelectorAll('g.point, g.trace path, .lines path').length}))"
-                " : null;"))
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 3)
+            plots = wait.until(
+                lambda d: d.execute_script(
+                    "const p = [...document.querySelectorAll('.js-plotly-plot')];"
+                    "return p.every(g => g.data && g.layout) ? p.map(g => ({"
+                    "title: g.layout.title && g.layout.title.text, data: g.data,"
+                    "drawn: g.querySelectorAll('g.point, g.trace path, .lines path').length}))"
+                    " : null;"
+                )
+            )
             driver.save_screenshot(str(tmp_path / "dashboard-plots.png"))
             by_title = {p["title"]: p for p in plots}
             regret = by_title[f"Regret for experiment '{NAME}'"]
-            plotted_ids = {row[0] for trace in regret["data"]
-                           for row in trace.get("customdata") or []}
+            plotted_ids = {
+                row[0] for trace in regret["data"] for row in trace.get("customdata") or []
+            }
             assert plotted_ids == {t.id for t in completed}
             lpi_plot = by_title[f"LPI for experiment '{NAME}'"]
             assert lpi_plot["data"][0]["x"] == lpi["data"][0]["x"] == ["/x", "/y"]
             # LPI fits a random forest per request (no fixed seed): close, not equal
-            assert lpi_plot["data"][0]["y"] == pytest.approx(lpi["data"][0]["y"], rel=0.05,
-                                                             abs=0.02)
+            assert lpi_plot["data"][0]["y"] == pytest.approx(
+                lpi["data"][0]["y"], rel=0.05, abs=0.02
+            )
             assert lpi_plot["drawn"] >= 2, "the LPI bars are drawn"
             assert f"Parallel Coordinates Plot for experiment '{NAME}'" in by_title
-        api_calls = {path for host, path, status in proxy.requests
-                     if host == DASHBOARD_API and status == 200}
-        assert {"/experiments", f"/trials/{NAME}", f"/plots/regret/{NAME}",
-                f"/plots/lpi/{NAME}"} <= api_calls, api_calls
+        api_calls = {
+            path for host, path, status in proxy.requests if host == DASHBOARD_API and status == 200
+        }
+        assert {
+            "/experiments",
+            f"/trials/{NAME}",
+            f"/plots/regret/{NAME}",
+            f"/plots/lpi/{NAME}",
+        } <= api_calls, api_calls
         target = os.environ.get("ORION_REDIS_DASHBOARD_SCREENSHOT")
         if target:
             shutil.copyfile(trials_png, target)

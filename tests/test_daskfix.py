@@ -88,8 +88,12 @@ def test_workon_with_a_local_cluster_of_processes(redis_server):
         max_broken=30,
         algorithms={"random": {"seed": 3}},
     )
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         with experiment.tmp_executor("dask", client=client, n_workers=2):
             experiment.workon(_objective, max_trials=30, n_workers=2, max_broken=30)
     trials = experiment.fetch_trials()

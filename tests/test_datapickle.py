@@ -5,6 +5,7 @@ arrays/scalars and Oríon's trial-like classes, and loaded by the C unpickler wi
 globals (see orion_track_redis/datapickle.py for the argument). Everything else falls back to
 the general allow-listed format of test_statecodec.py.
 """
+
 from __future__ import annotations
 
 import collections
@@ -18,9 +19,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from orion.algo.hyperband.hyperband import BudgetTuple
 from orion.core.worker.trial import Trial
+
 from orion_track_redis import datapickle
 from orion_track_redis.errors import UnsafeStateError
 from orion_track_redis.statecodec import MAGIC, dump_state, load_state
@@ -37,25 +38,51 @@ def same_data(a, b, seen=None) -> bool:
         return False
     if isinstance(a, np.ndarray):
         return (a.dtype.str, a.shape, a.flags.f_contiguous, a.tobytes("A")) == (
-            b.dtype.str, b.shape, b.flags.f_contiguous, b.tobytes("A"))
+            b.dtype.str,
+            b.shape,
+            b.flags.f_contiguous,
+            b.tobytes("A"),
+        )
     if isinstance(a, np.generic):
         return (a.dtype.str, a.tobytes()) == (b.dtype.str, b.tobytes())
     if isinstance(a, float) and a != a:
         return b != b
-    if isinstance(a, (str, bytes, int, float, complex, type(None), datetime.date,
-                      datetime.timedelta, datetime.time, set, frozenset, range, slice)):
+    if isinstance(
+        a,
+        (
+            str,
+            bytes,
+            int,
+            float,
+            complex,
+            type(None),
+            datetime.date,
+            datetime.timedelta,
+            datetime.time,
+            set,
+            frozenset,
+            range,
+            slice,
+        ),
+    ):
         return a == b
     if (id(a), id(b)) in seen:  # a cycle: compared where it started
         return True
     seen.add((id(a), id(b)))
     if isinstance(a, dict):
-        return list(a) == list(b) and all(same_data(a[k], b[k], seen) for k in a) and (
-            not isinstance(a, collections.defaultdict) or a.default_factory is b.default_factory)
+        return (
+            list(a) == list(b)
+            and all(same_data(a[k], b[k], seen) for k in a)
+            and (
+                not isinstance(a, collections.defaultdict) or a.default_factory is b.default_factory
+            )
+        )
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(same_data(x, y, seen) for x, y in zip(a, b))
     slots = [n for c in type(a).__mro__ for n in getattr(c, "__slots__", ()) if hasattr(a, n)]
     return same_data(getattr(a, "__dict__", {}), getattr(b, "__dict__", {}), seen) and all(
-        same_data(getattr(a, n), getattr(b, n, None), seen) for n in slots)
+        same_data(getattr(a, n), getattr(b, n, None), seen) for n in slots
+    )
 
 
 def framed(body: bytes) -> bytes:
@@ -91,21 +118,41 @@ DATA_SAMPLE = {
     "arr": np.arange(6.0).reshape(2, 3),
     "fortran": np.asfortranarray(np.arange(6).reshape(2, 3)),
     "big-endian": np.array([1.5, 2.5], dtype=">f8"),
-    "zero-d": np.array(3.25), "empty": np.zeros((0, 4), dtype=np.int16),
-    "u32": np.array([1, 2], dtype=np.uint32), "bools": np.array([True, False]),
+    "zero-d": np.array(3.25),
+    "empty": np.zeros((0, 4), dtype=np.int16),
+    "u32": np.array([1, 2], dtype=np.uint32),
+    "bools": np.array([True, False]),
     "complex-arr": np.array([1 + 2j]),
-    "scalars": [np.float64(0.5), np.int64(3), np.bool_(True), np.float32(1.5), np.uint8(7),
-                np.complex64(1j)],
+    "scalars": [
+        np.float64(0.5),
+        np.int64(3),
+        np.bool_(True),
+        np.float32(1.5),
+        np.uint8(7),
+        np.complex64(1j),
+    ],
     "rng": np.random.RandomState(1).get_state(),
-    "set": {1, 2}, "frozenset": frozenset({"a"}), "complex": 1 + 2j, "bytearray": bytearray(b"ab"),
-    "od": collections.OrderedDict(a=1), "dd": collections.defaultdict(set, {"k": {1}}),
+    "set": {1, 2},
+    "frozenset": frozenset({"a"}),
+    "complex": 1 + 2j,
+    "bytearray": bytearray(b"ab"),
+    "od": collections.OrderedDict(a=1),
+    "dd": collections.defaultdict(set, {"k": {1}}),
     "when": datetime.datetime(2024, 1, 2, 3, 4, 5, 6),
     "aware": datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc),
-    "date": datetime.date(2024, 1, 2), "time": datetime.time(1, 2),
-    "delta": datetime.timedelta(days=3), "budget": BudgetTuple(1, 2),
-    "bytes": b"\x00\xff", "tuple": (1, "a"), "none": None, "nan": float("nan"),
-    "trial": Trial(params=[{"name": "x", "type": "real", "value": 1.0}], status="completed",
-                   results=[{"name": "o", "type": "objective", "value": 2.0}]),
+    "date": datetime.date(2024, 1, 2),
+    "time": datetime.time(1, 2),
+    "delta": datetime.timedelta(days=3),
+    "budget": BudgetTuple(1, 2),
+    "bytes": b"\x00\xff",
+    "tuple": (1, "a"),
+    "none": None,
+    "nan": float("nan"),
+    "trial": Trial(
+        params=[{"name": "x", "type": "real", "value": 1.0}],
+        status="completed",
+        results=[{"name": "o", "type": "objective", "value": 2.0}],
+    ),
 }
 
 
@@ -142,13 +189,37 @@ class Point:
     x: int
 
 
-@pytest.mark.parametrize("value", [
-    Trial, len, _local_function, Point(1), np.array(["x", None], dtype=object),
-    np.array(["2024-01-01"], dtype="M8[D]"), np.datetime64("2024-01-01"),
-    np.zeros(2, dtype=[("a", "i4")]), np.dtype("f8"), type(None), range(3), slice(1),
-], ids=["class", "builtin-function", "function", "dataclass", "object-array",
-        "datetime64-array", "datetime64-scalar", "structured-array", "dtype", "NoneType",
-        "range", "slice"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        Trial,
+        len,
+        _local_function,
+        Point(1),
+        np.array(["x", None], dtype=object),
+        np.array(["2024-01-01"], dtype="M8[D]"),
+        np.datetime64("2024-01-01"),
+        np.zeros(2, dtype=[("a", "i4")]),
+        np.dtype("f8"),
+        type(None),
+        range(3),
+        slice(1),
+    ],
+    ids=[
+        "class",
+        "builtin-function",
+        "function",
+        "dataclass",
+        "object-array",
+        "datetime64-array",
+        "datetime64-scalar",
+        "structured-array",
+        "dtype",
+        "NoneType",
+        "range",
+        "slice",
+    ],
+)
 def test_anything_else_falls_back_to_the_general_form(value):
     assert flag(dump_state({"x": [value]}, None)) == UNSIGNED
     with pytest.raises(datapickle.Unsupported):
@@ -156,16 +227,27 @@ def test_anything_else_falls_back_to_the_general_form(value):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary()
-    | st.datetimes() | st.floats(allow_nan=False).map(np.float64)
-    | st.integers(-2**31, 2**31 - 1).map(np.int32),
-    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
-    | st.dictionaries(st.text(max_size=5), inner, max_size=4)
-    | st.frozensets(st.integers(), max_size=4)
-    | st.lists(st.floats(allow_nan=False), max_size=4).map(np.array),
-    max_leaves=20,
-))
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats()
+        | st.text()
+        | st.binary()
+        | st.datetimes()
+        | st.floats(allow_nan=False).map(np.float64)
+        | st.integers(-(2**31), 2**31 - 1).map(np.int32),
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.tuples(inner, inner)
+            | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+            | st.frozensets(st.integers(), max_size=4)
+            | st.lists(st.floats(allow_nan=False), max_size=4).map(np.array)
+        ),
+        max_leaves=20,
+    )
+)
 def test_arbitrary_data_round_trips_in_the_data_form(value):
     data = dump_state(value, None)
     assert flag(data) == DATA
@@ -189,6 +271,7 @@ class _System:
 
     def __reduce__(self):
         import os
+
         return os.system, (f"touch {self.path}",)
 
 
@@ -200,8 +283,11 @@ def test_a_foreign_global_is_refused_and_never_runs(tmp_path):
 
 
 @pytest.mark.parametrize("key", sorted(datapickle.GLOBALS))
-@pytest.mark.parametrize("state", [b"}X\x05\x00\x00\x00pwnedK\x01s", b"N}X\x05\x00\x00\x00pwnedK\x01s\x86"],
-                         ids=["dict-state", "slot-state"])
+@pytest.mark.parametrize(
+    "state",
+    [b"}X\x05\x00\x00\x00pwnedK\x01s", b"N}X\x05\x00\x00\x00pwnedK\x01s\x86"],
+    ids=["dict-state", "slot-state"],
+)
 def test_build_cannot_set_attributes_on_an_admitted_global(key, state):
     module, name = key
     body = b"\x80\x02c" + f"{module}\n{name}\n".encode() + state + b"b."
@@ -210,21 +296,45 @@ def test_build_cannot_set_attributes_on_an_admitted_global(key, state):
     assert not hasattr(datapickle.GLOBALS[key], "pwned")
 
 
-@pytest.mark.parametrize("payload, match", [
-    (_Call(datapickle.NEW, 99), "unknown class code"),
-    (_Call(datapickle.NEW, True), "unknown class code"),
-    (_Call(datapickle.ARRAY, "|O", (1,), "C", b"\x00" * 8), "not numeric"),
-    (_Call(datapickle.ARRAY, "i4,O", (1,), "C", b"\x00" * 16), "not numeric"),
-    (_Call(datapickle.ARRAY, "|V8", (1,), "C", b"\x00" * 8), "not numeric"),
-    (_Call(datapickle.ARRAY, ("O", 1), (1,), "C", b"\x00" * 8), "given by name"),
-    (_Call(datapickle.ARRAY, "<f8", (2,), "C", b"\x00" * 8), "cannot reshape"),
-    (_Call(datapickle.ARRAY, "<f8", (1,), "K", b"\x00" * 8), "C or F order"),
-    (_Call(datapickle.ARRAY, "<f8", (1,), "C", b"\x00" * 8,
-           state=((1,), "|O", False, b"\x00" * 8)), "must be numpy.dtype"),
-    (_Call(datapickle.SCALAR, "<f8", b"\x00" * 4), "wrong size"),
-    (_Call(datapickle.SCALAR, "|O", b"\x00" * 8), "not numeric"),
-], ids=["class-code", "bool-code", "object-array", "structured-object", "void", "dtype-tuple",
-        "short-buffer", "order", "array-setstate", "scalar-size", "object-scalar"])
+@pytest.mark.parametrize(
+    "payload, match",
+    [
+        (_Call(datapickle.NEW, 99), "unknown class code"),
+        (_Call(datapickle.NEW, True), "unknown class code"),
+        (_Call(datapickle.ARRAY, "|O", (1,), "C", b"\x00" * 8), "not numeric"),
+        (_Call(datapickle.ARRAY, "i4,O", (1,), "C", b"\x00" * 16), "not numeric"),
+        (_Call(datapickle.ARRAY, "|V8", (1,), "C", b"\x00" * 8), "not numeric"),
+        (_Call(datapickle.ARRAY, ("O", 1), (1,), "C", b"\x00" * 8), "given by name"),
+        (_Call(datapickle.ARRAY, "<f8", (2,), "C", b"\x00" * 8), "cannot reshape"),
+        (_Call(datapickle.ARRAY, "<f8", (1,), "K", b"\x00" * 8), "C or F order"),
+        (
+            _Call(
+                datapickle.ARRAY,
+                "<f8",
+                (1,),
+                "C",
+                b"\x00" * 8,
+                state=((1,), "|O", False, b"\x00" * 8),
+            ),
+            "must be numpy.dtype",
+        ),
+        (_Call(datapickle.SCALAR, "<f8", b"\x00" * 4), "wrong size"),
+        (_Call(datapickle.SCALAR, "|O", b"\x00" * 8), "not numeric"),
+    ],
+    ids=[
+        "class-code",
+        "bool-code",
+        "object-array",
+        "structured-object",
+        "void",
+        "dtype-tuple",
+        "short-buffer",
+        "order",
+        "array-setstate",
+        "scalar-size",
+        "object-scalar",
+    ],
+)
 def test_rebuilders_refuse_unsafe_arguments(payload, match):
     with pytest.raises(UnsafeStateError, match=match):
         load_state(framed(pickle.dumps(payload, 4)), None)

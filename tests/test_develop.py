@@ -23,10 +23,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import make_storage
-from helpers import BASE_TIME, create_experiment, experiment_config
 from orion.storage.base import LockAcquisitionTimeout, LockedAlgorithmState
 
+from conftest import make_storage
+from helpers import BASE_TIME, create_experiment, experiment_config
 from orion_track_redis import develop
 
 REPO = Path(__file__).resolve().parent.parent

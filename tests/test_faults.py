@@ -1,4 +1,5 @@
 """Bad data, hostile input and unfriendly servers: clear errors, nothing else damaged."""
+
 from __future__ import annotations
 
 import os
@@ -10,11 +11,11 @@ import uuid
 
 import pytest
 
-from helpers import Exp, create_experiment, experiment_config, make_trial
+from helpers import Exp, create_experiment, make_trial
 from orion_track_redis import ConnectionFailed, CorruptData, Redis, UnsafeStateError
 from orion_track_redis.errors import RedisStorageError
-from orion_track_redis.testing import RedisServer
 from orion_track_redis.serverchecks import check_server
+from orion_track_redis.testing import RedisServer
 
 
 class _Planted:
@@ -84,8 +85,9 @@ def test_foreign_key_type_is_explained(redis_storage):
 def test_corrupt_experiment_document(redis_storage):
     exp_id = create_experiment(redis_storage, name="bad")
     create_experiment(redis_storage, name="good")
-    redis_storage.client.hset(redis_storage._keys.exp(redis_storage._ek(exp_id).exp_token),
-                              "space", "\x00garbage")
+    redis_storage.client.hset(
+        redis_storage._keys.exp(redis_storage._ek(exp_id).exp_token), "space", "\x00garbage"
+    )
     with pytest.raises(CorruptData, match=":exp:"):
         redis_storage.fetch_experiments({})
     assert redis_storage.fetch_experiments({"_id": 2})[0]["name"] == "good"
@@ -117,7 +119,8 @@ def test_bad_field_names_are_refused(redis_storage, name):
     with pytest.raises(ValueError, match="cannot be stored"):
         redis_storage.update_trials(uid=exp_id, **{name: 1})
     assert [t.to_dict() for t in redis_storage.fetch_trials(uid=exp_id)] == [
-        make_trial(exp_id).to_dict() | {"_id": make_trial(exp_id).id}]
+        make_trial(exp_id).to_dict() | {"_id": make_trial(exp_id).id}
+    ]
 
 
 # -- servers that are not what they should be ------------------------------------------------
@@ -167,22 +170,35 @@ def test_orion_commands_end_on_our_message_not_a_traceback(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "ORION_STORAGE_TYPE": "redis",
-           "ORION_DB_ADDRESS": f"redis://:pw@127.0.0.1:{port}/0"}
+    env = {
+        **os.environ,
+        "ORION_STORAGE_TYPE": "redis",
+        "ORION_DB_ADDRESS": f"redis://:pw@127.0.0.1:{port}/0",
+    }
     orion = [os.path.join(os.path.dirname(sys.executable), "orion")]
-    hunt = [*orion, "hunt", "-n", "gone", "--exp-max-trials", "1", sys.executable, "-c", "0",
-            "-x~uniform(0,1)"]
+    hunt = [
+        *orion,
+        "hunt",
+        "-n",
+        "gone",
+        "--exp-max-trials",
+        "1",
+        sys.executable,
+        "-c",
+        "0",
+        "-x~uniform(0,1)",
+    ]
     for command in (hunt, [*orion, "status"]):
-        done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run(
+            command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 1
         assert "Traceback" not in done.stderr and "pw" not in done.stderr
         last = done.stderr.strip().splitlines()[-2]
         assert last.startswith("orion: ConnectionFailed: Cannot reach Redis at redis://")
         assert f"127.0.0.1:{port}/0" in last and "Check that the server runs" in last
     env["ORION_REDIS_TRACEBACK"] = "1"
-    done = subprocess.run(hunt, env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(hunt, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert "Traceback" in done.stderr and "ConnectionFailed" in done.stderr
 
 
@@ -197,13 +213,19 @@ def test_silent_server_fails_within_the_timeout():
 def test_old_redis_is_refused():
     with pytest.raises(RedisStorageError, match="needs 6.2 or newer"):
         check_server({"redis_version": "5.0.14"}, "redis://h:1")
-    assert check_server({"redis_version": "7.0.15", "maxmemory_policy": "noeviction",
-                         "aof_enabled": 1}, "redis://h:1") == []
+    assert (
+        check_server(
+            {"redis_version": "7.0.15", "maxmemory_policy": "noeviction", "aof_enabled": 1},
+            "redis://h:1",
+        )
+        == []
+    )
 
 
 def test_eviction_and_no_persistence_warn_loudly(tmp_path, caplog):
-    with RedisServer(tmp_path, appendonly=False,
-                     extra_args=["--maxmemory-policy", "allkeys-lru"]) as server:
+    with RedisServer(
+        tmp_path, appendonly=False, extra_args=["--maxmemory-policy", "allkeys-lru"]
+    ) as server:
         server.start()
         Redis(uri=server.url, prefix="warn")
     text = caplog.text
@@ -211,12 +233,15 @@ def test_eviction_and_no_persistence_warn_loudly(tmp_path, caplog):
     assert "persistence disabled" in text and "appendonly yes" in text
 
 
-@pytest.mark.parametrize("template", [
-    "Error running script (call to f_{sha}): @user_script:{line}: The user executing the script "
-    "can't run this command or subcommand",
-    "The user executing the script can't run this command or subcommand script: {sha}, on "
-    "@user_script:{line}.",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "Error running script (call to f_{sha}): @user_script:{line}: "
+        "The user executing the script can't run this command or subcommand",
+        "The user executing the script can't run this command or subcommand script: {sha}, on "
+        "@user_script:{line}.",
+    ],
+)
 def test_acl_denial_in_a_script_names_the_command(template):
     """Both wordings Redis 7 uses for an ACL denial inside a script."""
     import hashlib

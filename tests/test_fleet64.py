@@ -14,6 +14,7 @@ trials as idleness. ~3-4 min here, ~2 min of it start-up (64 Pythons importing O
 of CPU each, on 2 cores). Peak memory ~11-12 GiB (PSS; the RSS sum is ~24 GiB because each
 hunt's forked pool process shares its pages).
 """
+
 from __future__ import annotations
 
 import collections
@@ -38,8 +39,9 @@ IDLE_TIMEOUT_S = 300  # Oríon's default (60 s) counts waiting for the others' t
 
 
 def _load_fleet():
-    spec = importlib.util.spec_from_file_location("fleet_real",
-                                                  ROOT / "benchmarks" / "fleet_real.py")
+    spec = importlib.util.spec_from_file_location(
+        "fleet_real", ROOT / "benchmarks" / "fleet_real.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -73,14 +75,17 @@ def violations(raw, lost_seen) -> list[str]:
     out += [f"trial {t} ran but is not completed" for t in runs if t not in completed]
     for r in raw["runs"]:  # the stored result is the one computed from the stored params
         stored = completed.get(r["trial"])
-        if stored and (stored["objective"] != r["value"] or
-                       (stored["params"]["/x"], stored["params"]["/y"]) != (r["x"], r["y"])):
+        if stored and (
+            stored["objective"] != r["value"]
+            or (stored["params"]["/x"], stored["params"]["/y"]) != (r["x"], r["y"])
+        ):
             out.append(f"trial {r['trial']}: stored {stored} but ran {r}")
     dup = fleet.duplicates(raw)["params_completed_more_than_once"]
     if dup:
         out.append(f"{dup} parameter sets completed more than once")
-    out += [f"trial {t} reported lost at {s:.0f}s (this fleet kills no worker)"
-            for s, t in lost_seen]
+    out += [
+        f"trial {t} reported lost at {s:.0f}s (this fleet kills no worker)" for s, t in lost_seen
+    ]
     return out
 
 
@@ -106,20 +111,34 @@ def run_checked_fleet(tmp_path, heartbeat, spec, stop_when_lost=False):
         def sample_lost(elapsed):
             docs = storage.fetch_experiments({"name": "fleet-redis"})
             if docs:
-                lost_seen.extend((elapsed, t.id) for t in storage.fetch_lost_trials(
-                    _Exp(docs[0]["_id"])))
+                lost_seen.extend(
+                    (elapsed, t.id) for t in storage.fetch_lost_trials(_Exp(docs[0]["_id"]))
+                )
             return stop_when_lost and lost_seen
 
-        raw = fleet.run_fleet(spec, "redis", uri, tmp_path / "fleet", redis_pid=server.pid,
-                              on_tick=sample_lost, log=lambda m: None)
+        raw = fleet.run_fleet(
+            spec,
+            "redis",
+            uri,
+            tmp_path / "fleet",
+            redis_pid=server.pid,
+            on_tick=sample_lost,
+            log=lambda m: None,
+        )
         locked = storage.get_algorithm_lock_info(uid=raw["experiment_id"]).locked
     return raw, lost_seen, locked
 
 
 def test_64_hunts_complete_every_trial_once(tmp_path, heartbeat):
-    spec = fleet.FleetSpec(workers=WORKERS, trials=TRIALS, sleep_s=SLEEP_S,
-                           heartbeat_s=HEARTBEAT_S, idle_timeout=IDLE_TIMEOUT_S, cap_s=500,
-                           instrument=False)
+    spec = fleet.FleetSpec(
+        workers=WORKERS,
+        trials=TRIALS,
+        sleep_s=SLEEP_S,
+        heartbeat_s=HEARTBEAT_S,
+        idle_timeout=IDLE_TIMEOUT_S,
+        cap_s=500,
+        instrument=False,
+    )
     raw, lost_seen, locked = run_checked_fleet(tmp_path, heartbeat, spec)
     problems = violations(raw, lost_seen)
     assert not problems, "\n".join(problems[:40])
@@ -132,8 +151,9 @@ def test_64_hunts_complete_every_trial_once(tmp_path, heartbeat):
 def test_the_checks_catch_a_live_trial_declared_lost(tmp_path, heartbeat):
     """The oracle, broken on purpose: a heartbeat of 1 s (lost after 5 s) under an 8 s objective
     declares live trials lost, and the checks above must say so."""
-    spec = fleet.FleetSpec(workers=4, trials=8, sleep_s=8.0, heartbeat_s=1, cap_s=240,
-                           instrument=False)
+    spec = fleet.FleetSpec(
+        workers=4, trials=8, sleep_s=8.0, heartbeat_s=1, cap_s=240, instrument=False
+    )
     raw, lost_seen, _ = run_checked_fleet(tmp_path, heartbeat, spec, stop_when_lost=True)
     problems = violations(raw, lost_seen)
     assert any("reported lost" in p for p in problems), problems

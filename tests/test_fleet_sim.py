@@ -1,6 +1,7 @@
 """Smoke test of the fleet simulator (issue 13): `benchmarks/fleet_sim.py --smoke` in a
 subprocess (its own redis-server, real generator processes), then its invariants from the JSON
 it writes."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("fleet") / "fleet_sim.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fleet_sim.py"), "--smoke",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fleet_sim.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
 
@@ -39,8 +44,14 @@ def test_measures_what_the_sizing_guide_needs(smoke):
     (size,) = res["sizes"]
     assert size["cpu_ms_per_trial"] > 0 and size["client_commands_per_trial"] >= 20
     assert size["bytes_in_per_trial"] > 0 and size["clients_peak"] >= size["workers"]
-    for call in ("reserve_trial", "register_trial", "push_trial_results", "fetch_trials",
-                 "lock_acquire", "lock_release"):
+    for call in (
+        "reserve_trial",
+        "register_trial",
+        "push_trial_results",
+        "fetch_trials",
+        "lock_acquire",
+        "lock_release",
+    ):
         assert size["calls_ms"][call]["p99"] >= size["calls_ms"][call]["p50"] > 0
     assert size["burst"]["waiters"] == size["workers"]
     assert res["saturation"]["extrapolated_trials_per_s"] > 0

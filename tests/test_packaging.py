@@ -12,7 +12,10 @@
 4. ``tools/orion_wheel.py`` (the README's install commands) does nothing before Python 3.12,
    patches nothing but ``orion frontend``'s one line, and the installed Oríon's frontend sets
    an attribute that the installed falcon has.
+5. The package is marked typed (``py.typed``, PEP 561, in the wheel), and its ``__all__`` lists
+   only names that exist and import cleanly.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -40,10 +43,20 @@ def _run(cmd, timeout, **kwargs):
 
 def _clean_env() -> dict:
     """The environment of the subprocesses, without anything that could leak this checkout in."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV",
-                        "PYTHONSAFEPATH", "__PYVENV_LAUNCHER__")
-           and not k.startswith("ORION_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "PYTHONPATH",
+            "PYTHONHOME",
+            "PYTHONSTARTUP",
+            "VIRTUAL_ENV",
+            "PYTHONSAFEPATH",
+            "__PYVENV_LAUNCHER__",
+        )
+        and not k.startswith("ORION_")
+    }
     env["PYTHONNOUSERSITE"] = "1"
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env["PIP_NO_INPUT"] = "1"
@@ -65,8 +78,9 @@ def wheel(tmp_path_factory) -> Path:
         wheels = sorted(outdir.glob("orion_track_redis-*.whl"))
         if proc.returncode == 0 and len(wheels) == 1:
             return wheels[0]
-        logs.append(f"$ {' '.join(cmd)}\nrc={proc.returncode}\n{proc.stdout[-3000:]}"
-                    f"\n{proc.stderr[-3000:]}")
+        logs.append(
+            f"$ {' '.join(cmd)}\nrc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     pytest.fail("could not build the wheel:\n" + "\n\n".join(logs))
 
 
@@ -92,8 +106,9 @@ def test_wheel_contents(wheel):
         assert len(entry_points) == 1, sorted(names)
         entry_points_txt = zf.read(entry_points[0]).decode()
         # the scripts are byte-identical to the source tree's
-        arcnames = {f"{PACKAGE}/lua/{p.relative_to(ROOT / 'lua').as_posix()}": p
-                    for p in _all_lua_files()}
+        arcnames = {
+            f"{PACKAGE}/lua/{p.relative_to(ROOT / 'lua').as_posix()}": p for p in _all_lua_files()
+        }
         for arcname, lua in arcnames.items():
             assert arcname in names, f"{arcname} missing from {wheel.name}: {sorted(names)}"
             assert zf.read(arcname) == lua.read_bytes(), f"{arcname} differs from {lua}"
@@ -102,11 +117,16 @@ def test_wheel_contents(wheel):
     assert wheel_lua == set(arcnames)
     # the start-up hook that redacts every log line lands in site-packages itself
     with zipfile.ZipFile(wheel) as zf:
-        assert zf.read("orion_track_redis_redact.pth").decode().strip() == \
-            f"import {PACKAGE}.redaction"
+        assert (
+            zf.read("orion_track_redis_redact.pth").decode().strip()
+            == f"import {PACKAGE}.redaction"
+        )
 
-    modules = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / PACKAGE).rglob("*.py")
-                     if "__pycache__" not in p.parts)
+    modules = sorted(
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / PACKAGE).rglob("*.py")
+        if "__pycache__" not in p.parts
+    )
     assert f"{PACKAGE}/__init__.py" in modules
     missing = [m for m in modules if m not in names]
     assert not missing, f"modules missing from {wheel.name}: {missing}"
@@ -122,12 +142,14 @@ def test_wheel_contents(wheel):
         elif "=" in line and current is not None:
             key, value = (part.strip() for part in line.split("=", 1))
             current[key] = value
-    assert sections.get("BaseStorageProtocol", {}).get("redis") == "orion_track_redis:Redis", \
+    assert sections.get("BaseStorageProtocol", {}).get("redis") == "orion_track_redis:Redis", (
         entry_points_txt
+    )
 
 
 # -- 2. installed wheel in a fresh venv ---------------------------------------------------------
-CHECK_SCRIPT = textwrap.dedent('''
+CHECK_SCRIPT = textwrap.dedent(
+    """
     import sys
     from pathlib import Path
 
@@ -190,13 +212,17 @@ CHECK_SCRIPT = textwrap.dedent('''
     assert reserved.params == {"/x": 1.0}, reserved.params
     assert storage.reserve_trial(Exp(exp_id)) is None
     print("%s", orion_track_redis.__file__, lua_dir)
-''' % MARKER)
+"""  # noqa: UP031 - the script's own braces would need doubling for str.format
+    % MARKER
+)
 
 
 def _purelib_of(python: Path, env) -> Path:
-    proc = _run([str(python), "-c",
-                 "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                timeout=30, env=env)
+    proc = _run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        timeout=30,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     return Path(proc.stdout.strip())
 
@@ -209,8 +235,12 @@ def test_installed_wheel_in_fresh_venv(wheel, tmp_path):
     python = venv / "bin" / "python"
     assert python.exists(), list((venv / "bin").iterdir())
 
-    proc = _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
-                timeout=60, cwd=tmp_path, env=env)
+    proc = _run(
+        [str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     # this venv's dependencies, as plain path lines (the .pth files there are not processed)
@@ -222,8 +252,7 @@ def test_installed_wheel_in_fresh_venv(wheel, tmp_path):
 
     script = tmp_path / "check_installed.py"
     script.write_text(CHECK_SCRIPT)
-    proc = _run([str(python), str(script), str(venv), str(ROOT)],
-                timeout=60, cwd=tmp_path, env=env)
+    proc = _run([str(python), str(script), str(venv), str(ROOT)], timeout=60, cwd=tmp_path, env=env)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert MARKER in proc.stdout, output
@@ -254,8 +283,11 @@ def test_includes_are_pasted_and_lines_map_back_to_their_files():
     Redis maps back to the same line of the file it came from (error messages name it)."""
     from orion_track_redis import scripts
 
-    users = [n for n in scripts.NAMES
-             if "-- @include trial_json.lua" in (ROOT / "lua" / f"{n}.lua").read_text()]
+    users = [
+        n
+        for n in scripts.NAMES
+        if "-- @include trial_json.lua" in (ROOT / "lua" / f"{n}.lua").read_text()
+    ]
     assert sorted(users) == ["fetch_changes", "fetch_docs"]
     for name in scripts.NAMES:
         source = scripts.source(name)
@@ -286,12 +318,18 @@ def _orion_wheel_module():
     return module
 
 
-@pytest.mark.skipif(sys.version_info >= (3, 12),
-                    reason="on 3.12+ it builds Oríon's wheel (.ci/run's other Pythons do)")
+@pytest.mark.skipif(
+    sys.version_info >= (3, 12),
+    reason="on 3.12+ it builds Oríon's wheel (.ci/run's other Pythons do)",
+)
 def test_orion_wheel_does_nothing_before_3_12(tmp_path):
     out = tmp_path / "wheels"
-    proc = _run([sys.executable, str(ORION_WHEEL), "--out", str(out)], timeout=60,
-                cwd=tmp_path, env=_clean_env())
+    proc = _run(
+        [sys.executable, str(ORION_WHEEL), "--out", str(out)],
+        timeout=60,
+        cwd=tmp_path,
+        env=_clean_env(),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "nothing to build" in proc.stdout, proc.stdout
     assert out.is_dir() and list(out.iterdir()) == []  # a --find-links directory, empty
@@ -315,6 +353,51 @@ def test_the_installed_orion_frontend_suits_the_installed_falcon():
     if int(version("falcon").split(".")[0]) >= 4:
         assert "resp.body" not in frontend and "resp.text = content" in frontend, (
             "Oríon's frontend sets resp.body, which falcon 4 removed: install Oríon from "
-            "tools/orion_wheel.py's .wheels/ (README)")
+            "tools/orion_wheel.py's .wheels/ (README)"
+        )
     else:
         assert "resp.body = content" in frontend or "resp.text = content" in frontend
+
+
+# -- 5. typed package, public names ---------------------------------------------------------------
+def test_wheel_marks_the_package_typed(wheel):
+    assert (ROOT / PACKAGE / "py.typed").is_file()
+    with zipfile.ZipFile(wheel) as zf:
+        assert f"{PACKAGE}/py.typed" in zf.namelist(), sorted(zf.namelist())
+
+
+PUBLIC_NAMES_SCRIPT = textwrap.dedent(
+    """
+    import warnings
+
+    warnings.simplefilter("error")
+    # Oríon 0.2.7's own warnings (pyproject.toml's filterwarnings), not the package's
+    warnings.filterwarnings("ignore", module=r"(orion|pkg_resources)(\\.|$)")
+
+    import orion_track_redis
+
+    names = orion_track_redis.__all__
+    assert names and len(set(names)) == len(names), names
+    for name in names:
+        value = getattr(orion_track_redis, name)  # loaded on first use (__init__'s __getattr__)
+        if name != "__version__":
+            assert value.__module__.startswith("orion_track_redis."), (name, value)
+    namespace = {}
+    exec("from orion_track_redis import *", namespace)
+    assert sorted(set(namespace) - {"__builtins__"}) == sorted(names), sorted(namespace)
+    print("PUBLIC-OK", *names)
+    """
+)
+
+
+def test_public_names_exist_and_import_cleanly(tmp_path):
+    """``orion_track_redis.__all__`` in a fresh interpreter, warnings being errors: every name
+    resolves, to an object of the package, and ``import *`` binds exactly those names."""
+    proc = _run(
+        [sys.executable, "-c", PUBLIC_NAMES_SCRIPT],
+        timeout=120,
+        cwd=tmp_path,
+        env=_clean_env(),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PUBLIC-OK" in proc.stdout, proc.stdout + proc.stderr

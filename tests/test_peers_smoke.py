@@ -1,6 +1,7 @@
 """benchmarks/peers.py --quick end to end (issue 24): every peer that can start runs every
 workload at tiny sizes; a peer whose server cannot start (no PostgreSQL, no optuna) is skipped
 with its reason printed, never a failure."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,14 @@ def test_peers_quick(tmp_path):
     env = dict(os.environ)
     for name in ("ORION_DB_ADDRESS", "ORION_STORAGE_TYPE", "ORION_REDIS_URI"):
         env.pop(name, None)
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--quick",
-                           "--out", str(out)], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=280)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=280,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     meta, results = report["meta"], report["results"]
@@ -32,9 +38,13 @@ def test_peers_quick(tmp_path):
     assert not meta["errors"], meta["errors"]
     ran = {r["peer"] for r in results["fleet"]}
     assert {"orion-redis", "orion-pickleddb"} <= ran
-    assert ran | set(meta["skipped"]) == {"orion-redis", "orion-pickleddb",
-                                          "optuna-journal-redis", "optuna-rdb-pg",
-                                          "optuna-grpc-pg"}
+    assert ran | set(meta["skipped"]) == {
+        "orion-redis",
+        "orion-pickleddb",
+        "optuna-journal-redis",
+        "optuna-rdb-pg",
+        "optuna-grpc-pg",
+    }
     for row in results["fleet"]:
         assert row["completed"] >= meta["mode"]["fleet_trials"], row
         assert not row["died"], row

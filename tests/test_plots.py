@@ -5,6 +5,7 @@ installed for kaleido (plotly's image export starts a headless Chrome/Chromium: 
 ``chromium`` on PATH, or ``BROWSER_PATH``); without one the image formats skip, saying so.
 The plotted numbers are read back from the HTML and compared with the stored trials.
 """
+
 from __future__ import annotations
 
 import base64
@@ -35,11 +36,18 @@ def stored(redis_server):
 
     uri = f"{redis_server.url}/0?prefix=plots-{uuid.uuid4().hex[:8]}"
     experiment = build_experiment(
-        NAME, space={"x": "uniform(-5, 5)", "y": "uniform(-5, 5)"},
-        algorithm={"random": {"seed": 3}}, max_trials=12,
-        storage={"type": "redis", "uri": uri})
-    experiment.workon(lambda x, y: [{"name": "objective", "type": "objective",
-                                     "value": (x - 2) ** 2 + (y + 1) ** 2}], max_trials=12)
+        NAME,
+        space={"x": "uniform(-5, 5)", "y": "uniform(-5, 5)"},
+        algorithm={"random": {"seed": 3}},
+        max_trials=12,
+        storage={"type": "redis", "uri": uri},
+    )
+    experiment.workon(
+        lambda x, y: [
+            {"name": "objective", "type": "objective", "value": (x - 2) ** 2 + (y + 1) ** 2}
+        ],
+        max_trials=12,
+    )
     from orion_track_redis import Redis
 
     storage = Redis(uri=uri)
@@ -52,8 +60,13 @@ def stored(redis_server):
 def _plot(uri, kind, fmt, out_dir: Path) -> Path:
     out = out_dir / f"{kind}.{fmt}"
     env = dict(os.environ, ORION_REDIS_URI="", ORION_STORAGE_TYPE="redis", ORION_DB_ADDRESS=uri)
-    proc = subprocess.run([ORION, "plot", kind, "-n", NAME, "-t", fmt, "-o", str(out)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [ORION, "plot", kind, "-n", NAME, "-t", fmt, "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, f"orion plot {kind} -t {fmt}:\n{proc.stdout}\n{proc.stderr}"
     return out
 
@@ -67,7 +80,7 @@ def _run_all(uri, jobs, out_dir):
 
 def _figure(html: str) -> tuple[list, dict]:
     """(data, layout) of the figure plotly's write_html embeds in ``Plotly.newPlot(...)``."""
-    rest = html[html.index("Plotly.newPlot(") + len("Plotly.newPlot("):].lstrip()
+    rest = html[html.index("Plotly.newPlot(") + len("Plotly.newPlot(") :].lstrip()
     decoder, parts = json.JSONDecoder(), []
     for _ in range(3):  # div id, data, layout
         value, end = decoder.raw_decode(rest)
@@ -80,8 +93,7 @@ def _arrays(value):
     """Plotly >= 6 writes numpy arrays as {"dtype", "bdata"} (base64): decode them."""
     if isinstance(value, dict):
         if set(value) >= {"dtype", "bdata"}:
-            return numpy.frombuffer(base64.b64decode(value["bdata"]),
-                                    dtype=value["dtype"]).tolist()
+            return numpy.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).tolist()
         return {k: _arrays(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_arrays(v) for v in value]
@@ -122,22 +134,28 @@ def test_four_plot_kinds_as_html_with_the_stored_values(stored, tmp_path):
     data, layout = figures["partial_dependencies"]
     assert _title(layout) == f"Partial dependencies for experiment '{NAME}'"
     grids = [trace["x"] for trace in data if trace.get("mode") == "lines"]
-    assert grids and all(min(g) == pytest.approx(-5) and max(g) == pytest.approx(5)
-                         for g in grids)
+    assert grids and all(min(g) == pytest.approx(-5) and max(g) == pytest.approx(5) for g in grids)
     # the stored trials are scattered on each 1-D dependency (against their objective) and
     # on the 2-D one (x against y)
     scatters = [(t["x"], t["y"]) for t in data if t.get("mode") == "markers"]
-    assert sorted(scatters) == sorted([(rounded(xs), objectives), (rounded(ys), objectives),
-                                       (rounded(xs), rounded(ys))])
+    assert sorted(scatters) == sorted(
+        [(rounded(xs), objectives), (rounded(ys), objectives), (rounded(xs), rounded(ys))]
+    )
 
 
 def _browser():
-    path = os.environ.get("BROWSER_PATH") or shutil.which("chromium") or shutil.which(
-        "chromium-browser") or shutil.which("google-chrome")
+    path = (
+        os.environ.get("BROWSER_PATH")
+        or shutil.which("chromium")
+        or shutil.which("chromium-browser")
+        or shutil.which("google-chrome")
+    )
     if not path:
-        pytest.skip("orion plot's PNG/JPEG/PDF need a Chrome or Chromium for kaleido "
-                    "(apt-get install -y chromium, or BROWSER_PATH=/path/to/chrome); "
-                    "none found, image formats not tested")
+        pytest.skip(
+            "orion plot's PNG/JPEG/PDF need a Chrome or Chromium for kaleido "
+            "(apt-get install -y chromium, or BROWSER_PATH=/path/to/chrome); "
+            "none found, image formats not tested"
+        )
     return path
 
 
@@ -150,8 +168,12 @@ def test_image_formats_through_chromium(stored, tmp_path):
     """Each kind in one image format (each call starts a Chromium: ~5 s)."""
     _browser()
     uri, _ = stored
-    jobs = [("regret", "png"), ("partial_dependencies", "png"), ("lpi", "jpeg"),
-            ("parallel_coordinates", "pdf")]
+    jobs = [
+        ("regret", "png"),
+        ("partial_dependencies", "png"),
+        ("lpi", "jpeg"),
+        ("parallel_coordinates", "pdf"),
+    ]
     paths = _run_all(uri, jobs, tmp_path)
     for kind in ("regret", "partial_dependencies"):
         data = paths[kind, "png"].read_bytes()

@@ -1,5 +1,6 @@
 """Retries without double effects: a TCP proxy drops the connection after a request reached
 Redis but before its reply came back; redis-py retries; the data must show one effect."""
+
 from __future__ import annotations
 
 import logging
@@ -9,11 +10,10 @@ import time
 import uuid
 
 import pytest
+from orion.core.worker.trial import Trial
 
 from helpers import Exp, create_experiment, make_trial
-from orion.core.worker.trial import Trial
 from orion_track_redis import Redis
-
 
 pytestmark = pytest.mark.timeout(20)  # a retry, not a socket timeout, must end each call
 
@@ -72,8 +72,10 @@ def through_proxy(redis_server):
     proxy = CuttingProxy(redis_server.port)
     prefix = f"proxy-{uuid.uuid4().hex[:8]}"
     # a socket_timeout far above the test's time budget: only a real retry can make it pass
-    storage = Redis(uri=f"redis://127.0.0.1:{proxy.port}?retries=3&retry_backoff=0.01"
-                        "&socket_timeout=60", prefix=prefix)
+    storage = Redis(
+        uri=f"redis://127.0.0.1:{proxy.port}?retries=3&retry_backoff=0.01&socket_timeout=60",
+        prefix=prefix,
+    )
     direct = Redis(uri=redis_server.url, prefix=prefix)  # to check the data behind the proxy
     exp_id = create_experiment(storage)
     storage.register_trial(make_trial(exp_id, x=0.0))  # scripts loaded, connection warm

@@ -1,5 +1,6 @@
 """No password or secret in any log line, at any verbosity, Oríon's own loggers included
 (redaction.py and the start-up hook orion_track_redis_redact.pth)."""
+
 from __future__ import annotations
 
 import io
@@ -20,15 +21,18 @@ SECRET = "st4te-s3cret"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("text", [
-    f"redis://:{PASSWORD}@h:1/0",
-    f"redis+sentinel://user:{PASSWORD}@h1:1,h2:2/svc",
-    f"{{'host': 'redis://u:{PASSWORD}@h:6379/0?prefix=a'}}",
-    f"sentinel_password={PASSWORD}&x=1",
-    f"{{'state_secret': '{SECRET}', 'password': '{PASSWORD}'}}",
-    f"{{\"state_secret\": \"{SECRET}\"}}",
-    f"Redis(state_secret=b'{SECRET}')",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"redis://:{PASSWORD}@h:1/0",
+        f"redis+sentinel://user:{PASSWORD}@h1:1,h2:2/svc",
+        f"{{'host': 'redis://u:{PASSWORD}@h:6379/0?prefix=a'}}",
+        f"sentinel_password={PASSWORD}&x=1",
+        f"{{'state_secret': '{SECRET}', 'password': '{PASSWORD}'}}",
+        f'{{"state_secret": "{SECRET}"}}',
+        f"Redis(state_secret=b'{SECRET}')",
+    ],
+)
 def test_redact_hides_every_form(text):
     clean = redact(text)
     assert PASSWORD not in clean and SECRET not in clean and "***" in clean
@@ -44,8 +48,14 @@ def test_every_logger_is_redacted_in_process():
     old_level = logger.level
     logger.setLevel(logging.DEBUG)
     try:
-        logger.debug("Using for storage %s", {"type": "redis", "database": {
-            "host": f"redis://:{PASSWORD}@127.0.0.1:6379/0"}, "state_secret": SECRET})
+        logger.debug(
+            "Using for storage %s",
+            {
+                "type": "redis",
+                "database": {"host": f"redis://:{PASSWORD}@127.0.0.1:6379/0"},
+                "state_secret": SECRET,
+            },
+        )
         try:
             raise RuntimeError(f"cannot reach redis://:{PASSWORD}@h:1")
         except RuntimeError:
@@ -62,12 +72,13 @@ def test_startup_hook_is_active_in_a_fresh_interpreter():
     """The .pth runs at start-up: a process that never imports the package is redacted too,
     and the hook does not import Oríon or redis-py (it runs in every Python of the venv; Oríon's
     own namespace .pth creates the bare 'orion' module, not ours)."""
-    code = ("import logging, sys; logging.basicConfig(level=logging.DEBUG); "
-            f"logging.getLogger('any').info('uri redis://:{PASSWORD}@h:1'); "
-            "print(sorted(m for m in ('orion.core', 'redis', 'orion_track_redis.storage') "
-            "if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+    code = (
+        "import logging, sys; logging.basicConfig(level=logging.DEBUG); "
+        f"logging.getLogger('any').info('uri redis://:{PASSWORD}@h:1'); "
+        "print(sorted(m for m in ('orion.core', 'redis', 'orion_track_redis.storage') "
+        "if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "redis://:***@h:1" in proc.stderr and PASSWORD not in proc.stderr
     assert proc.stdout.strip() == "[]"
@@ -82,24 +93,43 @@ def secret_server(tmp_path_factory):
 def test_orion_commands_at_full_verbosity_show_no_secret(secret_server, tmp_path):
     """`orion -vv` hunt, status, info and list, with the password in the URI and the state
     secret in the environment: every line they print is free of both."""
-    uri = secret_server.url.replace("redis://", f"redis://:{PASSWORD}@") + \
-        f"/0?prefix=redact-{uuid.uuid4().hex[:6]}"
+    uri = (
+        secret_server.url.replace("redis://", f"redis://:{PASSWORD}@")
+        + f"/0?prefix=redact-{uuid.uuid4().hex[:6]}"
+    )
     config = tmp_path / "orion_config.yaml"
     config.write_text(f'storage:\n  type: redis\n  database:\n    host: "{uri}"\n')
-    env = dict(os.environ, ORION_REDIS_STATE_SECRET=SECRET, ORION_STORAGE_TYPE="redis",
-               ORION_DB_ADDRESS=uri, ORION_REDIS_URI="")
+    env = dict(
+        os.environ,
+        ORION_REDIS_STATE_SECRET=SECRET,
+        ORION_STORAGE_TYPE="redis",
+        ORION_DB_ADDRESS=uri,
+        ORION_REDIS_URI="",
+    )
     orion = str(Path(sys.executable).with_name("orion"))
     commands = [
-        ["-vv", "hunt", "--config", str(config), "-n", "redact", "--max-trials", "2",
-         sys.executable, str(ROOT / "examples" / "objective.py"), "-x~uniform(-5, 5)",
-         "-y~uniform(-5, 5)"],
+        [
+            "-vv",
+            "hunt",
+            "--config",
+            str(config),
+            "-n",
+            "redact",
+            "--max-trials",
+            "2",
+            sys.executable,
+            str(ROOT / "examples" / "objective.py"),
+            "-x~uniform(-5, 5)",
+            "-y~uniform(-5, 5)",
+        ],
         ["-vv", "status", "--config", str(config)],
         ["-vv", "info", "--config", str(config), "-n", "redact"],
         ["-vv", "list", "--config", str(config)],
     ]
     for command in commands:
-        proc = subprocess.run([orion, *command], capture_output=True, text=True, env=env,
-                              cwd=tmp_path, timeout=300)
+        proc = subprocess.run(
+            [orion, *command], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+        )
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, output[-3000:]
         assert "DEBUG" in output or "INFO" in output, output[-2000:]  # really verbose

@@ -5,6 +5,7 @@ returns, a stopped replica gives a prompt ConnectionFailed); one round trip per 
 and without the option; and the durability claim itself: unplanned Sentinel failovers (SIGKILL
 of the primary) keep every write acknowledged with ``replica_acks=1``, while without it a write
 the replica never got is lost. Every server is started here on free loopback ports."""
+
 from __future__ import annotations
 
 import itertools
@@ -44,39 +45,57 @@ def test_options_parse():
     assert (opts.replica_acks, opts.replica_ack_timeout) == (2, 250)
     default = resolve("redis://h/0")
     assert (default.replica_acks, default.replica_ack_timeout) == (0, 1000)
-    opts = resolve("redis+sentinel://s1,s2/svc", options={"replica_acks": 1,
-                                                          "replica_ack_timeout": "300"})
+    opts = resolve(
+        "redis+sentinel://s1,s2/svc", options={"replica_acks": 1, "replica_ack_timeout": "300"}
+    )
     assert (opts.replica_acks, opts.replica_ack_timeout) == (1, 300)
     # 0 = off: fine everywhere, also where WAIT is refused
     for uri in ("fakeredis://x", "embedded://", "redis+cluster://n1,n2"):
         assert resolve(f"{uri}?replica_acks=0").replica_acks == 0
 
 
-@pytest.mark.parametrize("uri, options, fragment", [
-    ("redis://:hunter2@h?replica_acks=-1", {}, "replica_acks=-1 is out of range"),
-    ("redis://:hunter2@h?replica_acks=1.5", {}, "option replica_acks='1.5' is invalid"),
-    ("redis://:hunter2@h?replica_acks=all", {}, "option replica_acks='all' is invalid"),
-    ("redis://:hunter2@h", {"replica_acks": True}, "option replica_acks=True is invalid"),
-    ("redis://:hunter2@h", {"replica_acks": 1.0}, "option replica_acks=1.0 is invalid"),
-    ("redis://:hunter2@h?replica_ack_timeout=0", {}, "replica_ack_timeout=0 is out of range"),
-    ("redis://:hunter2@h?replica_ack_timeout=-5", {}, "replica_ack_timeout=-5 is out of range"),
-    ("redis://:hunter2@h?replica_ack_timeout=0.5", {}, "replica_ack_timeout='0.5' is invalid"),
-    ("redis://:hunter2@h?replica_acks=1&replica_ack_timeout=29500", {},
-     "make it at least 1 s shorter than socket_timeout"),
-    ("redis://:hunter2@h?replica_acks=1&replica_ack_timeout=2000&socket_timeout=2", {},
-     "too long for socket_timeout=2 s"),
-    ("fakeredis://x?replica_acks=1", {}, "not supported with fakeredis://"),
-    ("embedded://?replica_acks=1", {}, "not supported with embedded://"),
-    ("redis+cluster://:hunter2@n1,n2?replica_acks=1", {}, "not supported with redis+cluster://"),
-])
+@pytest.mark.parametrize(
+    "uri, options, fragment",
+    [
+        ("redis://:hunter2@h?replica_acks=-1", {}, "replica_acks=-1 is out of range"),
+        ("redis://:hunter2@h?replica_acks=1.5", {}, "option replica_acks='1.5' is invalid"),
+        ("redis://:hunter2@h?replica_acks=all", {}, "option replica_acks='all' is invalid"),
+        ("redis://:hunter2@h", {"replica_acks": True}, "option replica_acks=True is invalid"),
+        ("redis://:hunter2@h", {"replica_acks": 1.0}, "option replica_acks=1.0 is invalid"),
+        ("redis://:hunter2@h?replica_ack_timeout=0", {}, "replica_ack_timeout=0 is out of range"),
+        ("redis://:hunter2@h?replica_ack_timeout=-5", {}, "replica_ack_timeout=-5 is out of range"),
+        ("redis://:hunter2@h?replica_ack_timeout=0.5", {}, "replica_ack_timeout='0.5' is invalid"),
+        (
+            "redis://:hunter2@h?replica_acks=1&replica_ack_timeout=29500",
+            {},
+            "make it at least 1 s shorter than socket_timeout",
+        ),
+        (
+            "redis://:hunter2@h?replica_acks=1&replica_ack_timeout=2000&socket_timeout=2",
+            {},
+            "too long for socket_timeout=2 s",
+        ),
+        ("fakeredis://x?replica_acks=1", {}, "not supported with fakeredis://"),
+        ("embedded://?replica_acks=1", {}, "not supported with embedded://"),
+        (
+            "redis+cluster://:hunter2@n1,n2?replica_acks=1",
+            {},
+            "not supported with redis+cluster://",
+        ),
+    ],
+)
 def test_bad_values_name_the_option_and_the_fix(uri, options, fragment):
     with pytest.raises(ConfigurationError) as info:
         resolve(uri, options=options)
     message = str(info.value)
     assert fragment in message, message
     assert "hunter2" not in message
-    assert "Fix its value" in message or "give " in message or "make it" in message \
-        or "remove it" in message, message
+    assert (
+        "Fix its value" in message
+        or "give " in message
+        or "make it" in message
+        or "remove it" in message
+    ), message
 
 
 def test_refused_through_orions_factory_too():
@@ -110,11 +129,18 @@ def pair(tmp_path_factory):
     """A password-protected primary and one replica of it (RedisServer objects)."""
     base = tmp_path_factory.mktemp("acks")
     # no diskless-sync delay (Redis 7 waits 5 s for more replicas before a full sync)
-    with RedisServer(base / "primary", password=PASSWORD, appendonly=False,
-                     extra_args=["--repl-diskless-sync-delay", "0"]) as primary:
-        replica = RedisServer(base / "replica", password=PASSWORD, appendonly=False,
-                              extra_args=["--replicaof", "127.0.0.1", str(primary.port),
-                                          "--masterauth", PASSWORD])
+    with RedisServer(
+        base / "primary",
+        password=PASSWORD,
+        appendonly=False,
+        extra_args=["--repl-diskless-sync-delay", "0"],
+    ) as primary:
+        replica = RedisServer(
+            base / "replica",
+            password=PASSWORD,
+            appendonly=False,
+            extra_args=["--replicaof", "127.0.0.1", str(primary.port), "--masterauth", PASSWORD],
+        )
         with replica:
             p, r = primary.client(), replica.client()
             _wait_for(lambda: _caught_up(p, r), 20, "the replica to sync")
@@ -211,15 +237,20 @@ def test_a_stopped_replica_gives_a_prompt_clear_error(pair, clients):
         with pytest.raises(ConnectionFailed) as info:
             storage.register_trial(make_trial(exp_id, x=2.0))
         elapsed = time.monotonic() - start
-        assert [t.status for t in storage.fetch_trials(uid=exp_id)] == ["new"], \
+        assert [t.status for t in storage.fetch_trials(uid=exp_id)] == ["new"], (
             "the write is applied on the primary, and reads do not wait"
+        )
     finally:
         os.kill(replica.pid, signal.SIGCONT)
     assert 0.19 <= elapsed < 1.2, f"took {elapsed:.2f}s for a 200 ms timeout"
     message = str(info.value)
-    for expected in ("applied on the primary", "not confirmed on 1 replica(s)",
-                     "replica_ack_timeout=200 ms", "replicas' health",
-                     f"127.0.0.1:{primary.port}"):
+    for expected in (
+        "applied on the primary",
+        "not confirmed on 1 replica(s)",
+        "replica_ack_timeout=200 ms",
+        "replicas' health",
+        f"127.0.0.1:{primary.port}",
+    ):
         assert expected in message, message
     assert PASSWORD not in message
 
@@ -303,8 +334,9 @@ def _promoted(deployment, old, timeout=45.0):
 
 
 def _sentinel_uri(deployment, acks):
-    return (f"{deployment.url}?replica_acks={acks}&replica_ack_timeout=300"
-            "&retries=12&retry_backoff=0.1")
+    return (
+        f"{deployment.url}?replica_acks={acks}&replica_ack_timeout=300&retries=12&retry_backoff=0.1"
+    )
 
 
 def _stored(deployment, prefix, exp_id) -> dict:
@@ -346,8 +378,9 @@ def test_unplanned_failover_keeps_every_acknowledged_write(own_sentinel):
     stored = _stored(deployment, prefix, exp_id)
     for trial_id, status in acked.items():
         assert trial_id in stored, f"acknowledged trial {trial_id} ({status}) was lost"
-        assert ORDER.index(stored[trial_id].status) >= ORDER.index(status), \
+        assert ORDER.index(stored[trial_id].status) >= ORDER.index(status), (
             f"trial {trial_id}: acknowledged {status}, stored {stored[trial_id].status}"
+        )
         if status == "completed":
             assert stored[trial_id].objective is not None
     # writes resume once a replica is back: the old primary rejoins as a replica

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Exp, create_experiment, make_trial
 
+from helpers import Exp, create_experiment, make_trial
 from orion_track_redis import Redis, serve
 from orion_track_redis.errors import ConfigurationError
 

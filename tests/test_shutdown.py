@@ -17,7 +17,7 @@ import pytest
 
 from helpers import Exp, hunt_config
 from orion_track_redis import Redis
-from orion_track_redis.shutdown import descendants, stop_descendants
+from orion_track_redis.shutdown import descendants
 
 pytestmark = pytest.mark.slow
 ORION = str(Path(sys.executable).with_name("orion"))
@@ -59,9 +59,21 @@ def _start_hunt(redis_server, tmp_path, trap: bool, sleep_s: float = 120):
     out = tmp_path / "out"
     out.mkdir()
     env = dict(os.environ, ORION_REDIS_URI="", ORION_REDIS_TRAP_SIGNALS="1" if trap else "0")
-    cmd = [ORION, "hunt", "--config", str(config), "-n", "sd", "--max-trials", "1",
-           sys.executable, str(tmp_path / "objective.py"), str(out), str(sleep_s),
-           "-x~uniform(0, 1)"]
+    cmd = [
+        ORION,
+        "hunt",
+        "--config",
+        str(config),
+        "-n",
+        "sd",
+        "--max-trials",
+        "1",
+        sys.executable,
+        str(tmp_path / "objective.py"),
+        str(out),
+        str(sleep_s),
+        "-x~uniform(0, 1)",
+    ]
     log = open(tmp_path / "hunt.log", "w")  # noqa: SIM115 - closed by the caller's finally
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
@@ -137,7 +149,7 @@ def test_stop_descendants_terms_then_kills_the_whole_tree():
         "from orion_track_redis.shutdown import descendants, stop_descendants\n"
         "child = ('import signal, subprocess, sys, time\\n'\n"
         "         'signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n'\n"
-        "         'subprocess.Popen([sys.executable, \"-c\", \"import time; time.sleep(600)\"])\\n'\n"
+        '         \'subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])\\n\'\n'
         "         'time.sleep(600)\\n')\n"
         "subprocess.Popen([sys.executable, '-c', child])\n"
         "while len(descendants(os.getpid())) < 2: time.sleep(0.05)\n"
@@ -147,8 +159,9 @@ def test_stop_descendants_terms_then_kills_the_whole_tree():
         "count = stop_descendants(1.0)\n"
         "print(count, round(time.monotonic() - start, 2), *tree)\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split()
     count, took, tree = int(out[0]), float(out[1]), [int(pid) for pid in out[2:]]
     assert count == len(tree) == 2
     assert 1.0 <= took < 10, "SIGTERM first, SIGKILL only after the grace"

@@ -24,8 +24,7 @@ LEASE = 5
 
 @pytest.mark.parametrize("proctrack", ["linuxproc", "cgroup"])
 def test_fleet_survives_cancel_signal_kill_and_requeue(redis_server, tmp_path, proctrack):
-    uri = (f"{redis_server.url}/0?prefix=slurm-{uuid.uuid4().hex[:8]}"
-           f"&lease={LEASE}&stop_grace=2")
+    uri = f"{redis_server.url}/0?prefix=slurm-{uuid.uuid4().hex[:8]}&lease={LEASE}&stop_grace=2"
     storage = Redis(uri=uri)
     with SlurmCluster(tmp_path / "slurm", proctrack=proctrack, kill_wait=KILL_WAIT) as cluster:
         scenario = FleetScenario(cluster, uri, tmp_path / "fleet", trials=16, seconds=4)

@@ -17,6 +17,7 @@ ImportError): pb2 (GPy), bohb (hpbandster, ConfigSpace, sspace), dehb (dehb, ssp
 nevergrad (nevergrad), ax (ax-platform), hebo (HEBO). Should they get installed, the same
 round-trip tests run for them and show whether the allow-list covers their state.
 """
+
 from __future__ import annotations
 
 import base64
@@ -36,17 +37,18 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import orion.algo.hebo  # noqa: F401 - registers HEBO in the algorithm factory
+import orion.algo.pbt.pbt  # noqa: F401 - registers PBT in the algorithm factory
 import pytest
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import orion.algo.hebo  # noqa: F401 - registers HEBO in the algorithm factory
-import orion.algo.pbt.pbt  # noqa: F401 - registers PBT in the algorithm factory
 from orion.algo.hyperband.hyperband import BudgetTuple
 from orion.client import build_experiment
 from orion.core.utils.exceptions import CompletedExperiment, WaitingForTrials
 from orion.core.worker.trial import Trial
+
+from helpers import FIDELITY_SPACE, FLAT_SPACE, REAL_SPACE
 from orion_track_redis import datapickle, statecodec
 from orion_track_redis.errors import ConfigurationError, UnsafeStateError
 from orion_track_redis.statecodec import (
@@ -59,7 +61,6 @@ from orion_track_redis.statecodec import (
     dump_state,
     load_state,
 )
-from helpers import FIDELITY_SPACE, FLAT_SPACE, REAL_SPACE
 
 SECRET = b"shared-secret"
 
@@ -88,7 +89,10 @@ def _run(name, algorithm, space, rounds):
     """An experiment's wrapped algorithm and its state_dict after ``rounds`` trials."""
     try:
         client = build_experiment(
-            f"codec-{name}", space=space, algorithm=algorithm, max_trials=1000,
+            f"codec-{name}",
+            space=space,
+            algorithm=algorithm,
+            max_trials=1000,
             storage={"type": "legacy", "database": {"type": "EphemeralDB"}},
         )
     except ImportError as exc:
@@ -98,8 +102,16 @@ def _run(name, algorithm, space, rounds):
             trial = client.suggest()
         except (WaitingForTrials, CompletedExperiment):
             break
-        client.observe(trial, [{"name": "obj", "type": "objective",
-                                "value": trial.params["x"] + trial.params.get("y", 0)}])
+        client.observe(
+            trial,
+            [
+                {
+                    "name": "obj",
+                    "type": "objective",
+                    "value": trial.params["x"] + trial.params.get("y", 0),
+                }
+            ],
+        )
     algo = client._experiment.algorithm
     return algo, algo.state_dict
 
@@ -138,7 +150,7 @@ def same_graph(loaded, reference_bytes):
 
 def stored_pickle(data: bytes) -> bytes:
     """The pickle inside a framed state, decompressed here with zstandard itself."""
-    body = data[6 + (32 if data[5] == 1 else 0):]
+    body = data[6 + (32 if data[5] == 1 else 0) :]
     return zstandard.ZstdDecompressor().decompress(body) if data[:5] == ZMAGIC else body
 
 
@@ -194,12 +206,19 @@ SAMPLE = {
     "dt64": np.array(["2024-01-01"], dtype="M8[D]"),
     "scalars": [np.float64(0.5), np.int64(3), np.bool_(True), np.float32(1.5)],
     "rng": np.random.RandomState(1).get_state(),
-    "set": {1, 2}, "frozenset": frozenset({"a"}), "complex": 1 + 2j,
-    "od": collections.OrderedDict(a=1), "dd": collections.defaultdict(set, {"k": {1}}),
+    "set": {1, 2},
+    "frozenset": frozenset({"a"}),
+    "complex": 1 + 2j,
+    "od": collections.OrderedDict(a=1),
+    "dd": collections.defaultdict(set, {"k": {1}}),
     "when": datetime.datetime(2024, 1, 2, 3, 4, 5, 6),
     "aware": datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc),
-    "delta": datetime.timedelta(days=3), "budget": BudgetTuple(1, 2),
-    "bytes": b"\x00\xff", "slice": slice(1, 2), "range": range(3), "tuple": (1, "a"),
+    "delta": datetime.timedelta(days=3),
+    "budget": BudgetTuple(1, 2),
+    "bytes": b"\x00\xff",
+    "slice": slice(1, 2),
+    "range": range(3),
+    "tuple": (1, "a"),
 }
 
 
@@ -213,7 +232,7 @@ def test_header_and_signature_layout():
     unsigned, signed = dump_state(SAMPLE, None), dump_state(SAMPLE, SECRET)
     assert unsigned[:6] == ZMAGIC + b"\x00" and signed[:6] == ZMAGIC + b"\x01"
     assert len(signed) == len(unsigned) + 32
-    assert signed[6 + 32:] == unsigned[6:]  # the same frame: compression is deterministic
+    assert signed[6 + 32 :] == unsigned[6:]  # the same frame: compression is deterministic
     mac = hmac.new(SECRET, signed[:6] + signed[38:], hashlib.sha256).digest()
     assert signed[6:38] == mac  # header and compressed body as stored
     assert load_state(signed, SECRET.decode()) is not None  # str secrets work like bytes
@@ -232,7 +251,10 @@ def test_small_or_incompressible_states_stay_uncompressed(secret):
 def grown_state(n):
     """A random search's state after ``n`` trials (driven in one lock hold: fast)."""
     client = build_experiment(
-        f"grown-{n}", space=REAL_SPACE, algorithm={"random": {"seed": 1}}, max_trials=10 * n,
+        f"grown-{n}",
+        space=REAL_SPACE,
+        algorithm={"random": {"seed": 1}},
+        max_trials=10 * n,
         storage={"type": "legacy", "database": {"type": "EphemeralDB"}},
     )
     with client._experiment.acquire_algorithm_lock() as algo:
@@ -260,8 +282,9 @@ OLD = json.loads((Path(__file__).parent / "data" / "states_otrs1.json").read_tex
 
 
 @pytest.mark.parametrize("name", sorted(OLD["states"]))
-@pytest.mark.parametrize("form, secret", [
-    ("unsigned", None), ("unsigned", SECRET), ("signed", SECRET), ("signed", None)])
+@pytest.mark.parametrize(
+    "form, secret", [("unsigned", None), ("unsigned", SECRET), ("signed", SECRET), ("signed", None)]
+)
 def test_states_written_before_compression_load(name, form, secret):
     assert OLD["secret"].encode() == SECRET
     entry = {k: base64.b64decode(v) for k, v in OLD["states"][name].items()}
@@ -293,12 +316,20 @@ def test_empty_secret_is_a_configuration_error():
 
 
 _json_like = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
-    | st.binary() | st.datetimes(),
-    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
-    | st.dictionaries(st.text(max_size=5), inner, max_size=4)
-    | st.frozensets(st.integers(), max_size=4)
-    | st.lists(st.floats(allow_nan=False), max_size=4).map(np.array),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary()
+    | st.datetimes(),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+        | st.frozensets(st.integers(), max_size=4)
+        | st.lists(st.floats(allow_nan=False), max_size=4).map(np.array)
+    ),
     max_leaves=20,
 )
 
@@ -368,8 +399,9 @@ def _forgeries(payload, attacker_secret=b"attacker"):
     ]
 
 
-@pytest.mark.parametrize("cls, refused_global", [
-    (_System, f"{os.system.__module__}.system"), (_Exec, "builtins.exec")])
+@pytest.mark.parametrize(
+    "cls, refused_global", [(_System, f"{os.system.__module__}.system"), (_Exec, "builtins.exec")]
+)
 def test_malicious_payload_is_refused_and_never_runs(tmp_path, cls, refused_global):
     target = tmp_path / "pwned"
     for what, data, secret in _forgeries(cls(target)):
@@ -444,11 +476,15 @@ class _ArrayOf:
         return _reconstruct, (np.ndarray, (0,), b"b"), (1, (1,), self.dtype, False, self.data)
 
 
-@pytest.mark.parametrize("payload, match", [
-    (_NdarrayCall(), "numpy.ndarray directly"),
-    (_ArrayOf(_OutOfBoundsDtype(), [(1,)]), "not a plain dtype"),
-    (_ArrayOf(_StatelessDtype(), b"\x00" * 8), "not been validated"),
-], ids=["ndarray-call", "out-of-bounds-dtype", "stateless-dtype"])
+@pytest.mark.parametrize(
+    "payload, match",
+    [
+        (_NdarrayCall(), "numpy.ndarray directly"),
+        (_ArrayOf(_OutOfBoundsDtype(), [(1,)]), "not a plain dtype"),
+        (_ArrayOf(_StatelessDtype(), b"\x00" * 8), "not been validated"),
+    ],
+    ids=["ndarray-call", "out-of-bounds-dtype", "stateless-dtype"],
+)
 def test_memory_unsafe_numpy_payloads_are_refused(payload, match):
     # Never loaded unrestricted: the out-of-bounds dtype segfaults the interpreter.
     with pytest.raises(UnsafeStateError, match=match):
@@ -457,8 +493,7 @@ def test_memory_unsafe_numpy_payloads_are_refused(payload, match):
 
 def test_setting_attributes_on_an_allow_listed_class_is_refused():
     # GLOBAL Trial, then BUILD (None, {"pwned": 1}): setattr(Trial, "pwned", 1)
-    data = (b"\x80\x02corion.core.worker.trial\nTrial\n"
-            b"N}X\x05\x00\x00\x00pwnedK\x01s\x86b.")
+    data = b"\x80\x02corion.core.worker.trial\nTrial\nN}X\x05\x00\x00\x00pwnedK\x01s\x86b."
     with pytest.raises(UnsafeStateError, match="sets the state of a 'type'"):
         load_state(data, None)
     assert not hasattr(Trial, "pwned")
@@ -475,11 +510,11 @@ def test_tampered_compressed_state_is_refused():
     signed, unsigned = dump_state(state, SECRET), dump_state(state, None)
     assert signed[:5] == unsigned[:5] == ZMAGIC
     for at in (38, 45, len(signed) // 2, len(signed) - 1):  # frame header, blocks, the end
-        forged = signed[:at] + bytes([signed[at] ^ 0x20]) + signed[at + 1:]
+        forged = signed[:at] + bytes([signed[at] ^ 0x20]) + signed[at + 1 :]
         with pytest.raises(UnsafeStateError, match="signature does not match"):
             load_state(forged, SECRET)
     for at in (6, 13, len(unsigned) // 2, len(unsigned) - 1):
-        forged = unsigned[:at] + bytes([unsigned[at] ^ 0x20]) + unsigned[at + 1:]
+        forged = unsigned[:at] + bytes([unsigned[at] ^ 0x20]) + unsigned[at + 1 :]
         with pytest.raises(UnsafeStateError):
             load_state(forged, None)
 
@@ -521,13 +556,18 @@ def test_the_decompressed_size_limit_is_enforced(monkeypatch):
     assert MAX_INFLATED >= 1 << 30  # the real limit is generous
 
 
-@pytest.mark.parametrize("data, match", [
-    (ZMAGIC + b"\x02" + b"not a zstd frame", "compressed data is corrupt"),
-    (ZMAGIC + b"\x02" + zstandard.ZstdCompressor().compress(pickle.dumps({})) + b"tail",
-     "unused data"),
-    (ZMAGIC + b"\x00" + _frame_declaring(1), "not a valid allow-listed pickle"),  # "."
-    (ZMAGIC, "truncated"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (ZMAGIC + b"\x02" + b"not a zstd frame", "compressed data is corrupt"),
+        (
+            ZMAGIC + b"\x02" + zstandard.ZstdCompressor().compress(pickle.dumps({})) + b"tail",
+            "unused data",
+        ),
+        (ZMAGIC + b"\x00" + _frame_declaring(1), "not a valid allow-listed pickle"),  # "."
+        (ZMAGIC, "truncated"),
+    ],
+)
 def test_corrupt_compressed_state_is_refused(data, match):
     with pytest.raises(UnsafeStateError, match=match):
         load_state(data, None)
@@ -544,16 +584,19 @@ def test_truncated_state_is_refused(secret):
             load_state(data[:cut], None)
 
 
-@pytest.mark.parametrize("data, match", [
-    (b"", "empty"),
-    (b"not a pickle at all", "not a valid allow-listed pickle"),
-    (b"\x80\x05garbage", "not a valid allow-listed pickle"),
-    (bytes(range(256)), "not a valid allow-listed pickle"),
-    (MAGIC, "truncated"),
-    (MAGIC + b"\x07" + b"x" * 40, "unknown header flag"),
-    (b"OTRS9\x00" + pickle.dumps({}), "unknown version"),
-    (MAGIC + b"\x01" + b"x" * 32, "truncated"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"", "empty"),
+        (b"not a pickle at all", "not a valid allow-listed pickle"),
+        (b"\x80\x05garbage", "not a valid allow-listed pickle"),
+        (bytes(range(256)), "not a valid allow-listed pickle"),
+        (MAGIC, "truncated"),
+        (MAGIC + b"\x07" + b"x" * 40, "unknown header flag"),
+        (b"OTRS9\x00" + pickle.dumps({}), "unknown version"),
+        (MAGIC + b"\x01" + b"x" * 32, "truncated"),
+    ],
+)
 def test_garbage_is_refused(data, match):
     with pytest.raises(UnsafeStateError, match=match):
         load_state(data, None)
@@ -574,11 +617,37 @@ def test_signed_state_that_cannot_be_rebuilt_is_reported():
 
 # -- the allow-list itself ----------------------------------------------------------------------
 def test_allow_list_has_nothing_that_runs_code():
-    forbidden_modules = {"os", "posix", "nt", "subprocess", "sys", "importlib", "functools",
-                         "operator", "pickle", "shutil", "socket", "runpy", "code", "types",
-                         "io", "ctypes", "marshal", "scipy.stats._continuous_distns"}
-    safe_builtins = {"set", "frozenset", "complex", "slice", "range", "object", "tuple",
-                     "list", "dict"}
+    forbidden_modules = {
+        "os",
+        "posix",
+        "nt",
+        "subprocess",
+        "sys",
+        "importlib",
+        "functools",
+        "operator",
+        "pickle",
+        "shutil",
+        "socket",
+        "runpy",
+        "code",
+        "types",
+        "io",
+        "ctypes",
+        "marshal",
+        "scipy.stats._continuous_distns",
+    }
+    safe_builtins = {
+        "set",
+        "frozenset",
+        "complex",
+        "slice",
+        "range",
+        "object",
+        "tuple",
+        "list",
+        "dict",
+    }
     for module, name in SAFE_GLOBALS:
         assert module not in forbidden_modules and not module.startswith("numpy.random")
         if module == "builtins":

@@ -8,15 +8,16 @@ completed (random search) and an exhausted grid with nothing pending (grid searc
 experiment with an EVC parent or children runs Oríon's own property, which counts the tree; the
 oracle is shown to fail when the patch counts the wrong statuses.
 """
+
 from __future__ import annotations
 
 import uuid
 import warnings
 
 import pytest
-
 from orion.client import build_experiment
 from orion.core.worker.experiment import Experiment
+
 from orion_track_redis import accel, stepreads
 from test_accel import World, schedule
 
@@ -75,15 +76,24 @@ def test_an_evc_tree_runs_orions_own_count():
     name = f"evc-{uuid.uuid4().hex[:6]}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        parent = build_experiment(name, space=SPACE, algorithm={"random": {"seed": 1}},
-                                  max_trials=3, storage=dict(storage))
+        parent = build_experiment(
+            name,
+            space=SPACE,
+            algorithm={"random": {"seed": 1}},
+            max_trials=3,
+            storage=dict(storage),
+        )
         for _ in range(3):
             trial = parent.suggest()
             parent.observe(trial, [{"name": "o", "type": "objective", "value": 1.0}])
         child = build_experiment(
-            name, space={**SPACE, "y": "uniform(0, 1, default_value=0.5)"},
-            algorithm={"random": {"seed": 1}}, max_trials=3, storage=dict(storage),
-            branching={"branch_to": f"{name}-child", "enable": True})
+            name,
+            space={**SPACE, "y": "uniform(0, 1, default_value=0.5)"},
+            algorithm={"random": {"seed": 1}},
+            max_trials=3,
+            storage=dict(storage),
+            branching={"branch_to": f"{name}-child", "enable": True},
+        )
     exp = child._experiment
     assert exp._storage.accelerated_holds and not stepreads.alone(exp)
     assert len(exp.fetch_trials()) == 0 and exp.is_done and orions_is_done(exp)
@@ -98,8 +108,9 @@ def test_other_storages_run_orions_own(monkeypatch):
     calls = []
     world = World("off", {"random": {"seed": 1}}, SPACE, accelerate=False, max_trials=5)
     try:
-        monkeypatch.setattr(type(world.storage), "count_by_status",
-                            lambda *a: calls.append(a) or [0, 0, 0, 0])
+        monkeypatch.setattr(
+            type(world.storage), "count_by_status", lambda *a: calls.append(a) or [0, 0, 0, 0]
+        )
         assert world.workers[0]._experiment.is_done is False
         assert calls == []
     finally:

@@ -3,6 +3,7 @@ experiments spread over shards, exactly-once reservation across processes), Sent
 (storage level and during a 4-worker `orion hunt`), TLS-only servers and least-privilege ACL
 users. The protocol suite itself runs on every topology through conftest's ``storage`` fixture.
 Every server is started here on free loopback ports."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -14,13 +15,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from orion.storage.base import LockAcquisitionTimeout
 import yaml
 from orion.core.worker.trial import Trial
+from orion.storage.base import LockAcquisitionTimeout
 from redis.cluster import key_slot
 
 from conftest import acl_user, tls_uri
-from helpers import Exp, create_experiment, experiment_config, make_trial
+from helpers import Exp, create_experiment, make_trial
 from orion_track_redis import Redis
 from orion_track_redis.errors import ConfigurationError, ConnectionFailed, redact
 from orion_track_redis.uri import resolve
@@ -37,9 +38,11 @@ def _prefix():
 
 # -- URI grammar --------------------------------------------------------------------------------
 def test_sentinel_uri_grammar():
-    opts = resolve("redis+sentinel://app:p%40ss@s1,s2:26380,[::1]:5000/mymaster/3"
-                   "?sentinel_password=spw&sentinel_username=sent&retries=7&retry_backoff=0.5"
-                   "&client_name=w1&health_check_interval=5&prefix=team")
+    opts = resolve(
+        "redis+sentinel://app:p%40ss@s1,s2:26380,[::1]:5000/mymaster/3"
+        "?sentinel_password=spw&sentinel_username=sent&retries=7&retry_backoff=0.5"
+        "&client_name=w1&health_check_interval=5&prefix=team"
+    )
     assert opts.scheme == "redis+sentinel" and opts.service == "mymaster"
     assert opts.hosts == (("s1", 26379), ("s2", 26380), ("::1", 5000))
     assert (opts.username, opts.password) == ("app", "p@ss")
@@ -51,29 +54,33 @@ def test_sentinel_uri_grammar():
 
 
 def test_cluster_uri_grammar():
-    opts = resolve("redis+cluster://:pw@n1:7000,n2?ssl=true&ssl_ca_certs=/ca.pem"
-                   "&ssl_check_hostname=false")
+    opts = resolve(
+        "redis+cluster://:pw@n1:7000,n2?ssl=true&ssl_ca_certs=/ca.pem&ssl_check_hostname=false"
+    )
     assert opts.hosts == (("n1", 7000), ("n2", 6379)) and opts.service == ""
     assert opts.password == "pw" and opts.username is None
     conn = dict(opts.connection)
     assert conn["ssl"] is True and conn["ssl_check_hostname"] is False and "db" not in conn
 
 
-@pytest.mark.parametrize("uri, fragment", [
-    ("redis+sentinel://:hunter2@s1,s2", "names no Sentinel service"),
-    ("redis+sentinel://:hunter2@s1/svc/x", "only a database number"),
-    ("redis+cluster://:hunter2@n1,n2/0", "Redis Cluster has no databases"),
-    ("redis+cluster://:hunter2@n1?db=2", "only database 0"),
-    ("redis+cluster://:hunter2@n1:notaport,n2", "malformed host"),
-    ("redis+cluster://:hunter2@", "has no host"),
-    ("redis+cluster://:hunter2@n1?sentinel_password=hunter2", "only applies to redis+sentinel"),
-    ("redis+cluster://:hunter2@n1?ssl_ca_certs=/x", "add ssl=true"),
-    ("redis://:hunter2@h?sentinel_ssl=true", "only applies to redis+sentinel"),
-    ("redis://:hunter2@h?ssl=true", "use rediss://"),
-    ("redis+sentinel://:hunter2@s1/svc?retries=-1", "retries and retry_backoff must be >= 0"),
-    ("redis+sentinel://:hunter2@s1/svc?bogus=1", "unknown option 'bogus'"),
-    ("redis+zk://:hunter2@a,b", "unsupported Redis URI"),
-])
+@pytest.mark.parametrize(
+    "uri, fragment",
+    [
+        ("redis+sentinel://:hunter2@s1,s2", "names no Sentinel service"),
+        ("redis+sentinel://:hunter2@s1/svc/x", "only a database number"),
+        ("redis+cluster://:hunter2@n1,n2/0", "Redis Cluster has no databases"),
+        ("redis+cluster://:hunter2@n1?db=2", "only database 0"),
+        ("redis+cluster://:hunter2@n1:notaport,n2", "malformed host"),
+        ("redis+cluster://:hunter2@", "has no host"),
+        ("redis+cluster://:hunter2@n1?sentinel_password=hunter2", "only applies to redis+sentinel"),
+        ("redis+cluster://:hunter2@n1?ssl_ca_certs=/x", "add ssl=true"),
+        ("redis://:hunter2@h?sentinel_ssl=true", "only applies to redis+sentinel"),
+        ("redis://:hunter2@h?ssl=true", "use rediss://"),
+        ("redis+sentinel://:hunter2@s1/svc?retries=-1", "retries and retry_backoff must be >= 0"),
+        ("redis+sentinel://:hunter2@s1/svc?bogus=1", "unknown option 'bogus'"),
+        ("redis+zk://:hunter2@a,b", "unsupported Redis URI"),
+    ],
+)
 def test_uri_errors_name_the_problem_and_never_the_password(uri, fragment):
     with pytest.raises(ConfigurationError) as info:
         resolve(uri)
@@ -84,13 +91,16 @@ def test_uri_errors_name_the_problem_and_never_the_password(uri, fragment):
         assert "redis+sentinel://" in message and "redis+cluster://" in message  # accepted forms
 
 
-@pytest.mark.parametrize("text", [
-    "redis+sentinel://user:hunter2@h1:1,h2:2/svc",
-    "redis+cluster://:hunter2@h1:1,h2:2?prefix=a",
-    "redis://:hun@ter2@h:1/0",
-    "redis+sentinel://h1,h2/svc?sentinel_password=hunter2&prefix=a",
-    "error at 'rediss://u:hunter2@h:6380/0': refused",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "redis+sentinel://user:hunter2@h1:1,h2:2/svc",
+        "redis+cluster://:hunter2@h1:1,h2:2?prefix=a",
+        "redis://:hun@ter2@h:1/0",
+        "redis+sentinel://h1,h2/svc?sentinel_password=hunter2&prefix=a",
+        "error at 'rediss://u:hunter2@h:6380/0': refused",
+    ],
+)
 def test_redact_multi_host_and_password_options(text):
     assert "hunter2" not in redact(text) and "ter2" not in redact(text)
 
@@ -144,8 +154,15 @@ def _every_storage_method(storage):
     second = storage.reserve_trial(Exp(exp_id))
     storage.set_trial_status(second, "interrupted")
     assert storage.get_trial(uid=trial.id, experiment_uid=exp_id).status == "completed"
-    assert storage.update_trial(uid=second.id, experiment_uid=exp_id, status="suspended",
-                                where={"status": "interrupted"}) == 1
+    assert (
+        storage.update_trial(
+            uid=second.id,
+            experiment_uid=exp_id,
+            status="suspended",
+            where={"status": "interrupted"},
+        )
+        == 1
+    )
     assert storage.update_trials(uid=exp_id, where={"status": "new"}, status="new") >= 1
     assert storage.fetch_trials(uid=exp_id, where={"status": {"$in": ["new", "suspended"]}})
     assert storage.fetch_trials(uid=exp_id)  # cold: fills the cache
@@ -165,8 +182,12 @@ def _every_storage_method(storage):
         locked.set_state({"n": 1})
     assert storage.get_algorithm_lock_info(uid=exp_id).state == {"n": 1}
     assert storage.backlog_length(uid=exp_id) == 0
-    short = Redis(uri=storage._opts.url, prefix=storage._opts.prefix, lock_ttl=1,
-                  **dict(storage._opts.connection))
+    short = Redis(
+        uri=storage._opts.url,
+        prefix=storage._opts.prefix,
+        lock_ttl=1,
+        **dict(storage._opts.connection),
+    )
     with short.acquire_algorithm_lock(uid=exp_id, timeout=5):
         time.sleep(0.5)  # held past TTL/3: the renewal runs
         with pytest.raises(LockAcquisitionTimeout):  # a waiter that gives up leaves the queue
@@ -220,12 +241,17 @@ def test_exactly_once_reservation_16_processes_on_cluster(redis_cluster):
     storage = Redis(uri=redis_cluster.url, prefix=_prefix())
     total = 1000
     exp_ids = [create_experiment(storage, name=f"eo-{i}") for i in range(2)]
-    ids = {exp_id: {storage.register_trial(make_trial(exp_id, x=float(i))).id
-                    for i in range(total // 2)} for exp_id in exp_ids}
+    ids = {
+        exp_id: {
+            storage.register_trial(make_trial(exp_id, x=float(i))).id for i in range(total // 2)
+        }
+        for exp_id in exp_ids
+    }
     queue = CTX.Queue()
     # 8 processes per experiment: the two experiments sit on different slots
-    procs = [CTX.Process(target=_reserve_all, args=(storage, exp_ids[i % 2], queue))
-             for i in range(16)]
+    procs = [
+        CTX.Process(target=_reserve_all, args=(storage, exp_ids[i % 2], queue)) for i in range(16)
+    ]
     for proc in procs:
         proc.start()
     results = [queue.get(timeout=300) for _ in procs]
@@ -275,8 +301,9 @@ def test_sentinel_failover_keeps_data_and_follows_the_new_primary(own_sentinel):
     assert new != old
     # the same storage object keeps working: it asks the sentinels for the new primary
     assert len(storage.fetch_trials(uid=exp_id)) == 20
-    assert {t.id for t in storage.fetch_trials_by_status(Exp(exp_id), "reserved")} == \
-        {t.id for t in reserved}
+    assert {t.id for t in storage.fetch_trials_by_status(Exp(exp_id), "reserved")} == {
+        t.id for t in reserved
+    }
     assert storage.get_algorithm_lock_info(uid=exp_id).state == {"round": 1}
     more = [storage.reserve_trial(Exp(exp_id)) for _ in range(15)]
     assert all(t is not None for t in more) and storage.reserve_trial(Exp(exp_id)) is None
@@ -291,13 +318,19 @@ def test_sentinel_failover_keeps_data_and_follows_the_new_primary(own_sentinel):
 
 def _hunt_config(tmp_path, uri) -> Path:
     path = tmp_path / "orion_config.yaml"
-    path.write_text(yaml.safe_dump({
-        "storage": {"type": "redis", "database": {"host": uri}},
-        "experiment": {"algorithms": {"random": {"seed": None}},
-                       "working_dir": str(path.parent / "trials")},
-        # a trial whose completion a failover lost is re-run after 5 x heartbeat
-        "worker": {"heartbeat": 3},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "storage": {"type": "redis", "database": {"host": uri}},
+                "experiment": {
+                    "algorithms": {"random": {"seed": None}},
+                    "working_dir": str(path.parent / "trials"),
+                },
+                # a trial whose completion a failover lost is re-run after 5 x heartbeat
+                "worker": {"heartbeat": 3},
+            }
+        )
+    )
     return path
 
 
@@ -308,12 +341,27 @@ def test_sentinel_failover_during_a_4_worker_hunt(own_sentinel, tmp_path):
     uri = f"{own_sentinel.url}?prefix={prefix}&retries=10&retry_backoff=0.1"
     config = _hunt_config(tmp_path, uri)
     name, max_trials = "failover", 12
-    cmd = [ORION, "hunt", "--config", str(config), "-n", name, "--max-trials", str(max_trials),
-           sys.executable, str(EXAMPLES / "objective.py"), "-x~uniform(-5, 5)",
-           "-y~uniform(-5, 5)"]
+    cmd = [
+        ORION,
+        "hunt",
+        "--config",
+        str(config),
+        "-n",
+        name,
+        "--max-trials",
+        str(max_trials),
+        sys.executable,
+        str(EXAMPLES / "objective.py"),
+        "-x~uniform(-5, 5)",
+        "-y~uniform(-5, 5)",
+    ]
     env = dict(os.environ, ORION_REDIS_URI="")
-    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=env, cwd=tmp_path) for _ in range(4)]
+    workers = [
+        subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path
+        )
+        for _ in range(4)
+    ]
     try:
         storage = Redis(uri=uri)
         deadline = time.monotonic() + 120
@@ -374,7 +422,7 @@ def test_acl_rules_match_the_commands_the_suite_needs(acl_server):
     storage = Redis(uri=acl_user(acl_server, prefix), prefix=prefix)
     _every_storage_method(storage)
     assert not {"keys", "scan", "flushdb", "flushall", "config"} & set(ACL_COMMANDS)
-    assert acl_rules("a*b") [1:3] == ["~{a\\*b}*", "~{a\\*b:*"]
+    assert acl_rules("a*b")[1:3] == ["~{a\\*b}*", "~{a\\*b:*"]
     with pytest.raises(ConnectionFailed, match="(?i)key"), storage._guard():
         storage.client.get("{someone-else}:exps")
 
@@ -386,11 +434,14 @@ def _without(prefix, command):
 
 
 @pytest.mark.topology
-@pytest.mark.parametrize("command, action", [
-    ("evalsha", lambda s: create_experiment(s)),
-    ("blpop", None),
-    ("zadd", None),
-])
+@pytest.mark.parametrize(
+    "command, action",
+    [
+        ("evalsha", lambda s: create_experiment(s)),
+        ("blpop", None),
+        ("zadd", None),
+    ],
+)
 def test_acl_user_missing_a_permission_gets_an_error_naming_it(acl_server, command, action):
     prefix = _prefix()
     admin = Redis(uri=f"redis://:admin-pw@127.0.0.1:{acl_server.port}/0", prefix=prefix)
@@ -420,8 +471,10 @@ def test_docker_compose_profiles_and_healthchecks():
             profiles.setdefault(profile, []).append(name)
         assert "healthcheck" in service, f"service {name} has no healthcheck"
     assert set(profiles) == {"standalone", "sentinel", "cluster"}
-    assert any("appendonly" in " ".join(map(str, services[s].get("command", [])))
-               for s in profiles["standalone"])
+    assert any(
+        "appendonly" in " ".join(map(str, services[s].get("command", [])))
+        for s in profiles["standalone"]
+    )
     assert sum(s.startswith("sentinel-") and s[-1].isdigit() for s in profiles["sentinel"]) == 3
     assert len(profiles["cluster"]) >= 6  # 3 primaries + replicas (+ the init job)
 

@@ -1,4 +1,5 @@
 """trials.build must give exactly what Trial(**doc) gives; trials.clone must isolate callers."""
+
 import datetime
 
 import pytest
@@ -8,8 +9,9 @@ from orion.core.worker.trial import Trial
 
 from orion_track_redis import trials
 
-SCALARS = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5),
-                    st.booleans())
+SCALARS = st.one_of(
+    st.none(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5), st.booleans()
+)
 DATES = st.one_of(st.none(), st.datetimes(min_value=datetime.datetime(2000, 1, 1)))
 
 
@@ -29,7 +31,10 @@ DOCS = st.fixed_dictionaries(
         "status": st.sampled_from(Trial.allowed_stati + ("bogus",)),
         "worker": st.one_of(st.none(), st.text(max_size=3)),
         "exp_working_dir": st.one_of(st.none(), st.text(max_size=3)),
-        "heartbeat": DATES, "submit_time": DATES, "start_time": DATES, "end_time": DATES,
+        "heartbeat": DATES,
+        "submit_time": DATES,
+        "start_time": DATES,
+        "end_time": DATES,
         "parent": st.one_of(st.none(), st.text(max_size=3)),
         "params": _value_dicts(Trial.Param.allowed_types + ("bogus",)),
         "results": _value_dicts(Trial.Result.allowed_types + ("bogus",)),
@@ -43,11 +48,16 @@ _UNSET = object()
 
 
 def _state(trial: Trial) -> dict:
-    state = {slot: getattr(trial, slot, _UNSET) for slot in Trial.__slots__
-             if slot not in ("_params", "_results")}
+    state = {
+        slot: getattr(trial, slot, _UNSET)
+        for slot in Trial.__slots__
+        if slot not in ("_params", "_results")
+    }
     for name in ("_params", "_results"):
-        state[name] = [(type(v), *(getattr(v, s, _UNSET) for s in ("name", "_type", "value")))
-                       for v in getattr(trial, name)]
+        state[name] = [
+            (type(v), *(getattr(v, s, _UNSET) for s in ("name", "_type", "value")))
+            for v in getattr(trial, name)
+        ]
     return state
 
 
@@ -65,9 +75,12 @@ def test_build_matches_trial_constructor(doc):
 
 
 def test_build_fast_path_is_taken_for_oriented_documents(monkeypatch):
-    doc = Trial(experiment=1, status="completed", params=[
-        {"name": "/x", "type": "real", "value": 0.5}],
-        results=[{"name": "obj", "type": "objective", "value": 1.0}]).to_dict()
+    doc = Trial(
+        experiment=1,
+        status="completed",
+        params=[{"name": "/x", "type": "real", "value": 0.5}],
+        results=[{"name": "obj", "type": "objective", "value": 1.0}],
+    ).to_dict()
     reference = Trial(**doc)
     monkeypatch.setattr(trials, "_slow", lambda d: pytest.fail("fell back to Trial(**doc)"))
     built = trials.build(doc)
@@ -79,24 +92,35 @@ def test_build_fast_path_is_taken_for_oriented_documents(monkeypatch):
 def test_clone_copies_every_slot_to_its_own_slot():
     """clone() names the slots one by one: a slot Oríon adds, or two slots swapped, fail here."""
     cached = trials.build(
-        {"experiment": 1, "status": "reserved", "worker": "w", "exp_working_dir": "/d",
-         "heartbeat": datetime.datetime(2026, 1, 1), "submit_time": datetime.datetime(2026, 1, 2),
-         "start_time": datetime.datetime(2026, 1, 3), "end_time": datetime.datetime(2026, 1, 4),
-         "parent": "p", "_id": "override", "params": [{"name": "/x", "type": "real", "value": 1}],
-         "results": [{"name": "o", "type": "objective", "value": 2}]})
+        {
+            "experiment": 1,
+            "status": "reserved",
+            "worker": "w",
+            "exp_working_dir": "/d",
+            "heartbeat": datetime.datetime(2026, 1, 1),
+            "submit_time": datetime.datetime(2026, 1, 2),
+            "start_time": datetime.datetime(2026, 1, 3),
+            "end_time": datetime.datetime(2026, 1, 4),
+            "parent": "p",
+            "_id": "override",
+            "params": [{"name": "/x", "type": "real", "value": 1}],
+            "results": [{"name": "o", "type": "objective", "value": 2}],
+        }
+    )
     cached._id = "id-slot"
     values = [getattr(cached, slot) for slot in Trial.__slots__]
     assert len({id(v) for v in values}) == len(values), "every slot must hold its own value"
     copy = trials.clone(cached)
     assert _state(copy) == _state(cached)
-    assert [getattr(copy, slot) for slot in Trial.__slots__ if slot not in (
-        "_params", "_results")] == [v for slot, v in zip(Trial.__slots__, values)
-                                    if slot not in ("_params", "_results")]
+    assert [
+        getattr(copy, slot) for slot in Trial.__slots__ if slot not in ("_params", "_results")
+    ] == [v for slot, v in zip(Trial.__slots__, values) if slot not in ("_params", "_results")]
 
 
 def test_clone_isolates_the_caller_from_the_cached_trial():
-    cached = Trial(experiment=1, status="reserved",
-                   params=[{"name": "/x", "type": "real", "value": 0.5}])
+    cached = Trial(
+        experiment=1, status="reserved", params=[{"name": "/x", "type": "real", "value": 0.5}]
+    )
     copy = trials.clone(cached)
     assert _state(copy) == _state(cached) and copy is not cached
     copy.status = "completed"

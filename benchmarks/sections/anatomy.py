@@ -1,5 +1,6 @@
 """Lock-hold anatomy: what one algorithm-lock hold costs, storage vs Oríon, per backend and
 experiment size (one process, Oríon's own client: suggest = produce, observe)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -50,6 +51,7 @@ class _StorageTimer:
                 return method(*args, **kwargs)
             with self.inside():
                 return method(*args, **kwargs)
+
         return timed
 
 
@@ -68,8 +70,9 @@ class _TimedHold:
     def __exit__(self, *exc):
         with self.timer.inside():
             out = self.cm.__exit__(*exc)
-        self.timer.holds.append((time.perf_counter() - self.start,
-                                 self.timer.spent - self.spent_before))
+        self.timer.holds.append(
+            (time.perf_counter() - self.start, self.timer.spent - self.spent_before)
+        )
         return out
 
 
@@ -95,8 +98,9 @@ def register_completed(exp, trials):
 
     now = datetime.datetime.utcnow()
     for trial in trials:
-        trial.results = [Trial.Result(name="objective", type="objective",
-                                      value=_objective(trial.params))]
+        trial.results = [
+            Trial.Result(name="objective", type="objective", value=_objective(trial.params))
+        ]
         trial.start_time = trial.end_time = trial.heartbeat = now
         exp.register_trial(trial, status="completed")
 
@@ -128,9 +132,11 @@ def _hunt_step(client, timer):
 
 def _hold_stats(holds):
     """Median hold, storage and Oríon (hold - storage) ms of a list of (hold_s, storage_s)."""
-    return {"hold_ms": statistics.median(h for h, _ in holds) * 1e3,
-            "storage_ms": statistics.median(s for _, s in holds) * 1e3,
-            "orion_ms": statistics.median(h - s for h, s in holds) * 1e3}
+    return {
+        "hold_ms": statistics.median(h for h, _ in holds) * 1e3,
+        "storage_ms": statistics.median(s for _, s in holds) * 1e3,
+        "orion_ms": statistics.median(h - s for h, s in holds) * 1e3,
+    }
 
 
 def section_anatomy(cfg, server, tmp):
@@ -143,8 +149,12 @@ def section_anatomy(cfg, server, tmp):
         tag = f"{backend}-{uuid.uuid4().hex[:6]}"
         storage = _anatomy_storage(backend, server, tmp, tag)
         timer = _StorageTimer(storage)
-        client = build_experiment(f"anatomy-{tag}", space=ANATOMY_SPACE,
-                                  algorithm={"random": {"seed": 1}}, storage=storage)
+        client = build_experiment(
+            f"anatomy-{tag}",
+            space=ANATOMY_SPACE,
+            algorithm={"random": {"seed": 1}},
+            storage=storage,
+        )
         done = 0
         for n in cfg["anatomy_sizes"]:
             t0 = time.monotonic()
@@ -156,13 +166,23 @@ def section_anatomy(cfg, server, tmp):
             observe = _hold_stats([o for _, o in steps])
             trial = _hold_stats([(p[0] + o[0], p[1] + o[1]) for p, o in steps])
             state = client._experiment.algorithm.state_dict
-            rows.append({"backend": backend, "trials": n, "samples": len(steps),
-                         "produce": produce, "observe": observe, "per_trial": trial,
-                         "ceiling_trials_per_s": 1000 / trial["hold_ms"],
-                         "state_bytes": len(pickle.dumps(state))})
-            _log(f"  anatomy {backend:11} N={n:<4}: hold/trial {trial['hold_ms']:.1f} ms "
-                 f"(storage {trial['storage_ms']:.1f}, Oríon {trial['orion_ms']:.1f}), "
-                 f"filled in {fill_s:.1f}s")
+            rows.append(
+                {
+                    "backend": backend,
+                    "trials": n,
+                    "samples": len(steps),
+                    "produce": produce,
+                    "observe": observe,
+                    "per_trial": trial,
+                    "ceiling_trials_per_s": 1000 / trial["hold_ms"],
+                    "state_bytes": len(pickle.dumps(state)),
+                }
+            )
+            _log(
+                f"  anatomy {backend:11} N={n:<4}: hold/trial {trial['hold_ms']:.1f} ms "
+                f"(storage {trial['storage_ms']:.1f}, Oríon {trial['orion_ms']:.1f}), "
+                f"filled in {fill_s:.1f}s"
+            )
         client.close()
     return {"rows": rows, "pool_size": _hunt_pool_size()}
 

@@ -1,4 +1,5 @@
 """Server commands per call: what redis-py sends and INFO commandstats' deltas, per storage call."""
+
 from __future__ import annotations
 
 import uuid
@@ -27,14 +28,17 @@ class _SentCounter:
 
         def wrap(attr, original):
             if attr == "send_command":
+
                 def patched(conn, *args, **kwargs):
                     counter.count += 1
                     return original(conn, *args, **kwargs)
             else:
+
                 def patched(conn, commands):
                     commands = list(commands)
                     counter.count += len(commands)
                     return original(conn, commands)
+
             return patched
 
         for cls, attr, original in self.patched:
@@ -71,13 +75,20 @@ def section_commands(cfg, server):
                 d -= 1  # our own INFO
             if d:
                 delta[name] = d
-        script_calls = sum(v for k, v in delta.items() if k in ("evalsha", "eval", "evalsha_ro",
-                                                                "eval_ro", "fcall"))
+        script_calls = sum(
+            v
+            for k, v in delta.items()
+            if k in ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall")
+        )
         total = sum(delta.values())
-        return {"op": label, "calls": calls, "client_commands_per_call": sent.count / calls,
-                "script_calls_per_call": script_calls / calls,
-                "server_commands_per_call_incl_in_script": total / calls,
-                "commandstats_delta": delta}
+        return {
+            "op": label,
+            "calls": calls,
+            "client_commands_per_call": sent.count / calls,
+            "script_calls_per_call": script_calls / calls,
+            "server_commands_per_call_incl_in_script": total / calls,
+            "commandstats_delta": delta,
+        }
 
     # warm-up: connect and load every script once (a fresh server answers NOSCRIPT first)
     warm = storage.register_trial(_new_trial(exp_id, 4, 0))
@@ -99,12 +110,19 @@ def section_commands(cfg, server):
         _set_result(t, 2.0)
     rows += [
         measure("push_trial_results", lambda i: storage.push_trial_results(reserved[i]), n),
-        measure("set_trial_status", lambda i: storage.set_trial_status(
-            reserved[i], "completed", was="reserved"), n),
-        measure("fetch_trials (repeated, unchanged)", lambda i: storage.fetch_trials(uid=exp_id),
-                max(10, n // 10)),
-        measure("fetch_pending_trials", lambda i: storage.fetch_pending_trials(exp),
-                max(10, n // 10)),
+        measure(
+            "set_trial_status",
+            lambda i: storage.set_trial_status(reserved[i], "completed", was="reserved"),
+            n,
+        ),
+        measure(
+            "fetch_trials (repeated, unchanged)",
+            lambda i: storage.fetch_trials(uid=exp_id),
+            max(10, n // 10),
+        ),
+        measure(
+            "fetch_pending_trials", lambda i: storage.fetch_pending_trials(exp), max(10, n // 10)
+        ),
         measure("fetch_lost_trials", lambda i: storage.fetch_lost_trials(exp), max(10, n // 10)),
     ]
 

@@ -1,5 +1,6 @@
 """fetch_trials (cold, repeated, 1% changed; ours vs Legacy+EphemeralDB) and the per-call cost of
 the other calls as the experiment grows."""
+
 from __future__ import annotations
 
 import gc
@@ -46,14 +47,13 @@ def _ephemeral_experiment(n, pending):
     storage.create_experiment(config)
     exp_id = config["_id"]
     _bulk_legacy(storage, exp_id, n - pending)  # one by one is O(n) each in EphemeralDB
-    storage._db.write("trials", data=[_new_trial(exp_id, 1, i).to_dict()
-                                      for i in range(pending)])
+    storage._db.write("trials", data=[_new_trial(exp_id, 1, i).to_dict() for i in range(pending)])
     return storage, exp_id, _Exp(exp_id)
 
 
 def _touch(storage, completed, r, k):
     """Rewrite the r-th slice of k completed trials (a 1% change)."""
-    for trial in completed[r * k:(r + 1) * k]:
+    for trial in completed[r * k : (r + 1) * k]:
         storage.set_trial_status(trial, "completed", was="completed")
 
 
@@ -92,18 +92,42 @@ def _fetch_rows(server, n, ours, eph, reps):
             _touch(eph[0], ecompleted, r, k)
             gc.collect()
             echanged += _timed(lambda: eph[0].fetch_trials(uid=eph[1]), 1)
-    rows = [{"backend": "redis", "trials": n, "kind": kind, "changed": k if "1%" in kind else 0,
-             **_stats_us(samples)}
-            for kind, samples in (("cold", cold), ("repeated, unchanged", unchanged),
-                                  ("repeated, 1% changed", changed))]
+    rows = [
+        {
+            "backend": "redis",
+            "trials": n,
+            "kind": kind,
+            "changed": k if "1%" in kind else 0,
+            **_stats_us(samples),
+        }
+        for kind, samples in (
+            ("cold", cold),
+            ("repeated, unchanged", unchanged),
+            ("repeated, 1% changed", changed),
+        )
+    ]
     if eph:
-        rows += [{"backend": "ephemeraldb", "trials": n, "kind": "cold", "changed": 0,
-                  **_stats_us(ecold)},
-                 {"backend": "ephemeraldb", "trials": n, "kind": "repeated, 1% changed",
-                  "changed": k, **_stats_us(echanged)}]
-    _log(f"  fetch {n:>6} trials: cold {statistics.median(cold) * 1e3:.1f} ms"
-         + (f" (EphemeralDB {statistics.median(ecold) * 1e3:.1f} ms)" if eph else "")
-         + f", 1% changed {statistics.median(changed) * 1e3:.2f} ms")
+        rows += [
+            {
+                "backend": "ephemeraldb",
+                "trials": n,
+                "kind": "cold",
+                "changed": 0,
+                **_stats_us(ecold),
+            },
+            {
+                "backend": "ephemeraldb",
+                "trials": n,
+                "kind": "repeated, 1% changed",
+                "changed": k,
+                **_stats_us(echanged),
+            },
+        ]
+    _log(
+        f"  fetch {n:>6} trials: cold {statistics.median(cold) * 1e3:.1f} ms"
+        + (f" (EphemeralDB {statistics.median(ecold) * 1e3:.1f} ms)" if eph else "")
+        + f", 1% changed {statistics.median(changed) * 1e3:.2f} ms"
+    )
     return rows
 
 
@@ -114,15 +138,27 @@ def _growth_rows(exps, per_call, pending):
     reserves = per_call // 2 if pending >= per_call else pending // 2
     reserved = {n: [] for n in sizes}
     ops = (
-        ("reserve_trial", reserves, lambda n, i: reserved[n].append(
-            exps[n][0].reserve_trial(exps[n][2]))),
-        ("set_trial_status", reserves, lambda n, i: exps[n][0].set_trial_status(
-            reserved[n][i], "completed", was="reserved")),
+        (
+            "reserve_trial",
+            reserves,
+            lambda n, i: reserved[n].append(exps[n][0].reserve_trial(exps[n][2])),
+        ),
+        (
+            "set_trial_status",
+            reserves,
+            lambda n, i: exps[n][0].set_trial_status(reserved[n][i], "completed", was="reserved"),
+        ),
         ("fetch_lost_trials", per_call, lambda n, i: exps[n][0].fetch_lost_trials(exps[n][2])),
-        ("fetch_pending_trials", max(5, per_call // 4),
-         lambda n, i: exps[n][0].fetch_pending_trials(exps[n][2])),
-        ("count_completed_trials", per_call,
-         lambda n, i: exps[n][0].count_completed_trials(exps[n][2])),
+        (
+            "fetch_pending_trials",
+            max(5, per_call // 4),
+            lambda n, i: exps[n][0].fetch_pending_trials(exps[n][2]),
+        ),
+        (
+            "count_completed_trials",
+            per_call,
+            lambda n, i: exps[n][0].count_completed_trials(exps[n][2]),
+        ),
     )
     rows = []
     for op, count, call in ops:
@@ -132,8 +168,9 @@ def _growth_rows(exps, per_call, pending):
                 t0 = time.perf_counter()
                 call(n, i)
                 samples[n].append(time.perf_counter() - t0)
-        rows += [{"backend": "redis", "trials": n, "op": op, **_stats_us(samples[n])}
-                 for n in sizes]
+        rows += [
+            {"backend": "redis", "trials": n, "op": op, **_stats_us(samples[n])} for n in sizes
+        ]
     return rows
 
 
@@ -141,10 +178,12 @@ def section_fetch(cfg, server):
     reps, per_call = cfg["fetch_repeats"], cfg["per_call_samples"]
     pending = {n: min(cfg["pending"], n // 2) for n in cfg["fetch_sizes"]}
     exps = {n: _fetch_experiment(server, n, pending[n]) for n in cfg["fetch_sizes"]}
-    eph = {n: _ephemeral_experiment(n, min(cfg["pending"], n // 2))
-           for n in cfg["ephemeral_sizes"]}
-    rows = [row for n in cfg["fetch_sizes"]
-            for row in _fetch_rows(server, n, exps[n], eph.get(n), reps)]
+    eph = {n: _ephemeral_experiment(n, min(cfg["pending"], n // 2)) for n in cfg["ephemeral_sizes"]}
+    rows = [
+        row for n in cfg["fetch_sizes"] for row in _fetch_rows(server, n, exps[n], eph.get(n), reps)
+    ]
     growth = _growth_rows(exps, per_call, min(pending.values()))
-    return ({"rows": rows, "register_per_s": {str(n): e[3] for n, e in exps.items()}},
-            {"rows": growth})
+    return (
+        {"rows": rows, "register_per_s": {str(n): e[3] for n, e in exps.items()}},
+        {"rows": growth},
+    )

@@ -1,6 +1,7 @@
 """End-to-end fleet: `orion hunt` worker processes on ours and on Legacy+PickledDB, a trivial
 objective, the same cap; two workers run under cProfile (profile_hunt.py) and their profiles are
 split into storage, objective, sleep, imports and the rest."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,12 +38,15 @@ def _fleet_config(path, backend, location):
     a trial runs under the directory of the worker that produced it, so a worker that stops
     first breaks the trials other workers are still running there."""
     if backend == "redis":
-        storage = f"storage:\n  type: redis\n  database:\n    host: \"{location}\"\n"
+        storage = f'storage:\n  type: redis\n  database:\n    host: "{location}"\n'
     else:
-        storage = ("storage:\n  type: legacy\n  database:\n    type: pickleddb\n"
-                   f"    host: \"{location}\"\n")
-    path.write_text(storage + f"experiment:\n  working_dir: \"{path.parent / 'trials'}\"\n"
-                    "  algorithms:\n    random:\n      seed: null\n")
+        storage = (
+            f'storage:\n  type: legacy\n  database:\n    type: pickleddb\n    host: "{location}"\n'
+        )
+    path.write_text(
+        storage + f'experiment:\n  working_dir: "{path.parent / "trials"}"\n'
+        "  algorithms:\n    random:\n      seed: null\n"
+    )
     return path
 
 
@@ -78,15 +82,35 @@ def _run_fleet(cfg, backend, location, tmp, profile_dir=None):
     config = _fleet_config(workdir / "orion_config.yaml", backend, location)
     name = f"fleet-{backend}"
     orion = str(Path(sys.executable).with_name("orion"))
-    hunt = ["hunt", "--config", str(config), "-n", name, "--exp-max-trials",
-            str(cfg["fleet_trials"]), "--exp-max-broken", "1000", "--idle-timeout", "600",
-            sys.executable, str(objective), "-x~uniform(-5, 5)", "-y~uniform(-5, 5)"]
+    hunt = [
+        "hunt",
+        "--config",
+        str(config),
+        "-n",
+        name,
+        "--exp-max-trials",
+        str(cfg["fleet_trials"]),
+        "--exp-max-broken",
+        "1000",
+        "--idle-timeout",
+        "600",
+        sys.executable,
+        str(objective),
+        "-x~uniform(-5, 5)",
+        "-y~uniform(-5, 5)",
+    ]
     env = dict(os.environ, ORION_REDIS_URI="")
     env.pop("ORION_DB_ADDRESS", None)
     env.pop("ORION_STORAGE_TYPE", None)
     # create the experiment first (not timed): workers then only load it
-    init = subprocess.run([orion, *hunt[:1], "--init-only", *hunt[1:]], capture_output=True,
-                          text=True, env=env, cwd=workdir, timeout=300)
+    init = subprocess.run(
+        [orion, *hunt[:1], "--init-only", *hunt[1:]],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=workdir,
+        timeout=300,
+    )
     if init.returncode != 0:
         raise RuntimeError(f"orion hunt --init-only failed:\n{init.stdout}\n{init.stderr}")
     cmds = []
@@ -94,16 +118,27 @@ def _run_fleet(cfg, backend, location, tmp, profile_dir=None):
     for w in range(cfg["fleet_workers"]):
         if profile_dir is not None and w < len(modes):
             mode = modes[w]
-            cmds.append([sys.executable, str(HERE / "profile_hunt.py"), mode,
-                         str(profile_dir / f"worker-{mode}.prof"), *hunt])
+            cmds.append(
+                [
+                    sys.executable,
+                    str(HERE / "profile_hunt.py"),
+                    mode,
+                    str(profile_dir / f"worker-{mode}.prof"),
+                    *hunt,
+                ]
+            )
         else:
             cmds.append([orion, *hunt])
     cap = cfg["fleet_cap_s"]  # the same for every backend (see _compare_fleets)
     logs = [open(workdir / f"worker-{w}.log", "w") for w in range(len(cmds))]
     launch_utc = datetime.datetime.utcnow()  # trials' end_time is naive UTC too
     start = time.monotonic()
-    workers = [subprocess.Popen(c, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
-                                start_new_session=True) for c, log in zip(cmds, logs)]
+    workers = [
+        subprocess.Popen(
+            c, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True
+        )
+        for c, log in zip(cmds, logs)
+    ]
     capped = False
     while any(w.poll() is None for w in workers):
         if time.monotonic() - start > cap:
@@ -122,16 +157,28 @@ def _run_fleet(cfg, backend, location, tmp, profile_dir=None):
     for t in trials:
         counts[t.status] = counts.get(t.status, 0) + 1
     # when each completed trial ended, in seconds from the launch (those after a cap excluded)
-    ends = sorted((t.end_time - launch_utc).total_seconds() for t in trials
-                  if t.status == "completed" and t.end_time)
+    ends = sorted(
+        (t.end_time - launch_utc).total_seconds()
+        for t in trials
+        if t.status == "completed" and t.end_time
+    )
     ends = [e for e in ends if e <= elapsed]
     failed = [w.returncode for w in workers if w.returncode not in (0, None)]
     if failed and not capped:
         tail = (workdir / "worker-0.log").read_text()[-3000:]
         raise RuntimeError(f"{backend} fleet: workers exited with {failed}:\n{tail}")
-    return {"backend": backend, "workers": len(workers), "target_trials": cfg["fleet_trials"],
-            "completed": len(ends), "statuses": counts, "elapsed_s": elapsed, "cap_s": cap,
-            "capped": capped, "launch_utc": launch_utc.isoformat(), "end_offsets_s": ends}
+    return {
+        "backend": backend,
+        "workers": len(workers),
+        "target_trials": cfg["fleet_trials"],
+        "completed": len(ends),
+        "statuses": counts,
+        "elapsed_s": elapsed,
+        "cap_s": cap,
+        "capped": capped,
+        "launch_utc": launch_utc.isoformat(),
+        "end_offsets_s": ends,
+    }
 
 
 def _compare_fleets(fleets):
@@ -143,16 +190,24 @@ def _compare_fleets(fleets):
     for f in fleets:
         in_window = sum(1 for e in f["end_offsets_s"] if e <= window)
         t_k = f["end_offsets_s"][k - 1] if k else None
-        f.update(window_s=window, completed_in_window=in_window,
-                 trials_per_s=in_window / window, first_k=k, time_to_first_k_s=t_k,
-                 first_k_trials_per_s=k / t_k if t_k else None)
+        f.update(
+            window_s=window,
+            completed_in_window=in_window,
+            trials_per_s=in_window / window,
+            first_k=k,
+            time_to_first_k_s=t_k,
+            first_k_trials_per_s=k / t_k if t_k else None,
+        )
 
 
 def _protocol_methods():
     from orion.storage.base import BaseStorageProtocol
 
-    return {n for n, _ in inspect.getmembers(BaseStorageProtocol, inspect.isfunction)
-            if not n.startswith("_")}
+    return {
+        n
+        for n, _ in inspect.getmembers(BaseStorageProtocol, inspect.isfunction)
+        if not n.startswith("_")
+    }
 
 
 def _storage_time(stats, markers):
@@ -174,8 +229,9 @@ def _storage_time(stats, markers):
 def _outside(callers, markers):
     """Inclusive time of a function's calls from outside the storage (storage waits are
     storage time)."""
-    return sum(edge[3] for caller, edge in callers.items()
-               if not any(m in caller[0] for m in markers))
+    return sum(
+        edge[3] for caller, edge in callers.items() if not any(m in caller[0] for m in markers)
+    )
 
 
 def _profile_summary(path, storage_markers):
@@ -187,22 +243,34 @@ def _profile_summary(path, storage_markers):
     total = sum(v[2] for v in stats.values())
     storage, by_method = _storage_time(stats, storage_markers)
     objective = sleep = 0.0
-    for (filename, _line, name), (_cc, _nc, tt, _ct, callers) in stats.items():
+    for (filename, _line, name), (_cc, _nc, _tt, _ct, callers) in stats.items():
         if filename.endswith("subprocess.py") and name in ("wait", "__init__"):
-            objective += sum(edge[3] for caller, edge in callers.items()
-                             if not caller[0].endswith("subprocess.py"))
+            objective += sum(
+                edge[3]
+                for caller, edge in callers.items()
+                if not caller[0].endswith("subprocess.py")
+            )
         elif name == "<built-in method time.sleep>":
             sleep += _outside(callers, storage_markers)
     # imports: cProfile leaves recursive re-entries out of cumtime, so the cumulative time of
     # _find_and_load is that of the outermost imports (start-up and lazy imports)
-    imports = sum(v[3] for (f, _l, n), v in stats.items()
-                  if n == "_find_and_load" and "importlib._bootstrap" in f)
+    imports = sum(
+        v[3]
+        for (f, _l, n), v in stats.items()
+        if n == "_find_and_load" and "importlib._bootstrap" in f
+    )
     other = max(0.0, total - storage - objective - sleep - imports)
     top = sorted(by_method.items(), key=lambda kv: -kv[1])[:8]
-    out = {"total_s": total, "storage_s": storage, "objective_subprocess_s": objective,
-           "sleep_s": sleep, "imports_s": imports, "orion_and_other_s": other,
-           "storage_share": storage / total if total else 0.0,
-           "top_storage_methods_s": dict(top)}
+    out = {
+        "total_s": total,
+        "storage_s": storage,
+        "objective_subprocess_s": objective,
+        "sleep_s": sleep,
+        "imports_s": imports,
+        "orion_and_other_s": other,
+        "storage_share": storage / total if total else 0.0,
+        "top_storage_methods_s": dict(top),
+    }
     out.update(_hunt_loop_share(path, storage_markers))
     return out
 
@@ -218,10 +286,15 @@ def _hunt_loop_share(path, markers):
     import pstats
 
     loop_s = json.loads(run.read_text())["run_s"]
-    storage = (_storage_time(pstats.Stats(str(after)).stats, markers)[0] -
-               _storage_time(pstats.Stats(str(before)).stats, markers)[0])
-    return {"hunt_loop_s": loop_s, "storage_hunt_loop_s": storage,
-            "storage_share_hunt_loop": storage / loop_s if loop_s else None}
+    storage = (
+        _storage_time(pstats.Stats(str(after)).stats, markers)[0]
+        - _storage_time(pstats.Stats(str(before)).stats, markers)[0]
+    )
+    return {
+        "hunt_loop_s": loop_s,
+        "storage_hunt_loop_s": storage,
+        "storage_share_hunt_loop": storage / loop_s if loop_s else None,
+    }
 
 
 def section_fleet(cfg, server, tmp):
@@ -230,24 +303,29 @@ def section_fleet(cfg, server, tmp):
     (profile_dir / "pickleddb").mkdir(parents=True)
     prefix = f"fleet-{uuid.uuid4().hex[:6]}"
     out["redis"] = _run_fleet(cfg, "redis", f"{server.url}/0?prefix={prefix}", tmp, profile_dir)
-    out["pickleddb"] = _run_fleet(cfg, "pickleddb", str(tmp / "fleet.pkl"), tmp,
-                                  profile_dir / "pickleddb")
+    out["pickleddb"] = _run_fleet(
+        cfg, "pickleddb", str(tmp / "fleet.pkl"), tmp, profile_dir / "pickleddb"
+    )
     _compare_fleets([out["redis"], out["pickleddb"]])
     for b in ("redis", "pickleddb"):
         f = out[b]
-        _log(f"  fleet {b}: {f['completed']} trials in {f['elapsed_s']:.1f}s"
-             f"{' (capped)' if f['capped'] else ''}; {f['completed_in_window']} in the first "
-             f"{f['window_s']:.0f}s, first {f['first_k']} in {_fmt(f['time_to_first_k_s'])}s")
+        _log(
+            f"  fleet {b}: {f['completed']} trials in {f['elapsed_s']:.1f}s"
+            f"{' (capped)' if f['capped'] else ''}; {f['completed_in_window']} in the first "
+            f"{f['window_s']:.0f}s, first {f['first_k']} in {_fmt(f['time_to_first_k_s'])}s"
+        )
     out["profile"], out["profile_pickleddb"] = {}, {}
     for mode in ("wall", "cpu"):
         path = profile_dir / f"worker-{mode}.prof"
         if path.exists():
-            out["profile"][mode] = _profile_summary(path, ("/orion_track_redis/",
-                                                           "/orion/storage/base.py"))
+            out["profile"][mode] = _profile_summary(
+                path, ("/orion_track_redis/", "/orion/storage/base.py")
+            )
             shutil.copy(path, common.OUTDIR / f"fleet-worker-{mode}.prof")
         path = profile_dir / "pickleddb" / f"worker-{mode}.prof"
         if path.exists():
             out["profile_pickleddb"][mode] = _profile_summary(
-                path, ("/orion/storage/legacy.py", "/orion/storage/base.py",
-                       "/orion/core/io/database/"))
+                path,
+                ("/orion/storage/legacy.py", "/orion/storage/base.py", "/orion/core/io/database/"),
+            )
     return out

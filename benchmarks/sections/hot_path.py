@@ -5,6 +5,7 @@ Legacy+EphemeralDB.
 Bare EVALSHA: our own lua/{register,reserve,update}_trial.lua, called through redis-py's Script
 with precomputed keys and arguments -- the same server work, none of the backend's Python: what
 a minimal client of the same scripts pays."""
+
 from __future__ import annotations
 
 import datetime
@@ -58,13 +59,23 @@ class BareOps:
         self.new_pairs = _trial_pairs(_new_trial(1, 1, 1))
         self.wid = wid
         self.count = 0
-        self.idx = [f"{self.tag}:s:{s}" for s in ("new", "suspended", "interrupted", "reserved",
-                                                 "completed")]
+        self.idx = [
+            f"{self.tag}:s:{s}"
+            for s in ("new", "suspended", "interrupted", "reserved", "completed")
+        ]
         self.all, self.rev, self.changed, self.floor = (
-            f"{self.tag}:all", f"{self.tag}:rev", f"{self.tag}:changed", f"{self.tag}:floor")
+            f"{self.tag}:all",
+            f"{self.tag}:rev",
+            f"{self.tag}:changed",
+            f"{self.tag}:floor",
+        )
         self.leases, self.holders, self.clock, self.recoveries, self.recovered = (
-            f"{self.tag}:leases", f"{self.tag}:holders", f"{self.tag}:lease_clock",
-            f"{self.tag}:recoveries", f"{self.tag}:recovered")
+            f"{self.tag}:leases",
+            f"{self.tag}:holders",
+            f"{self.tag}:lease_clock",
+            f"{self.tag}:recoveries",
+            f"{self.tag}:recovered",
+        )
         self.holder = f"bare{wid} {{}}"  # our reserve records its holder, as this does
         self.prefix = f"{self.tag}:t:"
         self.now = codec.dumps(datetime.datetime.utcnow())
@@ -79,28 +90,65 @@ class BareOps:
         return f"w{self.wid}-{i}"
 
     def register(self, tok):
-        return self.register_s(keys=[self.prefix + tok, self.all, self.idx[0], self.rev,
-                                     self.changed, self._req(), self.floor],
-                               args=[tok, "now", self.ttl, self.keep, *self.new_pairs])
+        return self.register_s(
+            keys=[
+                self.prefix + tok,
+                self.all,
+                self.idx[0],
+                self.rev,
+                self.changed,
+                self._req(),
+                self.floor,
+            ],
+            args=[tok, "now", self.ttl, self.keep, *self.new_pairs],
+        )
 
     def register_completed(self, tok):
-        return self.register_s(keys=[self.prefix + tok, self.all, self.idx[4], self.rev,
-                                     self.changed, self._req(), self.floor],
-                               args=[tok, "now", self.ttl, self.keep, *self.full_pairs])
+        return self.register_s(
+            keys=[
+                self.prefix + tok,
+                self.all,
+                self.idx[4],
+                self.rev,
+                self.changed,
+                self._req(),
+                self.floor,
+            ],
+            args=[tok, "now", self.ttl, self.keep, *self.full_pairs],
+        )
 
     def reserve(self):
-        reply = self.reserve_s(keys=[*self.idx[:4], self._req(), self.rev, self.changed,
-                                     self.leases, self.holders, self.clock],
-                               args=[self.prefix, '"reserved"', self.now, self.ttl, 30,
-                                     self.holder])
+        reply = self.reserve_s(
+            keys=[
+                *self.idx[:4],
+                self._req(),
+                self.rev,
+                self.changed,
+                self.leases,
+                self.holders,
+                self.clock,
+            ],
+            args=[self.prefix, '"reserved"', self.now, self.ttl, 30, self.holder],
+        )
         return reply[0].decode() if reply else None
 
     def _update(self, tok, new_index, new_status, score, trims, pairs):
-        rc = self.update_s(keys=[self.prefix + tok, self.idx[3], new_index, self.rev,
-                                 self.changed, self._req(), self.leases, self.holders,
-                                 self.recoveries, self.recovered, f"{self.tag}:unobserved"],
-                           args=[tok, '"reserved"', new_status, score, self.ttl, trims, "", "",
-                                 *pairs])
+        rc = self.update_s(
+            keys=[
+                self.prefix + tok,
+                self.idx[3],
+                new_index,
+                self.rev,
+                self.changed,
+                self._req(),
+                self.leases,
+                self.holders,
+                self.recoveries,
+                self.recovered,
+                f"{self.tag}:unobserved",
+            ],
+            args=[tok, '"reserved"', new_status, score, self.ttl, trims, "", "", *pairs],
+        )
         if rc != 1:  # a failed CAS does less work: it would flatter the floor
             raise RuntimeError(f"bare update_trial of {tok} returned {rc}")
         return rc
@@ -112,8 +160,14 @@ class BareOps:
         return self._update(tok, self.idx[3], '"reserved"', "", self.trims, self.push_pairs)
 
     def set_status(self, tok):
-        return self._update(tok, self.idx[4], '"completed"', "now", "",
-                            ("status", '"completed"', "heartbeat", self.now))
+        return self._update(
+            tok,
+            self.idx[4],
+            '"completed"',
+            "now",
+            "",
+            ("status", '"completed"', "heartbeat", self.now),
+        )
 
 
 class ProtocolOps:
@@ -206,15 +260,14 @@ def _hot_worker(spec, wid, barrier, outdir):
             out[name] = {"samples": samples, "start": start, "end": time.monotonic()}
 
         # warm-up (untimed): connections, script loading, lazy imports
-        warm = [ops.make_trial(10 ** 7 + i) for i in range(3)]
+        warm = [ops.make_trial(10**7 + i) for i in range(3)]
         for t in warm:
             ops.register(t)
         for t in [ops.reserve() for _ in warm]:
             ops.heartbeat(t)
             ops.push(t)
             ops.set_status(t)
-        phase("register_trial", lambda t: (ops.register(t), mine.append(t)),
-              prepare=ops.make_trial)
+        phase("register_trial", lambda t: (ops.register(t), mine.append(t)), prepare=ops.make_trial)
         phase("reserve_trial", lambda _: ops.reserve(), items=mine)
         cycle = reserved or [None]
         phase("update_heartbeat", lambda i: ops.heartbeat(cycle[i % len(cycle)]))
@@ -236,8 +289,10 @@ def _run_group(spec, nprocs):
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(nprocs)
     outdir = tempfile.mkdtemp(prefix="hot-")
-    procs = [ctx.Process(target=_hot_worker, args=(spec, w, barrier, outdir), daemon=True)
-             for w in range(nprocs)]
+    procs = [
+        ctx.Process(target=_hot_worker, args=(spec, w, barrier, outdir), daemon=True)
+        for w in range(nprocs)
+    ]
     for p in procs:
         p.start()
     results = _collect(procs, outdir, spec["backend"])
@@ -247,8 +302,13 @@ def _run_group(spec, nprocs):
         samples = [s for r in results for s in r[op]["samples"]]
         start = min(r[op]["start"] for r in results)
         end = max(r[op]["end"] for r in results)
-        row = {"backend": spec["backend"], "procs": nprocs, "op": op, **_stats_us(samples),
-               "throughput_per_s": len(samples) / (end - start) if samples else 0.0}
+        row = {
+            "backend": spec["backend"],
+            "procs": nprocs,
+            "op": op,
+            **_stats_us(samples),
+            "throughput_per_s": len(samples) / (end - start) if samples else 0.0,
+        }
         rows.append(row)
     return rows
 
@@ -260,10 +320,14 @@ def section_hot_path(cfg, server, tmp):
             if backend == "ephemeraldb" and nprocs != 1:
                 continue  # in memory per process: several processes would not share it
             prefix = f"hot-{backend}-{nprocs}-{uuid.uuid4().hex[:6]}"
-            spec = {"backend": backend, "url": server.url, "prefix": prefix,
-                    "phase_s": cfg["pickled_phase_s"] if backend == "pickleddb" else
-                    cfg["phase_s"], "max_calls": cfg["max_calls"],
-                    "background": cfg["background"]}
+            spec = {
+                "backend": backend,
+                "url": server.url,
+                "prefix": prefix,
+                "phase_s": cfg["pickled_phase_s"] if backend == "pickleddb" else cfg["phase_s"],
+                "max_calls": cfg["max_calls"],
+                "background": cfg["background"],
+            }
             if backend == "pickleddb":
                 spec["max_calls"] = 500
                 spec["path"] = str(tmp / f"{prefix}.pkl")
@@ -278,8 +342,13 @@ def section_hot_path(cfg, server, tmp):
                 _background(spec, server.url, backend != "bare" and storage, spec.get("exp_id"))
             t0 = time.monotonic()
             group = _run_group(spec, nprocs)
-            _log(f"  hot path {backend:11} x{nprocs:<2}: {time.monotonic() - t0:5.1f}s  " +
-                 "  ".join(f"{r['op'].split('_')[0]} {r['median_us']:.0f}µs"
-                           for r in group if r["median_us"]))
+            _log(
+                f"  hot path {backend:11} x{nprocs:<2}: {time.monotonic() - t0:5.1f}s  "
+                + "  ".join(
+                    f"{r['op'].split('_')[0]} {r['median_us']:.0f}µs"
+                    for r in group
+                    if r["median_us"]
+                )
+            )
             rows += group
     return {"rows": rows}

@@ -1,5 +1,6 @@
 """Algorithm lock hand-off: spawned processes contending for one experiment's lock; the delay from
 one release to the next acquire."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -46,9 +47,14 @@ def section_lock(cfg, server):
     nprocs = cfg["lock_procs"]
     ctx = mp.get_context("spawn")
     barrier, outdir = ctx.Barrier(nprocs), tempfile.mkdtemp(prefix="lock-")
-    procs = [ctx.Process(target=_lock_worker, daemon=True, args=(
-        server.url, prefix, config["_id"], cfg["lock_s"], barrier, outdir, w))
-        for w in range(nprocs)]
+    procs = [
+        ctx.Process(
+            target=_lock_worker,
+            daemon=True,
+            args=(server.url, prefix, config["_id"], cfg["lock_s"], barrier, outdir, w),
+        )
+        for w in range(nprocs)
+    ]
     for p in procs:
         p.start()
     holds = sorted(tuple(h) for got in _collect(procs, outdir, "lock") for h in got)
@@ -63,11 +69,18 @@ def section_lock(cfg, server):
         if pid != next_pid:
             other.append(delay)
     span = (holds[-1][1] - holds[0][0]) / 1e9 if holds else 1.0
-    return {"procs": nprocs, "holds": len(holds), "holds_per_s": len(holds) / span,
-            "overlapping_holds": overlaps,
-            "handoff": {k.replace("_us", "_ms"): (v / 1e3 if k.endswith("_us") else v)
-                        for k, v in _stats_us(handoffs).items()},
-            "handoff_to_other_process": {k.replace("_us", "_ms"): (v / 1e3 if k.endswith("_us")
-                                                                   else v)
-                                         for k, v in _stats_us(other).items()},
-            "handoff_samples_ms": [round(h * 1e3, 4) for h in handoffs[:3000]]}
+    return {
+        "procs": nprocs,
+        "holds": len(holds),
+        "holds_per_s": len(holds) / span,
+        "overlapping_holds": overlaps,
+        "handoff": {
+            k.replace("_us", "_ms"): (v / 1e3 if k.endswith("_us") else v)
+            for k, v in _stats_us(handoffs).items()
+        },
+        "handoff_to_other_process": {
+            k.replace("_us", "_ms"): (v / 1e3 if k.endswith("_us") else v)
+            for k, v in _stats_us(other).items()
+        },
+        "handoff_samples_ms": [round(h * 1e3, 4) for h in handoffs[:3000]],
+    }

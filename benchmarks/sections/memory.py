@@ -1,4 +1,5 @@
 """Redis memory per typical trial: MEMORY USAGE of the experiment's keys and used_memory's delta."""
+
 from __future__ import annotations
 
 import json
@@ -35,13 +36,17 @@ def section_memory(cfg, server):
         pipe.memory_usage(key, samples=0)
     replies = pipe.execute()
     by_type = {}
-    for key, kind, usage in zip(keys, replies[::2], replies[1::2]):
+    for _key, kind, usage in zip(keys, replies[::2], replies[1::2]):
         kind = kind.decode() if isinstance(kind, bytes) else kind
         entry = by_type.setdefault(kind, {"keys": 0, "bytes": 0})
         entry["keys"] += 1
         entry["bytes"] += usage or 0
     total = sum(e["bytes"] for e in by_type.values())
     sample = storage.fetch_trials(uid=exp_id)[0].to_dict()
-    return {"trials": m, "bytes_per_trial": total / m,
-            "used_memory_delta_per_trial": (after - before) / m,
-            "by_key_type": by_type, "trial_json_bytes": len(json.dumps(sample, default=str))}
+    return {
+        "trials": m,
+        "bytes_per_trial": total / m,
+        "used_memory_delta_per_trial": (after - before) / m,
+        "by_key_type": by_type,
+        "trial_json_bytes": len(json.dumps(sample, default=str)),
+    }
