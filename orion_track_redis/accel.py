@@ -175,8 +175,14 @@ def _take_state(algorithm, locked, copy_free: bool, versioned: bool):
             (adopt_state if copy_free else _own_set)(algorithm, locked.state)
     elif mode == "log":
         live = export_state(algorithm)
+        owners = {id(r._trials): r for r in _registries(algorithm)}
+
+        def recount(entries, changed, gone):
+            if id(entries) in owners:
+                algocounts.adjust(owners[id(entries)], changed, gone)
+
         for delta in locked.deltas:
-            statedelta.apply(live, delta)
+            statedelta.apply(live, delta, before=recount)
         adopt_state(algorithm, live)
     if not versioned:
         return None
@@ -184,14 +190,18 @@ def _take_state(algorithm, locked, copy_free: bool, versioned: bool):
     return statedelta.capture(export_state(algorithm))
 
 
+def _registries(node) -> list:
+    """The registries of Oríon's own algorithms and wrappers in ``node``'s chain."""
+    kind = _kind(node)
+    own = [node.registry] if kind != "other" else []
+    return own + (_registries(node.algorithm) if kind in ("insist", "transform") else [])
+
+
 def _count_registries(node) -> None:
     """Oríon's own algorithms and wrappers keep their is_done counts (algocounts.py) from
     now on: their registries change only through ``register`` or a hold's adoption."""
-    kind = _kind(node)
-    if kind != "other":
-        algocounts.keep(node.registry)
-    if kind in ("insist", "transform"):
-        _count_registries(node.algorithm)
+    for registry in _registries(node):
+        algocounts.keep(registry)
 
 
 _TOKEN = "_orion_redis_state"  # attribute of a resident algorithm: the token of its state
@@ -371,10 +381,11 @@ def adopt_state(node, state: dict) -> None:
         # InsistSuggest keeps no registry state of its own: it mirrors the inner one's
         adopt_state(node.algorithm, state["algorithm"])
         node.registry._trials = dict(node.algorithm.registry._trials)
-        algocounts.track(node.registry)
+        algocounts.same_counts(node.registry, node.algorithm.registry)
     elif kind == "transform":
-        node.registry._trials = state["registry"]["_trials"]
-        algocounts.track(node.registry)
+        if node.registry._trials is not state["registry"]["_trials"]:  # else changed in place
+            node.registry._trials = state["registry"]["_trials"]
+            algocounts.track(node.registry)
         adopt_state(node.algorithm, state["algorithm"])
         node.registry_mapping._mapping = state["registry_mapping"]["_mapping"]
     elif kind == "leaf":
@@ -431,8 +442,9 @@ def _patch_one(cls, attr):
 
     def set_state(self, statedict):
         if _COPY_FREE.get():
+            same = getattr(self, attr, None) is statedict[attr]  # deltas applied in place
             setattr(self, attr, statedict[attr])
-            if attr == "_trials":
+            if attr == "_trials" and not same:
                 algocounts.track(self)  # installed by our hold: counted from now on
         else:
             own_set(self, statedict)

@@ -9,8 +9,9 @@ wrapper asks it of its own registry and then of the wrapped algorithm's: a hunt 
 For registries of a resident algorithm of this backend (tracked: a copy-free hold installed
 their entries, accel.py), those counts are kept per registry: computed once when first asked,
 then changed by each ``register`` by what it replaced and what it stored (a registry replaces
-entries and never changes a stored trial in place, statedelta.py); a registry whose entries are
-installed anew (``set_state``, a hold adopting a state or applying deltas) starts over. Every
+entries and never changes a stored trial in place, statedelta.py), and by each delta a hold
+applies in place (:func:`adjust`); a registry whose entries are installed anew (``set_state``
+or a hold adopting a whole state) starts over. Every
 other registry, and every algorithm whose registry is not tracked, runs Oríon's own walk.
 
 Same answers: the counted predicates are Oríon's own (status "completed"; the fidelity value
@@ -32,6 +33,23 @@ def keep(registry) -> None:
     """Count ``registry`` from now on, keeping its counts if it is counted already (a registry
     only ``register`` changed since: its counts are current)."""
     registry.__dict__.setdefault(_COUNTS, {})
+
+
+def adjust(registry, changed: dict, gone) -> None:
+    """``registry``'s entries are about to be replaced by ``changed`` and lose ``gone`` (a
+    hold applying deltas in place): its counts follow, so that they need no recount."""
+    counts = registry.__dict__.get(_COUNTS)
+    if not counts:
+        return
+    old = registry._trials
+    for key in counts:
+        counts[key] += sum(_counted(key, t) - _counted(key, old.get(k)) for k, t in changed.items())
+        counts[key] -= sum(_counted(key, old.get(k)) for k in gone)
+
+
+def same_counts(registry, source) -> None:
+    """``registry``'s entries were just made a copy of ``source``'s: so are its counts."""
+    registry.__dict__[_COUNTS] = dict(source.__dict__.get(_COUNTS) or {})
 
 
 def untrack(registry) -> None:

@@ -119,16 +119,23 @@ def _changed_by_key(keys: list, values: list, sizes: list | None, new: dict) -> 
     return changed, sorted(old.keys() - new.keys())
 
 
-def apply(state: dict, delta: dict) -> None:
-    """Change ``state`` in place as the hold that made ``delta`` changed its own."""
+def apply(state: dict, delta: dict, before=None) -> None:
+    """Change ``state`` in place as the hold that made ``delta`` changed its own.
+    ``before(entries, changed, gone)``, if given, is called with each registry's dict before
+    it changes (algocounts.py keeps its counts from it)."""
     for path, value in delta["parts"]:
         _at(state, path[:-1])[path[-1]] = value
     for path in delta["dropped"]:
         _at(state, path[:-1]).pop(path[-1], None)
     for path, changed in delta["entries"]:
-        _at(state, path).update(changed)
+        entries = _at(state, path)
+        if before is not None:
+            before(entries, changed, ())
+        entries.update(changed)
     for path, keys in delta["gone"]:
         entries = _at(state, path)
+        if before is not None:
+            before(entries, {}, keys)
         for key in keys:
             entries.pop(key, None)
 

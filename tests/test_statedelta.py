@@ -279,8 +279,13 @@ def test_counts_are_what_the_oracle_compares(compact_often, expiring, monkeypatc
 
 
 @pytest.mark.parametrize(
-    "mutant, name", [("stale after adopt", "random"), ("fidelity ignored", "asha")]
-)  # ASHA: low fidelities
+    "mutant, name",
+    [
+        ("stale after adopt", "random"),
+        ("deltas not counted", "random"),
+        ("fidelity ignored", "asha"),  # ASHA: low fidelities
+    ],
+)
 def test_oracle_catches_a_wrong_count(mutant, name, compact_often, expiring, monkeypatch):
     if mutant == "stale after adopt":
         monkeypatch.setattr(
@@ -288,6 +293,8 @@ def test_oracle_catches_a_wrong_count(mutant, name, compact_often, expiring, mon
             "track",
             lambda registry: registry.__dict__.setdefault(algocounts._COUNTS, {}),
         )
+    elif mutant == "deltas not counted":
+        monkeypatch.setattr(algocounts, "adjust", lambda registry, changed, gone: None)
     else:
         own = algocounts._counted
         monkeypatch.setattr(
