@@ -190,7 +190,7 @@ def cmd_lock(args) -> int:
         return OK if done else PROBLEM
     data = {k: row[k] for k in ("experiment", "version", "lock", "holder", "held_s", "fence")}
     info = storage.get_algorithm_lock_info(uid=exp["_id"])
-    # as stored: with batched observation it lags by the backlog (README)
+    # as stored: with batched observation it lags by the backlog (docs/performance.md)
     data["unobserved"] = row["unobserved"]
     data["algorithm"] = info.configuration if info else None
     data["state"] = _keyed(info.state) if info else None

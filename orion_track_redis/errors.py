@@ -132,7 +132,8 @@ def _raise_translated(
     except rex.NoPermissionError as exc:
         raise ConnectionFailed(
             f"Redis at {where} denied a command to this ACL user ({redact(exc)}). "
-            "Grant the user the commands and key pattern listed in the README (ACL section)."
+            "Grant the user the commands and key pattern listed in docs/deployment.md "
+            "(section 'Least privilege (ACL)')."
         ) from None
     except rex.ReadOnlyError as exc:
         raise ConfigurationError(
@@ -164,7 +165,7 @@ def _raise_translated(
             raise ConnectionFailed(
                 f"Redis at {where} denied {denied(msg)} to this ACL user inside a "
                 f"script ({redact(msg)}). Grant the user the commands and key pattern listed "
-                "in the README (ACL section)."
+                "in docs/deployment.md (section 'Least privilege (ACL)')."
             ) from None
         if isinstance(exc, rex.OutOfMemoryError):
             # refused at the script's first write (Redis lets a script that wrote finish), so

@@ -3,9 +3,9 @@
 A fleet whose workers silently run on their host's own embedded server, or on a PickledDB file
 named after a Redis URI, never coordinates and finishes without a word. So a value that was
 meant for this backend but cannot be used is a :class:`ConfigurationError` naming the value
-(password redacted), where it came from and the fix; the README ("What is an error") has the
-table. ``ORION_REDIS_REQUIRE_URI``: unset, these errors; ``1``, also no URI at all is an error;
-``0``, each of them is a WARNING instead (the value is then ignored).
+(password redacted), where it came from and the fix; docs/configuration.md ("What is an
+error") has the table. ``ORION_REDIS_REQUIRE_URI``: unset, these errors; ``1``, also no URI
+at all is an error; ``0``, each of them is a WARNING instead (the value is then ignored).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A worker told to stop stops cleanly: Slurm's ``scancel``, preemption, requeue, ``--signal``.
 
-What Oríon 0.2.7 does on SIGTERM, measured under a real Slurm (README, "Running on Slurm"): its
+What Oríon 0.2.7 does on SIGTERM, measured under a real Slurm (docs/slurm.md): its
 handler raises ``KeyboardInterrupt`` in every process that inherited it, so a pool worker
 running a trial dies, its task is never answered and ``orion hunt`` hangs in ``Pool.join``;
 where the signal reaches only the worker, the objective (a grandchild) runs on to its end while

@@ -1,6 +1,6 @@
 """``Redis``: Oríon's storage protocol on Redis.
 
-Contract (Oríon 0.2.7, see ../README.md "Design"): behaves like Oríon's Legacy storage where
+Contract (Oríon 0.2.7, see docs/architecture.md): behaves like Oríon's Legacy storage where
 Oríon's docs are silent; raises Oríon's own exceptions (``DuplicateKeyError``, ``FailedUpdate``,
 ``LockAcquisitionTimeout``, ``MissingArguments``); returns real ``Trial`` objects sorted by
 ``submit_time``. Every state change of a trial is one Lua script call (see ``lua/``); reads are
@@ -45,7 +45,7 @@ misdirect.guard_legacy()  # Oríon imports this module before it creates any sto
 
 
 class Redis(DevelopProtocol, BaseStorageProtocol):
-    """Oríon storage backed by Redis. See the README for configuration.
+    """Oríon storage backed by Redis. Configuration: docs/configuration.md.
 
     Parameters
     ----------

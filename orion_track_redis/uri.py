@@ -1,6 +1,6 @@
 """Resolve where the storage connects to, into one frozen :class:`Options` object.
 
-Sources, first match wins (see the README, "Configuration"):
+Sources, first match wins (docs/configuration.md, "Where the URI comes from"):
 
 1. the ``uri`` argument (Python API: ``storage={"type": "redis", "uri": ...}``);
 2. ``database["host"]`` when it holds a Redis URI (yaml ``storage: {type: redis, database:
@@ -19,10 +19,11 @@ Accepted forms::
     embedded://[/data/dir][?options]    (the embedded default, explicitly)
 
 Options (the query string, or keyword arguments of the storage config) are listed, typed and
-validated in options.py; the README's option table says what each does. The algorithm-state
-signing secret comes from the ``state_secret`` keyword or ``ORION_REDIS_STATE_SECRET``, never
-from the URI (URIs get logged). Sentinel and Cluster host lists default to ports 26379 and
-6379; the Cluster form takes no ``db`` (Cluster has only db 0).
+validated in options.py; docs/configuration.md's option table says what each does. The
+algorithm-state signing secret comes from the ``state_secret`` keyword or
+``ORION_REDIS_STATE_SECRET``, never from the URI (URIs get logged). Sentinel and Cluster
+host lists default to ports 26379 and 6379; the Cluster form takes no ``db`` (Cluster has
+only db 0).
 """
 
 from __future__ import annotations
