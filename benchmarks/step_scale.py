@@ -42,7 +42,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `benchmarks`
 from benchmarks.common import RESULTS, _log, _machine, choose_binary  # noqa: E402
-from benchmarks.sections.anatomy import ANATOMY_SPACE, _fill, _objective  # noqa: E402
+from benchmarks.sections.anatomy import (  # noqa: E402
+    ANATOMY_SPACE,
+    _fill,
+    _objective,
+    _StorageTimer,
+)
 
 ALGORITHMS = {
     "random": {"random": {"seed": 1}},
@@ -150,6 +155,7 @@ def measure_path(cfg, url, path, redis, algorithm="random"):
     worker = _client(url, prefix, path, name, algorithm)
     co = _client(url, prefix, path, name, algorithm)
     timer = _SuggestTimer(worker)
+    holds = _StorageTimer(worker._experiment._storage)
     rows, done = [], 0
     for n in cfg["sizes"]:
         if n > AT_MOST.get(path, n):
@@ -162,14 +168,15 @@ def measure_path(cfg, url, path, redis, algorithm="random"):
         for behind in cfg["behind"]:
             if path != "versioned" and behind > WHOLE_BEHIND:
                 continue
-            steps, cpus, moved, aof, own = [], [], [], [], []
+            steps, cpus, held, moved, aof, own = [], [], [], [], [], []
             for _ in range(cfg["samples"]):
                 _co_holds(co, behind)
-                before, timer.spent = _stats(redis), 0.0
+                before, timer.spent, first = _stats(redis), 0.0, len(holds.holds)
                 start, cpu = time.perf_counter(), time.process_time()
                 _step(worker)
                 steps.append((time.perf_counter() - start) * 1e3)
                 cpus.append((time.process_time() - cpu) * 1e3)
+                held.append(sum(h for h, _ in holds.holds[first:]) * 1e3)
                 own.append(timer.spent * 1e3)
                 after = _stats(redis)
                 moved.append(after["out"] - before["out"] + after["in"] - before["in"])
@@ -184,6 +191,7 @@ def measure_path(cfg, url, path, redis, algorithm="random"):
                 # the worker's own CPU: what a loaded, shared machine does not inflate
                 "step_cpu_ms": statistics.median(cpus),
                 "suggest_ms": statistics.median(own),
+                "hold_ms": statistics.median(held),  # the algorithm-lock holds of the step
                 "bytes_per_step": statistics.median(moved),
                 "aof_bytes_per_trial": statistics.mean(aof) if behind == 0 else None,
             }
@@ -205,8 +213,9 @@ def render(rows) -> str:
         smallest.setdefault((row["algorithm"], row["path"], row["behind"]), row)
     lines = [
         "| algorithm | path | trials | behind | step ms | / smallest N | step CPU ms | "
-        "/ smallest N | algorithm's suggest ms | KiB moved per step | AOF KiB per trial |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "/ smallest N | hold ms | algorithm's suggest ms | KiB moved per step | "
+        "AOF KiB per trial |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in sorted(
         rows,
@@ -225,7 +234,7 @@ def render(rows) -> str:
         lines.append(
             f"| {row['algorithm']} | {row['path']} | {row['trials']:,} | "
             f"{row['behind']} | {row['step_ms']:.1f} | {ratio:.2f}x | "
-            f"{row['step_cpu_ms']:.1f} | {cpu_ratio:.2f}x | "
+            f"{row['step_cpu_ms']:.1f} | {cpu_ratio:.2f}x | {row['hold_ms']:.1f} | "
             f"{row['suggest_ms']:.1f} | {row['bytes_per_step'] / 1024:.1f} | "
             f"{'' if aof is None else f'{aof / 1024:.1f}'} |"
         )

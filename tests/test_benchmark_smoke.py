@@ -235,6 +235,7 @@ def test_step_scale_script(tmp_path):
     }
     for row in rows.values():
         assert _number(row["step_ms"]) and row["bytes_per_step"] > 0, row
+        assert 0 < row["hold_ms"] < row["step_ms"] and 0 < row["step_cpu_ms"], row
         assert (row["aof_bytes_per_trial"] is None) == (row["behind"] > 0), row
     # what does not depend on timing: the versioned path moves and persists fewer bytes
     versioned, whole = rows[("versioned", 40, 0)], rows[("whole", 40, 0)]
