@@ -43,7 +43,7 @@ import logging
 import os
 from importlib import metadata
 
-from . import algocounts, statedelta, stepreads
+from . import algocounts, resident, statedelta, stepreads
 from .lock import RESIDENT
 
 log = logging.getLogger(__name__)
@@ -140,8 +140,8 @@ def _backend_hold(experiment, timeout, retry_interval, copy_free=True):
     experiment._check_if_writable()
     algorithm = experiment.algorithm
     versioned = copy_free and env_allows(DELTAS_ENV)
-    have = _resident(algorithm) if versioned else ""
-    _forget(algorithm)  # until this hold's release succeeds
+    have = resident.token_of(algorithm) if versioned else ""
+    resident.forget(algorithm)  # until this hold's release succeeds
     wanted = RESIDENT.set(have)
     try:
         # called exactly as Oríon calls it: a wrapped or replaced method keeps working
@@ -162,7 +162,7 @@ def _backend_hold(experiment, timeout, retry_interval, copy_free=True):
     finally:
         RESIDENT.reset(wanted)
     if versioned:
-        _remember(algorithm, getattr(locked, "written", None))
+        resident.remember(algorithm, getattr(locked, "written", None))
 
 
 def _take_state(algorithm, locked, copy_free: bool, versioned: bool):
@@ -202,22 +202,6 @@ def _count_registries(node) -> None:
     now on: their registries change only through ``register`` or a hold's adoption."""
     for registry in _registries(node):
         algocounts.keep(registry)
-
-
-_TOKEN = "_orion_redis_state"  # attribute of a resident algorithm: the token of its state
-
-
-def _resident(algorithm) -> str:
-    return vars(algorithm).get(_TOKEN) or ""
-
-
-def _remember(algorithm, token: str | None) -> None:
-    if token:
-        setattr(algorithm, _TOKEN, token)
-
-
-def _forget(algorithm) -> None:
-    vars(algorithm).pop(_TOKEN, None)
 
 
 def _own_set(algorithm, state):

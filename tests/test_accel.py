@@ -40,7 +40,7 @@ from orion.core.worker.experiment import Experiment
 from orion.core.worker.trial import Trial
 
 from helpers import FIDELITY_SPACE, FLAT_SPACE, REAL_SPACE, hunt_config
-from orion_track_redis import accel
+from orion_track_redis import accel, resident
 from orion_track_redis.lock import LockClient
 from orion_track_redis.statecodec import dump_state
 
@@ -158,7 +158,7 @@ class World:
         token = f"{(epoch or b'').decode()}:{int(version or 0)}"
         for worker, client in enumerate(self.workers):
             algorithm = client._experiment.algorithm
-            if vars(algorithm).get("_orion_redis_state") == token:
+            if resident.token_of(algorithm) == token:
                 yield worker, copy.deepcopy(algorithm.state_dict)
 
 

@@ -20,6 +20,7 @@ LAYERS = {
     "statedelta": 1,
     "stepreads": 1,
     "algocounts": 1,
+    "resident": 1,
     "query": 1,
     "trials": 1,
     "codec": 2,
