@@ -244,9 +244,9 @@ def _first_difference(name, fast, plain, steps, refusals):
         stored = plain.stored_state()
         if fast.stored_state() != stored:
             return f"{where}: the stored algorithm states differ"
-        for resident, state in fast.resident_states():
+        for current, state in fast.resident_states():
             if canonical(state) != stored:
-                return f"{where}: worker {resident}'s resident algorithm is not the stored state"
+                return f"{where}: worker {current}'s resident algorithm is not the stored state"
         for client in fast.workers:
             miscount = counted_differently(client._experiment.algorithm)
             if miscount:
