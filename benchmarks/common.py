@@ -326,3 +326,15 @@ def choose_binary(explicit=None):
     if os.path.isfile("/usr/bin/redis-server") and os.access("/usr/bin/redis-server", os.X_OK):
         return "/usr/bin/redis-server"
     return find_redis_server()
+
+
+def write_rows(out, mode: str, rows: list, started: float, table: str) -> None:
+    """A one-question script's ending: its rows (with the mode, the machine and the run's
+    duration) as JSON in ``out``, then its table and where it went on stdout."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    duration = time.monotonic() - started
+    record = {"mode": mode, "machine": _machine(), "rows": rows, "duration_s": duration}
+    out.write_text(json.dumps(record, indent=1))
+    print(table)
+    print(f"\nwrote {out} in {duration:.0f} s")

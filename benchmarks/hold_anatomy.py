@@ -21,7 +21,6 @@ Usage: python benchmarks/hold_anatomy.py [--quick | --smoke] [--out PATH]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -33,8 +32,8 @@ from benchmarks.common import (  # noqa: E402 - the shared helpers of the main b
     RESULTS,
     _legacy,
     _log,
-    _machine,
     choose_binary,
+    write_rows,
 )
 from benchmarks.sections.anatomy import (  # noqa: E402 - run.py's lock-hold anatomy
     ANATOMY_SPACE,
@@ -185,22 +184,7 @@ def main(argv=None) -> int:
     ):
         server.start()
         rows = measure(MODES[mode], server.url)
-    table = render(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "mode": mode,
-                "machine": _machine(),
-                "rows": rows,
-                "duration_s": time.monotonic() - started,
-            },
-            indent=1,
-        )
-    )
-    print(table)
-    print(f"\nwrote {out} in {time.monotonic() - started:.0f} s")
+    write_rows(args.out, mode, rows, started, render(rows))
     return 0
 
 

@@ -31,7 +31,6 @@ Usage: python benchmarks/step_scale.py [--quick | --smoke] [--sizes 100,1000,...
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -41,7 +40,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `benchmarks`
-from benchmarks.common import RESULTS, _log, _machine, choose_binary  # noqa: E402
+from benchmarks.common import RESULTS, _log, choose_binary, write_rows  # noqa: E402
 from benchmarks.sections.anatomy import (  # noqa: E402
     ANATOMY_SPACE,
     _fill,
@@ -286,22 +285,7 @@ def main(argv=None) -> int:
         for algorithm in args.algorithms.split(","):
             for path in cfg["paths"]:
                 rows += measure_path(cfg, server.url, path, client, algorithm)
-    table = render(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "mode": mode,
-                "machine": _machine(),
-                "rows": rows,
-                "duration_s": time.monotonic() - started,
-            },
-            indent=1,
-        )
-    )
-    print(table)
-    print(f"\nwrote {out} in {time.monotonic() - started:.0f} s")
+    write_rows(args.out, mode, rows, started, render(rows))
     return 0
 
 
