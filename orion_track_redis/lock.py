@@ -89,9 +89,8 @@ class LockClient:
         (configuration, state, epoch, version), raws, locked = pipe.execute()
         if configuration is None:
             return None
-        token = f"{(epoch or b'').decode()}:{int(version or 0)}"
         return LockedAlgorithmState(
-            state=self._compose(state, raws, token, ek),
+            state=self._compose(state, raws, state_token(epoch, version), ek),
             configuration=codec.loads(configuration, ek.lock),
             locked=int(bool(locked)),
         )
@@ -345,6 +344,12 @@ class LockClient:
             return None
         with no_gc():  # a state is thousands of objects: GC sweeps would only cost
             return load_state(raw, self.secret)
+
+
+def state_token(epoch: bytes | None, version: bytes | None) -> str:
+    """The token ``<epoch>:<version>`` of a lock record's state, from its two fields as read
+    (a record written before versioned state has no epoch: ":0")."""
+    return f"{(epoch or b'').decode()}:{int(version or 0)}"
 
 
 def _version(token: str) -> int:

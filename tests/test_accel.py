@@ -41,7 +41,7 @@ from orion.core.worker.trial import Trial
 
 from helpers import FIDELITY_SPACE, FLAT_SPACE, REAL_SPACE, hunt_config
 from orion_track_redis import accel, resident
-from orion_track_redis.lock import LockClient
+from orion_track_redis.lock import LockClient, state_token
 from orion_track_redis.statecodec import dump_state
 
 SECRET = "accel-test-secret"  # MOFA's state holds scipy objects: signed states only
@@ -155,7 +155,7 @@ class World:
         epoch, version = self.storage.client.hmget(
             self.storage._ek(exp.id).lock, "epoch", "version"
         )
-        token = f"{(epoch or b'').decode()}:{int(version or 0)}"
+        token = state_token(epoch, version)
         for worker, client in enumerate(self.workers):
             algorithm = client._experiment.algorithm
             if resident.token_of(algorithm) == token:
