@@ -319,7 +319,7 @@ def _versions():
 
 
 def choose_binary(explicit=None):
-    from orion_track_redis.server import find_redis_server
+    from orion_track_redis.server.binaries import find_redis_server
 
     if explicit:
         return explicit

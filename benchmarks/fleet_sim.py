@@ -99,7 +99,7 @@ class SimWorker:
 
         self.storage = Redis(uri=uri, prefix=prefix)
         self.exp, self.exp_id, self.p = _Exp(exp_id), exp_id, params
-        self.ek = self.storage._ek(exp_id)
+        self.ek = self.storage.backend.experiment_keys(exp_id)
         self.rev = None  # revision of this worker's trial cache (fetch_trials)
         self.stats = stats
         self.rng = random.Random()
@@ -113,22 +113,27 @@ class SimWorker:
 
     def fetch_trials(self):
         """fetch_trials' Redis side: the changes since this worker's revision (no Trial built)."""
-        from orion_track_redis.cache import (
+        from orion_track_redis.keys import CHANGE_LOG_KEEP
+        from orion_track_redis.store.reads import (
             chunks as _chunks,
         )
-        from orion_track_redis.cache import (
+        from orion_track_redis.store.reads import (
             is_cluster as _is_cluster,
         )
-        from orion_track_redis.cache import (
+        from orion_track_redis.store.reads import (
             score_pairs as _score_pairs,
         )
-        from orion_track_redis.keys import CHANGE_LOG_KEEP
 
         ek, storage = self.ek, self.storage
         if self.rev is not None:
             reply = storage.scripts.fetch_changes(
-                keys=[ek.rev, ek.changed, ek.all, ek.floor],
-                args=[self.rev, ek.trial_prefix, CHANGE_LOG_KEEP],
+                rev=ek.rev,
+                changed=ek.changed,
+                all=ek.all,
+                floor=ek.floor,
+                cached_rev=self.rev,
+                trial_prefix=ek.trial_prefix,
+                max_changes=CHANGE_LOG_KEEP,
             )
             if len(reply) == 1 or int(reply[1]) >= 0:
                 self.rev = int(reply[0])
@@ -142,7 +147,7 @@ class SimWorker:
         # (a Cluster pipeline refuses EVALSHA: one call per chunk there, as the storage does)
         pipe = None if _is_cluster(storage.client) else storage.client.pipeline(False)
         for chunk in _chunks(tokens):
-            storage.scripts.fetch_docs(keys=[ek.trial_prefix + t for t in chunk], client=pipe)
+            storage.scripts.fetch_docs(trials=[ek.trial_prefix + t for t in chunk], client=pipe)
         if pipe is not None:
             pipe.execute()
         self.rev = int(raw_rev or 0)

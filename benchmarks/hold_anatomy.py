@@ -6,7 +6,7 @@ grown to N completed trials in one hold, then timed over a few hunt steps (``sug
 produce hold, ``observe`` = one observe hold, as an `orion hunt` worker does per trial):
 
 * ``batched``:     this backend with copy-free holds and batched observation (the default,
-  ``accel.py``): one hold per trial, the produce observing the previous completion;
+  ``orion_patches/hold.py``): one hold per trial, the produce observing the previous completion;
 * ``accelerated``: copy-free holds, observation at once (``batch_observe=false``);
 * ``orion-path``:  this backend with ``accelerate=false`` (Oríon's set_state/state_dict);
 * ``ephemeraldb``: Oríon's Legacy storage in memory (no storage cost at all).

@@ -87,7 +87,7 @@ def worker(url, prefix, name, trials, deltas, out):
 
 
 def _sample(redis, storage, exp_id, start):
-    ek = storage._ek(exp_id)
+    ek = storage.backend.experiment_keys(exp_id)
     info = redis.info()
     return {
         "t": time.monotonic() - start,
@@ -129,7 +129,7 @@ def run_path(path, url, redis, trials, workers, every, tmp):
     for proc in procs:
         proc.join()
     samples.append(_sample(redis, storage, exp_id, start))
-    from orion_track_redis import accel
+    from orion_track_redis.orion_patches import hold as accel
 
     accel.flush(client._experiment)  # the backlog of the last completions (batched observation)
     reported = [tid for out in outs for tid in json.loads(out.read_text())]

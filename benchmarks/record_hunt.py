@@ -30,7 +30,7 @@ from pathlib import Path
 
 import orion
 
-from orion_track_redis import scripts
+from orion_track_redis.store import scripts
 from orion_track_redis.testing import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,8 @@ EVALSHA of the same shape, Oríon's Legacy+PickledDB and Legacy+EphemeralDB.
     python benchmarks/run.py --smoke    # tiny, for CI (~2 min): every section, meaningless numbers
 
 Starts its own redis-server (``/usr/bin/redis-server`` when present, else the one found by
-``orion_track_redis.server.find_redis_server``; ``--redis-server PATH`` overrides) on a free
+``orion_track_redis.server.binaries.find_redis_server``; ``--redis-server PATH`` overrides) on a
+free
 loopback port in a temporary directory, never a server that is already running. Prints a table
 with ratios and the targets of issue 5 (PASS/FAIL), writes ``benchmarks/results/latest.json``
 and ``benchmarks/results/benchmarks.png`` (``--docs`` also copies the plot to ``docs/`` and the
@@ -63,7 +64,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     cfg = MODES[mode]
-    from orion_track_redis.server import server_version
+    from orion_track_redis.server.binaries import server_version
     from orion_track_redis.testing import RedisServer
 
     binary = choose_binary(args.redis_server)

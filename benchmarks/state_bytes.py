@@ -46,7 +46,8 @@ from pathlib import Path
 import zstandard
 from orion.client import build_experiment
 
-from orion_track_redis import Redis, datapickle, statecodec
+from orion_track_redis import Redis, datapickle
+from orion_track_redis.state import codec as statecodec
 from orion_track_redis.testing import RedisServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `benchmarks`
@@ -207,7 +208,7 @@ def aof_row(server, name: str, size: int, window: int, compress: bool) -> dict:
         if fill(client, size)[1] != size:
             raise RuntimeError(f"{name} stopped suggesting before {size} trials")
         redis_client = server.client()
-        lock_key = storage._ek(client._experiment.id).lock
+        lock_key = storage.backend.experiment_keys(client._experiment.id).lock
         start = _aof_size(redis_client)
         for _ in range(window):
             trial = client.suggest()

@@ -8,7 +8,7 @@ Oríon's client, as an `orion hunt` worker does per trial) while a second worker
 of its steps, so that the measured worker is that many deltas behind when it comes back:
 
 * ``versioned``: this backend's default (copy-free holds, batched observation, a resident
-  algorithm that reads only the deltas it lacks, releases that write a delta; statedelta.py);
+  algorithm that reads only the deltas it lacks, releases that write a delta; state/delta.py);
 * ``whole``:     the same with ``ORION_REDIS_STATE_DELTAS=0`` (every hold reads and writes the
   whole state: the path before versioned state);
 * ``orion``:     ``accelerate=false`` (Oríon's own set_state/state_dict and is_done).

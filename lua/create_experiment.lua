@@ -1,4 +1,6 @@
 -- create_experiment: insert an experiment document, unique on (name, version) and on _id.
+-- KEYS = exp_names exps exp
+-- ARGV = name_version exp_token *fields
 -- KEYS[1] exp_names hash   (JSON [name, version] -> experiment token)
 -- KEYS[2] exps zset        (experiment token -> creation order)
 -- KEYS[3] exp:E hash       (the document)

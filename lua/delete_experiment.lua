@@ -1,4 +1,6 @@
 -- delete_experiment: remove an experiment document and its index entries (not its trials/lock).
+-- KEYS = exp_names exps exp
+-- ARGV = name_version exp_token
 -- KEYS[1] exp_names hash; KEYS[2] exps zset; KEYS[3] exp:E hash
 -- ARGV[1] JSON [name, version] read from the document; ARGV[2] experiment token
 -- Returns: 1 deleted | 0 no such experiment

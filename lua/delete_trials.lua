@@ -1,4 +1,6 @@
 -- delete_trials: delete trials and their index entries.
+-- KEYS = all new reserved suspended completed interrupted broken rev changed *trials
+-- ARGV = *tokens
 -- KEYS[1] all zset; KEYS[2..7] s:new, s:reserved, s:suspended, s:completed, s:interrupted,
 -- s:broken; KEYS[8] rev counter; KEYS[9] changed zset (a deletion is a change: readers' caches
 -- must drop the trial, so tombstones stay); KEYS[10..] t:T hashes, in the order of ARGV

@@ -1,5 +1,7 @@
 -- fetch_changes: the trials written since a reader's cached revision, in one call (the cache
 -- refresh of fetch_trials, Oríon's most frequent call), from one atomic snapshot.
+-- KEYS = rev changed all floor
+-- ARGV = cached_rev trial_prefix max_changes
 -- KEYS[1] rev counter; KEYS[2] changed zset (T -> rev of its last write); KEYS[3] all zset;
 -- KEYS[4] floor: highest revision trimmed off `changed` (register_trial.lua trims it)
 -- ARGV[1] the reader's cached revision; ARGV[2] trial key prefix "{P:E}:t:" (the trial hashes

@@ -1,5 +1,7 @@
 -- fetch_docs: read many trial hashes and return them as JSON text, so the client parses one
 -- JSON array instead of thousands of replies (fetch_trials is Oríon's most frequent call).
+-- KEYS = *trials
+-- ARGV =
 -- KEYS[1..n] t:T hashes (the caller chunks the list so no call blocks Redis for long)
 -- ARGV none
 -- Returns: one string, the JSON objects of the existing hashes joined by "," (missing hashes

@@ -1,4 +1,6 @@
 -- lease_renew: extend the reservation leases a worker holds (lease.py, every lease / 6 s).
+-- KEYS = leases holders lease_clock reserved
+-- ARGV = holder lease *tokens
 -- KEYS[1] leases zset; KEYS[2] holders hash; KEYS[3] lease_clock hash; KEYS[4] s:reserved
 -- ARGV[1] holder id (this worker's); ARGV[2] lease in seconds; ARGV[3..] trial tokens
 -- Returns: the tokens of ARGV[3..] this worker no longer holds (completed, released,

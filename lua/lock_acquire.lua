@@ -3,6 +3,8 @@
 -- (a waiter's poll refreshes it); only the queue's head takes a free lock, so neither a
 -- newcomer nor a re-polling waiter can overtake one that arrived earlier. A waiter whose lease
 -- lapsed (dead, or stalled longer than its lease) is dropped and loses its place.
+-- KEYS = lock holder queue leases log
+-- ARGV = owner ttl_ms lease_ms wake_prefix wake_ttl_ms token
 -- Returns one table: {1, holder token, fence, state_reply(...)} acquired (lock_state.lua) |
 --   {0, holder's remaining TTL ms (0: free, an earlier waiter's turn), place in the queue
 --   (0 = head)} wait | {-1} no lock record

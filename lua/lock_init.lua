@@ -1,4 +1,6 @@
 -- lock_init: create an experiment's algorithm lock record if it does not exist yet.
+-- KEYS = lock holder log
+-- ARGV = configuration state locked ttl_ms epoch
 -- KEYS[1] lock record hash; KEYS[2] holder key; KEYS[3] the state's delta log (lock_state.lua:
 -- a leftover of a deleted record is removed)
 -- ARGV[1] JSON configuration; ARGV[2] state bytes ("" = none); ARGV[3] "1" to create it held

@@ -1,5 +1,7 @@
 -- lock_leave: a waiter gives up (timed out, interrupted): leave the queue at once instead of
 -- blocking it until the lease lapses, and pass the turn on if the lock is free.
+-- KEYS = queue leases holder wake
+-- ARGV = owner wake_prefix wake_ttl_ms
 -- KEYS[1] queue zset (owner -> ticket); KEYS[2] leases zset; KEYS[3] holder key;
 -- KEYS[4] the leaving waiter's wake key
 -- ARGV[1] owner id; ARGV[2] wake key prefix "{P:E}:lock:wake:" (+ the next head's owner id,

@@ -1,6 +1,8 @@
 -- lock_release: release the algorithm lock, writing the new state only if the caller's fence
 -- still holds (a holder whose TTL expired cannot overwrite its successor's state), and wake
 -- the head of the waiters' queue (the earliest arrival whose lease is still running).
+-- KEYS = lock holder queue leases request backlog holds log
+-- ARGV = holder_token mode state request_ttl wake_prefix wake_ttl_ms observed hold_ms holds_keep base_token epoch
 -- Returns: 1 released | 0 not the holder (no state written) | -1 no lock record |
 --   2 released, but the stored state is no longer ARGV[10] (the delta was not written)
 -- KEYS[1] lock record hash; KEYS[2] holder key; KEYS[3] queue zset (owner -> ticket);
@@ -15,16 +17,15 @@
 -- ARGV[5] wake key prefix "{P:E}:lock:wake:" (+ the head's owner id, known only here; it
 -- shares the tag of KEYS); ARGV[6] wake key TTL in ms; ARGV[7] how many backlog entries the
 -- new state has observed (removed from the head of KEYS[6] with the state write; "0": none);
--- ARGV[8] the hold's duration in ms, measured by the holder (pushed on KEYS[7], trimmed to
--- ARGV[9] entries, for a holder's release, also one whose lock expired); "" or absent: none;
+-- ARGV[8] the hold's duration in ms, measured by the holder (pushed on KEYS[7] for a holder's
+-- release, also one whose lock expired); "" or absent: none; ARGV[9] how many durations the
+-- holds list keeps; ARGV[10] the state token the holder read (the base of a delta, mode "2");
 -- ARGV[11] the epoch to give a record that has none yet (a snapshot write)
 -- @include lock_queue.lua
+-- @include replay.lua
 
-local prior = redis.call('GET', KEYS[5])
-if prior then  -- a retry: a write, so a WAIT after this call covers the first attempt too
-  redis.call('EXPIRE', KEYS[5], tonumber(ARGV[4]))
-  return tonumber(prior)
-end
+local prior = replayed(KEYS[5], ARGV[4])
+if prior then return tonumber(prior) end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if ARGV[1] ~= '' and ARGV[8] and ARGV[8] ~= '' then
   -- also a hold whose lock expired meanwhile: those are the ones an operator looks for

@@ -1,6 +1,8 @@
 -- lost_trials: reserved trials whose holder is gone, on server time: the heartbeat is older
 -- than a threshold (Oríon's rule), or the reservation lease of the holding worker ended
 -- (lease.py renews it) while other calls kept flowing (include/lease_clock.lua).
+-- KEYS = reserved leases lease_clock
+-- ARGV = threshold_s
 -- KEYS[1] s:reserved zset (score = server time of the last heartbeat); KEYS[2] leases zset;
 -- KEYS[3] lease_clock hash
 -- ARGV[1] heartbeat threshold in seconds (5 x worker.heartbeat, like Oríon)

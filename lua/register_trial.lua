@@ -1,4 +1,6 @@
 -- register_trial: insert a trial, unique on (experiment, id), and index it.
+-- KEYS = trial all status rev changed request floor
+-- ARGV = token score request_ttl changed_keep *fields
 -- KEYS[1] t:T hash; KEYS[2] all zset; KEYS[3] s:<status> zset; KEYS[4] rev counter;
 -- KEYS[5] changed zset (T -> rev of its last write: lets readers refresh only what changed);
 -- KEYS[6] req:<request id> (a call retried after a lost reply returns the first result);
@@ -8,11 +10,9 @@
 -- ARGV[4] entries `changed` keeps (only registrations grow it: it is trimmed here, by a
 -- quarter at a time); ARGV[5..] field, value pairs (codec.encode_trial)
 -- Returns: revision number (> 0) registered | -1 duplicate trial
-local prior = redis.call('GET', KEYS[6])
-if prior then  -- a retry: a write, so a WAIT after this call covers the first attempt too
-  redis.call('EXPIRE', KEYS[6], tonumber(ARGV[3]))
-  return tonumber(prior)
-end
+-- @include replay.lua
+local prior = replayed(KEYS[6], ARGV[3])
+if prior then return tonumber(prior) end
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local score = tonumber(ARGV[2])
 if score == nil then

@@ -1,5 +1,7 @@
 -- reserve_trial: move the oldest pending trial (new, suspended or interrupted) to reserved,
 -- with a reservation lease and the holder's identity (lease.py renews the lease).
+-- KEYS = new suspended interrupted reserved request rev changed leases holders lease_clock
+-- ARGV = trial_prefix status now request_ttl lease holder
 -- KEYS[1] s:new; KEYS[2] s:suspended; KEYS[3] s:interrupted; KEYS[4] s:reserved;
 -- KEYS[5] req:<request id> (makes a retried call return the same trial); KEYS[6] rev counter;
 -- KEYS[7] changed zset (T -> rev of its last write); KEYS[8] leases zset; KEYS[9] holders
@@ -9,11 +11,11 @@
 -- ARGV[5] lease in seconds (0: no lease, Oríon's heartbeat alone); ARGV[6] holder "<id> <JSON>"
 -- Returns: {} none pending | {trial token, field1, value1, ...} the reserved trial
 -- @include lease_clock.lua
+-- @include replay.lua
 local now, span = now_s(), tonumber(ARGV[5])
 tick(KEYS[10], now, span)  -- a reserving worker is alive, whatever it finds
-local prior = redis.call('GET', KEYS[5])
-if prior then  -- a retry: a write, so a WAIT after this call covers the first attempt too
-  redis.call('EXPIRE', KEYS[5], tonumber(ARGV[4]))
+local prior = replayed(KEYS[5], ARGV[4])
+if prior then
   local doc = redis.call('HGETALL', ARGV[1] .. prior)
   table.insert(doc, 1, prior)
   return doc

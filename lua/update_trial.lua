@@ -1,4 +1,6 @@
 -- update_trial: compare-and-set on a trial's status, then set fields and move it between indexes.
+-- KEYS = trial was_index new_index rev changed request leases holders recoveries recovered backlog
+-- ARGV = token was status score request_ttl trims holder record *fields
 -- Returns: 1 updated | 0 stored status differs from expected (or another holder holds it)
 -- | -1 no such trial
 -- KEYS[1] t:T hash; KEYS[2] s:<expected status> zset; KEYS[3] s:<new status> zset; KEYS[4] rev;
@@ -13,9 +15,8 @@
 -- holder id: refused if another holds the trial ("": no check); ARGV[8] the trial encoded for
 -- the algorithm's backlog (batched observation: recorded with the change), or ""; ARGV[9..]
 -- field, value pairs
--- a retry: EXPIRE (1 if the key exists) is a write, so a WAIT after this call covers the
--- first attempt too
-if redis.call('EXPIRE', KEYS[6], tonumber(ARGV[5])) == 1 then return 1 end
+-- @include replay.lua
+if replayed_write_first(KEYS[6], ARGV[5]) then return 1 end
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return -1 end
 if current ~= ARGV[2] then return 0 end

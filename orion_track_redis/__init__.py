@@ -2,7 +2,7 @@
 
 Names are imported on first use: ``orion_track_redis_redact.pth`` imports
 ``orion_track_redis.redaction`` in every Python process of the environment (see that module),
-which must not pull in Oríon or redis-py.
+which must not pull in Oríon or redis-py. Importing the package does nothing else.
 """
 
 from __future__ import annotations
@@ -33,7 +33,3 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(__all__)
-
-
-from . import quiet, redaction  # noqa: E402,F401 - from start-up on: no password in any log
-# line; no Oríon profet warning in `orion` commands

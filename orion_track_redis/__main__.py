@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from orion_track_redis.ops.cli import main
 
 sys.exit(main())

@@ -28,7 +28,7 @@ import json
 import pathlib
 from typing import NoReturn
 
-from .errors import CorruptData
+from orion_track_redis.errors import CorruptData
 
 _TAGS = ("$dt", "$date", "$td", "$tuple", "$bytes", "$map", "$esc", "$path")
 _SIMPLE = (str, int, float, bool, type(None))

@@ -10,7 +10,8 @@ Oríon's ``develop`` branch (unreleased after 0.2.7; ``orion db dump``/``load`` 
 - ``LockedAlgorithmState(state, configuration, locked=True, heartbeat=None)``: the lock's
   heartbeat (:func:`locked_state` builds one with either Oríon's class).
 
-The lock record (lock.py, ``{P:E}:lock``) gets one more field, ``heartbeat``: the JSON datetime
+The lock record (store/lock.py, ``{P:E}:lock``) gets one more field, ``heartbeat``: the JSON
+datetime
 (codec) it was written with, else the writer's UTC clock, as Legacy's. The heartbeat read back is
 the later of that and ``acquired`` (server time of the last acquisition, lock_acquire.lua), as
 Legacy's moves at each acquisition. Like Legacy's, whose write inserts a second document that
@@ -25,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from orion.storage.base import LockedAlgorithmState
 
-from . import codec
+from orion_track_redis import codec
 
 if TYPE_CHECKING:
-    from .experiments import ExperimentStore
-    from .keys import ExperimentKeys, GlobalKeys
-    from .lock import LockClient
+    from orion_track_redis.keys import ExperimentKeys
+    from orion_track_redis.store.backend import Backend
+    from orion_track_redis.store.lock import LockClient
 
 HEARTBEAT = "heartbeat"  # field of the lock record
 
@@ -63,18 +64,13 @@ class DevelopProtocol:
     """What Oríon develop adds to the protocol, on ``Redis``'s lock client and experiments."""
 
     if TYPE_CHECKING:  # provided by storage.Redis
-        _keys: GlobalKeys
-        _experiments: ExperimentStore
+        backend: Backend
 
         @property
         def client(self) -> Any: ...
 
         @property
         def lock(self) -> LockClient: ...
-
-        def _ek(self, exp_id) -> ExperimentKeys: ...
-
-        def _guard(self) -> Any: ...
 
     def _init_lock(
         self, ek: ExperimentKeys, configuration, state=None, locked=False, heartbeat=None
@@ -91,9 +87,13 @@ class DevelopProtocol:
     ) -> int:
         """Create the lock record if absent (held when ``locked``: the hold expires after
         ``lock_ttl`` like any other); returns 1 if created, 0 if it existed (left as it is)."""
-        with self._guard():
+        with self.backend.guard():
             return self._init_lock(
-                self._ek(experiment_id), algorithm_config, state, bool(locked), heartbeat
+                self.backend.experiment_keys(experiment_id),
+                algorithm_config,
+                state,
+                bool(locked),
+                heartbeat,
             )
 
     def _lock_info(self, ek: ExperimentKeys) -> LockedAlgorithmState | None:
@@ -107,9 +107,9 @@ class DevelopProtocol:
 
     def delete_benchmark(self, query: dict) -> int:
         """Delete the benchmarks matching ``query``; returns the count deleted."""
-        with self._guard():
-            docs = self._experiments.fetch_benchmarks(query)
+        with self.backend.guard():
+            docs = self.backend.experiments.fetch_benchmarks(query)
             if not docs:
                 return 0
             names = [codec.dumps(doc.get("name")) for doc in docs]
-            return int(self.client.hdel(self._keys.benchmarks, *names))
+            return int(self.client.hdel(self.backend.keys.benchmarks, *names))

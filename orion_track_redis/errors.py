@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import redis.exceptions as rex
 
-from .redaction import redact
+from orion_track_redis.redaction import redact
 
 # This module imports nothing of the package but redaction (stdlib only): every other module
 # stands on it. What a message needs from above (a script's source) is passed in.

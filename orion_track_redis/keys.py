@@ -27,7 +27,7 @@ key                             type      content
                                           snapshot), fence, ticket (last arrival ticket given
                                           to a waiter), epoch, version, snapver, logbytes
 ``{P:E}:lock:log``              list      deltas of the algorithm state since the snapshot,
-                                          oldest first (statedelta.py, lock.py)
+                                          oldest first (state/delta.py, store/lock.py)
 ``{P:E}:lock:holder``           string    "<fence>:<owner>" of the holder, with a PX TTL
 ``{P:E}:lock:queue``            zset      waiting owner -> arrival ticket (FIFO hand-off)
 ``{P:E}:lock:leases``           zset      waiting owner -> end of its lease (server ms)
@@ -36,7 +36,7 @@ key                             type      content
 ``{P:E}:unobserved``            list      trials completed/released but not yet observed by
                                           the algorithm (batched observation), oldest first
 ``{P:E}:leases``                zset      reserved T -> end of its reservation lease (server
-                                          seconds), renewed by the holding worker (lease.py)
+                                          seconds), renewed by the holding worker (store/lease.py)
 ``{P:E}:holders``               hash      reserved T -> "<holder id> <JSON: host, pid, Slurm
                                           job and task, since>" of the worker holding it
 ``{P:E}:lease_clock``           hash      last: server time of the last renewal by any
@@ -57,7 +57,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from . import codec
+from orion_track_redis import codec
 
 # Seconds a request id is remembered: redis-py retries a call whose reply was lost within
 # seconds; the id makes the retry return the first result instead of applying it twice.
@@ -116,7 +116,7 @@ def glob_escape(text: str) -> str:
 
 
 def validate_prefix(prefix: str) -> str:
-    from .errors import ConfigurationError
+    from orion_track_redis.errors import ConfigurationError
 
     if not prefix or any(ch in "{}" or not ch.isprintable() or ch.isspace() for ch in prefix):
         raise ConfigurationError(

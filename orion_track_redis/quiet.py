@@ -2,8 +2,8 @@
 ``profet`` benchmark extras are not installed: torch, GPy) at the start of every ``orion``
 command, whatever the command. Only benchmarks' Profet tasks need those extras, and using one
 still fails with Oríon's ImportError. So that one warning is ignored in the ``orion`` command
-only; every other warning, and every other program, is untouched. Imported at interpreter
-start-up (the package's ``__init__``, through ``orion_track_redis_redact.pth``): stdlib only.
+only; every other warning, and every other program, is untouched. Installed at interpreter
+start-up (startup.py, through ``orion_track_redis_redact.pth``): stdlib only.
 """
 
 from __future__ import annotations
@@ -21,6 +21,3 @@ def install() -> None:
             message=r"The `profet` extras needs to be installed",
             category=RuntimeWarning,
         )
-
-
-install()

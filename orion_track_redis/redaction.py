@@ -1,13 +1,14 @@
 """No password or secret in any message or log line, at any verbosity.
 
 :func:`redact` scrubs one text (our own messages use it). :func:`install` makes every log
-record of the process pass through it: Oríon's own loggers print the storage configuration,
+record of the process pass through it. Oríon's own loggers print the storage configuration,
 URI included, at ``-v``/``-vv`` (``Using for storage {...}``, ``Creating redis storage client
-with args: {...}``, its config dumps) before this backend is even imported. So the package
-ships ``orion_track_redis_redact.pth``, which Python runs at start-up in the environment where
-the package is installed: it imports this module, which installs the hook. The module is plain
-standard library (the package's ``__init__`` imports nothing eagerly), so the start-up cost is
-a regex compile.
+with args: {...}``, its config dumps) before this backend is even imported (Oríon loads
+storage plugins when it creates the storage, after those lines; tests/test_redaction.py
+shows it). Nothing imported later can take those lines back, so the
+package ships ``orion_track_redis_redact.pth``: Python runs it at start-up in the environment
+where the package is installed, and it runs ``startup.py`` (which calls :func:`install`).
+This module is plain standard library, so the start-up cost is a regex compile.
 """
 
 from __future__ import annotations
@@ -68,6 +69,3 @@ def install() -> None:
 
     factory.orion_track_redis = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
-
-
-install()

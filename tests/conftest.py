@@ -112,7 +112,7 @@ def acl_server(tmp_path_factory):
 def acl_user(server, prefix: str, rules=None) -> str:
     """Create a user limited to ``rules`` (default: the documented rules of ``prefix``);
     returns the URI that logs in as that user."""
-    from orion_track_redis.connection import acl_rules
+    from orion_track_redis.server.connection import acl_rules
 
     user, password = f"u-{prefix}", f"pw-{prefix}"
     admin = server.client()

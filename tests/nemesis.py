@@ -531,7 +531,7 @@ def lock_recovery_s(
 ) -> float | None:
     """Seconds after ``since`` (a fault cleared) until the algorithm lock was free or held by a
     new hold (the holder that was stuck in the fault is gone); None if not within ``limit``."""
-    holder_key = storage._ek(exp_id).lock_holder
+    holder_key = storage.backend.experiment_keys(exp_id).lock_holder
     stuck = client.get(holder_key)
     while time.time() - since <= limit:
         now = client.get(holder_key)
@@ -546,7 +546,7 @@ def lock_recovery_s(
 def snapshot(client: redis.Redis, storage: Redis, exp_id) -> dict:
     """The raw data of one experiment: every trial hash under its prefix, decoded or the error,
     and the members of every index."""
-    ek = storage._ek(exp_id)
+    ek = storage.backend.experiment_keys(exp_id)
     docs, undecodable = {}, {}
     for key in client.scan_iter(
         match=ek.trial_prefix.replace("{", "\\{").replace("}", "\\}") + "*", count=1000

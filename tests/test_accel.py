@@ -1,4 +1,4 @@
-"""The hold accelerator (accel.py) against unmodified Oríon: a differential oracle.
+"""The hold accelerator (orion_patches/hold.py) against unmodified Oríon: a differential oracle.
 
 Two worlds run the same seeded schedule of two interleaved workers (suggest, complete,
 interrupt, break; fidelities included), one with copy-free holds, one with Oríon's own
@@ -40,9 +40,10 @@ from orion.core.worker.experiment import Experiment
 from orion.core.worker.trial import Trial
 
 from helpers import FIDELITY_SPACE, FLAT_SPACE, REAL_SPACE, hunt_config
-from orion_track_redis import accel, resident
-from orion_track_redis.lock import LockClient, state_token
-from orion_track_redis.statecodec import dump_state
+from orion_track_redis.orion_patches import hold as accel
+from orion_track_redis.state import resident
+from orion_track_redis.state.codec import dump_state
+from orion_track_redis.store.lock import LockClient, state_token
 
 SECRET = "accel-test-secret"  # MOFA's state holds scipy objects: signed states only
 # name -> (algorithm config, space, steps)
@@ -153,7 +154,7 @@ class World:
         stored state (statedelta: it will not read that state again)."""
         exp = self.workers[0]._experiment
         epoch, version = self.storage.client.hmget(
-            self.storage._ek(exp.id).lock, "epoch", "version"
+            self.storage.backend.experiment_keys(exp.id).lock, "epoch", "version"
         )
         token = state_token(epoch, version)
         for worker, client in enumerate(self.workers):
@@ -263,7 +264,7 @@ def counted_differently(algorithm) -> str | None:
     from orion.algo.space import Space
     from orion.core.worker.algo_wrappers.algo_wrapper import AlgoWrapper
 
-    from orion_track_redis import algocounts
+    from orion_track_redis.orion_patches import algocounts
 
     completed = BaseAlgorithm.has_completed_max_trials.fget
     all_values = BaseAlgorithm.has_suggested_all_possible_values
@@ -417,7 +418,7 @@ def test_unaccelerated_storages_and_other_backends_run_orions_code(monkeypatch):
 def test_off_on_an_unverified_orion(monkeypatch, caplog):
     monkeypatch.setattr(accel, "_installed", None)
     monkeypatch.setattr(accel, "VERIFIED_ORION", ("0.0.1",))
-    with caplog.at_level(logging.WARNING, logger="orion_track_redis.accel"):
+    with caplog.at_level(logging.WARNING, logger="orion_track_redis.orion_patches.hold"):
         assert accel.install() is False
     assert [r.getMessage() for r in caplog.records if "accelerator off" in r.getMessage()] != []
     storage = build_experiment(

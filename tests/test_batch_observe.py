@@ -1,4 +1,5 @@
-"""Batched observation (accel.py, lock.py, lua/observe_later.lua) against unmodified Oríon.
+"""Batched observation (orion_patches/hold.py, store/lock.py, lua/observe_later.lua) against
+unmodified Oríon.
 
 With batching, a completion (or a release) records the trial in the experiment's backlog
 instead of taking the algorithm lock; the next hold observes the backlog, oldest first, before
@@ -21,7 +22,7 @@ from orion.client import build_experiment
 from orion.core.worker.trial import Trial
 
 from helpers import REAL_SPACE
-from orion_track_redis import accel
+from orion_track_redis.orion_patches import hold as accel
 from test_accel import ALGORITHMS, SECRET, World, schedule
 
 
@@ -76,7 +77,7 @@ def test_batched_observation_matches_orion(name):
 
 def test_oracle_catches_a_hold_that_skips_the_backlog(monkeypatch):
     """A hold that does not observe the backlog must be reported."""
-    from orion_track_redis.lock import LockClient
+    from orion_track_redis.store.lock import LockClient
 
     monkeypatch.setattr(LockClient, "backlog", lambda self, ek: [])
     found, _ = compare_batched("random", *ALGORITHMS["random"][:2], 30)
@@ -86,7 +87,7 @@ def test_oracle_catches_a_hold_that_skips_the_backlog(monkeypatch):
 def test_oracle_catches_observation_out_of_order(monkeypatch):
     """The backlog is observed oldest first (as Oríon would have, one hold per completion);
     newest first is a difference the oracle must find."""
-    from orion_track_redis.lock import LockClient
+    from orion_track_redis.store.lock import LockClient
 
     own = LockClient.backlog
     monkeypatch.setattr(LockClient, "backlog", lambda self, ek: own(self, ek)[::-1])
@@ -178,14 +179,14 @@ def test_entries_recorded_during_a_hold_stay_for_the_next():
     with exp.acquire_algorithm_lock():
         storage.observe_later(exp, second)  # as another worker would, mid-hold
     assert storage.backlog_length(exp) == 1
-    assert storage.lock.backlog(storage._ek(exp.id))[0].id == second.id
+    assert storage.lock.backlog(storage.backend.experiment_keys(exp.id))[0].id == second.id
     assert _observed(client)[first.id] == "completed"
 
 
 def test_an_expired_holder_removes_nothing():
     """A holder whose lock expired writes no state, so it must not trim the backlog either."""
     _, exp, storage, _ = _with_one_completed()
-    ek = storage._ek(exp.id)
+    ek = storage.backend.experiment_keys(exp.id)
     with exp.acquire_algorithm_lock():
         storage.client.delete(ek.lock_holder)  # the TTL ran out; nobody else took it yet
     assert storage.backlog_length(exp) == 1
@@ -195,12 +196,13 @@ def test_a_retried_record_is_not_recorded_twice():
     """redis-py retries a call whose reply was lost: the same request id records once."""
     client = _client()
     exp, storage = client._experiment, client._experiment._storage
-    ek = storage._ek(exp.id)
+    ek = storage.backend.experiment_keys(exp.id)
     request = ek.request("retried-request")
     for _ in range(2):
-        assert (
-            storage.scripts.observe_later(keys=[ek.unobserved, request], args=[b"payload", 60]) == 1
+        called = storage.scripts.observe_later(
+            backlog=ek.unobserved, request=request, trial=b"payload", request_ttl=60
         )
+        assert called == 1
     assert storage.backlog_length(exp) == 1
 
 
@@ -210,7 +212,7 @@ def test_backlog_round_trips_the_trial_exactly():
     trial = client.suggest()
     trial.results = [Trial.Result(name="obj", type="objective", value=0.5)]
     storage.observe_later(exp, trial)
-    (back,) = storage.lock.backlog(storage._ek(exp.id))
+    (back,) = storage.lock.backlog(storage.backend.experiment_keys(exp.id))
     assert back.to_dict() == trial.to_dict() and back is not trial
 
 
@@ -252,7 +254,7 @@ def test_a_worker_that_does_not_batch_observes_the_backlog_of_those_that_do(othe
     worker that does not batch, whether its holds are copy-free or Oríon's own."""
     batching = _client(max_trials=50)
     exp = batching._experiment
-    plain = _client({"uri": exp._storage._opts.url, **other}, name=exp.name)
+    plain = _client({"uri": exp._storage.backend.opts.url, **other}, name=exp.name)
     assert plain._experiment._storage.batched_observation is False
     trial = batching.suggest()
     _complete(batching, trial)
@@ -313,10 +315,12 @@ def test_a_worker_killed_between_status_change_and_observation_loses_nothing(mon
     exp = client._experiment
     storage = exp._storage
     expected = "completed" if how == "observe" else "interrupted"
-    (entry,) = storage.lock.backlog(storage._ek(exp.id))  # as Producer.observe would get it
+    (entry,) = storage.lock.backlog(
+        storage.backend.experiment_keys(exp.id)
+    )  # as Producer.observe would get it
     assert (entry.id, entry.status) == (trial.id, expected)
     other = build_experiment(
-        exp.name, storage={"type": "redis", "uri": storage._opts.url, "state_secret": SECRET}
+        exp.name, storage={"type": "redis", "uri": storage.backend.opts.url, "state_secret": SECRET}
     )
     _CLIENTS.append(other)
     assert accel.flush(other._experiment) == 1  # another worker's next hold observes it

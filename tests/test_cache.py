@@ -27,7 +27,7 @@ def pair(request):
 
 def _fresh(storage, exp_id):
     """What a cold reader sees: a new storage object has no cache."""
-    cold = Redis(uri=storage._opts.url, prefix=storage._opts.prefix)
+    cold = Redis(uri=storage.backend.opts.url, prefix=storage.backend.opts.prefix)
     return [t.to_dict() for t in cold.fetch_trials(uid=exp_id)]
 
 
@@ -156,7 +156,7 @@ def big(redis_server):
 
 def _streams(monkeypatch) -> list:
     """Record the replies-were-streamed outcomes of storage.run_streamed."""
-    import orion_track_redis.cache as cache_module
+    import orion_track_redis.store.reads as cache_module
 
     outcomes = []
     real = cache_module.run_streamed
@@ -175,7 +175,7 @@ def test_streamed_fetch_equals_the_plain_path(big, monkeypatch):
     outcomes = _streams(monkeypatch)
     streamed = [t.to_dict() for t in Redis(uri=server.url, prefix=prefix).fetch_trials(uid=exp_id)]
     assert outcomes == [True]
-    import orion_track_redis.cache as cache_module
+    import orion_track_redis.store.reads as cache_module
 
     monkeypatch.setattr(cache_module, "run_streamed", lambda *a, **k: None)  # plain path
     plain = [t.to_dict() for t in Redis(uri=server.url, prefix=prefix).fetch_trials(uid=exp_id)]
@@ -187,7 +187,7 @@ def test_streamed_fetch_equals_the_plain_path(big, monkeypatch):
 def test_streamed_fetch_with_any_number_of_calls_in_flight(big, monkeypatch, window):
     """The streamed read keeps STREAM_WINDOW calls in flight and sends the next one per reply
     (all at once stalled on a full socket): any window gives the plain path's trials."""
-    import orion_track_redis.scripts as scripts_module
+    import orion_track_redis.store.scripts as scripts_module
 
     server, prefix, exp_id = big
     expected = [t.to_dict() for t in Redis(uri=server.url, prefix=prefix).fetch_trials(uid=exp_id)]
@@ -202,7 +202,7 @@ def test_streamed_fetch_with_any_number_of_calls_in_flight(big, monkeypatch, win
 
     monkeypatch.setattr(scripts_module, "_stream_once", counting)
     got = [t.to_dict() for t in Redis(uri=server.url, prefix=prefix).fetch_trials(uid=exp_id)]
-    from orion_track_redis.cache import chunks as _chunks
+    from orion_track_redis.store.reads import chunks as _chunks
 
     assert outcomes == [True]
     assert sent == [len(_chunks(list(range(2500))))] == [9]  # > windows 1 and 2, < 100
@@ -222,7 +222,7 @@ def test_streamed_fetch_reloads_the_script_after_script_flush(big, monkeypatch):
 def test_corrupt_trial_in_a_streamed_chunk_is_named_and_the_connection_recovers(big):
     server, prefix, exp_id = big
     storage = Redis(uri=server.url, prefix=prefix)
-    ek = storage._ek(exp_id)
+    ek = storage.backend.experiment_keys(exp_id)
     victim = storage.client.zrange(ek.all, 1500, 1500)[0].decode()  # in a later chunk
     key = ek.trial_prefix + victim
     good = storage.client.hget(key, "worker")
@@ -240,7 +240,7 @@ def test_corrupt_trial_in_a_streamed_chunk_is_named_and_the_connection_recovers(
 def test_streamed_fetch_falls_back_when_the_connection_drops(big, monkeypatch):
     import redis
 
-    import orion_track_redis.scripts as scripts_module
+    import orion_track_redis.store.scripts as scripts_module
 
     server, prefix, exp_id = big
     expected = [t.to_dict() for t in Redis(uri=server.url, prefix=prefix).fetch_trials(uid=exp_id)]
@@ -271,8 +271,8 @@ def test_streamed_fetch_falls_back_when_the_connection_drops(big, monkeypatch):
 
 @pytest.mark.parametrize("n", [0, 1, 149, 150, 151, 599, 600, 601, 1000, 4321, 10_000, 100_000])
 def test_fetch_chunks_cover_every_token_once_with_a_small_last_chunk(n):
-    from orion_track_redis.cache import FETCH_CHUNK, STREAM_CHUNK_MIN
-    from orion_track_redis.cache import chunks as _chunks
+    from orion_track_redis.store.reads import FETCH_CHUNK, STREAM_CHUNK_MIN
+    from orion_track_redis.store.reads import chunks as _chunks
 
     tokens = [f"t{i}" for i in range(n)]
     chunks = _chunks(tokens)

@@ -15,8 +15,10 @@ from orion.client import build_experiment
 from orion.storage.legacy import Legacy
 
 from helpers import Exp, create_experiment, make_trial
-from orion_track_redis import Redis, migrations, transfer
-from orion_track_redis.cli import main
+from orion_track_redis import Redis
+from orion_track_redis.ops import transfer
+from orion_track_redis.ops.cli import main
+from orion_track_redis.store import migrations
 
 
 @pytest.fixture
@@ -127,8 +129,10 @@ def test_purge_removes_only_that_experiment(capsys, uri):
     assert storage.fetch_trials(uid=gone) == [] and len(storage.fetch_trials(uid=kept)) == 1
     assert storage.get_algorithm_lock_info(uid=gone) is None
     assert storage.get_algorithm_lock_info(uid=kept) is not None
-    ek = storage._ek(gone)
-    left = {k.decode() for k in storage.client.scan_iter(match=f"{{{storage._opts.prefix}:1}}*")}
+    ek = storage.backend.experiment_keys(gone)
+    left = {
+        k.decode() for k in storage.client.scan_iter(match=f"{{{storage.backend.opts.prefix}:1}}*")
+    }
     left = {k for k in left if ":req:" not in k}  # request ids expire by themselves
     assert left <= {ek.rev, ek.changed}, "only the revision counter and tombstones stay"
 
@@ -278,7 +282,7 @@ def test_status_shows_the_backlog_and_flush_observes_it(capsys, uri):
         client.observe(client.suggest(), value)
     (row,) = json.loads(run(capsys, "--uri", uri, "status", "--json")[1])
     assert row["unobserved"] == 1 and row["completed"] == 2
-    # the first hold wrote a snapshot, the second a delta (statedelta.py)
+    # the first hold wrote a snapshot, the second a delta (state/delta.py)
     assert row["state_log"] == 1 and row["state_kib"] > 0
     code, out = run(capsys, "--uri", uri, "flush", "batched")
     assert code == 0 and "observed 1 trial(s); 0 waiting" in out
@@ -328,7 +332,7 @@ def test_counts_read_as_english(capsys, uri, tmp_path):
 def test_cli_behaves_in_pipes_and_without_a_terminal(uri):
     """`info | head` ends quietly, `purge` without --yes and without a terminal is a usage
     error (not an EOFError), `--version` answers."""
-    cli = [sys.executable, "-m", "orion_track_redis.cli", "--uri", uri]
+    cli = [sys.executable, "-m", "orion_track_redis.ops.cli", "--uri", uri]
     create_experiment(Redis(uri=uri), name="kept")
     piped = subprocess.run(
         " ".join(f"'{a}'" for a in cli) + " status --watch 0.01 | head -1",
@@ -411,7 +415,7 @@ def test_a_global_config_orion_refuses_is_one_clear_line(uri, tmp_path):
 def test_holders_shows_who_holds_what_and_what_was_recovered(capsys, uri, monkeypatch):
     """orion-redis holders: the reserved trial's host:pid and Slurm job_task, its lease; then,
     once its lease ended and another worker requeued it, the recovery; status counts it."""
-    from orion_track_redis import lease
+    from orion_track_redis.store import lease
 
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
@@ -425,7 +429,7 @@ def test_holders_shows_who_holds_what_and_what_was_recovered(capsys, uri, monkey
     assert code == 0 and trial.id in out and "(Slurm job 77_3)" in out
     assert "0 trials recovered" in out
 
-    ek = storage._ek(exp_id)
+    ek = storage.backend.experiment_keys(exp_id)
     seconds, micros = storage.client.time()
     now = seconds + micros / 1e6
     storage.client.zadd(ek.leases, {trial.id: now - 3})

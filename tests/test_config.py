@@ -10,8 +10,8 @@ import pytest
 from orion.storage.base import setup_storage
 
 from orion_track_redis import ConfigurationError, ConnectionFailed, Redis
+from orion_track_redis.config.uri import resolve
 from orion_track_redis.testing import RedisServer, free_port
-from orion_track_redis.uri import resolve
 
 
 def test_resolution_order(monkeypatch):
@@ -82,6 +82,18 @@ def test_tls_option_needs_rediss():
         Redis(uri="redis://127.0.0.1:1?ssl_ca_certs=/tmp/ca.pem")
 
 
+def test_tls_options_are_checked_once_at_resolve_time():
+    """Before any connection: ssl_* needs rediss:// (or ssl=true on a multi-host form)."""
+    with pytest.raises(ConfigurationError, match="use rediss:// instead of redis://"):
+        resolve("redis://127.0.0.1:1?ssl_ca_certs=/tmp/ca.pem")
+    with pytest.raises(ConfigurationError, match="use rediss:// instead of unix://"):
+        resolve("unix:///tmp/r.sock?ssl_ca_certs=/tmp/ca.pem")
+    with pytest.raises(ConfigurationError, match="add ssl=true to the redis\\+sentinel://"):
+        resolve("redis+sentinel://h1:1,h2:2/svc?ssl_ca_certs=/tmp/ca.pem")
+    assert resolve("rediss://127.0.0.1:1?ssl_ca_certs=/tmp/ca.pem").scheme == "rediss"
+    assert resolve("redis+sentinel://h1:1/svc?ssl=true&ssl_ca_certs=/tmp/ca.pem").hosts
+
+
 def test_uri_must_be_a_string():
     with pytest.raises(ConfigurationError, match="must be a string"):
         resolve(12)
@@ -136,15 +148,15 @@ def test_pickle_keeps_configuration_not_connection():
     state = storage.__getstate__()
     assert set(state) == {"opts"}
     clone = pickle.loads(pickle.dumps(storage))
-    assert clone._opts == storage._opts and clone._client is None
-    assert clone._opts.state_secret == b"s" and clone._opts.lock_ttl == 9
+    assert clone.backend.opts == storage.backend.opts and clone.backend._client is None
+    assert clone.backend.opts.state_secret == b"s" and clone.backend.opts.lock_ttl == 9
 
 
 def test_newer_schema_is_refused():
     from orion_track_redis import RedisStorageError
 
     storage = Redis(uri="fakeredis://schema?prefix=sch")
-    storage.client.set(storage._keys.schema, 99)
+    storage.client.set(storage.backend.keys.schema, 99)
     with pytest.raises(RedisStorageError, match="schema version 99"):
         Redis(uri="fakeredis://schema?prefix=sch")
 
@@ -160,7 +172,7 @@ def test_a_topology_scheme_on_a_plain_server_is_explained(redis_server, scheme, 
     """redis+cluster:// or redis+sentinel:// pointed at a standalone server: a clear
     ConfigurationError naming the scheme that fits (exit 2 from orion-redis), not a raw
     RedisClusterException or a Sentinel error carrying whole client reprs."""
-    from orion_track_redis.cli import main
+    from orion_track_redis.ops.cli import main
 
     uri = scheme.format(port=redis_server.port) + "?socket_timeout=2"
     with pytest.raises(ConfigurationError, match=says) as info:
@@ -174,7 +186,7 @@ def test_password_kept_out_of_the_uri(password_server, tmp_path, monkeypatch, ca
     """A password file (option or ORION_REDIS_PASSWORD_FILE, the container-secrets way) or
     REDISCLI_AUTH (redis-cli's variable) authenticates; the URI's own password wins; the
     password shows nowhere; a missing or empty file is a clear error naming the file."""
-    from orion_track_redis import uri as uri_module
+    from orion_track_redis.config import uri as uri_module
 
     url = password_server.url  # no password in it
     secret = tmp_path / "redis-password"
@@ -184,7 +196,7 @@ def test_password_kept_out_of_the_uri(password_server, tmp_path, monkeypatch, ca
     with caplog.at_level(logging.DEBUG):
         storage = Redis(uri=f"{url}/0?password_file={secret}")
         assert storage.fetch_experiments({}) == []
-        assert "right-pw" not in repr(storage._opts) and "right-pw" not in caplog.text
+        assert "right-pw" not in repr(storage.backend.opts) and "right-pw" not in caplog.text
     monkeypatch.setenv(uri_module.ENV_PASSWORD_FILE, str(secret))
     assert Redis(uri=url).fetch_experiments({}) == []
     with pytest.raises(ConnectionFailed, match="credentials"):  # the URI's password wins

@@ -420,20 +420,28 @@ def test_reserve_is_retry_safe(redis_storage):
     exp_id = create_experiment(redis_storage)
     for x in range(3):
         redis_storage.register_trial(make_trial(exp_id, x=float(x)))
-    ek = redis_storage._ek(exp_id)
-    keys = [
-        *(ek.status(s) for s in PENDING),
-        ek.status("reserved"),
-        ek.request("r1"),
-        ek.rev,
-        ek.changed,
-        ek.leases,
-        ek.holders,
-        ek.lease_clock,
-    ]
-    args = [ek.trial_prefix, '"reserved"', '"2024-01-01T00:00:00"', 60, 30, "h1 {}"]
-    first = redis_storage.scripts.reserve_trial(keys=keys, args=args)
-    again = redis_storage.scripts.reserve_trial(keys=keys, args=args)
+    ek = redis_storage.backend.experiment_keys(exp_id)
+    new, suspended, interrupted = (ek.status(s) for s in PENDING)
+    call = dict(
+        new=new,
+        suspended=suspended,
+        interrupted=interrupted,
+        reserved=ek.status("reserved"),
+        request=ek.request("r1"),
+        rev=ek.rev,
+        changed=ek.changed,
+        leases=ek.leases,
+        holders=ek.holders,
+        lease_clock=ek.lease_clock,
+        trial_prefix=ek.trial_prefix,
+        status='"reserved"',
+        now='"2024-01-01T00:00:00"',
+        request_ttl=60,
+        lease=30,
+        holder="h1 {}",
+    )
+    first = redis_storage.scripts.reserve_trial(**call)
+    again = redis_storage.scripts.reserve_trial(**call)
     assert first[0] == again[0]
     assert len(redis_storage.fetch_trials_by_status(Exp(exp_id), "reserved")) == 1
 
@@ -460,7 +468,7 @@ def test_hostile_experiment_ids_stay_in_their_slot(redis_storage):
     for exp_id in ids:
         redis_storage.create_experiment(experiment_config(f"n-{exp_id}", _id=exp_id))
         redis_storage.register_trial(make_trial(exp_id, x=1.0))
-        ek = redis_storage._ek(exp_id)
+        ek = redis_storage.backend.experiment_keys(exp_id)
         keys = [
             ek.rev,
             ek.all,

@@ -1,4 +1,5 @@
-"""Oríon's Dask executor on this backend (daskfix.py): a finished trial's result is kept when
+"""Oríon's Dask executor on this backend (orion_patches/daskfix.py): a finished trial's result is
+kept when
 distributed's sync() fails a poll, and a failing objective still breaks its trial. The
 differential: unmodified Oríon loses the result of the same future."""
 
@@ -13,8 +14,8 @@ pytest.importorskip("distributed", reason="dask.distributed is not installed (th
 from orion.client import build_experiment  # noqa: E402
 from orion.executor.dask_backend import _Future  # noqa: E402
 
-from orion_track_redis import daskfix  # noqa: E402
-from orion_track_redis.runner import install  # noqa: E402
+from orion_track_redis.orion_patches import daskfix  # noqa: E402
+from orion_track_redis.orion_patches.runner import install  # noqa: E402
 
 install()
 

@@ -24,7 +24,7 @@ from orion.core.worker.trial import Trial
 
 from orion_track_redis import datapickle
 from orion_track_redis.errors import UnsafeStateError
-from orion_track_redis.statecodec import MAGIC, dump_state, load_state
+from orion_track_redis.state.codec import MAGIC, dump_state, load_state
 from test_statecodec import ALLOW_LISTED, SECRET, next_params, real_state
 
 DATA, UNSIGNED = 2, 0

@@ -6,7 +6,7 @@ Oríon's docs are silent"). Two parts:
 1. ``StorageDiff``, a hypothesis state machine that applies the same random operations to both
    backends in lockstep and compares exceptions, return values and the full stored state after
    every step. It runs many examples on fakeredis and a few on the real redis-server fixture.
-2. The query matcher / projection (``orion_track_redis.query``) against ``EphemeralDocument``.
+2. The query matcher / projection (``orion_track_redis.store.query``) against ``EphemeralDocument``.
 
 Differences found are pinned at the end as minimal tests (``xfail(strict=True)`` while ours
 still differs; all were fixed while this file was written, so they are plain regression tests).
@@ -41,7 +41,7 @@ from orion.storage.legacy import Legacy
 
 from helpers import BASE_TIME, Exp, experiment_config, make_trial
 from orion_track_redis import Redis
-from orion_track_redis.query import matches, project
+from orion_track_redis.store.query import matches, project
 
 STATUSES = Trial.allowed_stati
 PENDING = ("new", "suspended", "interrupted")

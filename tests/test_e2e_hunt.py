@@ -16,7 +16,7 @@ import pytest
 
 from helpers import hunt_config
 from orion_track_redis import Redis
-from orion_track_redis.cli import main
+from orion_track_redis.ops.cli import main
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

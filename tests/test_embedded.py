@@ -1,4 +1,5 @@
-"""redis-server child processes (server.py) and the shared embedded default (embedded.py).
+"""redis-server child processes (server/binaries.py) and the shared embedded default
+(server/embedded.py).
 
 Every server here lives in a tmp_path dir, on an ephemeral loopback port or a unix socket; the
 real user data dir and port 6379 are never used. Every server started is stopped by a finalizer.
@@ -19,10 +20,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from orion_track_redis import embedded, server
-from orion_track_redis.embedded import embedded_uri, stop_embedded
 from orion_track_redis.errors import EmbeddedServerError
-from orion_track_redis.server import find_redis_server, server_version
+from orion_track_redis.server import binaries as server
+from orion_track_redis.server import embedded
+from orion_track_redis.server.binaries import find_redis_server, server_version
+from orion_track_redis.server.embedded import embedded_uri, stop_embedded
 from orion_track_redis.testing import RedisServer
 
 
@@ -95,7 +97,7 @@ def _server_pid(uri: str) -> int:
         return int(client.info("server")["process_id"])
 
 
-# --- server.py ---------------------------------------------------------------------------------
+# --- server/binaries.py ---------------------------------------------------------------------------
 
 
 def test_find_redis_server_order_and_fix(tmp_path, monkeypatch, binary):
@@ -177,12 +179,12 @@ def test_start_failure_reports_log_tail(tmp_path, make_server, binary):
     assert not srv.running
 
 
-# --- embedded.py -------------------------------------------------------------------------------
+# --- server/embedded.py ---------------------------------------------------------------------------
 
 
 def test_embedded_uri_starts_then_reuses(emb_dir, monkeypatch, caplog, binary):
     monkeypatch.setenv(server.ENV_BIN, binary)
-    with caplog.at_level(logging.INFO, logger="orion_track_redis.embedded"):
+    with caplog.at_level(logging.INFO, logger="orion_track_redis.server.embedded"):
         uri = embedded_uri(emb_dir)
     assert uri == f"unix://{emb_dir / 'redis.sock'}"
     assert any("starting the embedded redis-server" in r.getMessage() for r in caplog.records)
@@ -335,11 +337,12 @@ def test_no_children_left_running(tmp_path, monkeypatch):
 def test_implicit_embedded_default_is_loud_and_can_be_forbidden(monkeypatch, caplog):
     """No URI anywhere: one WARNING naming the consequence and the fix; with
     ORION_REDIS_REQUIRE_URI=1 a ConfigurationError instead (a fleet must not split silently)."""
-    from orion_track_redis import ConfigurationError, uri
+    from orion_track_redis import ConfigurationError
+    from orion_track_redis.config import uri
 
     monkeypatch.delenv(uri.ENV_URI, raising=False)
     monkeypatch.setattr(uri, "_warned_embedded", False)
-    with caplog.at_level(logging.WARNING, logger="orion_track_redis.uri"):
+    with caplog.at_level(logging.WARNING, logger="orion_track_redis.config.uri"):
         assert uri.resolve(None, {"host": ""}).scheme == "embedded"
         uri.resolve(None, None)  # once per process
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -355,8 +358,8 @@ def test_implicit_embedded_default_is_loud_and_can_be_forbidden(monkeypatch, cap
 def test_cli_reads_never_start_the_embedded_server(emb_dir, monkeypatch, capsys):
     """`orion-redis info`/`status` with nothing configured say that no server runs instead of
     starting an empty one; once one runs, they show it as this host's only."""
-    from orion_track_redis import uri
-    from orion_track_redis.cli import main
+    from orion_track_redis.config import uri
+    from orion_track_redis.ops.cli import main
 
     monkeypatch.setenv(embedded.ENV_DIR, str(emb_dir))
     monkeypatch.delenv(uri.ENV_URI, raising=False)
@@ -373,7 +376,7 @@ def test_cli_reads_never_start_the_embedded_server(emb_dir, monkeypatch, capsys)
 
 
 def test_stop_embedded_command(emb_dir, capsys):
-    from orion_track_redis.cli import main
+    from orion_track_redis.ops.cli import main
 
     embedded_uri(emb_dir)
     assert embedded.is_running(emb_dir)

@@ -14,7 +14,7 @@ import pytest
 from helpers import Exp, create_experiment, make_trial
 from orion_track_redis import ConnectionFailed, CorruptData, Redis, UnsafeStateError
 from orion_track_redis.errors import RedisStorageError
-from orion_track_redis.serverchecks import check_server
+from orion_track_redis.server.checks import check_server
 from orion_track_redis.testing import RedisServer
 
 
@@ -32,7 +32,7 @@ def test_planted_pickle_is_refused_and_never_run(redis_storage, tmp_path):
     victim = create_experiment(redis_storage, name="victim")
     healthy = create_experiment(redis_storage, name="healthy")
     marker = tmp_path / "pwned"
-    ek = redis_storage._ek(victim)
+    ek = redis_storage.backend.experiment_keys(victim)
     redis_storage.client.hset(ek.lock, "state", pickle.dumps({"x": _Planted(marker)}))
     with pytest.raises(UnsafeStateError):
         with redis_storage.acquire_algorithm_lock(uid=victim, timeout=2):
@@ -52,7 +52,9 @@ def test_planted_pickle_refused_even_with_a_secret(tmp_path):
         locked.set_state({"signed": True})
     assert storage.get_algorithm_lock_info(uid=exp_id).state == {"signed": True}
     marker = tmp_path / "pwned"
-    storage.client.hset(storage._ek(exp_id).lock, "state", pickle.dumps(_Planted(marker)))
+    storage.client.hset(
+        storage.backend.experiment_keys(exp_id).lock, "state", pickle.dumps(_Planted(marker))
+    )
     with pytest.raises(UnsafeStateError):
         storage.get_algorithm_lock_info(uid=exp_id)
     assert not marker.exists()
@@ -63,7 +65,7 @@ def test_corrupt_trial_names_the_key_and_spares_others(redis_storage):
     fine = create_experiment(redis_storage, name="fine")
     trial = redis_storage.register_trial(make_trial(broken))
     redis_storage.register_trial(make_trial(fine))
-    key = redis_storage._ek(broken).trial(trial.id)
+    key = redis_storage.backend.experiment_keys(broken).trial(trial.id)
     redis_storage.client.hset(key, "params", "{not json")
     with pytest.raises(CorruptData, match=r":t:") as info:
         redis_storage.fetch_trials(uid=broken)
@@ -74,7 +76,7 @@ def test_corrupt_trial_names_the_key_and_spares_others(redis_storage):
 
 def test_foreign_key_type_is_explained(redis_storage):
     exp_id = create_experiment(redis_storage)
-    ek = redis_storage._ek(exp_id)
+    ek = redis_storage.backend.experiment_keys(exp_id)
     redis_storage.client.set(ek.status("new"), "someone else's string")
     with pytest.raises(CorruptData, match="foreign type"):
         redis_storage.register_trial(make_trial(exp_id))
@@ -86,7 +88,9 @@ def test_corrupt_experiment_document(redis_storage):
     exp_id = create_experiment(redis_storage, name="bad")
     create_experiment(redis_storage, name="good")
     redis_storage.client.hset(
-        redis_storage._keys.exp(redis_storage._ek(exp_id).exp_token), "space", "\x00garbage"
+        redis_storage.backend.keys.exp(redis_storage.backend.experiment_keys(exp_id).exp_token),
+        "space",
+        "\x00garbage",
     )
     with pytest.raises(CorruptData, match=":exp:"):
         redis_storage.fetch_experiments({})
@@ -246,10 +250,13 @@ def test_acl_denial_in_a_script_names_the_command(template):
     """Both wordings Redis 7 uses for an ACL denial inside a script."""
     import hashlib
 
-    from orion_track_redis import scripts
-    from orion_track_redis.scripts import name_denial
+    from orion_track_redis.store import scripts
+    from orion_track_redis.store.scripts import name_denial
 
     source = scripts.source("register_trial")
     line = next(n for n, text in enumerate(source.splitlines(), 1) if "'ZADD'" in text)
     msg = template.format(sha=hashlib.sha1(source.encode()).hexdigest(), line=line)
-    assert name_denial(msg) == f"the ZADD command (script register_trial.lua, line {line})"
+    own = (scripts.lua_dir() / "register_trial.lua").read_text(encoding="utf-8")
+    first_zadd = next(n for n, text in enumerate(own.splitlines(), 1) if "'ZADD'" in text)
+    assert line > first_zadd  # an include comes before: the source's lines are not the file's
+    assert name_denial(msg) == f"the ZADD command (script register_trial.lua, line {first_zadd})"

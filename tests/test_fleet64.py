@@ -3,7 +3,8 @@ this test starts. Invariants on the data: every trial completed exactly once, no
 no trial was declared lost while its worker was alive.
 
 Several rounds: 256 trials (4 per worker) with a 5 s objective. This holds thanks to the
-copy-free lock holds (accel.py) and the FIFO lock: before them, Oríon's hold grew to 0.3-0.8 s
+copy-free lock holds (orion_patches/hold.py) and the FIFO lock: before them, Oríon's hold grew to
+0.3-0.8 s
 per trial within a few hundred trials and 40-49 of 64 workers died of Oríon's fixed 60 s lock
 timeout (LockAcquisitionTimeout, or LazyWorkers after a suggest that timed out); with them,
 benchmarks/fleet_real.py measured here 64 workers, 320 trials, no death, lock wait max 17.5 s

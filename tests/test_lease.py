@@ -1,4 +1,4 @@
-"""Reservation leases (lease.py, lease_renew.lua, lost_trials.lua, include/lease_clock.lua): a
+"""Reservation leases (store/lease.py, lease_renew.lua, lost_trials.lua, include/lease_clock.lua): a
 dead worker's trial is lost once its lease ends; a live worker's never is, however starved."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import uuid
 import pytest
 
 from helpers import Exp, create_experiment, make_trial
-from orion_track_redis import Redis, lease
+from orion_track_redis import Redis
 from orion_track_redis.errors import ConfigurationError
+from orion_track_redis.store import lease
 
 CTX = multiprocessing.get_context("spawn")
 
@@ -27,7 +28,7 @@ def _reserve_one(storage, x=1.0):
     exp_id = create_experiment(storage)
     storage.register_trial(make_trial(exp_id, x=x))
     trial = storage.reserve_trial(Exp(exp_id))
-    return exp_id, trial, storage._ek(exp_id)
+    return exp_id, trial, storage.backend.experiment_keys(exp_id)
 
 
 def _lost(storage, exp_id):
@@ -59,7 +60,7 @@ def test_reserve_records_lease_and_holder(monkeypatch):
     assert info["pid"] == os.getpid() and info["job"] == "4242" and info["task"] == "7"
     assert info["id"] == lease.HOLDER.id
     assert lease.where(info).endswith("(Slurm job 4242_7)")
-    assert (ek, trial.id) in lease.keeper(storage._opts).held()
+    assert (ek, trial.id) in lease.keeper(storage.backend.opts).held()
     monkeypatch.setattr(lease.HOLDER, "_record", None)
 
 
@@ -89,7 +90,7 @@ def test_heartbeat_rule_still_applies_beside_the_lease(heartbeat):
 def test_renewal_extends_only_this_holders_leases():
     storage = _storage(lease=30)
     exp_id, trial, ek = _reserve_one(storage)
-    keeper = lease.keeper(storage._opts)
+    keeper = lease.keeper(storage.backend.opts)
     storage.client.zadd(ek.leases, {trial.id: 1.0})
     keeper.renew()
     assert storage.client.zscore(ek.leases, trial.id) > _server_now(storage) + 29
@@ -126,9 +127,9 @@ def test_release_all_gives_back_only_what_this_process_still_holds():
     for x in range(3):
         storage.register_trial(make_trial(exp_id, x=float(x)))
     mine = [storage.reserve_trial(Exp(exp_id)) for _ in range(3)]
-    ek = storage._ek(exp_id)
+    ek = storage.backend.experiment_keys(exp_id)
     storage.client.hset(ek.holders, mine[2].id, "someone-else {}")  # taken over meanwhile
-    assert lease.keeper(storage._opts).release_all() == 2
+    assert lease.keeper(storage.backend.opts).release_all() == 2
     statuses = {t.id: t.status for t in storage.fetch_trials(uid=exp_id)}
     assert [statuses[t.id] for t in mine] == ["interrupted", "interrupted", "reserved"]
 
@@ -138,7 +139,7 @@ def test_lease_option_is_validated():
         _storage(lease=1)
     with pytest.raises(ConfigurationError, match="stop_grace=-1.0 is out of range"):
         _storage(stop_grace=-1)
-    assert _storage(lease=0)._opts.lease == 0
+    assert _storage(lease=0).backend.opts.lease == 0
 
 
 def test_without_lease_only_the_heartbeat_counts():
@@ -245,4 +246,4 @@ def test_a_worker_whose_trial_was_taken_cannot_write_it_any_more():
     storage.client.hset(ek.holders, trial.id, lease.HOLDER.record())
     assert storage.update_heartbeat(trial) == 1
     assert storage.push_trial_results(trial) == 1
-    assert (ek, trial.id) not in lease.keeper(storage._opts).held()
+    assert (ek, trial.id) not in lease.keeper(storage.backend.opts).held()

@@ -15,7 +15,7 @@ from orion.storage.base import LockAcquisitionTimeout
 
 from helpers import create_experiment
 from orion_track_redis import Redis
-from orion_track_redis.lock import LEASE_MIN_S, LEASE_POLLS
+from orion_track_redis.store.lock import LEASE_MIN_S, LEASE_POLLS
 
 pytestmark = pytest.mark.slow
 CTX = multiprocessing.get_context("spawn")  # real processes with fresh interpreters
@@ -82,12 +82,12 @@ def test_waiters_served_in_arrival_order(redis_server):
     for (*_, end), (_, _, next_start, _) in zip(by_start, by_start[1:]):
         assert end <= next_start, "two processes held the lock at the same time"
     assert storage.get_algorithm_lock_info(uid=exp_id).state == {"served": list(range(count))}
-    ek = storage._ek(exp_id)
+    ek = storage.backend.experiment_keys(exp_id)
     assert storage.client.zcard(ek.lock_queue) == 0 and storage.client.zcard(ek.lock_leases) == 0
 
 
 def _queued(storage, exp_id, size, timeout=60):
-    ek = storage._ek(exp_id)
+    ek = storage.backend.experiment_keys(exp_id)
     deadline = time.monotonic() + timeout
     while storage.client.zcard(ek.lock_queue) < size:
         assert time.monotonic() < deadline, f"the queue never reached {size} waiters"
@@ -116,14 +116,14 @@ def test_killed_waiter_at_the_head_delays_the_queue_by_its_lease_at_most(redis_s
     assert start - killed <= lease + RETRY + 1.0, (
         f"the queue waited {start - killed:.2f}s behind a dead waiter (lease {lease}s)"
     )
-    ek = storage._ek(exp_id)
+    ek = storage.backend.experiment_keys(exp_id)
     assert storage.client.zcard(ek.lock_queue) == 0, "the dead waiter's entry was dropped"
 
 
 def test_timed_out_waiter_leaves_the_queue(redis_server):
     storage = _new_storage(redis_server)
     exp_id = create_experiment(storage)
-    ek = storage._ek(exp_id)
+    ek = storage.backend.experiment_keys(exp_id)
     with storage.acquire_algorithm_lock(uid=exp_id, timeout=5):
         with pytest.raises(LockAcquisitionTimeout):
             with storage.acquire_algorithm_lock(uid=exp_id, timeout=0.3, retry_interval=0.1):

@@ -18,9 +18,9 @@ import pytest
 
 from helpers import Exp, create_experiment, hunt_config, make_trial
 from orion_track_redis import Redis
-from orion_track_redis import lock as lock_module
-from orion_track_redis.cli import main
 from orion_track_redis.keys import STATUSES
+from orion_track_redis.ops.cli import main
+from orion_track_redis.store import lock as lock_module
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -137,15 +137,18 @@ def test_hold_durations_are_capped_newest_first(uri, monkeypatch):
     for pause in (0.0, 0.0, 0.0, 0.0, 0.0, 0.15):
         with storage.acquire_algorithm_lock(uid=exp_id, timeout=5):
             time.sleep(pause)
-    held = [float(v) for v in storage.client.lrange(storage._ek(exp_id).holds, 0, -1)]
+    held = [
+        float(v)
+        for v in storage.client.lrange(storage.backend.experiment_keys(exp_id).holds, 0, -1)
+    ]
     assert len(held) == 4
     assert held[0] >= 150 and all(v < 150 for v in held[1:]), held
     assert storage.delete_algorithm_lock(uid=exp_id) == 1
-    assert not storage.client.exists(storage._ek(exp_id).holds)
+    assert not storage.client.exists(storage.backend.experiment_keys(exp_id).holds)
 
 
 def test_quantiles_are_nearest_rank():
-    from orion_track_redis.metrics import quantile
+    from orion_track_redis.ops.metrics import quantile
 
     values = [float(v) for v in range(1, 101)]
     assert [quantile(values, q) for q in (0.5, 0.9, 0.99, 1.0)] == [50, 90, 99, 100]
@@ -167,7 +170,7 @@ def test_bad_listen_address_is_a_usage_error(uri, capsys):
 def test_redis_down_is_up_0_at_once(tmp_path):
     """A scrape does not wait out the workers' retry budget (~10 s, past Prometheus' scrape
     timeout): Redis unreachable is orion_redis_up 0 at once, with no experiment series."""
-    from orion_track_redis import metrics
+    from orion_track_redis.ops import metrics
     from orion_track_redis.testing import RedisServer
 
     with RedisServer(tmp_path) as server:
@@ -327,7 +330,7 @@ def test_scraped_over_http_during_a_live_hunt(redis_server, tmp_path):
             assert worker.returncode == 0, out[-3000:]
 
         (exp,) = storage.fetch_experiments({"name": name})
-        ek = storage._ek(exp["_id"])
+        ek = storage.backend.experiment_keys(exp["_id"])
         trials = storage.fetch_trials(uid=exp["_id"])
         samples, text = _scrape(url)
         for status in STATUSES:
@@ -374,7 +377,7 @@ def test_state_bytes_show_the_snapshot_and_the_log(capsys, uri, monkeypatch):
     compaction that rewrites the snapshot (lock.COMPACT_RATIO)."""
     from orion.client import build_experiment
 
-    from orion_track_redis import lock
+    from orion_track_redis.store import lock
 
     client = build_experiment(
         "stateful",

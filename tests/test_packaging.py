@@ -119,7 +119,7 @@ def test_wheel_contents(wheel):
     with zipfile.ZipFile(wheel) as zf:
         assert (
             zf.read("orion_track_redis_redact.pth").decode().strip()
-            == f"import {PACKAGE}.redaction"
+            == f"import {PACKAGE}.startup; {PACKAGE}.startup.run()"
         )
 
     modules = sorted(
@@ -167,7 +167,7 @@ CHECK_SCRIPT = textwrap.dedent(
     assert not any(Path(p).resolve() == repo for p in sys.path if p), sys.path
 
     import orion_track_redis
-    from orion_track_redis import scripts
+    from orion_track_redis.store import scripts
 
     assert inside(orion_track_redis.__file__, venv), orion_track_redis.__file__
     assert not inside(orion_track_redis.__file__, repo), orion_track_redis.__file__
@@ -261,7 +261,7 @@ def test_installed_wheel_in_fresh_venv(wheel, tmp_path):
 # -- 3. editable install --------------------------------------------------------------------------
 def test_editable_install_finds_the_scripts():
     import orion_track_redis
-    from orion_track_redis import scripts
+    from orion_track_redis.store import scripts
 
     assert Path(orion_track_redis.__file__).resolve().parent == ROOT / PACKAGE
     assert scripts.lua_dir().resolve() == (ROOT / "lua").resolve()
@@ -281,7 +281,7 @@ def test_editable_install_finds_the_scripts():
 def test_includes_are_pasted_and_lines_map_back_to_their_files():
     """Both fetch scripts share lua/include/trial_json.lua; every line of the text sent to
     Redis maps back to the same line of the file it came from (error messages name it)."""
-    from orion_track_redis import scripts
+    from orion_track_redis.store import scripts
 
     users = [
         n

@@ -1,5 +1,5 @@
 """No password or secret in any log line, at any verbosity, Oríon's own loggers included
-(redaction.py and the start-up hook orion_track_redis_redact.pth)."""
+(redaction.py and the start-up hook: orion_track_redis_redact.pth runs startup.py)."""
 
 from __future__ import annotations
 
@@ -84,6 +84,24 @@ def test_startup_hook_is_active_in_a_fresh_interpreter():
     assert proc.stdout.strip() == "[]"
 
 
+def test_the_startup_hook_can_be_turned_off():
+    """ORION_REDIS_STARTUP=0: nothing of ours runs at interpreter start (no redaction, no
+    module of the package imported beyond the hook's own check)."""
+    code = (
+        "import logging, sys; logging.basicConfig(level=logging.DEBUG); "
+        f"logging.getLogger('any').info('uri redis://:{PASSWORD}@h:1'); "
+        "print(sorted(m for m in ('orion_track_redis.redaction', 'orion_track_redis.quiet') "
+        "if m in sys.modules and getattr(logging.getLogRecordFactory(), 'orion_track_redis', 0)))"
+    )
+    env = dict(os.environ, ORION_REDIS_STARTUP="0")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"redis://:{PASSWORD}@h:1" in proc.stderr  # not redacted: the hook did not run
+    assert proc.stdout.strip() == "[]"
+
+
 @pytest.fixture(scope="module")
 def secret_server(tmp_path_factory):
     with RedisServer(tmp_path_factory.mktemp("redact"), password=PASSWORD) as server:
@@ -136,3 +154,28 @@ def test_orion_commands_at_full_verbosity_show_no_secret(secret_server, tmp_path
         leaks = [line for line in output.splitlines() if PASSWORD in line or SECRET in line]
         assert not leaks, f"orion {command[1]}: {leaks[:5]}"
     assert "redact" in output
+
+
+def test_orion_logs_the_password_before_it_imports_this_backend(secret_server, tmp_path):
+    """Why the start-up hook (startup.py) exists: without it, `orion -vv` prints the storage
+    configuration with the password before the first line of ours (logged when Oríon has
+    imported this backend and builds its storage), so nothing imported later could redact it.
+    The same command with the hook shows no password (the test above)."""
+    uri = secret_server.url.replace("redis://", f"redis://:{PASSWORD}@") + "/0?prefix=why"
+    config = tmp_path / "orion_config.yaml"
+    config.write_text(f'storage:\n  type: redis\n  database:\n    host: "{uri}"\n')
+    env = dict(os.environ, ORION_REDIS_STARTUP="0", ORION_REDIS_URI="")
+    orion = str(Path(sys.executable).with_name("orion"))
+    proc = subprocess.run(
+        [orion, "-vv", "list", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert proc.returncode == 0, lines[-30:]
+    leak = next(i for i, line in enumerate(lines) if PASSWORD in line)
+    ours = next(i for i, line in enumerate(lines) if "orion-track-redis: using" in line)
+    assert leak < ours, (lines[leak], lines[ours])

@@ -23,9 +23,9 @@ from orion.storage.base import setup_storage
 
 from helpers import Exp, create_experiment, make_trial
 from orion_track_redis import ConfigurationError, ConnectionFailed, Redis
+from orion_track_redis.config.uri import resolve
 from orion_track_redis.keys import escape
 from orion_track_redis.testing import RedisServer
-from orion_track_redis.uri import resolve
 
 PASSWORD = "s3cret-of-the-primary"
 ORDER = ("new", "reserved", "completed")  # the life of a trial in these tests
@@ -168,14 +168,14 @@ def _storage(server, **options) -> Redis:
 
 
 def _trial_key(storage, exp_id, trial) -> str:
-    return storage._ek(exp_id).trial_prefix + escape(trial.id)
+    return storage.backend.experiment_keys(exp_id).trial_prefix + escape(trial.id)
 
 
 def test_hot_path_writes_are_on_the_replica_when_the_call_returns(pair, clients):
     p, r = clients
     storage = _storage(pair[0], replica_acks=1)
     exp_id = create_experiment(storage)
-    ek = storage._ek(exp_id)
+    ek = storage.backend.experiment_keys(exp_id)
 
     def on_replica(trial, status):
         key = _trial_key(storage, exp_id, trial)
@@ -452,11 +452,11 @@ def test_a_retried_write_writes_so_its_wait_covers_the_first_attempt(monkeypatch
     must still write (EXPIRE of that key), or a WAIT on the new connection would return at
     once without covering the first attempt's writes."""
     from orion_track_redis import keys as keys_module
-    from orion_track_redis import writes as writes_module
+    from orion_track_redis.store import writes as writes_module
 
     storage = Redis(uri=f"fakeredis://retry-{uuid.uuid4().hex[:6]}")
     exp_id = create_experiment(storage)
-    ek = storage._ek(exp_id)
+    ek = storage.backend.experiment_keys(exp_id)
     ids = iter(["reg", "reg", "res", "res", "hb", "hb"])  # each call, then its retry
     monkeypatch.setattr(writes_module, "new_request_id", lambda: next(ids))
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from helpers import Exp, create_experiment, make_trial
-from orion_track_redis import Redis, serve
+from orion_track_redis import Redis
 from orion_track_redis.errors import ConfigurationError
+from orion_track_redis.server import serve
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +126,7 @@ def test_serve_restart_keeps_password_and_data(tmp_path, started):
 
 
 def test_serve_tls(tmp_path, started):
-    from orion_track_redis.server import find_redis_server
+    from orion_track_redis.server.binaries import find_redis_server
     from orion_track_redis.testing import tls_capable
 
     if not tls_capable(find_redis_server()):
@@ -143,7 +144,7 @@ def test_serve_tls(tmp_path, started):
 
 
 def run_cli(capsys, *argv) -> tuple[int, str]:
-    from orion_track_redis.cli import main
+    from orion_track_redis.ops.cli import main
 
     code = main(list(argv))
     return code, capsys.readouterr().err

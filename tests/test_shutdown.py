@@ -1,4 +1,5 @@
-"""A worker told to stop (SIGTERM, Slurm's --signal USR1) stops cleanly (shutdown.py): its
+"""A worker told to stop (SIGTERM, Slurm's --signal USR1) stops cleanly
+(orion_patches/shutdown.py): its
 objective is stopped, its trial released as interrupted, and it exits at once. Differential:
 the same signal to unmodified Oríon (ORION_REDIS_TRAP_SIGNALS=0) leaves the objective running
 and the worker waiting for it."""
@@ -17,7 +18,7 @@ import pytest
 
 from helpers import Exp, hunt_config
 from orion_track_redis import Redis
-from orion_track_redis.shutdown import descendants
+from orion_track_redis.orion_patches.shutdown import descendants
 
 pytestmark = pytest.mark.slow
 ORION = str(Path(sys.executable).with_name("orion"))
@@ -146,7 +147,7 @@ def test_stop_descendants_terms_then_kills_the_whole_tree():
     process of its own (from pytest's, it would stop the session's redis-server too)."""
     script = (
         "import os, signal, subprocess, sys, time\n"
-        "from orion_track_redis.shutdown import descendants, stop_descendants\n"
+        "from orion_track_redis.orion_patches.shutdown import descendants, stop_descendants\n"
         "child = ('import signal, subprocess, sys, time\\n'\n"
         "         'signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n'\n"
         '         \'subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])\\n\'\n'

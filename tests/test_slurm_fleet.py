@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 
-from orion_track_redis import Redis, lease
+from orion_track_redis import Redis
+from orion_track_redis.store import lease
 from orion_track_redis.testing.slurm import SlurmCluster
 from orion_track_redis.testing.slurm_fleet import FleetScenario, overlapping
 

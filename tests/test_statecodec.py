@@ -49,9 +49,10 @@ from orion.core.utils.exceptions import CompletedExperiment, WaitingForTrials
 from orion.core.worker.trial import Trial
 
 from helpers import FIDELITY_SPACE, FLAT_SPACE, REAL_SPACE
-from orion_track_redis import datapickle, statecodec
+from orion_track_redis import datapickle
 from orion_track_redis.errors import ConfigurationError, UnsafeStateError
-from orion_track_redis.statecodec import (
+from orion_track_redis.state import codec as statecodec
+from orion_track_redis.state.codec import (
     MAGIC,
     MAX_INFLATED,
     SAFE_GLOBALS,

@@ -1,4 +1,4 @@
-"""Versioned algorithm state (statedelta.py, lock.py, lua/include/lock_state.lua) against
+"""Versioned algorithm state (state/delta.py, store/lock.py, lua/include/lock_state.lua) against
 unmodified Oríon.
 
 Copy-free holds keep each worker's algorithm resident: a worker whose algorithm is at the
@@ -22,8 +22,11 @@ import random
 import pytest
 from orion.core.worker.experiment import Experiment
 
-from orion_track_redis import accel, algocounts, lock, statedelta
-from orion_track_redis.statecodec import dump_state, load_state
+from orion_track_redis.orion_patches import algocounts
+from orion_track_redis.orion_patches import hold as accel
+from orion_track_redis.state import delta as statedelta
+from orion_track_redis.state.codec import dump_state, load_state
+from orion_track_redis.store import lock
 from test_accel import ALGORITHMS, REFUSALS, World, compare_worlds
 
 WORKERS = 4
@@ -55,7 +58,7 @@ def expiring(monkeypatch):
         world = World.stepping
         if world is not None and world.expire_next:
             world.expire_next = False
-            world.storage.client.delete(world.storage._ek(self.id).lock_holder)
+            world.storage.client.delete(world.storage.backend.experiment_keys(self.id).lock_holder)
         return own_register(self, trial, status=status)
 
     monkeypatch.setattr(Experiment, "register_trial", register)

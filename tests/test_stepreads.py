@@ -1,4 +1,5 @@
-"""Oríon's ``Experiment.is_done`` from the status indexes (stepreads.py) against Oríon's own.
+"""Oríon's ``Experiment.is_done`` from the status indexes (orion_patches/stepreads.py) against
+Oríon's own.
 
 Two oracles: in the same world, after every step of a seeded schedule, the patched property
 and Oríon's own (kept as ``__wrapped_by_orion_track_redis__``) must agree on the very same
@@ -18,7 +19,7 @@ import pytest
 from orion.client import build_experiment
 from orion.core.worker.experiment import Experiment
 
-from orion_track_redis import accel, stepreads
+from orion_track_redis.orion_patches import hold, stepreads
 from test_accel import World, schedule
 
 SPACE = {"x": "uniform(0, 1)"}
@@ -58,7 +59,7 @@ def first_disagreement(name):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_is_done_matches_orion(name):
-    assert accel.install()
+    assert hold.install()
     assert first_disagreement(name) is None
 
 

@@ -23,8 +23,8 @@ from redis.cluster import key_slot
 from conftest import acl_user, tls_uri
 from helpers import Exp, create_experiment, make_trial
 from orion_track_redis import Redis
+from orion_track_redis.config.uri import resolve
 from orion_track_redis.errors import ConfigurationError, ConnectionFailed, redact
-from orion_track_redis.uri import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -106,7 +106,7 @@ def test_redact_multi_host_and_password_options(text):
 
 
 def test_retries_option_builds_a_retry():
-    from orion_track_redis.connection import make_client
+    from orion_track_redis.server.connection import make_client
 
     client = make_client(resolve("redis://127.0.0.1:1/0?retries=2&retry_backoff=0.01"))
     retry = client.connection_pool.connection_kwargs.get("retry") or client.get_retry()
@@ -118,7 +118,7 @@ def _spy_scripts(monkeypatch):
     """Record (script name, keys) of every script invocation, whatever the client."""
     from redis.commands.core import Script
 
-    from orion_track_redis import scripts as scripts_module
+    from orion_track_redis.store import scripts as scripts_module
 
     names = {}
     for name in scripts_module.NAMES:
@@ -183,10 +183,10 @@ def _every_storage_method(storage):
     assert storage.get_algorithm_lock_info(uid=exp_id).state == {"n": 1}
     assert storage.backlog_length(uid=exp_id) == 0
     short = Redis(
-        uri=storage._opts.url,
-        prefix=storage._opts.prefix,
+        uri=storage.backend.opts.url,
+        prefix=storage.backend.opts.prefix,
         lock_ttl=1,
-        **dict(storage._opts.connection),
+        **dict(storage.backend.opts.connection),
     )
     with short.acquire_algorithm_lock(uid=exp_id, timeout=5):
         time.sleep(0.5)  # held past TTL/3: the renewal runs
@@ -202,7 +202,7 @@ def _every_storage_method(storage):
 
 @pytest.mark.topology
 def test_every_script_call_touches_one_slot(redis_cluster, monkeypatch):
-    from orion_track_redis.scripts import NAMES
+    from orion_track_redis.store.scripts import NAMES
 
     calls = _spy_scripts(monkeypatch)
     storage = Redis(uri=redis_cluster.url, prefix=_prefix())
@@ -222,7 +222,7 @@ def test_experiments_spread_over_shards(redis_cluster):
     for i in range(12):
         exp_id = create_experiment(storage, name=f"spread-{i}")
         storage.register_trial(make_trial(exp_id))
-        node = storage.client.get_node_from_key(storage._ek(exp_id).all)
+        node = storage.client.get_node_from_key(storage.backend.experiment_keys(exp_id).all)
         nodes.add(node.name)
     assert len(nodes) == 3, f"12 experiments landed on {nodes} only"
     assert len(storage.fetch_experiments({})) == 12  # the index walk reads every shard
@@ -416,19 +416,19 @@ def test_tls_options_need_a_tls_uri():
 def test_acl_rules_match_the_commands_the_suite_needs(acl_server):
     """The documented rules are enough for the whole workload (the protocol suite runs on the
     'acl' backend too) and grant neither KEYS/SCAN nor other prefixes."""
-    from orion_track_redis.connection import ACL_COMMANDS, acl_rules
+    from orion_track_redis.server.connection import ACL_COMMANDS, acl_rules
 
     prefix = _prefix()
     storage = Redis(uri=acl_user(acl_server, prefix), prefix=prefix)
     _every_storage_method(storage)
     assert not {"keys", "scan", "flushdb", "flushall", "config"} & set(ACL_COMMANDS)
     assert acl_rules("a*b")[1:3] == ["~{a\\*b}*", "~{a\\*b:*"]
-    with pytest.raises(ConnectionFailed, match="(?i)key"), storage._guard():
+    with pytest.raises(ConnectionFailed, match="(?i)key"), storage.backend.guard():
         storage.client.get("{someone-else}:exps")
 
 
 def _without(prefix, command):
-    from orion_track_redis.connection import acl_rules
+    from orion_track_redis.server.connection import acl_rules
 
     return [rule for rule in acl_rules(prefix) if rule != f"+{command}"]
 

@@ -48,7 +48,7 @@ def backend(request):
 
 def _write(storage, token: str, pairs: list) -> str:
     """A trial hash with exactly these fields, in this order (a listpack keeps it)."""
-    key = storage._ek(1).trial_prefix + token
+    key = storage.backend.experiment_keys(1).trial_prefix + token
     storage.client.delete(key)
     for field, value in zip(pairs[::2], pairs[1::2]):
         storage.client.hset(key, field, value)
@@ -56,9 +56,11 @@ def _write(storage, token: str, pairs: list) -> str:
 
 
 def _fetched(storage, keys: list) -> list[dict]:
-    ek = storage._ek(1)
-    reply = storage.scripts.fetch_docs(keys=keys)
-    return storage._reads._decode_docs(ek, [reply], [k[len(ek.trial_prefix) :] for k in keys])
+    ek = storage.backend.experiment_keys(1)
+    reply = storage.scripts.fetch_docs(trials=keys)
+    return storage.backend.reads._decode_docs(
+        ek, [reply], [k[len(ek.trial_prefix) :] for k in keys]
+    )
 
 
 def _reference(storage, key: str) -> dict:
@@ -83,7 +85,7 @@ def test_a_hash_of_list_elements_only_and_a_missing_hash(backend):
         "lists-only",
         ["results#1", '"b"\t"statistic"\t2', "results#0", '"a"\t"objective"\t1.5'],
     )
-    missing = backend._ek(1).trial_prefix + "nope"
+    missing = backend.backend.experiment_keys(1).trial_prefix + "nope"
     got = _fetched(backend, [missing, key, missing])
     assert got == [_reference(backend, key)]
     assert got[0] == {
@@ -169,7 +171,7 @@ def test_fetch_changes_takes_the_same_code(backend):
     trial = make_trial(exp_id, x=1.0)
     backend.register_trial(trial)
     assert len(backend.fetch_trials(uid=exp_id)) == 1  # the cache is warm
-    ek = backend._ek(exp_id)
+    ek = backend.backend.experiment_keys(exp_id)
     key = ek.trial_prefix + escape(trial.id)
     fields = backend.client.hgetall(key)
     fields[b"results#1"] = b'"b"\t"statistic"\t2'

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from orion.core.worker.trial import Trial
 
-from orion_track_redis import trials
+from orion_track_redis.store import trials
 
 SCALARS = st.one_of(
     st.none(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5), st.booleans()

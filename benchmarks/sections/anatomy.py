@@ -77,7 +77,9 @@ class _TimedHold:
 
 
 def _anatomy_storage(backend, server, tmp, tag):
-    if backend == "redis":  # copy-free holds and batched observation (accel.py), the default
+    if (
+        backend == "redis"
+    ):  # copy-free holds and batched observation (orion_patches/hold.py), the default
         return _redis_storage(server.url, f"anatomy-{tag}")
     if backend == "redis-unbatched":  # copy-free holds, observed at once (two holds a trial)
         return _redis_storage(server.url, f"anatomy-{tag}", batch_observe=False)

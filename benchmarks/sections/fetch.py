@@ -65,7 +65,7 @@ def _fetch_rows(server, n, ours, eph, reps):
     # gc.collect() before every timed fetch, of both backends: a garbage-collector pass due to
     # the previous fetch's garbage would otherwise land in whichever fetch comes next
     for _ in range(reps):
-        reader = _redis_storage(server.url, writer._opts.prefix)  # no cache: a new process
+        reader = _redis_storage(server.url, writer.backend.opts.prefix)  # no cache: a new process
         gc.collect()
         t0 = time.perf_counter()
         got = reader.fetch_trials(uid=exp_id)
@@ -75,7 +75,7 @@ def _fetch_rows(server, n, ours, eph, reps):
         if eph:
             gc.collect()
             ecold += _timed(lambda: eph[0].fetch_trials(uid=eph[1]), 1)
-    reader = _redis_storage(server.url, writer._opts.prefix)
+    reader = _redis_storage(server.url, writer.backend.opts.prefix)
     reader.fetch_trials(uid=exp_id)
     unchanged = _timed(lambda: reader.fetch_trials(uid=exp_id), reps)
     k = max(1, n // 100)

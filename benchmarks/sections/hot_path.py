@@ -45,7 +45,8 @@ class BareOps:
     def __init__(self, url, prefix, wid):
         import redis
 
-        from orion_track_redis import codec, keys, scripts
+        from orion_track_redis import codec, keys
+        from orion_track_redis.store import scripts
 
         self.client = redis.Redis.from_url(url)
         self.tag = "{" + prefix + "}"

