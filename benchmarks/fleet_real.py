@@ -25,7 +25,7 @@ trials declared lost while their worker was alive; lock wait (request -> acquire
 (acquired -> released) p50/p99/max, the lock's busy share of the run; time from launch to a
 worker's first trial (Oríon start-up on a loaded machine); peak memory.
 
-Prints a table and writes ``benchmarks/results/fleet_real.json``. ``tests/test_fleet64.py``
+Prints a table and writes ``benchmarks/results/fleet_real.json``. ``tests/faults/test_fleet64.py``
 runs the same fleet (plain `orion hunt`, no timers) and asserts its invariants.
 """
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """A long randomised nemesis over a real fleet (issue 17): the seeded schedule of
-``tests/test_nemesis.py::test_randomised_nemesis`` (stalls of redis-server, slow and lossy
+``tests/faults/test_nemesis.py::test_randomised_nemesis`` (stalls of redis-server, slow and lossy
 links, a full server, SIGKILLs of workers, partitions of one worker), for minutes.
 
     python benchmarks/nemesis.py [--seed N] [--duration 240] [--workers 5] [--trials N]
 
 The seed is printed (``NEMESIS_SEED`` or ``--seed`` replays the same schedule). Every invariant
-checked here is the CI test's (``tests/nemesis.py``: ``violations`` + ``acknowledged_lost`` +
+checked here is the CI test's (``tests/faults/nemesis.py``: ``violations`` + ``acknowledged_lost`` +
 the lock's recovery after each fault). Prints the schedule as it runs, then a table; exit
 code 1 if an invariant broke.
 """
@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+_TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path[:0] = [str(_TESTS / "faults"), str(_TESTS)]  # nemesis.py, and the helpers it uses
 import nemesis  # noqa: E402 - the shared nemesis lives with the tests
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How fast a Slurm fleet gets a faulted task's trial back, with this backend's clean stop and
 reservation leases, side by side with Oríon's own handling (``trap_signals=false``, ``lease=0``),
-in one run, under both ProctrackTypes (tests/test_slurm_fleet.py checks the same scenario's
+in one run, under both ProctrackTypes (tests/faults/test_slurm_fleet.py checks the same scenario's
 invariants at a smaller lease).
 
     python benchmarks/slurm_recovery.py                 # default lease (30 s), KillWait 30 s

@@ -4,7 +4,7 @@
 record of the process pass through it. Oríon's own loggers print the storage configuration,
 URI included, at ``-v``/``-vv`` (``Using for storage {...}``, ``Creating redis storage client
 with args: {...}``, its config dumps) before this backend is even imported (Oríon loads
-storage plugins when it creates the storage, after those lines; tests/test_redaction.py
+storage plugins when it creates the storage, after those lines; tests/tools/test_redaction.py
 shows it). Nothing imported later can take those lines back, so the
 package ships ``orion_track_redis_redact.pth``: Python runs it at start-up in the environment
 where the package is installed, and it runs ``startup.py`` (which calls :func:`install`).

@@ -4,7 +4,7 @@
 Why at start-up: Oríon logs the storage configuration, URI and password included, at
 ``-v``/``-vv`` before it imports this backend (it loads storage plugins when it creates the
 storage), and prints its profet warning when it is imported; nothing imported later can take
-those lines back (tests/test_redaction.py shows the first). Standard library only: a regex
+those lines back (tests/tools/test_redaction.py shows the first). Standard library only: a regex
 compile and a warnings filter. ``ORION_REDIS_STARTUP=0`` turns it off; the first storage of
 ours built in a process redacts its log records from then on (orion_patches.apply).
 """

@@ -17,7 +17,8 @@ other registry, and every algorithm whose registry is not tracked, runs Oríon's
 
 Same answers: the counted predicates are Oríon's own (status "completed"; the fidelity value
 flattened from the params compared with the fidelity dimension's upper bound).
-``tests/test_statedelta.py`` compares them with Oríon's walk after every step of its oracle.
+``tests/protocol/test_statedelta.py`` compares them with Oríon's walk after every step of its
+oracle.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ fails a call whose timeout races the reply (``UnboundLocalError: cannot access l
 finished trial is marked broken and a fleet can stop with ``BrokenExperiment``. A poll's own
 failure says nothing about the trial: here ``wait`` only waits, and ``get`` reads a finished
 future's outcome from its status (``exception()`` for an error) and retries the read when
-``sync()`` fails that way. tests/test_daskfix.py shows unmodified Oríon losing the result.
+``sync()`` fails that way. tests/faults/test_daskfix.py shows unmodified Oríon losing the result.
 
 Active inside a ``Runner.run`` on this backend (orion_patches/runner.py);
 ``ORION_REDIS_DASK_FIX=0`` turns it

@@ -25,14 +25,14 @@ What stays exactly as in Oríon:
 
 It is on by default on the verified Oríon version, off with the storage option
 ``accelerate=false`` or ``ORION_REDIS_ACCELERATE=0``, and off (one log line) on any other Oríon.
-``tests/test_accel.py`` is the differential oracle against unmodified Oríon.
+``tests/protocol/test_accel.py`` is the differential oracle against unmodified Oríon.
 
 Batched observation (on with the accelerator; ``batch_observe=false`` or
 ``ORION_REDIS_BATCH_OBSERVE=0`` turn it off): ``Producer.observe`` records the trial in the
 experiment's backlog instead of taking the lock, and every hold of this backend observes the
 backlog, oldest first, before its caller runs; the release removes what it observed together
 with the state write (store/lock.py). ``workon`` observes the tail when a worker is done.
-``tests/test_batch_observe.py`` is its oracle against unmodified Oríon.
+``tests/protocol/test_batch_observe.py`` is its oracle against unmodified Oríon.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ other storage, Oríon's own property runs.
 
 Installed with the hold accelerator (accel.install: verified Oríon only) and active for a
 storage with ``accelerated_holds`` (off with ``accelerate=false`` or ORION_REDIS_ACCELERATE=0).
-``tests/test_stepreads.py`` is its oracle against unmodified Oríon.
+``tests/protocol/test_stepreads.py`` is its oracle against unmodified Oríon.
 """
 
 from __future__ import annotations

@@ -190,7 +190,7 @@ class RedisDB:
 
 # Commands the storage sends (client side, and inside its Lua scripts: Redis checks both).
 # Kept next to the client code so that a new command is added here too; docs/deployment.md's ACL
-# section prints this list, and tests/test_topologies.py runs the suite with exactly it.
+# section prints this list, and tests/faults/test_topologies.py runs the suite with exactly it.
 ACL_COMMANDS = (
     # connection: health checks
     "ping",

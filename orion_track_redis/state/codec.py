@@ -39,7 +39,7 @@ existed or when too small to gain, read as they always did.
 
 The allow-list was taken empirically: the globals of the pickled ``state_dict`` of every
 built-in algorithm that runs with Oríon 0.2.7 here (random, gridsearch, asha, hyperband, tpe,
-EvolutionES, pbt; see tests/test_statecodec.py), plus a few data types of the same kind.
+EvolutionES, pbt; see tests/unit/test_statecodec.py), plus a few data types of the same kind.
 Why each group is safe to *call* with attacker-chosen arguments:
 
 * ``builtins`` set/frozenset/complex/slice/range/tuple/list/dict/object, ``collections``

@@ -9,7 +9,8 @@ process (:class:`LeaseKeeper`, its own connection) renews the leases of every tr
 holds every ``lease / 6`` seconds in one ``lease_renew.lua`` call per experiment, and
 ``lost_trials.lua`` counts a trial whose lease ended as lost. The thread needs the CPU for a
 few milliseconds once in six renewals' time, and the GIL only between bytecodes: a loaded node
-or a busy objective does not starve it (tests/test_lease.py). A lease that lapsed during a gap
+or a busy objective does not starve it (tests/protocol/test_lease.py). A lease that lapsed during a
+gap
 in which no worker of the experiment reached Redis (a restart, a failover, a cut) is not taken
 as a death until calls have flowed again for a whole lease (``include/lease_clock.lua``).
 

@@ -8,7 +8,7 @@ replaced by the text of ``lua/include/F`` (code shared by scripts: Redis 6.2 has
 
 Scripts are called with named parameters (:class:`Call`): the names, in KEYS and ARGV order, are
 the header's ``-- KEYS = ...`` and ``-- ARGV = ...`` lines (``*name``: a list, last), so the
-order lives in one place, the script; tests/test_script_calls.py checks those lines against
+order lives in one place, the script; tests/unit/test_script_calls.py checks those lines against
 the numbered ``KEYS[i]``/``ARGV[i]`` of the header.
 
 With ``replica_acks`` > 0 every write script is followed by ``WAIT replica_acks timeout`` in the

@@ -4,7 +4,7 @@
 ``Param(**item)`` per parameter; :func:`build` fills the same slots directly when the document
 has the shape Oríon writes (known keys, valid status and value types) and falls back to
 ``Trial(**doc)`` for anything else, so odd documents keep Oríon's own behaviour and errors.
-tests/test_trials.py checks that both give identical objects.
+tests/unit/test_trials.py checks that both give identical objects.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def clone(trial: Trial) -> Trial:
     shared (Oríon never changes them in place: it replaces trial.results / builds new trials)."""
     new = _new(Trial)
     # every slot of Trial.__slots__, one statement each: 3x faster than a getattr/setattr loop
-    # (tests/test_trials.py fails if Oríon adds a slot)
+    # (tests/unit/test_trials.py fails if Oríon adds a slot)
     new.experiment, new._id, new._status = trial.experiment, trial._id, trial._status
     new.worker, new._exp_working_dir = trial.worker, trial._exp_working_dir
     new.heartbeat, new.submit_time = trial.heartbeat, trial.submit_time

@@ -11,12 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parents[1] / "unit"
 sys.path.insert(0, str(TESTS))
 from test_datapickle import DATA_SAMPLE  # noqa: E402
 from test_statecodec import SAMPLE, SECRET, real_state  # noqa: E402
 
-from orion_track_redis.statecodec import dump_state  # noqa: E402
+from orion_track_redis.state.codec import dump_state  # noqa: E402
 
 _, RANDOM = real_state("random")
 b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731

@@ -39,7 +39,7 @@ from orion_track_redis import Redis
 from orion_track_redis.testing import free_port
 
 pytestmark = pytest.mark.slow
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BIN = Path(sys.executable).parent
 DASHBOARD_API = "127.0.0.1:8000"  # compiled into Oríon 0.2.7's dashboard build
 NAME = "dashboard-demo"

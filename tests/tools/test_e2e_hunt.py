@@ -19,7 +19,7 @@ from orion_track_redis import Redis
 from orion_track_redis.ops.cli import main
 
 pytestmark = pytest.mark.slow
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ORION = str(Path(sys.executable).with_name("orion"))
 
 

@@ -18,7 +18,7 @@ from helpers import hunt_config
 from orion_track_redis import Redis
 
 pytestmark = pytest.mark.slow
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ORION = str(Path(sys.executable).with_name("orion"))
 
 

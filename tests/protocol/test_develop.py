@@ -29,7 +29,7 @@ from conftest import make_storage
 from helpers import BASE_TIME, create_experiment, experiment_config
 from orion_track_redis import develop
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 OLD = datetime.datetime(2020, 1, 2, 3, 4, 5, 678901)
 
 

@@ -279,7 +279,7 @@ def test_a_grown_state_is_stored_several_times_smaller(secret):
 
 
 # -- states written before compression (uncompressed OTRS1, tests/data/make_states_otrs1.py) --
-OLD = json.loads((Path(__file__).parent / "data" / "states_otrs1.json").read_text())
+OLD = json.loads((Path(__file__).parents[1] / "data" / "states_otrs1.json").read_text())
 
 
 @pytest.mark.parametrize("name", sorted(OLD["states"]))

@@ -26,7 +26,7 @@ from orion_track_redis import Redis
 from orion_track_redis.config.uri import resolve
 from orion_track_redis.errors import ConfigurationError, ConnectionFailed, redact
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 ORION = str(Path(sys.executable).with_name("orion"))
 CTX = multiprocessing.get_context("spawn")

@@ -23,7 +23,7 @@ from orion_track_redis.ops.cli import main
 from orion_track_redis.store import lock as lock_module
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BIN = Path(sys.executable).parent
 
 
@@ -186,7 +186,7 @@ def test_redis_down_is_up_0_at_once(tmp_path):
     assert not any(name == "orion_redis_trials" for name, _ in samples)
 
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_grafana_dashboard_and_alert_rules_use_only_exported_series(capsys, uri):

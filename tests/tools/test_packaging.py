@@ -32,7 +32,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "orion_track_redis"
 MARKER = "PACKAGING-OK"
 

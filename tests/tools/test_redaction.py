@@ -18,7 +18,7 @@ from orion_track_redis.testing import RedisServer
 
 PASSWORD = "s3cr3t-Pw"
 SECRET = "st4te-s3cret"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(

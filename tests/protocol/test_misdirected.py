@@ -20,7 +20,7 @@ from orion_track_redis.config.uri import resolve
 from orion_track_redis.server import binaries
 from orion_track_redis.testing import RedisServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ORION = str(Path(sys.executable).with_name("orion"))
 OBJECTIVE = [
     sys.executable,

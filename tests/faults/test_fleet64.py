@@ -30,7 +30,7 @@ from orion_track_redis import Redis
 from orion_track_redis.testing import RedisServer
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 WORKERS = 64
 TRIALS = 256  # the experiment's max_trials: 4 rounds (see the module docstring)

@@ -19,7 +19,7 @@ from orion_track_redis.ops.cli import main
 from orion_track_redis.store import migrations
 from orion_track_redis.store import writes as writes_module
 
-FIXTURE = json.loads((Path(__file__).parent / "data" / "schema1.json").read_text())
+FIXTURE = json.loads((Path(__file__).parents[1] / "data" / "schema1.json").read_text())
 
 
 def _b(text: str) -> bytes:
@@ -179,7 +179,7 @@ def schema2_release(tmp_path_factory):
     import subprocess
     import tarfile
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path_factory.mktemp("schema2")
     archive = out / "release.tar"
     made = subprocess.run(
