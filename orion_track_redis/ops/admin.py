@@ -11,13 +11,13 @@ from orion_track_redis.store import lease
 
 
 def server_time(storage) -> float:
-    seconds, micros = storage.client.time()
+    seconds, micros = storage.backend.client.time()
     return seconds + micros / 1e6
 
 
 def info(storage) -> dict:
     """Server version, persistence, eviction policy, memory, schema and counts."""
-    client = storage.client
+    client = storage.backend.client
     facts = server_info(client) or {}
     experiments = storage.fetch_experiments({}, {"name": 1})
     pipe = client.pipeline(transaction=False)
@@ -57,7 +57,7 @@ def experiment_status(storage, doc: dict, details: bool = False) -> dict:
     and ``last_completed_age_s`` (seconds since the latest completion, None before the first)."""
     ek = storage.backend.experiment_keys(doc["_id"])
     now = server_time(storage)
-    pipe = storage.client.pipeline(transaction=False)
+    pipe = storage.backend.client.pipeline(transaction=False)
     for status in STATUSES:
         pipe.zcard(ek.status(status))
     pipe.hmget(ek.lock, "fence", "acquired", "logbytes")
@@ -76,7 +76,7 @@ def experiment_status(storage, doc: dict, details: bool = False) -> dict:
     head = replies[: len(STATUSES) + 8]
     *counts, (fence, acquired, log_bytes), snapshot, log_entries = head[:-5]
     holder, pttl, per_minute, unobserved, recovered = head[-5:]
-    lost = lease.lost_tokens(storage.scripts, ek)
+    lost = lease.lost_tokens(storage.backend.scripts, ek)
     row = {
         "experiment": doc.get("name"),
         "version": doc.get("version"),
@@ -125,7 +125,7 @@ def reservations(storage, exp_id) -> dict:
     recovered from dead holders (count, and the last 100: when, from whom)."""
     ek = storage.backend.experiment_keys(exp_id)
     now = server_time(storage)
-    pipe = storage.client.pipeline(transaction=False)
+    pipe = storage.backend.client.pipeline(transaction=False)
     pipe.zrange(ek.status("reserved"), 0, -1, withscores=True)
     pipe.hgetall(ek.holders)
     pipe.zrange(ek.leases, 0, -1, withscores=True)
@@ -171,6 +171,8 @@ def purge(storage, exp_id) -> dict:
     trials = storage.delete_trials(uid=exp_id)
     lock = storage.delete_algorithm_lock(uid=exp_id)
     ek = storage.backend.experiment_keys(exp_id)  # the reservation leases' keys (one slot: one DEL)
-    storage.client.delete(ek.leases, ek.holders, ek.lease_clock, ek.recoveries, ek.recovered)
+    storage.backend.client.delete(
+        ek.leases, ek.holders, ek.lease_clock, ek.recoveries, ek.recovered
+    )
     experiment = storage.delete_experiment(uid=exp_id)
     return {"trials": trials, "lock": lock, "experiment": experiment}

@@ -394,7 +394,7 @@ def cmd_metrics(args) -> int:
 def cmd_upgrade(args) -> int:
     storage = connect(args, setup=False, start=True)  # setup refuses an older schema
     with storage.backend.guard():
-        report = migrations.upgrade(storage.client, storage.backend.keys)
+        report = migrations.upgrade(storage.backend.client, storage.backend.keys)
     _print(
         args,
         report,

@@ -85,7 +85,7 @@ class FleetCollector:
         up = GaugeMetricFamily(
             "orion_redis_up", "1 if the last scrape read the storage", labels=["prefix"]
         )
-        with self._lock, fail_fast(self.storage.client):
+        with self._lock, fail_fast(self.storage.backend.client):
             # no retries: Prometheus scrapes again anyway, and a scrape that waited out the
             # retry budget of a worker (~10 s) would hit its scrape timeout instead of up=0
             try:
