@@ -36,7 +36,8 @@ from benchmarks.common import (  # noqa: E402
     _versions,
     choose_binary,
 )
-from benchmarks.render import plot, render_table, write_docs  # noqa: E402
+from benchmarks.render import render_table, write_docs  # noqa: E402
+from benchmarks.render_plot import plot  # noqa: E402
 from benchmarks.sections.anatomy import section_anatomy  # noqa: E402
 from benchmarks.sections.commands import section_commands  # noqa: E402
 from benchmarks.sections.fetch import section_fetch  # noqa: E402
