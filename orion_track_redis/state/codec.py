@@ -29,7 +29,8 @@ experiment (~480 B per trial in a random search's state). Bodies of :data:`COMPR
 or more are written as version 2 when that is smaller: zstandard level 3, its window as large as
 the state, since Oríon's state holds every trial twice (the wrappers' registries) half a state
 apart, beyond zlib's 32 KiB window. Measured on real 500- and 2,000-trial random-search and TPE
-states and a 400-trial ASHA state (benchmarks/state_bytes.py): 7.0-8.9x smaller in 0.6-2.5 ms,
+states and a 400-trial ASHA state (benchmarks/studies/state_bytes.py): 7.0-8.9x smaller in
+0.6-2.5 ms,
 where zlib level 1 gives 3.6-4.4x in 2.2-10 ms; AOF bytes per trial fall to 0.14-0.15x. A frame
 must declare its decompressed size, at most :data:`MAX_INFLATED` (a decompression bomb is
 refused before any allocation), carry a checksum (corrupt data is an error, not another state)

@@ -1,5 +1,5 @@
 """An ``orion hunt`` fleet as a Slurm job array, with the faults a shared cluster brings: the
-scenario tests/faults/test_slurm_fleet.py checks and benchmarks/slurm_recovery.py times.
+scenario tests/faults/test_slurm_fleet.py checks and benchmarks/studies/slurm_recovery.py times.
 
 One array of five tasks runs the fleet on this backend (even tasks ``exec orion hunt``, odd
 ones a plain ``orion hunt`` line, the two forms users write). While each task runs a trial,

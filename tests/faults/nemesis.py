@@ -1,8 +1,7 @@
 """A nemesis for real `orion hunt` fleets (issue 17): faults and the invariants checked after them.
 
-Shared by ``tests/faults/test_nemesis.py`` (short CI scenarios) and ``benchmarks/nemesis.py`` (a
-long
-randomised run). Pieces:
+Shared by ``tests/faults/test_nemesis.py`` (short CI scenarios) and
+``benchmarks/studies/nemesis.py`` (a long randomised run). Pieces:
 
 - ``FaultProxy``: a loopback TCP proxy in threads of the test process, between workers and
   redis-server: ``lossy()`` delays every segment it relays and turns a share of them into the
@@ -729,7 +728,8 @@ def acknowledged_lost(first_seen: dict, snap: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------
-# the randomised nemesis (tests/faults/test_nemesis.py runs it short, benchmarks/nemesis.py long)
+# the randomised nemesis (tests/faults/test_nemesis.py runs it short,
+# benchmarks/studies/nemesis.py long)
 FAULTS = ("stall", "lossy", "full", "kill", "partition")
 
 

@@ -7,7 +7,8 @@ copy-free lock holds (orion_patches/hold.py) and the FIFO lock: before them, Or�
 0.3-0.8 s
 per trial within a few hundred trials and 40-49 of 64 workers died of Oríon's fixed 60 s lock
 timeout (LockAcquisitionTimeout, or LazyWorkers after a suggest that timed out); with them,
-benchmarks/fleet_real.py measured here 64 workers, 320 trials, no death, lock wait max 17.5 s
+benchmarks/studies/fleet_real.py measured here 64 workers, 320 trials, no death, lock wait max
+17.5 s
 (2026-12-04), the 2 cores being the limit. ORION_HEARTBEAT 12: lost after 60 s, which Oríon
 0.2.7's pacemaker (a beat every 60 s whatever the setting) cannot undercut for a trial of a few
 seconds; idle_timeout 300 s keeps a worker that finished early from counting the others' last
@@ -41,7 +42,7 @@ IDLE_TIMEOUT_S = 300  # Oríon's default (60 s) counts waiting for the others' t
 
 def _load_fleet():
     spec = importlib.util.spec_from_file_location(
-        "fleet_real", ROOT / "benchmarks" / "fleet_real.py"
+        "fleet_real", ROOT / "benchmarks" / "studies" / "fleet_real.py"
     )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there

@@ -1,4 +1,4 @@
-"""Smoke test of the fleet simulator (issue 13): `benchmarks/fleet_sim.py --smoke` in a
+"""Smoke test of the fleet simulator (issue 13): `benchmarks/studies/fleet_sim.py --smoke` in a
 subprocess (its own redis-server, real generator processes), then its invariants from the JSON
 it writes."""
 
@@ -19,7 +19,13 @@ pytestmark = pytest.mark.slow
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("fleet") / "fleet_sim.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "fleet_sim.py"), "--smoke", "--out", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "studies" / "fleet_sim.py"),
+            "--smoke",
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

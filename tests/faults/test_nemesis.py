@@ -475,7 +475,8 @@ def test_netns_plumbing_is_removed_even_on_failure(tmp_path):
 # ------------------------------------------------------------------------------------------------
 def test_randomised_nemesis(tmp_path):
     """A seeded mix of the faults above and SIGKILLs of workers over ~45 s of a 4-worker hunt
-    (benchmarks/nemesis.py runs it for minutes). The seed is printed; NEMESIS_SEED replays."""
+    (benchmarks/studies/nemesis.py runs it for minutes). The seed is printed; NEMESIS_SEED
+    replays."""
     seed = int(os.environ.get("NEMESIS_SEED") or random.randrange(1_000_000))
     print(f"\nNEMESIS_SEED={seed}")
     result = nemesis.run_nemesis(tmp_path, seed, duration_s=45)

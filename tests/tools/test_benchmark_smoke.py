@@ -183,13 +183,13 @@ def test_targets_are_evaluated(smoke):
 
 
 def test_hold_anatomy_script(tmp_path):
-    """benchmarks/hold_anatomy.py --smoke: every algorithm x backend x size, holds split into
-    storage and Oríon, and the table comparing copy-free holds with Oríon's own."""
+    """benchmarks/studies/hold_anatomy.py --smoke: every algorithm x backend x size, holds
+    split into storage and Oríon, and the table comparing copy-free holds with Oríon's own."""
     out = tmp_path / "holds.json"
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "benchmarks" / "hold_anatomy.py"),
+            str(ROOT / "benchmarks" / "studies" / "hold_anatomy.py"),
             "--smoke",
             "--out",
             str(out),
@@ -218,11 +218,17 @@ def test_hold_anatomy_script(tmp_path):
 
 
 def test_step_scale_script(tmp_path):
-    """benchmarks/step_scale.py --smoke: every path x size x staleness measured, bytes moved
+    """benchmarks/studies/step_scale.py --smoke: every path x size x staleness measured, bytes moved
     and AOF bytes counted, and the versioned path's writes smaller than whole states'."""
     out = tmp_path / "scale.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "step_scale.py"), "--smoke", "--out", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "studies" / "step_scale.py"),
+            "--smoke",
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -244,13 +250,13 @@ def test_step_scale_script(tmp_path):
 
 
 def test_long_run_script(tmp_path):
-    """benchmarks/long_run.py --smoke: two worker processes per path drive one experiment;
+    """benchmarks/studies/long_run.py --smoke: two worker processes per path drive one experiment;
     every trial completed exactly once and observed by the stored algorithm state."""
     out = tmp_path / "long.json"
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "benchmarks" / "long_run.py"),
+            str(ROOT / "benchmarks" / "studies" / "long_run.py"),
             "--smoke",
             "--out",
             str(out),

@@ -6,7 +6,7 @@ objective, 300 trials, the same cap, this backend (copy-free holds, the default,
 The full ``benchmarks/run.py`` runs this section too, with every other one; this script is for
 measuring the fleet alone in a few minutes. Writes benchmarks/results/fleet16.json.
 
-Usage: python benchmarks/fleet16.py [--workers N] [--trials N] [--env NAME=VALUE]
+Usage: python benchmarks/studies/fleet16.py [--workers N] [--trials N] [--env NAME=VALUE]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `benchmarks`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the package `benchmarks`
 from benchmarks import common  # noqa: E402 - the main benchmark's fleet machinery
 from benchmarks.common import MODES, RESULTS, _machine, choose_binary  # noqa: E402
 from benchmarks.render import _fleet_table  # noqa: E402

@@ -24,7 +24,7 @@ With ``--algorithms random,tpe,asha``, the same for TPE (grown by observing samp
 ASHA (a fidelity dimension); the "algorithm's suggest" column is the time inside the leaf
 algorithm's own ``suggest`` (TPE fits its model there: that share is TPE's, not the storage's).
 
-Usage: python benchmarks/step_scale.py [--quick | --smoke] [--sizes 100,1000,...]
+Usage: python benchmarks/studies/step_scale.py [--quick | --smoke] [--sizes 100,1000,...]
        [--algorithms random,tpe,asha] [--paths versioned,whole,orion] [--out PATH]
 """
 
@@ -39,7 +39,7 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `benchmarks`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the package `benchmarks`
 from benchmarks.common import RESULTS, _log, choose_binary, write_rows  # noqa: E402
 from benchmarks.sections.anatomy import (  # noqa: E402
     ANATOMY_SPACE,
@@ -95,7 +95,7 @@ def _grow(client, n, algorithm):
     points sampled from the space (hold_anatomy.py: TPE suggesting them one by one takes hours;
     ASHA suggests only what its lowest rung has room for, 16 at a time)."""
     if algorithm in ("tpe", "asha"):
-        from benchmarks.hold_anatomy import _observe_sampled
+        from benchmarks.studies.hold_anatomy import _observe_sampled
 
         return _observe_sampled(client, n, seed=len(client.fetch_trials()))
     return _fill(client, n)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """A real fleet (issue 13, part 1): N separate `orion hunt` processes on one experiment.
 
-    python benchmarks/fleet_real.py [--workers 64] [--trials 320] [--sleep 5] [--heartbeat 5]
+    python benchmarks/studies/fleet_real.py [--workers 64] [--trials 320] [--sleep 5]
+        [--heartbeat 5]
         [--backends redis,pickleddb] [--env ORION_REDIS_ACCELERATE=1] [--out PATH]
 
 Each backend gets the same fleet in the same run: `orion hunt --init-only` creates the experiment
@@ -46,26 +47,26 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `benchmarks`
-from benchmarks.fleet_real_analysis import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the package `benchmarks`
+from benchmarks.sections.fleet import (  # noqa: E402 - run.py's fleet set-up
+    _fleet_config,
+    _fleet_storage,
+    stop_workers,
+)
+from benchmarks.studies.fleet_real_analysis import (  # noqa: E402
     analyse,
     duplicates,  # noqa: F401 - re-exported for tests/faults/test_fleet64.py
 )
-from benchmarks.fleet_real_proc import (  # noqa: E402
+from benchmarks.studies.fleet_real_proc import (  # noqa: E402
     _children_cpu,
     _process_cpu,
     _read_jsonl,
     _worker_record,
     memory_sample,
 )
-from benchmarks.fleet_real_worker import worker_main  # noqa: E402
-from benchmarks.sections.fleet import (  # noqa: E402 - run.py's fleet set-up
-    _fleet_config,
-    _fleet_storage,
-    stop_workers,
-)
+from benchmarks.studies.fleet_real_worker import worker_main  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # benchmarks/
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 ORION = str(Path(sys.executable).with_name("orion"))
@@ -373,7 +374,7 @@ def main(argv=None) -> int:
 
     meta = {
         "started_utc": datetime.datetime.utcnow().isoformat(timespec="seconds"),
-        "command": "python benchmarks/fleet_real.py " + " ".join(argv),
+        "command": "python benchmarks/studies/fleet_real.py " + " ".join(argv),
         "machine": _machine(),
         "spec": dataclasses.asdict(spec),
     }

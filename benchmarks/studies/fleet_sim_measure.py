@@ -11,7 +11,7 @@ import threading
 import time
 from collections import defaultdict
 
-from benchmarks.fleet_sim_worker import _process_main
+from benchmarks.studies.fleet_sim_worker import _process_main
 
 CTX = multiprocessing.get_context("spawn")
 FIFO_EPS_S = 0.05  # arrival times are taken client side: closer arrivals are not ordered

@@ -4,8 +4,8 @@ reservation leases, side by side with Oríon's own handling (``trap_signals=fals
 in one run, under both ProctrackTypes (tests/faults/test_slurm_fleet.py checks the same scenario's
 invariants at a smaller lease).
 
-    python benchmarks/slurm_recovery.py                 # default lease (30 s), KillWait 30 s
-    python benchmarks/slurm_recovery.py --lease 10 --kill-wait 10
+    python benchmarks/studies/slurm_recovery.py            # default lease (30 s), KillWait 30 s
+    python benchmarks/studies/slurm_recovery.py --lease 10 --kill-wait 10
 
 Starts its own redis-server and one-node Slurm (root, Debian's slurm-wlm and munge). For each
 fault (orion_track_redis.testing.slurm_fleet.FAULTS) it prints how long until no process of the
@@ -22,13 +22,13 @@ import tempfile
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from orion_track_redis import Redis  # noqa: E402
 from orion_track_redis.testing import RedisServer  # noqa: E402
 from orion_track_redis.testing.slurm import SlurmCluster  # noqa: E402
 from orion_track_redis.testing.slurm_fleet import FleetScenario, overlapping  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def one_run(server, workdir: Path, proctrack: str, ours: bool, args) -> list[dict]:

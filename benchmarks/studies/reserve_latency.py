@@ -3,7 +3,7 @@
 
 Starts its own redis-server on a free loopback port, measures side by side in one run, prints
 a table and writes benchmarks/results/reserve_latency.json.
-Usage: python benchmarks/reserve_latency.py [N_TRIALS]
+Usage: python benchmarks/studies/reserve_latency.py [N_TRIALS]
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def main(n=2000):
                 f"{row['call']:28} {row['n']:6d} {row['median_us']:10.1f} {row['p99_us']:9.1f} "
                 f"{row['ratio_vs_bare']:7.2f}"
             )
-        out = Path(__file__).parent / "results"
+        out = Path(__file__).resolve().parents[1] / "results"
         out.mkdir(exist_ok=True)
         (out / "reserve_latency.json").write_text(json.dumps(rows, indent=2))
 

@@ -12,7 +12,7 @@ Each command is attributed to the storage call whose markers bracket it in MONIT
 A trial cycle ends with the algorithm-lock hold that observes its result; one cycle in
 the middle of the hunt is the steady-state template fleet_sim.py replays.
 
-Writes benchmarks/data/hunt_sequence.json. Usage: python benchmarks/record_hunt.py [TRIALS]
+Writes benchmarks/data/hunt_sequence.json. Usage: python benchmarks/studies/record_hunt.py [TRIALS]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import orion
 from orion_track_redis.store import scripts
 from orion_track_redis.testing import RedisServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "benchmarks" / "data" / "hunt_sequence.json"
 HEARTBEAT = 1
 OBJECTIVE_SLEEP = 2.5
@@ -281,7 +281,7 @@ def summarize(commands, shas, trials) -> dict:
     per_trial = Counter(c for s in steps for c in s["commands"])
     return {
         "how": (
-            "benchmarks/record_hunt.py: a real `orion hunt` (1 worker, random search, "
+            "benchmarks/studies/record_hunt.py: a real `orion hunt` (1 worker, random search, "
             f"2 uniform params, objective sleeping {OBJECTIVE_SLEEP} s, Oríon heartbeat "
             f"{HEARTBEAT} s, {trials} trials) against a redis-server it starts; storage "
             "calls logged by a sitecustomize wrapping orion_track_redis.Redis, Redis "

@@ -3,7 +3,7 @@
 ``tests/faults/test_nemesis.py::test_randomised_nemesis`` (stalls of redis-server, slow and lossy
 links, a full server, SIGKILLs of workers, partitions of one worker), for minutes.
 
-    python benchmarks/nemesis.py [--seed N] [--duration 240] [--workers 5] [--trials N]
+    python benchmarks/studies/nemesis.py [--seed N] [--duration 240] [--workers 5] [--trials N]
 
 The seed is printed (``NEMESIS_SEED`` or ``--seed`` replays the same schedule). Every invariant
 checked here is the CI test's (``tests/faults/nemesis.py``: ``violations`` + ``acknowledged_lost`` +
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-_TESTS = Path(__file__).resolve().parent.parent / "tests"
+_TESTS = Path(__file__).resolve().parents[2] / "tests"
 sys.path[:0] = [str(_TESTS / "faults"), str(_TESTS)]  # nemesis.py, and the helpers it uses
 import nemesis  # noqa: E402 - the shared nemesis lives with the tests
 

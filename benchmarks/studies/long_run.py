@@ -17,7 +17,7 @@ Paths: ``versioned`` (the default backend), ``whole`` (``ORION_REDIS_STATE_DELTA
 holds of whole states). Writes benchmarks/results/long_run.json, and long_run.png when
 matplotlib is installed (`pip install -e '.[bench]'`).
 
-Usage: python benchmarks/long_run.py [--smoke] [--trials 20000] [--workers 6]
+Usage: python benchmarks/studies/long_run.py [--smoke] [--trials 20000] [--workers 6]
        [--paths versioned,whole] [--whole-trials 5000] [--out PATH] [--png PATH]
 """
 
@@ -33,7 +33,7 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `benchmarks`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the package `benchmarks`
 from benchmarks.common import RESULTS, _log, _machine, choose_binary  # noqa: E402
 
 SPACE = {"x": "uniform(-5, 5)", "y": "uniform(-5, 5)"}

@@ -15,7 +15,7 @@ Each row gives the median hold per trial, its storage share (encode/decode, Redi
 share, and the fleet ceiling 1000 / hold-per-trial-ms (trials/s, whatever the number of
 workers: every trial takes the lock twice, serially).
 
-Usage: python benchmarks/hold_anatomy.py [--quick | --smoke] [--out PATH]
+Usage: python benchmarks/studies/hold_anatomy.py [--quick | --smoke] [--out PATH]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `benchmarks`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the package `benchmarks`
 from benchmarks.common import (  # noqa: E402 - the shared helpers of the main benchmark
     RESULTS,
     _legacy,

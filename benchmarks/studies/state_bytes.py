@@ -23,7 +23,7 @@ above the size: in its model phase Oríon's TPE builds a scipy distribution per 
 (~0.4 s per suggestion at 500 trials, so O(n²) to fill), and its state has the same structure
 in both phases (registries of trials, RNG state).
 
-Usage: python benchmarks/state_bytes.py [--sizes 500,2000] [--window 20]
+Usage: python benchmarks/studies/state_bytes.py [--sizes 500,2000] [--window 20]
 Writes benchmarks/results/state_bytes.json.
 """
 
@@ -50,7 +50,7 @@ from orion_track_redis import Redis, datapickle
 from orion_track_redis.state import codec as statecodec
 from orion_track_redis.testing import RedisServer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `benchmarks`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the package `benchmarks`
 from benchmarks.sections.anatomy import (  # noqa: E402 - the main benchmark's trials
     _objective,
     register_completed,
@@ -282,7 +282,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="500,2000", help="trials per experiment (comma list)")
     parser.add_argument("--window", type=int, default=20, help="hunt steps measured per size")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     logging.disable(logging.WARNING)  # Oríon warns about fidelity and duplicates

@@ -3,7 +3,8 @@
 
 Each simulated worker replays, per trial, the storage calls a real worker makes, in their order
 and with their payloads: benchmarks/data/hunt_sequence.json, recorded from a real `orion hunt`
-by benchmarks/record_hunt.py. A worker is a thread holding its own ``orion_track_redis.Redis``
+by benchmarks/studies/record_hunt.py. A worker is a thread holding its own
+``orion_track_redis.Redis``
 storage (its own connection pool, as a real worker process has); many of them run in each of a
 few processes. Calls go through the real storage class and its Lua scripts, the algorithm lock
 included (FIFO hand-off, renewal, fencing). One exception, for the generator's own CPU:
@@ -21,7 +22,7 @@ shorter trials) for the rate at which one primary saturates; optionally the same
 no lock timeout, no waiter served before one that arrived earlier (tolerance FIFO_EPS_S).
 
 Writes benchmarks/results/fleet_sim.json and prints tables.
-Usage: python benchmarks/fleet_sim.py [--smoke] [--sizes 100,300,1000] [--cluster] ...
+Usage: python benchmarks/studies/fleet_sim.py [--smoke] [--sizes 100,300,1000] [--cluster] ...
 """
 
 from __future__ import annotations
@@ -36,16 +37,16 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package `benchmarks`
-from benchmarks.fleet_sim_measure import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the package `benchmarks`
+from benchmarks.studies.fleet_sim_measure import (  # noqa: E402
     FIFO_EPS_S,
     check_invariants,
     create_experiments,
     run_phase,
 )
-from benchmarks.fleet_sim_worker import PRE, PRODUCE, RUN  # noqa: E402
+from benchmarks.studies.fleet_sim_worker import PRE, PRODUCE, RUN  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SEQUENCE = ROOT / "benchmarks" / "data" / "hunt_sequence.json"
 RESULTS = ROOT / "benchmarks" / "results" / "fleet_sim.json"
 
