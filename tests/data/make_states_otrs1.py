@@ -1,5 +1,5 @@
 """Writes tests/data/states_otrs1.json: algorithm states as the uncompressed OTRS1 code wrote them
-(commit fb3398e, before zstd compression), for tests/test_statecodec.py's old-format tests
+(commit fb3398e, before zstd compression), for tests/unit/test_statecodec.py's old-format tests
 (Legacy's raw pickles need no fixture: they are plain ``pickle.dumps``).
 Run from a checkout of that commit (rarely needed):
     git worktree add /tmp/otrs1 fb3398e && cd /tmp/otrs1 && python tests/data/make_states_otrs1.py OUT

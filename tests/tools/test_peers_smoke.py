@@ -1,6 +1,10 @@
-"""benchmarks/peers.py --quick end to end (issue 24): every peer that can start runs every
-workload at tiny sizes; a peer whose server cannot start (no PostgreSQL, no optuna) is skipped
-with its reason printed, never a failure."""
+"""benchmarks/peers.py --quick end to end: every peer that can start runs every workload at
+tiny sizes; a peer whose server cannot start (no PostgreSQL, no optuna) is skipped with its
+reason printed, never a failure. Each workload's invariant is checked on this backend: the
+fleet completes its trials, a SIGKILLed worker's trial is recovered, the fleet goes on after
+redis-server is restarted from its AOF with every trial completed exactly once, and one worker's
+RSS is sampled over its trials. The checks of the restart are exercised on a made-up run too,
+so that they are known to fail when a trial is lost or run twice."""
 
 from __future__ import annotations
 
@@ -37,13 +41,14 @@ def test_peers_quick(tmp_path):
         print(f"skipped {peer}: {why}")
     assert not meta["errors"], meta["errors"]
     ran = {r["peer"] for r in results["fleet"]}
-    assert {"orion-redis", "orion-pickleddb"} <= ran
+    assert {"orion-redis", "orion-pickleddb", "orion-redis-api"} <= ran
     assert ran | set(meta["skipped"]) == {
         "orion-redis",
         "orion-pickleddb",
         "optuna-journal-redis",
         "optuna-rdb-pg",
         "optuna-grpc-pg",
+        "orion-redis-api",
     }
     for row in results["fleet"]:
         assert row["completed"] >= meta["mode"]["fleet_trials"], row
@@ -52,4 +57,73 @@ def test_peers_quick(tmp_path):
     (ours,) = [r for r in results["faults"] if r["peer"] == "orion-redis"]
     assert len(ours["kills"]) == meta["mode"]["fault_kills"]
     assert ours["recovered"] == len(ours["kills"]), ours["kills"]  # the lease gave it back
+    (restart,) = [r for r in results["restart"] if r["peer"] == "orion-redis"]
+    assert restart["restart"]["down_s"] > 0 and restart["restart"]["port"], restart["restart"]
+    assert restart["continued"] and not restart["died"], restart
+    assert restart["exactly_once"] and restart["finished"], restart
+    assert restart["lost"] == restart["ran_twice"] == restart["stuck"] == 0, restart
+    assert restart["trials_after_restart"] > 0, restart
+    assert {r["peer"] for r in results["restart"]} | set(meta["skipped"]) >= {
+        "orion-redis",
+        "optuna-journal-redis",
+    }
+    memory = {r["peer"]: r for r in results["memory"]}
+    for peer in ("orion-redis", "orion-redis-api"):
+        row = memory[peer]
+        assert row["completed"] >= meta["mode"]["memory_trials"][peer], row
+        assert row["samples"] >= 2 and row["rss_end_mb"] > 10, row
     assert "| goal |" in proc.stdout
+    assert "**Redis restart**" in proc.stdout and "**Memory**" in proc.stdout
+
+
+def _raw(ends, final, trials=2):
+    recs = [
+        {"w": 0, "trial": t, "x": 1.0, "y": 2.0, "ev": e, "t": 10.0 + i}
+        for i, (t, e) in enumerate(ends)
+    ]
+    return {
+        "peer": "orion-redis",
+        "algo": "random",
+        "workers": 1,
+        "trials": trials,
+        "capped": None,
+        "launch": 0.0,
+        "end": 20.0,
+        "died": [],
+        "info": {},
+        "server_cpu_s": None,
+        "client_cpu_s": None,
+        "records": recs,
+        "final": [{"id": t, "state": s} for t, s in final],
+        "events": {"kill_t": 10.5, "up_t": 11.5},
+    }
+
+
+def test_restart_checks_can_fail():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.peers_analyse import analyse_restart
+
+    good = analyse_restart(
+        _raw(
+            [("a", "start"), ("a", "end"), ("b", "start"), ("b", "end")],
+            [("a", "completed"), ("b", "completed")],
+        )
+    )
+    assert good["exactly_once"] and good["finished"] and good["continued"], good
+    lost = analyse_restart(
+        _raw(
+            [("a", "start"), ("a", "end"), ("b", "start"), ("b", "end")],
+            [("a", "completed"), ("b", "reserved")],
+        )
+    )
+    assert not lost["exactly_once"] and lost["lost"] == 1 and lost["stuck"] == 1, lost
+    twice = analyse_restart(
+        _raw(
+            [("a", "start"), ("a", "end"), ("a", "start"), ("a", "end")],
+            [("a", "completed")],
+            trials=1,
+        )
+    )
+    assert not twice["exactly_once"] and twice["ran_twice"] == 1, twice
+    stopped = analyse_restart(_raw([("a", "start"), ("a", "end")], [("a", "completed")]))
+    assert not stopped["finished"] and not stopped["continued"], stopped
