@@ -160,6 +160,9 @@ def _parse(argv):
     )
     parser.add_argument("--fleet-workers", help="override the mode's fleet workers, e.g. 16,64")
     parser.add_argument("--fleet-trials", type=int, help="override the mode's fleet trials")
+    parser.add_argument(
+        "--fleet-sleep", help="the fleet objective's seconds, comma-separated, e.g. 0,1 (default 0)"
+    )
     parser.add_argument("--growth-sizes", help="comma-separated, e.g. 1000,10000,30000")
     parser.add_argument("--memory-trials", help="override, e.g. orion-redis=2000,optuna=10000")
     parser.add_argument("--out", default=None)
@@ -169,6 +172,8 @@ def _parse(argv):
         mode["fleet_workers"] = tuple(int(s) for s in args.fleet_workers.split(","))
     if args.fleet_trials:
         mode["fleet_trials"] = args.fleet_trials
+    if args.fleet_sleep:
+        mode["fleet_sleeps"] = tuple(float(s) for s in args.fleet_sleep.split(","))
     if args.growth_sizes:
         mode["growth_sizes"] = tuple(int(s) for s in args.growth_sizes.split(","))
     if args.memory_trials:
@@ -223,12 +228,13 @@ def run_workloads(env: Env, m: dict, live: list[str], workloads: list[str], meta
         return None
 
     if "fleet" in workloads:
-        for w in m["fleet_workers"]:
-            for peer in live:
-                if peer == "orion-pickleddb" and w > m["big_fleet"]:
-                    continue
-                cap = m["pickled_cap_s"] if peer == "orion-pickleddb" else m["fleet_cap_s"]
-                fleet("fleet", peer, w, m["fleet_trials"], 0.0, cap)
+        for sleep_s in m.get("fleet_sleeps", (0.0,)):
+            for w in m["fleet_workers"]:
+                for peer in live:
+                    if peer == "orion-pickleddb" and w > m["big_fleet"]:
+                        continue
+                    cap = m["pickled_cap_s"] if peer == "orion-pickleddb" else m["fleet_cap_s"]
+                    fleet("fleet", peer, w, m["fleet_trials"], sleep_s, cap)
     if "tpe" in workloads:
         for peer in [p for p in live if p in m["tpe_peers"]]:
             fleet(

@@ -36,8 +36,10 @@ def analyse_fleet(raw: dict) -> dict:
         n = sum(1 for r in ends if t0 < r["t"] <= t1)
         out["steady_s"] = t1 - t0
         out["steady_trials_per_s"] = n / (t1 - t0) if t1 - t0 > 1.0 and n else None
+        out["utilisation"] = utilisation(recs, t0, t1, raw["workers"])
     else:
-        out["steady_s"] = out["steady_trials_per_s"] = None
+        out["steady_s"] = out["steady_trials_per_s"] = out["utilisation"] = None
+    out["sleep_s"] = raw.get("sleep_s", 0.0)
     cpu = raw["server_cpu_s"]
     out["server_cpu_s"] = cpu
     out["server_cpu_ms_per_trial"] = (
@@ -50,6 +52,21 @@ def analyse_fleet(raw: dict) -> dict:
     )
     out["run_twice"] = sum(1 for n in per_trial.values() if n > 1)
     return out
+
+
+def utilisation(recs: list[dict], t0: float, t1: float, workers: int) -> float | None:
+    """The share of the workers' time in the steady window [t0, t1] spent inside the objective
+    (from each trial's logged start to its end, clipped to the window): 1.0 means the storage
+    and the framework cost the fleet nothing."""
+    if t1 - t0 <= 1.0 or not workers:
+        return None
+    begun = {(r["w"], str(r["trial"])): r["t"] for r in recs if r["ev"] == "start"}
+    busy = 0.0
+    for r in recs:
+        start = begun.get((r["w"], str(r["trial"]))) if r["ev"] == "end" else None
+        if start is not None:
+            busy += max(0.0, min(r["t"], t1) - max(start, t0))
+    return busy / (workers * (t1 - t0))
 
 
 def analyse_faults(raw: dict) -> dict:

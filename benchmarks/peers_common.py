@@ -30,6 +30,7 @@ MODES = {
         fleet_workers=(16, 64),
         big_fleet=16,  # above it, no PickledDB (1.1 trials/s at 16; 64 hunts need ~13 GB)
         fleet_trials=1000,
+        fleet_sleeps=(0.0, 1.0),  # a trivial objective, then one of 1 s (utilisation)
         fleet_cap_s=600.0,
         pickled_cap_s=180.0,
         growth_sizes=(1000, 10000),

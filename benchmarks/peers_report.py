@@ -17,22 +17,24 @@ def _ratio(a, b):
 
 
 def _fleet_table(rows: list[dict]) -> list[str]:
-    mine = {r["workers"]: r for r in rows if r["peer"] == OURS}
+    mine = {(r["workers"], r.get("sleep_s", 0.0)): r for r in rows if r["peer"] == OURS}
     out = [
-        "| peer | workers | completed | wall s | trials/s | steady trials/s | steady ÷ "
-        "orion-redis | died | run twice | server CPU ms/trial | ÷ orion-redis | "
-        "worker CPU ms/trial |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peer | workers | objective s | completed | wall s | trials/s | steady trials/s | "
+        "steady ÷ orion-redis | utilisation | died | run twice | server CPU ms/trial | "
+        "÷ orion-redis | worker CPU ms/trial |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        died, ours = len(r["died"]), mine.get(r["workers"])
+        died, ours = len(r["died"]), mine.get((r["workers"], r.get("sleep_s", 0.0)))
+        util = r.get("utilisation")
         out.append(
             f"| {r['peer']}{' (in-process, not `orion hunt`)' if r['peer'] == API else ''} | "
-            f"{r['workers']} | {r['completed']}"
+            f"{r['workers']} | {_fmt(r.get('sleep_s', 0.0), 1)} | {r['completed']}"
             f"{' (capped)' if r['capped'] else ''} | {_fmt(r['wall_s'], 1)} | "
             f"{_fmt(r['trials_per_s'])} | {_fmt(r['steady_trials_per_s'])} | "
             f"{_x(_ratio(r['steady_trials_per_s'], ours and ours['steady_trials_per_s']))} | "
-            f"{died} | {r['run_twice']} | {_fmt(r['server_cpu_ms_per_trial'])} | "
+            f"{'-' if util is None else f'{util:.0%}'} | {died} | {r['run_twice']} | "
+            f"{_fmt(r['server_cpu_ms_per_trial'])} | "
             f"{_x(_ratio(r['server_cpu_ms_per_trial'], ours and ours['server_cpu_ms_per_trial']))}"
             f" | {_fmt(r.get('client_cpu_ms_per_trial'), 1)} |"
         )

@@ -127,3 +127,22 @@ def test_restart_checks_can_fail():
     assert not twice["exactly_once"] and twice["ran_twice"] == 1, twice
     stopped = analyse_restart(_raw([("a", "start"), ("a", "end")], [("a", "completed")]))
     assert not stopped["finished"] and not stopped["continued"], stopped
+
+
+def test_utilisation_counts_the_objectives_share_of_the_steady_window():
+    """Two workers over a 10 s window: one in its objective for 8 s (a trial clipped at the
+    window's start), the other for 2 s: 50 %; a missing end (a killed trial) adds nothing."""
+    from benchmarks.peers_analyse import utilisation
+
+    recs = [
+        {"w": 0, "trial": "a", "ev": "start", "t": 98.0},
+        {"w": 0, "trial": "a", "ev": "end", "t": 104.0},  # 4 s inside [100, 110]
+        {"w": 0, "trial": "b", "ev": "start", "t": 105.0},
+        {"w": 0, "trial": "b", "ev": "end", "t": 109.0},  # 4 s
+        {"w": 1, "trial": "c", "ev": "start", "t": 101.0},
+        {"w": 1, "trial": "c", "ev": "end", "t": 103.0},  # 2 s
+        {"w": 1, "trial": "d", "ev": "start", "t": 104.0},  # killed: never ended
+    ]
+    assert utilisation(recs, 100.0, 110.0, 2) == 0.5
+    assert utilisation(recs, 100.0, 110.0, 4) == 0.25  # twice the workers, the same work
+    assert utilisation(recs, 100.0, 100.5, 2) is None  # no steady window to speak of
