@@ -29,6 +29,18 @@ def _topology(kind):
     return pytest.param(kind, marks=pytest.mark.topology)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_lease_renewal_outlives_its_module():
+    """A module's storages and servers are gone when it ends: so are their reservation
+    keepers' renewal threads. Left running against a stopped server, they retry with redis-py's
+    jittered backoff, which draws from the global ``random``, and hypothesis fails a later
+    test whose strategy sees ``random`` change under it (FlakyStrategyDefinition)."""
+    yield
+    from orion_track_redis.store import lease
+
+    lease.stop_renewing()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """One real redis-server for the session (AOF on); tests isolate themselves by prefix."""

@@ -249,10 +249,14 @@ def keepers() -> list[LeaseKeeper]:
 
 
 @atexit.register
-def _stop_renewing() -> None:
-    # at interpreter exit: no renewal attempt (and warning) against a server already gone
-    for found in keepers():
-        found._wake.set()
+def stop_renewing() -> None:
+    """Stop every keeper's renewal thread and forget the keepers (a later reservation starts a
+    new one). At interpreter exit: no renewal attempt (and warning) against a server already
+    gone; a test suite calls it when a module's servers are gone too."""
+    with _KEEPERS_LOCK:
+        for found in _KEEPERS.values():
+            found._wake.set()
+        _KEEPERS.clear()
 
 
 def _forget_in_child() -> None:
