@@ -218,7 +218,8 @@ def render(results: dict, meta: dict) -> str:
         lines += [
             "",
             f"**Fleet** ({' and '.join(map(str, m['fleet_workers']))} workers, random "
-            f"search, trivial objective, {m['fleet_trials']:,} trials; "
+            f"search, an objective of {' and '.join(f'{x:g}' for x in m.get('fleet_sleeps', (0,)))}"
+            f" s (0: trivial), {m['fleet_trials']:,} trials; "
             f"cap {m['fleet_cap_s']:.0f} s, "
             f"PickledDB {m['pickled_cap_s']:.0f} s):",
             "",
