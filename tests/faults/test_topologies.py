@@ -167,6 +167,7 @@ def _every_storage_method(storage):
     assert storage.fetch_trials(uid=exp_id, where={"status": {"$in": ["new", "suspended"]}})
     assert storage.fetch_trials(uid=exp_id)  # cold: fills the cache
     storage.update_heartbeat(storage.reserve_trial(Exp(exp_id)))
+    storage.backend.keeper().renew()  # lease_renew.lua, as its thread does every lease / 6 s
     assert storage.fetch_trials(uid=exp_id)  # warm: fetch_changes.lua
     storage.fetch_lost_trials(Exp(exp_id))
     assert storage.fetch_pending_trials(Exp(exp_id))
