@@ -29,12 +29,13 @@ def _topology(kind):
     return pytest.param(kind, marks=pytest.mark.topology)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_lease_renewal_outlives_its_module():
-    """A module's storages and servers are gone when it ends: so are their reservation
-    keepers' renewal threads. Left running against a stopped server, they retry with redis-py's
-    jittered backoff, which draws from the global ``random``, and hypothesis fails a later
-    test whose strategy sees ``random`` change under it (FlakyStrategyDefinition)."""
+@pytest.fixture(autouse=True)
+def _no_lease_renewal_outlives_its_test():
+    """A test's storages and servers are gone when it ends: so are their reservation keepers'
+    renewal threads (a later reservation starts a new one). Left running against a stopped
+    server, they retry with redis-py's jittered backoff, which draws from the global
+    ``random``, and hypothesis fails a later test whose strategy sees ``random`` change under
+    it (FlakyStrategyDefinition: the state machine on a real server, then a pure test)."""
     yield
     from orion_track_redis.store import lease
 
